@@ -1,0 +1,27 @@
+//! Compiles the proto contract in pure Rust (protox: no system `protoc`), keeps the
+//! encoded descriptor set for server reflection, and generates the tonic code from it.
+
+use std::{env, fs, path::PathBuf};
+
+use prost::Message;
+
+const PROTO: &str = "proto/corrigopro/attachments/v1/attachments.proto";
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+
+    let fds = protox::compile([PROTO], ["proto"])?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(
+        out_dir.join("attachments_descriptor.bin"),
+        fds.encode_to_vec(),
+    )?;
+
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        // File bytes stay `bytes::Bytes` end to end: no copy into a Vec per chunk.
+        .bytes(".corrigopro.attachments.v1")
+        .compile_fds(fds)?;
+    Ok(())
+}

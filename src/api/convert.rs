@@ -1,0 +1,206 @@
+//! Wire messages to validated domain types (every bad field reported at once), and
+//! upstream answers back to wire messages.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value as Json;
+use tonic::Status;
+
+use super::status::invalid_argument;
+use crate::domain::{
+    AttachmentId, AttachmentName, AttachmentRef, AttachmentRemoval, AttachmentUpdate, DocumentType,
+    FieldError, MessageId, MimeType, NewAttachment, PerformedBy, Violations, Visibility,
+    WorkOrderId, declared_size,
+};
+use crate::proto;
+use crate::upstream::UpstreamAttachment;
+
+fn document_type(v: i32) -> Result<Option<DocumentType>, FieldError> {
+    use proto::DocumentType as P;
+    match P::try_from(v) {
+        Ok(P::Unspecified) => Ok(None),
+        Ok(P::Document) => Ok(Some(DocumentType::Document)),
+        Ok(P::Picture) => Ok(Some(DocumentType::Picture)),
+        Ok(P::Signature) => Ok(Some(DocumentType::Signature)),
+        Ok(P::InvoicePrintout) => Ok(Some(DocumentType::InvoicePrintout)),
+        Ok(P::ServiceContract) => Ok(Some(DocumentType::ServiceContract)),
+        Ok(P::Misc) => Ok(Some(DocumentType::Misc)),
+        Err(_) => Err(FieldError::new(
+            "UNKNOWN_ENUM_VALUE",
+            format!("{v} is not a DocumentType value"),
+        )),
+    }
+}
+
+fn visibility(v: i32) -> Result<Option<Visibility>, FieldError> {
+    use proto::MessageVisibility as P;
+    match P::try_from(v) {
+        Ok(P::Unspecified) => Ok(None),
+        Ok(P::None) => Ok(Some(Visibility::None)),
+        Ok(P::CruOnly) => Ok(Some(Visibility::CruOnly)),
+        Ok(P::CruSubs) => Ok(Some(Visibility::CruSubs)),
+        Ok(P::CruLeads) => Ok(Some(Visibility::CruLeads)),
+        Ok(P::CruLead) => Ok(Some(Visibility::CruLead)),
+        Ok(P::All) => Ok(Some(Visibility::All)),
+        Err(_) => Err(FieldError::new(
+            "UNKNOWN_ENUM_VALUE",
+            format!("{v} is not a MessageVisibility value"),
+        )),
+    }
+}
+
+fn document_type_to_proto(upstream: Option<&str>) -> i32 {
+    use proto::DocumentType as P;
+    let p = match upstream.and_then(DocumentType::from_upstream) {
+        None => P::Unspecified,
+        Some(DocumentType::Document) => P::Document,
+        Some(DocumentType::Picture) => P::Picture,
+        Some(DocumentType::Signature) => P::Signature,
+        Some(DocumentType::InvoicePrintout) => P::InvoicePrintout,
+        Some(DocumentType::ServiceContract) => P::ServiceContract,
+        Some(DocumentType::Misc) => P::Misc,
+    };
+    p as i32
+}
+
+fn done<T>(v: Violations, value: Option<T>) -> Result<T, Status> {
+    match value {
+        Some(value) if v.is_empty() => Ok(value),
+        _ => Err(invalid_argument(v.into_vec())),
+    }
+}
+
+/// Validates an upload's metadata message (field paths under `metadata.`).
+pub fn new_attachment(
+    m: proto::UploadMetadata,
+    max_upload_bytes: u64,
+) -> Result<NewAttachment, Status> {
+    let mut v = Violations::new();
+    let work_order_id = v.check("metadata.work_order_id", WorkOrderId::new(m.work_order_id));
+    let name = v.check("metadata.name", AttachmentName::new(&m.name));
+    let mime_type = v.check("metadata.mime_type", MimeType::new(&m.mime_type));
+    let document_type = v.check("metadata.document_type", document_type(m.document_type));
+    let visibility = v.check(
+        "metadata.message_visibility",
+        visibility(m.message_visibility),
+    );
+    let person = m.performed_by.unwrap_or_default();
+    let person_name = v.check(
+        "metadata.performed_by.name",
+        PerformedBy::name(&person.name),
+    );
+    let phone = v.check(
+        "metadata.performed_by.phone",
+        PerformedBy::phone(&person.phone),
+    );
+    let message_id = v.check(
+        "metadata.message_id",
+        MessageId::new_or_generate(&m.message_id),
+    );
+    let size = v.check(
+        "metadata.size_bytes",
+        declared_size(m.size_bytes, max_upload_bytes),
+    );
+    let value = (|| {
+        Some(NewAttachment {
+            work_order_id: work_order_id?,
+            name: name?,
+            mime_type: mime_type?,
+            document_type: document_type?,
+            visibility: visibility?,
+            performed_by: PerformedBy::new(person_name?, phone?),
+            message_id: message_id?,
+            declared_size: size?,
+        })
+    })();
+    done(v, value)
+}
+
+fn target(v: &mut Violations, work_order_id: i64, attachment_id: &str) -> Option<AttachmentRef> {
+    let wo = v.check("work_order_id", WorkOrderId::new(work_order_id));
+    let id = v.check("attachment_id", AttachmentId::new(attachment_id));
+    Some(AttachmentRef {
+        work_order_id: wo?,
+        attachment_id: id?,
+    })
+}
+
+pub fn work_order(id: i64) -> Result<WorkOrderId, Status> {
+    let mut v = Violations::new();
+    let wo = v.check("work_order_id", WorkOrderId::new(id));
+    done(v, wo)
+}
+
+pub fn attachment_ref(work_order_id: i64, attachment_id: &str) -> Result<AttachmentRef, Status> {
+    let mut v = Violations::new();
+    let t = target(&mut v, work_order_id, attachment_id);
+    done(v, t)
+}
+
+pub fn update(r: proto::UpdateAttachmentRequest) -> Result<AttachmentUpdate, Status> {
+    let mut v = Violations::new();
+    let t = target(&mut v, r.work_order_id, &r.attachment_id);
+    let name = v.check("name", AttachmentName::new(&r.name));
+    let dt = v.check("document_type", document_type(r.document_type));
+    let vis = v.check("message_visibility", visibility(r.message_visibility));
+    let mid = v.check("message_id", MessageId::new_or_generate(&r.message_id));
+    let value = (|| {
+        Some(AttachmentUpdate {
+            target: t?,
+            name: name?,
+            document_type: dt?,
+            visibility: vis?,
+            message_id: mid?,
+        })
+    })();
+    done(v, value)
+}
+
+pub fn removal(r: proto::DeleteAttachmentRequest) -> Result<AttachmentRemoval, Status> {
+    let mut v = Violations::new();
+    let t = target(&mut v, r.work_order_id, &r.attachment_id);
+    let mid = v.check("message_id", MessageId::new_or_generate(&r.message_id));
+    let value = (|| {
+        Some(AttachmentRemoval {
+            target: t?,
+            message_id: mid?,
+        })
+    })();
+    done(v, value)
+}
+
+pub fn attachment(a: UpstreamAttachment) -> proto::Attachment {
+    proto::Attachment {
+        document_type: document_type_to_proto(a.document_type.as_deref()),
+        attachment_id: a.attachment_id,
+        name: a.name,
+        mime_type: a.mime_type,
+        size_bytes: a.size_bytes,
+        subtype: a.subtype,
+        upstream: Some(json_object(a.raw)),
+    }
+}
+
+fn json_object(map: serde_json::Map<String, Json>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: map
+            .into_iter()
+            .map(|(k, v)| (k, json_value(v)))
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+fn json_value(v: Json) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        Json::Null => Kind::NullValue(0),
+        Json::Bool(b) => Kind::BoolValue(b),
+        Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
+        Json::String(s) => Kind::StringValue(s),
+        Json::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.into_iter().map(json_value).collect(),
+        }),
+        Json::Object(map) => Kind::StructValue(json_object(map)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}

@@ -1,0 +1,186 @@
+//! `DownloadAttachment`: the gateway asks for the temporary link, fetches it without
+//! the bearer token, and streams the bytes on as they arrive (never the whole file
+//! in memory). A body that ends early ends the stream with an error status.
+
+use bytes::Bytes;
+use reqwest::header::{self, HeaderMap};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use super::status::{self, Op};
+use super::{AttachmentApi, DownloadStream};
+use crate::domain::AttachmentRef;
+use crate::proto::download_attachment_response::Payload;
+use crate::proto::{Attachment, DownloadAttachmentResponse};
+use crate::upstream::UpstreamError;
+
+/// Messages queued toward a slow caller before the upstream read waits.
+const QUEUED_MESSAGES: usize = 4;
+
+/// The file name a `Content-Disposition` header gives, if any.
+pub fn content_disposition_filename(value: &str) -> Option<String> {
+    let mut plain = None;
+    for param in value.split(';').map(str::trim) {
+        let Some((key, val)) = param.split_once('=') else {
+            continue;
+        };
+        let key = key.trim().to_ascii_lowercase();
+        let val = val.trim();
+        if key == "filename*" {
+            // RFC 5987: charset'lang'percent-encoded
+            let encoded = val.splitn(3, '\'').nth(2)?;
+            return Some(percent_decode(encoded)).filter(|s| !s.is_empty());
+        }
+        if key == "filename" {
+            plain = Some(val.trim_matches('"').to_string()).filter(|s| !s.is_empty());
+        }
+    }
+    plain
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push(hi << 4 | lo);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn metadata(target: &AttachmentRef, headers: &HeaderMap, length: Option<u64>) -> Attachment {
+    let text = |h: header::HeaderName| {
+        headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    Attachment {
+        attachment_id: target.attachment_id.as_str().to_string(),
+        name: text(header::CONTENT_DISPOSITION)
+            .and_then(|v| content_disposition_filename(&v))
+            .unwrap_or_default(),
+        mime_type: text(header::CONTENT_TYPE).unwrap_or_default(),
+        size_bytes: length.unwrap_or(0),
+        ..Attachment::default()
+    }
+}
+
+fn chunk_message(b: Bytes) -> DownloadAttachmentResponse {
+    DownloadAttachmentResponse {
+        payload: Some(Payload::Chunk(b)),
+    }
+}
+
+impl AttachmentApi {
+    pub(super) async fn download(
+        &self,
+        target: AttachmentRef,
+        deadline: Instant,
+    ) -> Result<DownloadStream, Status> {
+        let link = self
+            .call(
+                deadline,
+                Op::Read,
+                "getting a download link",
+                self.upstream.download_link(&target),
+            )
+            .await?;
+        let mut resp = self
+            .call(
+                deadline,
+                Op::Read,
+                "opening the download",
+                self.upstream.open_download(&link),
+            )
+            .await?;
+        let length = resp.content_length();
+        let first = DownloadAttachmentResponse {
+            payload: Some(Payload::Metadata(metadata(&target, resp.headers(), length))),
+        };
+        let chunk_size = self.limits.download_chunk_bytes;
+        let (tx, rx) = mpsc::channel::<Result<DownloadAttachmentResponse, Status>>(QUEUED_MESSAGES);
+        // Capacity is at least one, and the queue is empty.
+        let _ = tx.try_send(Ok(first));
+        tokio::spawn(async move {
+            let mut sent: u64 = 0;
+            loop {
+                let next = match tokio::time::timeout_at(deadline, resp.chunk()).await {
+                    Err(_) => Err(status::deadline_exceeded(Op::Read, "the download")),
+                    Ok(Err(e)) => Err(status::from_upstream(
+                        &UpstreamError::from_reqwest(e),
+                        Op::Read,
+                    )),
+                    Ok(Ok(next)) => Ok(next),
+                };
+                match next {
+                    Ok(Some(mut bytes)) => {
+                        sent += bytes.len() as u64;
+                        while !bytes.is_empty() {
+                            let piece = bytes.split_to(bytes.len().min(chunk_size));
+                            if tx.send(Ok(chunk_message(piece))).await.is_err() {
+                                // The caller went away: dropping `resp` closes the download.
+                                return;
+                            }
+                        }
+                    }
+                    Ok(None) => {
+                        if let Some(expected) = length
+                            && expected != sent
+                        {
+                            let _ = tx
+                                .send(Err(Status::data_loss(format!(
+                                    "the download ended after {sent} of {expected} bytes"
+                                ))))
+                                .await;
+                        }
+                        return;
+                    }
+                    Err(status) => {
+                        tracing::warn!(sent, code = ?status.code(), "download broke off");
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_disposition_names() {
+        assert_eq!(
+            content_disposition_filename(r#"attachment; filename="leak photo.jpg""#).as_deref(),
+            Some("leak photo.jpg")
+        );
+        assert_eq!(
+            content_disposition_filename(
+                "attachment; filename=a.pdf; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf"
+            )
+            .as_deref(),
+            Some("résumé.pdf")
+        );
+        assert_eq!(content_disposition_filename("inline"), None);
+        assert_eq!(
+            content_disposition_filename("attachment; filename*=bad"),
+            None
+        );
+    }
+}

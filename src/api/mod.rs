@@ -1,0 +1,250 @@
+//! The `AttachmentService` adapter: proto in, validated domain types to the upstream
+//! client, proto (or a `Status` made in [`status`]) out.
+
+pub mod convert;
+mod download;
+pub mod status;
+mod upload;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::Stream;
+use tokio::time::Instant;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
+
+use self::status::Op;
+use crate::config::Settings;
+use crate::proto::attachment_service_server::AttachmentService;
+use crate::proto::{
+    DeleteAttachmentRequest, DeleteAttachmentResponse, DownloadAttachmentRequest,
+    DownloadAttachmentResponse, GetDownloadUrlRequest, GetDownloadUrlResponse,
+    ListAttachmentsRequest, ListAttachmentsResponse, UpdateAttachmentRequest,
+    UpdateAttachmentResponse, UploadAttachmentRequest, UploadAttachmentResponse,
+};
+use crate::upstream::{Upstream, UpstreamError, message_id_or};
+
+/// The limits and timeouts the adapter enforces.
+#[derive(Debug, Clone)]
+pub struct ApiLimits {
+    pub max_upload_bytes: u64,
+    pub max_chunk_bytes: usize,
+    pub download_chunk_bytes: usize,
+    pub request_timeout: Duration,
+    pub transfer_timeout: Duration,
+}
+
+impl ApiLimits {
+    pub fn from_settings(s: &Settings) -> Self {
+        Self {
+            max_upload_bytes: s.limits.max_upload_bytes,
+            max_chunk_bytes: usize::try_from(s.limits.max_chunk_bytes).unwrap_or(usize::MAX),
+            download_chunk_bytes: usize::try_from(s.limits.download_chunk_bytes)
+                .unwrap_or(usize::MAX),
+            request_timeout: s.upstream.request_timeout,
+            transfer_timeout: s.upstream.transfer_timeout,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AttachmentApi {
+    upstream: Arc<Upstream>,
+    limits: Arc<ApiLimits>,
+}
+
+impl AttachmentApi {
+    pub fn new(upstream: Arc<Upstream>, limits: ApiLimits) -> Self {
+        Self {
+            upstream,
+            limits: Arc::new(limits),
+        }
+    }
+
+    /// Runs one upstream call within the deadline, mapping its failure.
+    async fn call<T>(
+        &self,
+        deadline: Instant,
+        op: Op,
+        what: &str,
+        fut: impl Future<Output = Result<T, UpstreamError>>,
+    ) -> Result<T, Status> {
+        match tokio::time::timeout_at(deadline, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, call = what, "upstream call failed");
+                Err(status::from_upstream(&e, op))
+            }
+            Err(_) => {
+                tracing::warn!(call = what, "deadline passed during the upstream call");
+                Err(status::deadline_exceeded(op, what))
+            }
+        }
+    }
+}
+
+/// When a call must be over: the caller's `grpc-timeout`, capped by the gateway's
+/// own timeout. A caller's deadline is shortened by a small margin so that the
+/// caller gets the gateway's DEADLINE_EXCEEDED (with details) rather than the
+/// transport cutting the call first.
+pub fn deadline(metadata: &MetadataMap, default: Duration) -> Instant {
+    let now = Instant::now();
+    match metadata
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+    {
+        Some(t) if t < default => {
+            let margin = (t / 20).min(Duration::from_millis(20));
+            now + t.saturating_sub(margin)
+        }
+        _ => now + default,
+    }
+}
+
+/// Parses the `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+pub type DownloadStream =
+    Pin<Box<dyn Stream<Item = Result<DownloadAttachmentResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl AttachmentService for AttachmentApi {
+    async fn upload_attachment(
+        &self,
+        request: Request<Streaming<UploadAttachmentRequest>>,
+    ) -> Result<Response<UploadAttachmentResponse>, Status> {
+        let deadline = deadline(request.metadata(), self.limits.transfer_timeout);
+        let stream = request.into_inner();
+        match tokio::time::timeout_at(deadline, self.upload(stream)).await {
+            Ok(r) => r.map(Response::new),
+            // The upstream request (if any) was dropped with the future: aborted.
+            Err(_) => Err(status::deadline_exceeded(Op::Write, "the upload")),
+        }
+    }
+
+    async fn list_attachments(
+        &self,
+        request: Request<ListAttachmentsRequest>,
+    ) -> Result<Response<ListAttachmentsResponse>, Status> {
+        let deadline = deadline(request.metadata(), self.limits.request_timeout);
+        let wo = convert::work_order(request.into_inner().work_order_id)?;
+        let items = self
+            .call(
+                deadline,
+                Op::Read,
+                "listing attachments",
+                self.upstream.list(wo),
+            )
+            .await?;
+        Ok(Response::new(ListAttachmentsResponse {
+            attachments: items.into_iter().map(convert::attachment).collect(),
+        }))
+    }
+
+    async fn get_download_url(
+        &self,
+        request: Request<GetDownloadUrlRequest>,
+    ) -> Result<Response<GetDownloadUrlResponse>, Status> {
+        let deadline = deadline(request.metadata(), self.limits.request_timeout);
+        let r = request.into_inner();
+        let target = convert::attachment_ref(r.work_order_id, &r.attachment_id)?;
+        let link = self
+            .call(
+                deadline,
+                Op::Read,
+                "getting a download link",
+                self.upstream.download_link(&target),
+            )
+            .await?;
+        Ok(Response::new(GetDownloadUrlResponse {
+            url: link.url.expose().to_string(),
+            expire_time: Some(prost_types::Timestamp::from(link.expires_at)),
+        }))
+    }
+
+    type DownloadAttachmentStream = DownloadStream;
+
+    async fn download_attachment(
+        &self,
+        request: Request<DownloadAttachmentRequest>,
+    ) -> Result<Response<Self::DownloadAttachmentStream>, Status> {
+        let deadline = deadline(request.metadata(), self.limits.transfer_timeout);
+        let r = request.into_inner();
+        let target = convert::attachment_ref(r.work_order_id, &r.attachment_id)?;
+        self.download(target, deadline).await.map(Response::new)
+    }
+
+    async fn update_attachment(
+        &self,
+        request: Request<UpdateAttachmentRequest>,
+    ) -> Result<Response<UpdateAttachmentResponse>, Status> {
+        let deadline = deadline(request.metadata(), self.limits.request_timeout);
+        let u = convert::update(request.into_inner())?;
+        let id = self
+            .call(
+                deadline,
+                Op::Write,
+                "updating the attachment",
+                self.upstream.update(&u),
+            )
+            .await?;
+        Ok(Response::new(UpdateAttachmentResponse {
+            message_id: message_id_or(id, &u.message_id),
+        }))
+    }
+
+    async fn delete_attachment(
+        &self,
+        request: Request<DeleteAttachmentRequest>,
+    ) -> Result<Response<DeleteAttachmentResponse>, Status> {
+        let deadline = deadline(request.metadata(), self.limits.request_timeout);
+        let d = convert::removal(request.into_inner())?;
+        let id = self
+            .call(
+                deadline,
+                Op::Write,
+                "deleting the attachment",
+                self.upstream.delete(&d),
+            )
+            .await?;
+        Ok(Response::new(DeleteAttachmentResponse {
+            message_id: message_id_or(id, &d.message_id),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse_grpc_timeout("7n"), Some(Duration::from_nanos(7)));
+        for bad in ["", "S", "5", "5x", "123456789S", "-1S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
+}

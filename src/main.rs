@@ -1,0 +1,167 @@
+//! `attachment-gateway`: loads the settings, starts logging (and the sandbox when
+//! asked), and serves until SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use attachment_gateway::config::{FlagOverrides, LogFormat, Settings};
+use attachment_gateway::sandbox::{Sandbox, SandboxConfig};
+use attachment_gateway::{server, telemetry};
+use clap::Parser;
+
+/// gRPC gateway in front of the CorrigoPro Direct API's attachments endpoints.
+///
+/// Settings come from defaults, then the TOML file given with --config, then
+/// environment variables prefixed ATTACHMENT_GATEWAY_ (nested keys joined by `__`,
+/// e.g. ATTACHMENT_GATEWAY_UPSTREAM__CLIENT_ID), then these flags.
+#[derive(Debug, Parser)]
+#[command(name = "attachment-gateway", version)]
+struct Cli {
+    /// A TOML settings file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where the gRPC server listens (setting `listen`).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Start the embedded CorrigoPro emulator on loopback and use it as the upstream.
+    #[arg(long)]
+    sandbox: bool,
+    /// The upstream Direct API base URL (setting `upstream.base_url`).
+    #[arg(long, value_name = "URL")]
+    upstream_base_url: Option<String>,
+    /// Log output: pretty or json (setting `log.format`).
+    #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
+    log_format: Option<LogFormat>,
+    /// Load and validate the settings, print them (secrets redacted) and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn parse_format(s: &str) -> Result<LogFormat, String> {
+    match s {
+        "pretty" => Ok(LogFormat::Pretty),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("expected `pretty` or `json`".into()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let flags = FlagOverrides {
+        listen: cli.listen,
+        upstream_base_url: cli.upstream_base_url.clone(),
+        log_format: cli.log_format,
+        sandbox: cli.sandbox,
+    };
+    let settings = match Settings::load(cli.config.as_deref(), &flags) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("attachment-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        return match settings.to_toml() {
+            Ok(t) => {
+                println!("{t}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("attachment-gateway: cannot print the settings: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    telemetry::init(&settings.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("attachment-gateway: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "attachment-gateway stopped");
+            eprintln!("attachment-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(mut settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
+    let _sandbox = if settings.sandbox.enabled {
+        let sandbox = Sandbox::start(SandboxConfig {
+            listen: settings.sandbox.listen,
+            token_ttl: settings.sandbox.token_ttl,
+            link_ttl: settings.sandbox.link_ttl,
+            max_file_bytes: settings.limits.max_upload_bytes,
+            seed: true,
+        })
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot start the sandbox on {}: {e}",
+                settings.sandbox.listen
+            )
+        })?;
+        settings.upstream = sandbox.upstream_settings(&settings.upstream);
+        Some(sandbox)
+    } else {
+        None
+    };
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, upstream = %settings.upstream.base_url, "attachment-gateway listening");
+    if let Some(sandbox) = &_sandbox {
+        print_sandbox_banner(addr, sandbox);
+    }
+    server::serve(settings, listener, shutdown_signal()).await?;
+    tracing::info!("attachment-gateway stopped");
+    Ok(())
+}
+
+fn print_sandbox_banner(addr: SocketAddr, sandbox: &Sandbox) {
+    let work_orders = attachment_gateway::sandbox::seed()
+        .iter()
+        .map(|(id, status)| format!("{id} ({status})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!(
+        "attachment-gateway (sandbox) serving gRPC on {addr}\n\
+         sandbox upstream (CorrigoPro emulator): {}\n\
+         work orders: {work_orders}\n\
+         try:\n  grpcurl -plaintext -d '{{\"work_order_id\": 1001}}' {addr} corrigopro.attachments.v1.AttachmentService/ListAttachments\n\
+         stop with Ctrl-C",
+        sandbox.base_url()
+    );
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

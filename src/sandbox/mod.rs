@@ -1,0 +1,298 @@
+//! The embedded CorrigoPro emulator: the same HTTP contract as the Direct API's
+//! attachments endpoints (token endpoint, list, upload, update, delete, download
+//! link), its error body and codes, signed download links that expire, work orders
+//! in states that refuse uploads, and the 20 MiB limit. Files live in memory.
+//!
+//! It is what `attachment-gateway --sandbox` talks to, and the upstream the
+//! integration tests use. It listens on loopback only.
+
+mod routes;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::config::UpstreamSettings;
+use crate::domain::{DEFAULT_MAX_UPLOAD_BYTES, DOWNLOAD_LINK_TTL};
+use crate::secret::Secret;
+
+/// The sandbox's client id; any other is refused.
+pub const CLIENT_ID: &str = "sandbox-client";
+/// The sandbox's client secret.
+pub const CLIENT_SECRET: &str = "sandbox-secret";
+/// The path prefix of the API, as in the production base URL (`…/Direct`).
+pub const API_PREFIX: &str = "/Direct";
+
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub listen: SocketAddr,
+    pub token_ttl: Duration,
+    pub link_ttl: Duration,
+    pub max_file_bytes: u64,
+    /// Start with the seeded work orders (see [`seed`]).
+    pub seed: bool,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token_ttl: Duration::from_secs(1199),
+            link_ttl: DOWNLOAD_LINK_TTL,
+            max_file_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            seed: true,
+        }
+    }
+}
+
+/// A stored attachment, as tests inspect it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredAttachment {
+    pub attachment_id: String,
+    pub work_order_id: i64,
+    pub name: String,
+    pub mime_type: String,
+    pub document_type: Option<String>,
+    pub visibility: String,
+    pub performed_by_name: String,
+    pub performed_by_phone: Option<String>,
+    pub message_id: String,
+    pub created: SystemTime,
+    pub bytes: Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkOrder {
+    pub id: i64,
+    pub status: String,
+    pub attachments: Vec<StoredAttachment>,
+}
+
+/// What the sandbox has seen, for tests and the demo.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub token_requests: AtomicU64,
+    pub api_requests: AtomicU64,
+    pub unauthorized: AtomicU64,
+    pub uploads_started: AtomicU64,
+    pub uploads_stored: AtomicU64,
+    pub uploads_rejected: AtomicU64,
+    /// Upload requests whose body broke off or was malformed.
+    pub uploads_aborted: AtomicU64,
+    pub downloads: AtomicU64,
+    /// Download-link requests that carried an `Authorization` header (refused).
+    pub downloads_with_credentials: AtomicU64,
+}
+
+/// A snapshot of [`Counters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    pub token_requests: u64,
+    pub api_requests: u64,
+    pub unauthorized: u64,
+    pub uploads_started: u64,
+    pub uploads_stored: u64,
+    pub uploads_rejected: u64,
+    pub uploads_aborted: u64,
+    pub downloads: u64,
+    pub downloads_with_credentials: u64,
+}
+
+pub(crate) struct State {
+    cfg: SandboxConfig,
+    base_url: String,
+    link_key: String,
+    work_orders: Mutex<BTreeMap<i64, WorkOrder>>,
+    /// Access token -> when it expires.
+    tokens: Mutex<HashMap<String, tokio::time::Instant>>,
+    counters: Counters,
+}
+
+impl State {
+    fn orders(&self) -> MutexGuard<'_, BTreeMap<i64, WorkOrder>> {
+        self.work_orders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn tokens(&self) -> MutexGuard<'_, HashMap<String, tokio::time::Instant>> {
+        self.tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The seeded work orders: a few in each kind of state.
+pub fn seed() -> Vec<(i64, &'static str)> {
+    vec![
+        (1001, "Accepted"),
+        (1002, "CheckedIn"),
+        (1003, "Rejected"),
+        (1004, "Recalled"),
+        (1005, "New"),
+        (1006, "OnHold"),
+    ]
+}
+
+/// A running sandbox; stops when dropped.
+pub struct Sandbox {
+    addr: SocketAddr,
+    state: Arc<State>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Sandbox {
+    pub async fn start(cfg: SandboxConfig) -> std::io::Result<Self> {
+        if !cfg.listen.ip().is_loopback() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the sandbox listens on loopback only",
+            ));
+        }
+        let listener = TcpListener::bind(cfg.listen).await?;
+        let addr = listener.local_addr()?;
+        let mut orders = BTreeMap::new();
+        if cfg.seed {
+            for (id, status) in seed() {
+                orders.insert(
+                    id,
+                    WorkOrder {
+                        id,
+                        status: status.to_string(),
+                        attachments: Vec::new(),
+                    },
+                );
+            }
+            if let Some(wo) = orders.get_mut(&1001) {
+                wo.attachments.push(StoredAttachment {
+                    attachment_id: "3f2b8c1e-5d4a-4e7b-9c61-0a1b2c3d4e5f".into(),
+                    work_order_id: 1001,
+                    name: "leak-under-sink.txt".into(),
+                    mime_type: "text/plain".into(),
+                    document_type: Some("Picture".into()),
+                    visibility: "All".into(),
+                    performed_by_name: "Customer".into(),
+                    performed_by_phone: None,
+                    message_id: "seed-1".into(),
+                    created: SystemTime::now(),
+                    bytes: Bytes::from_static(
+                        b"Water is dripping from the trap under the kitchen sink.\n",
+                    ),
+                });
+            }
+        }
+        let state = Arc::new(State {
+            base_url: format!("http://{addr}"),
+            link_key: uuid::Uuid::new_v4().to_string(),
+            cfg,
+            work_orders: Mutex::new(orders),
+            tokens: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+        });
+        let app = routes::router(Arc::clone(&state));
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "sandbox server failed");
+            }
+        });
+        Ok(Self {
+            addr,
+            state,
+            stop: Some(stop),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The API base URL (what `upstream.base_url` is set to).
+    pub fn base_url(&self) -> String {
+        format!("http://{}{API_PREFIX}", self.addr)
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("http://{}/oauth/token", self.addr)
+    }
+
+    /// `base` with the upstream pointed at this sandbox and its credentials.
+    pub fn upstream_settings(&self, base: &UpstreamSettings) -> UpstreamSettings {
+        UpstreamSettings {
+            base_url: self.base_url(),
+            token_url: self.token_url(),
+            client_id: CLIENT_ID.into(),
+            client_secret: Secret::new(CLIENT_SECRET),
+            client_secret_file: None,
+            ..base.clone()
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = &self.state.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::SeqCst);
+        Stats {
+            token_requests: g(&c.token_requests),
+            api_requests: g(&c.api_requests),
+            unauthorized: g(&c.unauthorized),
+            uploads_started: g(&c.uploads_started),
+            uploads_stored: g(&c.uploads_stored),
+            uploads_rejected: g(&c.uploads_rejected),
+            uploads_aborted: g(&c.uploads_aborted),
+            downloads: g(&c.downloads),
+            downloads_with_credentials: g(&c.downloads_with_credentials),
+        }
+    }
+
+    /// The attachments of a work order (empty when it does not exist).
+    pub fn attachments(&self, work_order_id: i64) -> Vec<StoredAttachment> {
+        self.state
+            .orders()
+            .get(&work_order_id)
+            .map(|w| w.attachments.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every stored attachment of every work order.
+    pub fn all_attachments(&self) -> Vec<StoredAttachment> {
+        self.state
+            .orders()
+            .values()
+            .flat_map(|w| w.attachments.iter().cloned())
+            .collect()
+    }
+
+    /// Adds (or resets) a work order in the given status.
+    pub fn put_work_order(&self, id: i64, status: &str) {
+        self.state.orders().insert(
+            id,
+            WorkOrder {
+                id,
+                status: status.to_string(),
+                attachments: Vec::new(),
+            },
+        );
+    }
+
+    /// Forgets every issued access token, as if they all expired.
+    pub fn revoke_tokens(&self) {
+        self.state.tokens().clear();
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

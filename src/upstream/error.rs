@@ -1,0 +1,236 @@
+//! What can go wrong talking to the upstream, and the decoding of its error body
+//! `{"Code": 2100, "Message": "…", "ValidationErrors": [ … ], "MessageId": "…"}`.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// The most bytes of an error body the gateway reads; the rest is dropped.
+pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+/// The longest upstream `Message` passed on (the upstream's own maximum is 1000).
+pub const MAX_MESSAGE_CHARS: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The upstream answered with a status other than 200.
+    #[error("upstream answered HTTP {}", .0.http_status)]
+    Api(Box<ApiError>),
+    /// The token endpoint refused the gateway's client id/secret, or the API kept
+    /// refusing a freshly fetched token: the gateway's own configuration is wrong.
+    #[error("the upstream refused the gateway's credentials ({0})")]
+    CredentialsRejected(&'static str),
+    /// The API refused the token of a request whose body cannot be sent again (an
+    /// upload); the token was dropped, so a retry of the whole call will work.
+    #[error("the upstream refused the gateway's access token; a new one will be fetched")]
+    TokenRejected,
+    /// The call's deadline passed before the upstream answered.
+    #[error("the upstream did not answer in time")]
+    Timeout,
+    /// No connection to the upstream could be made.
+    #[error("cannot connect to the upstream: {0}")]
+    Connect(String),
+    /// The connection failed while the request or answer was under way.
+    #[error("the connection to the upstream failed: {0}")]
+    Transport(String),
+    /// The upstream answered 200 with a body the gateway cannot read.
+    #[error("the upstream's answer is unreadable: {0}")]
+    Protocol(String),
+}
+
+/// A non-200 answer, with what its body says when it says anything.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ApiError {
+    pub http_status: u16,
+    pub code: Option<i64>,
+    pub message: Option<String>,
+    pub message_id: Option<String>,
+    pub validation_errors: Vec<UpstreamViolation>,
+    /// From `Retry-After` (seconds or an HTTP date).
+    pub retry_after: Option<Duration>,
+}
+
+/// One entry of `ValidationErrors`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamViolation {
+    /// The field (or, lacking one, the error type) the upstream names.
+    pub field: String,
+    pub message: String,
+}
+
+impl UpstreamError {
+    /// Sorts a reqwest failure without keeping its URL (a download link's query
+    /// string carries a signature).
+    pub fn from_reqwest(e: reqwest::Error) -> Self {
+        let timeout = e.is_timeout();
+        let connect = e.is_connect();
+        let text = error_chain(&e.without_url());
+        if timeout {
+            Self::Timeout
+        } else if connect {
+            Self::Connect(text)
+        } else {
+            Self::Transport(text)
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+/// Looks a key up in a JSON object ignoring case, trying each name in turn.
+pub(crate) fn get_ci<'a>(
+    obj: &'a serde_json::Map<String, Value>,
+    names: &[&str],
+) -> Option<&'a Value> {
+    names.iter().find_map(|n| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v)
+    })
+}
+
+pub(crate) fn value_str(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn truncate_chars(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// Reads `Retry-After`: delta-seconds or an HTTP date.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs.min(24 * 3600)));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Decodes an error answer's body; tolerant of any shape, including none.
+pub fn parse_error_body(http_status: u16, body: &[u8], retry_after: Option<Duration>) -> ApiError {
+    let mut err = ApiError {
+        http_status,
+        retry_after,
+        ..ApiError::default()
+    };
+    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
+        // Not JSON: keep a short, printable excerpt as the message.
+        let text = String::from_utf8_lossy(body);
+        let text: String = text
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let text = text.trim();
+        if !text.is_empty() {
+            err.message = Some(truncate_chars(text, 200));
+        }
+        return err;
+    };
+    err.code = get_ci(&obj, &["Code", "ErrorCode"]).and_then(|v| match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    });
+    err.message = get_ci(&obj, &["Message", "error_description", "error"])
+        .and_then(value_str)
+        .map(|m| truncate_chars(&m, MAX_MESSAGE_CHARS));
+    err.message_id = get_ci(&obj, &["MessageId"])
+        .and_then(value_str)
+        .map(|m| truncate_chars(&m, 64));
+    if let Some(Value::Array(items)) = get_ci(&obj, &["ValidationErrors", "Errors"]) {
+        for item in items.iter().take(100) {
+            let v = match item {
+                Value::Object(o) => {
+                    let field = get_ci(
+                        o,
+                        &["Field", "PropertyName", "Property", "Name", "Key", "Type"],
+                    )
+                    .and_then(value_str)
+                    .unwrap_or_default();
+                    let message = get_ci(o, &["Message", "ErrorMessage", "Description"])
+                        .and_then(value_str)
+                        .unwrap_or_default();
+                    UpstreamViolation {
+                        field: truncate_chars(&field, 200),
+                        message: truncate_chars(&message, MAX_MESSAGE_CHARS),
+                    }
+                }
+                Value::String(s) => UpstreamViolation {
+                    field: String::new(),
+                    message: truncate_chars(s, MAX_MESSAGE_CHARS),
+                },
+                _ => continue,
+            };
+            err.validation_errors.push(v);
+        }
+    }
+    err
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_the_documented_shape() {
+        let body = br#"{"Code":2100,"Message":"Invalid fields","ValidationErrors":[{"Type":"Name","Message":"Name is required"}],"MessageId":"m-1"}"#;
+        let e = parse_error_body(400, body, None);
+        assert_eq!(e.code, Some(2100));
+        assert_eq!(e.message.as_deref(), Some("Invalid fields"));
+        assert_eq!(e.message_id.as_deref(), Some("m-1"));
+        assert_eq!(
+            e.validation_errors,
+            vec![UpstreamViolation {
+                field: "Name".into(),
+                message: "Name is required".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn tolerates_other_shapes() {
+        let e = parse_error_body(404, b"", None);
+        assert_eq!((e.code, e.message), (None, None));
+        let e = parse_error_body(500, b"<html>\n<b>oops</b></html>", None);
+        assert_eq!(e.message.as_deref(), Some("<html> <b>oops</b></html>"));
+        let e = parse_error_body(400, br#"{"code":"3001","message":"bad state"}"#, None);
+        assert_eq!(e.code, Some(3001));
+        let e = parse_error_body(400, br#"[1,2]"#, None);
+        assert_eq!(e.code, None);
+        let long = format!(r#"{{"Message":"{}"}}"#, "x".repeat(5000));
+        let e = parse_error_body(400, long.as_bytes(), None);
+        assert!(e.message.unwrap().chars().count() <= MAX_MESSAGE_CHARS + 1);
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

@@ -1,0 +1,329 @@
+//! The CorrigoPro Direct API client: one method per attachments call, bearer token
+//! from the cache, multipart bodies, bounded reads, and error decoding.
+
+pub mod auth;
+pub mod error;
+pub mod model;
+
+use std::io;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use reqwest::multipart::{Form, Part};
+use reqwest::{RequestBuilder, StatusCode, header};
+
+pub use self::auth::TokenCache;
+pub use self::error::{ApiError, UpstreamError, UpstreamViolation};
+pub use self::model::{DownloadLink, UploadReceipt, UpstreamAttachment};
+use crate::config::UpstreamSettings;
+use crate::domain::{
+    AttachmentRef, AttachmentRemoval, AttachmentUpdate, DocumentType, MessageId, NewAttachment,
+    Visibility, WorkOrderId,
+};
+use crate::secret::Secret;
+
+/// Installs the process-wide TLS provider (ring) once; harmless when already done.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub struct Upstream {
+    api: reqwest::Client,
+    download: reqwest::Client,
+    tokens: Arc<TokenCache>,
+    attachments_url: String,
+    download_url_endpoint: String,
+    work_order_param: String,
+    max_body: usize,
+}
+
+impl Upstream {
+    pub fn new(s: &UpstreamSettings) -> Result<Self, UpstreamError> {
+        install_crypto_provider();
+        let base = s.base_url.trim_end_matches('/');
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(s.connect_timeout)
+                .pool_idle_timeout(s.pool_idle_timeout)
+                .tcp_nodelay(true)
+                .user_agent(concat!("attachment-gateway/", env!("CARGO_PKG_VERSION")))
+        };
+        let build_err = |e: reqwest::Error| {
+            UpstreamError::Connect(format!("cannot build the HTTP client: {e}"))
+        };
+        // API calls carry the bearer token: never follow a redirect with it.
+        let api = builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(build_err)?;
+        // Download links are fetched without credentials; storage may redirect.
+        let download = builder()
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .build()
+            .map_err(build_err)?;
+        let max_body = usize::try_from(s.max_response_bytes).unwrap_or(usize::MAX);
+        let tokens = TokenCache::new(
+            api.clone(),
+            s.token_url.clone(),
+            s.client_id.clone(),
+            s.client_secret.clone(),
+            s.token_refresh_margin,
+            max_body,
+        );
+        Ok(Self {
+            api,
+            download,
+            tokens,
+            attachments_url: format!("{base}/api/attachments"),
+            download_url_endpoint: format!("{base}/api/attachments/downloadUrl"),
+            work_order_param: s.work_order_query_param.clone(),
+            max_body,
+        })
+    }
+
+    pub fn tokens(&self) -> &Arc<TokenCache> {
+        &self.tokens
+    }
+
+    /// Sends a request that can be built again: on a 401 the token is dropped, a new
+    /// one fetched, and the request sent once more.
+    async fn send_replayable(
+        &self,
+        build: impl Fn(&Secret) -> RequestBuilder,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let token = self.tokens.token().await?;
+        let resp = build(&token)
+            .send()
+            .await
+            .map_err(UpstreamError::from_reqwest)?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        tracing::info!("the upstream refused the access token; fetching a new one");
+        self.tokens.invalidate(&token);
+        let token = self.tokens.token().await?;
+        let resp = build(&token)
+            .send()
+            .await
+            .map_err(UpstreamError::from_reqwest)?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            self.tokens.invalidate(&token);
+            tracing::error!("the upstream refused a freshly fetched access token");
+            return Err(UpstreamError::CredentialsRejected(
+                "API refused a fresh token",
+            ));
+        }
+        Ok(resp)
+    }
+
+    /// The body of a 200 answer, or the decoded error of any other.
+    async fn ok_body(&self, resp: reqwest::Response) -> Result<Bytes, UpstreamError> {
+        let resp = check_status(resp).await?;
+        read_bounded(resp, self.max_body).await
+    }
+
+    pub async fn list(&self, wo: WorkOrderId) -> Result<Vec<UpstreamAttachment>, UpstreamError> {
+        let resp = self
+            .send_replayable(|t| {
+                self.api
+                    .get(&self.attachments_url)
+                    .query(&[(self.work_order_param.as_str(), wo.get())])
+                    .header(header::ACCEPT, "application/json")
+                    .bearer_auth(t.expose())
+            })
+            .await?;
+        model::parse_list(&self.ok_body(resp).await?)
+    }
+
+    pub async fn download_link(&self, r: &AttachmentRef) -> Result<DownloadLink, UpstreamError> {
+        let asked_at = SystemTime::now();
+        let resp = self
+            .send_replayable(|t| {
+                self.api
+                    .get(&self.download_url_endpoint)
+                    .query(&[
+                        ("AttachmentId", r.attachment_id.as_str()),
+                        ("WorkOrderId", &r.work_order_id.to_string()),
+                    ])
+                    .header(header::ACCEPT, "application/json")
+                    .bearer_auth(t.expose())
+            })
+            .await?;
+        model::parse_download_link(&self.ok_body(resp).await?, asked_at)
+    }
+
+    /// Opens the link's bytes, without the bearer token (the link is its own key).
+    pub async fn open_download(
+        &self,
+        link: &DownloadLink,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let resp = self
+            .download
+            .get(link.url.expose())
+            .send()
+            .await
+            .map_err(UpstreamError::from_reqwest)?;
+        check_status(resp).await
+    }
+
+    pub async fn update(&self, u: &AttachmentUpdate) -> Result<Option<String>, UpstreamError> {
+        let resp = self
+            .send_replayable(|t| {
+                let form = Form::new()
+                    .text("WorkOrderId", u.target.work_order_id.to_string())
+                    .text("AttachmentId", u.target.attachment_id.as_str().to_string())
+                    .text("Name", u.name.as_str().to_string());
+                let form = optional_enums(form, u.document_type, u.visibility)
+                    .text("MessageId", u.message_id.as_str().to_string());
+                self.api
+                    .put(&self.attachments_url)
+                    .header(header::ACCEPT, "application/json")
+                    .bearer_auth(t.expose())
+                    .multipart(form)
+            })
+            .await?;
+        Ok(model::parse_message_id(&self.ok_body(resp).await?))
+    }
+
+    pub async fn delete(&self, d: &AttachmentRemoval) -> Result<Option<String>, UpstreamError> {
+        let resp = self
+            .send_replayable(|t| {
+                let form = Form::new()
+                    .text("WorkOrderId", d.target.work_order_id.to_string())
+                    .text("AttachmentId", d.target.attachment_id.as_str().to_string())
+                    .text("MessageId", d.message_id.as_str().to_string());
+                self.api
+                    .delete(&self.attachments_url)
+                    .header(header::ACCEPT, "application/json")
+                    .bearer_auth(t.expose())
+                    .multipart(form)
+            })
+            .await?;
+        Ok(model::parse_message_id(&self.ok_body(resp).await?))
+    }
+
+    /// Streams a file into `POST /api/attachments`. The body cannot be replayed, so a
+    /// 401 drops the token and reports [`UpstreamError::TokenRejected`]. If `file`
+    /// yields an error, the request is aborted mid-body: the upstream never sees a
+    /// complete multipart message, so no truncated attachment is created.
+    pub async fn upload<S>(
+        &self,
+        a: &NewAttachment,
+        file: S,
+    ) -> Result<UploadReceipt, UpstreamError>
+    where
+        S: Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
+    {
+        let token = self.tokens.token().await?;
+        let body = reqwest::Body::wrap_stream(file);
+        let part = match a.declared_size {
+            Some(n) => Part::stream_with_length(body, n),
+            None => Part::stream(body),
+        }
+        .file_name(a.name.as_str().to_string());
+        // The media type was validated; the upstream also gets it as `MimeType`.
+        let part = match a.mime_type.as_str().parse::<mime::Mime>() {
+            Ok(m) => part
+                .mime_str(m.as_ref())
+                .map_err(UpstreamError::from_reqwest)?,
+            Err(_) => part,
+        };
+        let mut form = Form::new()
+            .percent_encode_attr_chars()
+            .text("WorkOrderId", a.work_order_id.to_string())
+            .text("Name", a.name.as_str().to_string())
+            .text("MimeType", a.mime_type.as_str().to_string())
+            .text("PerformedBy.Name", a.performed_by.get_name().to_string());
+        if let Some(phone) = a.performed_by.get_phone() {
+            form = form.text("PerformedBy.Phone", phone.to_string());
+        }
+        let form = optional_enums(form, a.document_type, a.visibility)
+            .text("MessageId", a.message_id.as_str().to_string())
+            .part("File", part);
+        let resp = self
+            .api
+            .post(&self.attachments_url)
+            .header(header::ACCEPT, "application/json")
+            .bearer_auth(token.expose())
+            .multipart(form)
+            .send()
+            .await
+            .map_err(UpstreamError::from_reqwest)?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            self.tokens.invalidate(&token);
+            return Err(UpstreamError::TokenRejected);
+        }
+        model::parse_upload_receipt(&self.ok_body(resp).await?)
+    }
+}
+
+fn optional_enums(mut form: Form, dt: Option<DocumentType>, vis: Option<Visibility>) -> Form {
+    if let Some(dt) = dt {
+        form = form.text("DocumentType", dt.upstream_name());
+    }
+    if let Some(vis) = vis {
+        form = form.text("MessageVisibility", vis.upstream_name());
+    }
+    form
+}
+
+/// Passes a 200 answer through; decodes any other into [`UpstreamError::Api`],
+/// reading at most [`error::MAX_ERROR_BODY_BYTES`] of its body.
+async fn check_status(resp: reqwest::Response) -> Result<reqwest::Response, UpstreamError> {
+    let status = resp.status();
+    if status == StatusCode::OK {
+        return Ok(resp);
+    }
+    let retry_after = resp
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(error::parse_retry_after);
+    let body = read_prefix(resp, error::MAX_ERROR_BODY_BYTES).await;
+    Err(UpstreamError::Api(Box::new(error::parse_error_body(
+        status.as_u16(),
+        &body,
+        retry_after,
+    ))))
+}
+
+/// Reads a whole body of at most `max` bytes; a larger one is an error.
+pub(crate) async fn read_bounded(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<Bytes, UpstreamError> {
+    let too_large = || UpstreamError::Protocol(format!("the answer is larger than {max} bytes"));
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(UpstreamError::from_reqwest)? {
+        if buf.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Reads at most `max` bytes of a body and drops the rest; never fails.
+async fn read_prefix(mut resp: reqwest::Response, max: usize) -> Bytes {
+    let mut buf = BytesMut::new();
+    while buf.len() < max {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let take = chunk.len().min(max - buf.len());
+                buf.extend_from_slice(&chunk[..take]);
+            }
+            _ => break,
+        }
+    }
+    buf.freeze()
+}
+
+/// Helps callers that need a fresh message id for writes without one.
+pub fn message_id_or(received: Option<String>, sent: &MessageId) -> String {
+    received.unwrap_or_else(|| sent.as_str().to_string())
+}

@@ -1,0 +1,231 @@
+//! Tolerant reading of the upstream's success answers. The list endpoint's exact JSON
+//! and the download-link answer are not public: accept the plausible shapes, ignore
+//! unknown fields, and keep each raw object so nothing is lost.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Map, Value};
+
+use super::error::{UpstreamError, get_ci, value_str};
+use crate::domain::DOWNLOAD_LINK_TTL;
+use crate::secret::Secret;
+
+/// One attachment as the upstream describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamAttachment {
+    pub attachment_id: String,
+    pub name: String,
+    pub mime_type: String,
+    pub size_bytes: u64,
+    /// The upstream's `DocumentType` spelling, verbatim.
+    pub document_type: Option<String>,
+    pub subtype: String,
+    /// The whole object, as received.
+    pub raw: Map<String, Value>,
+}
+
+/// A temporary link to an attachment's bytes. The URL carries a signature.
+#[derive(Debug, Clone)]
+pub struct DownloadLink {
+    pub url: Secret,
+    pub expires_at: SystemTime,
+}
+
+/// `{"AttachmentId": "…", "MessageId": "…"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadReceipt {
+    pub attachment_id: String,
+    pub message_id: Option<String>,
+}
+
+fn protocol(what: &str) -> UpstreamError {
+    UpstreamError::Protocol(what.to_string())
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, UpstreamError> {
+    serde_json::from_slice(body).map_err(|e| UpstreamError::Protocol(format!("not JSON: {e}")))
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn attachment(obj: &Map<String, Value>) -> Option<UpstreamAttachment> {
+    let s = |names: &[&str]| get_ci(obj, names).and_then(value_str).unwrap_or_default();
+    let attachment_id = s(&["AttachmentId", "Id"]);
+    if attachment_id.is_empty() {
+        return None;
+    }
+    Some(UpstreamAttachment {
+        attachment_id,
+        name: s(&["Name", "FileName"]),
+        mime_type: s(&["MimeType", "ContentType"]),
+        size_bytes: get_ci(obj, &["Size", "SizeBytes", "FileSize", "Length"])
+            .and_then(as_u64)
+            .unwrap_or(0),
+        document_type: get_ci(obj, &["DocumentType"]).and_then(value_str),
+        subtype: s(&["Subtype", "SubType"]),
+        raw: obj.clone(),
+    })
+}
+
+/// Reads the list answer: a bare array of attachments, or an object holding one
+/// (under `Attachments`, `Items`, `Data`, `value`, or its only array field).
+pub fn parse_list(body: &[u8]) -> Result<Vec<UpstreamAttachment>, UpstreamError> {
+    let v = parse_json(body)?;
+    let items = match &v {
+        Value::Array(items) => items,
+        Value::Object(obj) => {
+            match get_ci(obj, &["Attachments", "Items", "Data", "Value", "Results"]) {
+                Some(Value::Array(items)) => items,
+                Some(Value::Null) => return Ok(Vec::new()),
+                _ => {
+                    let mut arrays = obj.values().filter_map(|v| v.as_array());
+                    match (arrays.next(), arrays.next()) {
+                        (Some(items), None) => items,
+                        (None, _) => return Ok(Vec::new()),
+                        _ => return Err(protocol("the list answer holds several arrays")),
+                    }
+                }
+            }
+        }
+        Value::Null => return Ok(Vec::new()),
+        _ => {
+            return Err(protocol(
+                "the list answer is neither an array nor an object",
+            ));
+        }
+    };
+    Ok(items
+        .iter()
+        .filter_map(|i| i.as_object())
+        .filter_map(attachment)
+        .collect())
+}
+
+/// Reads the download-link answer: a JSON string, an object with the link under
+/// `Url`/`DownloadUrl`/`Link`, or the bare link as text. The expiry is the
+/// upstream's when it gives one (RFC 3339), else 15 minutes after `asked_at`.
+pub fn parse_download_link(
+    body: &[u8],
+    asked_at: SystemTime,
+) -> Result<DownloadLink, UpstreamError> {
+    let default_expiry = asked_at + DOWNLOAD_LINK_TTL;
+    let (url, expires_at) = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::String(s)) => (s, default_expiry),
+        Ok(Value::Object(obj)) => {
+            let url = get_ci(&obj, &["Url", "DownloadUrl", "Link", "Uri", "Href"])
+                .and_then(value_str)
+                .ok_or_else(|| protocol("the download-link answer has no URL"))?;
+            let expires = get_ci(
+                &obj,
+                &[
+                    "ExpireTime",
+                    "ExpiresAt",
+                    "Expires",
+                    "ExpirationDate",
+                    "ExpirationTime",
+                    "ValidUntil",
+                ],
+            )
+            .and_then(value_str)
+            .and_then(|s| humantime::parse_rfc3339_weak(s.trim_end_matches('Z')).ok())
+            .filter(|t| *t > asked_at && *t < asked_at + Duration::from_secs(24 * 3600))
+            .unwrap_or(default_expiry);
+            (url, expires)
+        }
+        Ok(_) => return Err(protocol("the download-link answer is not a link")),
+        Err(_) => (
+            String::from_utf8_lossy(body).trim().to_string(),
+            default_expiry,
+        ),
+    };
+    let parsed = reqwest::Url::parse(url.trim())
+        .map_err(|_| protocol("the download link is not a valid URL"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(protocol("the download link is not an http(s) URL"));
+    }
+    Ok(DownloadLink {
+        url: Secret::new(parsed.as_str()),
+        expires_at,
+    })
+}
+
+/// Reads `{"AttachmentId": "…", "MessageId": "…"}`.
+pub fn parse_upload_receipt(body: &[u8]) -> Result<UploadReceipt, UpstreamError> {
+    let Value::Object(obj) = parse_json(body)? else {
+        return Err(protocol("the upload answer is not an object"));
+    };
+    let attachment_id = get_ci(&obj, &["AttachmentId", "Id"])
+        .and_then(value_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| protocol("the upload answer has no AttachmentId"))?;
+    Ok(UploadReceipt {
+        attachment_id,
+        message_id: get_ci(&obj, &["MessageId"]).and_then(value_str),
+    })
+}
+
+/// Reads `{"MessageId": "…"}`; an empty or absent id is not an error.
+pub fn parse_message_id(body: &[u8]) -> Option<String> {
+    match serde_json::from_slice::<Value>(body).ok()? {
+        Value::Object(obj) => get_ci(&obj, &["MessageId"]).and_then(value_str),
+        Value::String(s) => Some(s),
+        _ => None,
+    }
+    .filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_shapes() {
+        let arr = br#"[{"AttachmentId":"a1","Name":"x.jpg","MimeType":"image/jpeg","Size":12,"DocumentType":"Picture","Extra":true}]"#;
+        let l = parse_list(arr).unwrap();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].size_bytes, 12);
+        assert_eq!(l[0].document_type.as_deref(), Some("Picture"));
+        assert!(l[0].raw.contains_key("Extra"));
+        let wrapped = br#"{"Attachments":[{"attachmentId":"a1","size":"7"}],"Total":1}"#;
+        assert_eq!(parse_list(wrapped).unwrap()[0].size_bytes, 7);
+        let other = br#"{"Whatever":[{"Id":"z"}]}"#;
+        assert_eq!(parse_list(other).unwrap()[0].attachment_id, "z");
+        assert!(parse_list(b"[]").unwrap().is_empty());
+        assert!(parse_list(b"null").unwrap().is_empty());
+        assert!(parse_list(b"nope").is_err());
+        assert!(parse_list(b"42").is_err());
+    }
+
+    #[test]
+    fn link_shapes() {
+        let now = SystemTime::now();
+        let l = parse_download_link(br#""https://files.example/x?sig=1""#, now).unwrap();
+        assert_eq!(l.expires_at, now + DOWNLOAD_LINK_TTL);
+        let l = parse_download_link(br#"{"Url":"https://files.example/x"}"#, now).unwrap();
+        assert_eq!(l.url.expose(), "https://files.example/x");
+        let l = parse_download_link(b"https://files.example/y\n", now).unwrap();
+        assert_eq!(l.url.expose(), "https://files.example/y");
+        assert!(parse_download_link(br#"{"Nope":1}"#, now).is_err());
+        assert!(parse_download_link(b"ftp://x/y", now).is_err());
+    }
+
+    #[test]
+    fn receipts() {
+        let r = parse_upload_receipt(br#"{"AttachmentId":"a","MessageId":"m"}"#).unwrap();
+        assert_eq!(r.attachment_id, "a");
+        assert!(parse_upload_receipt(br#"{"MessageId":"m"}"#).is_err());
+        assert_eq!(
+            parse_message_id(br#"{"MessageId":"m"}"#).as_deref(),
+            Some("m")
+        );
+        assert_eq!(parse_message_id(b""), None);
+    }
+}
