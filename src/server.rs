@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -17,6 +18,9 @@ use crate::config::Settings;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::attachment_service_server::AttachmentServiceServer;
 use crate::upstream::{Upstream, UpstreamError};
+
+/// After the grace period, how long cut calls get to send their final status.
+const CUT_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Room in a decoded message beyond the chunk itself (field tags, metadata).
 const MESSAGE_OVERHEAD: usize = 64 * 1024;
@@ -38,7 +42,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let upstream = Arc::new(Upstream::new(&settings.upstream)?);
-    let api = AttachmentApi::new(upstream, ApiLimits::from_settings(&settings));
+    let cut = CancellationToken::new();
+    let api = AttachmentApi::new(upstream, ApiLimits::from_settings(&settings), cut.clone());
     let max_message = usize::try_from(settings.limits.max_chunk_bytes)
         .unwrap_or(usize::MAX)
         .saturating_add(MESSAGE_OVERHEAD);
@@ -120,8 +125,14 @@ pub async fn serve(
     match tokio::time::timeout(s.shutdown_grace, &mut server).await {
         Ok(r) => r.map_err(Into::into),
         Err(_) => {
-            tracing::warn!("the grace period passed: cutting the calls still in flight");
-            Ok(())
+            // Calls still running end with UNAVAILABLE; their upstream requests are
+            // aborted. Give that a moment to reach the callers, then stop.
+            tracing::warn!("the grace period passed: ending the calls still in flight");
+            cut.cancel();
+            match tokio::time::timeout(CUT_LINGER, &mut server).await {
+                Ok(r) => r.map_err(Into::into),
+                Err(_) => Ok(()),
+            }
         }
     }
 }

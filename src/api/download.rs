@@ -111,14 +111,22 @@ impl AttachmentApi {
             payload: Some(Payload::Metadata(metadata(&target, resp.headers(), length))),
         };
         let chunk_size = self.limits.download_chunk_bytes;
+        let cut = self.cut.clone();
         let (tx, rx) = mpsc::channel::<Result<DownloadAttachmentResponse, Status>>(QUEUED_MESSAGES);
         // Capacity is at least one, and the queue is empty.
         let _ = tx.try_send(Ok(first));
         tokio::spawn(async move {
             let mut sent: u64 = 0;
             loop {
-                let next = match tokio::time::timeout_at(deadline, resp.chunk()).await {
-                    Err(_) => Err(status::deadline_exceeded(Op::Read, "the download")),
+                let read = tokio::select! {
+                    r = tokio::time::timeout_at(deadline, resp.chunk()) => r,
+                    () = cut.cancelled() => {
+                        let _ = tx.send(Err(status::shutting_down(Op::Read, true))).await;
+                        return;
+                    }
+                };
+                let next = match read {
+                    Err(_) => Err(status::deadline_exceeded(Op::Read, "the download", true)),
                     Ok(Err(e)) => Err(status::from_upstream(
                         &UpstreamError::from_reqwest(e),
                         Op::Read,

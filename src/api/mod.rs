@@ -8,10 +8,12 @@ mod upload;
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::Stream;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -53,13 +55,17 @@ impl ApiLimits {
 pub struct AttachmentApi {
     upstream: Arc<Upstream>,
     limits: Arc<ApiLimits>,
+    /// Cancelled when the shutdown grace period is over: calls still running end
+    /// with UNAVAILABLE (and their upstream requests are aborted).
+    cut: CancellationToken,
 }
 
 impl AttachmentApi {
-    pub fn new(upstream: Arc<Upstream>, limits: ApiLimits) -> Self {
+    pub fn new(upstream: Arc<Upstream>, limits: ApiLimits, cut: CancellationToken) -> Self {
         Self {
             upstream,
             limits: Arc::new(limits),
+            cut,
         }
     }
 
@@ -71,7 +77,11 @@ impl AttachmentApi {
         what: &str,
         fut: impl Future<Output = Result<T, UpstreamError>>,
     ) -> Result<T, Status> {
-        match tokio::time::timeout_at(deadline, fut).await {
+        let result = tokio::select! {
+            r = tokio::time::timeout_at(deadline, fut) => r,
+            () = self.cut.cancelled() => return Err(status::shutting_down(op, false)),
+        };
+        match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, call = what, "upstream call failed");
@@ -79,7 +89,7 @@ impl AttachmentApi {
             }
             Err(_) => {
                 tracing::warn!(call = what, "deadline passed during the upstream call");
-                Err(status::deadline_exceeded(op, what))
+                Err(status::deadline_exceeded(op, what, false))
             }
         }
     }
@@ -133,10 +143,21 @@ impl AttachmentService for AttachmentApi {
     ) -> Result<Response<UploadAttachmentResponse>, Status> {
         let deadline = deadline(request.metadata(), self.limits.transfer_timeout);
         let stream = request.into_inner();
-        match tokio::time::timeout_at(deadline, self.upload(stream)).await {
-            Ok(r) => r.map(Response::new),
-            // The upstream request (if any) was dropped with the future: aborted.
-            Err(_) => Err(status::deadline_exceeded(Op::Write, "the upload")),
+        // Set once the whole body went upstream: from then on, stopping the call
+        // cannot tell whether the attachment was stored.
+        let sent = AtomicBool::new(false);
+        // On deadline or shutdown the upload future is dropped, which aborts its
+        // upstream request mid-body unless the body was complete.
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, self.upload(stream, &sent)) => match r {
+                Ok(r) => r.map(Response::new),
+                Err(_) => Err(status::deadline_exceeded(
+                    Op::Write,
+                    "the upload",
+                    !sent.load(Ordering::Acquire),
+                )),
+            },
+            () = self.cut.cancelled() => Err(status::shutting_down(Op::Write, !sent.load(Ordering::Acquire))),
         }
     }
 

@@ -115,14 +115,34 @@ pub fn invalid_field(field: &str, reason: &'static str, description: impl Into<S
     }])
 }
 
-/// The caller's deadline (or the gateway's default timeout) passed.
-pub fn deadline_exceeded(op: Op, what: &str) -> Status {
+/// The caller's deadline (or the gateway's default timeout) passed. `nothing_applied`:
+/// the call was stopped before the upstream could have acted on it.
+pub fn deadline_exceeded(op: Op, what: &str, nothing_applied: bool) -> Status {
     let mut meta = HashMap::new();
-    meta.insert("retry_safe".to_string(), retry_safe(op, false).to_string());
+    meta.insert(
+        "retry_safe".to_string(),
+        retry_safe(op, nothing_applied).to_string(),
+    );
     let details = ErrorDetails::with_error_info("DEADLINE_EXCEEDED", ERROR_DOMAIN, meta);
     Status::with_error_details(
         Code::DeadlineExceeded,
         format!("the deadline passed before {what} finished"),
+        details,
+    )
+}
+
+/// The gateway is shutting down and its grace period ran out for this call.
+pub fn shutting_down(op: Op, nothing_applied: bool) -> Status {
+    let mut meta = HashMap::new();
+    meta.insert(
+        "retry_safe".to_string(),
+        retry_safe(op, nothing_applied).to_string(),
+    );
+    let mut details = ErrorDetails::with_error_info("GATEWAY_SHUTTING_DOWN", ERROR_DOMAIN, meta);
+    details.set_retry_info(Some(Duration::ZERO));
+    Status::with_error_details(
+        Code::Unavailable,
+        "the gateway is shutting down and stopped this call; retry on another replica",
         details,
     )
 }

@@ -163,6 +163,7 @@ impl AttachmentApi {
     pub(super) async fn upload(
         &self,
         mut stream: Streaming<UploadAttachmentRequest>,
+        sent: &AtomicBool,
     ) -> Result<UploadAttachmentResponse, Status> {
         let max_chunk = self.limits.max_chunk_bytes;
         let meta = match next_payload(&mut stream, max_chunk).await? {
@@ -262,6 +263,7 @@ impl AttachmentApi {
             Ok(true) => {
                 let (size, sha) = progress.finish()?;
                 complete.store(true, Ordering::Release);
+                sent.store(true, Ordering::Release);
                 drop(tx);
                 let receipt = upstream.await.map_err(|e| {
                     tracing::warn!(error = %e, "upload failed upstream");

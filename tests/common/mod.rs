@@ -1,0 +1,243 @@
+//! Shared harness: a real gateway on a loopback port, a real upstream (the sandbox
+//! or a wiremock server), and the generated tonic client.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use attachment_gateway::config::Settings;
+use attachment_gateway::proto::attachment_service_client::AttachmentServiceClient;
+use attachment_gateway::proto::upload_attachment_request::Payload;
+use attachment_gateway::proto::{Person, UploadAttachmentRequest, UploadMetadata};
+use attachment_gateway::sandbox::{Sandbox, SandboxConfig};
+use attachment_gateway::secret::Secret;
+use attachment_gateway::server;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+pub type Client = AttachmentServiceClient<Channel>;
+
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub client: Client,
+    stop: Option<oneshot::Sender<()>>,
+    pub join: Option<JoinHandle<Result<(), server::ServeError>>>,
+}
+
+impl Gateway {
+    pub async fn start(settings: Settings) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let join = tokio::spawn(server::serve(settings, listener, async move {
+            let _ = stopped.await;
+        }));
+        let client = connect(addr).await;
+        Self {
+            addr,
+            client,
+            stop: Some(stop),
+            join: Some(join),
+        }
+    }
+
+    /// Sends the shutdown signal (as SIGTERM would).
+    pub fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.shutdown();
+        if let Some(j) = self.join.take() {
+            j.abort();
+        }
+    }
+}
+
+pub async fn connect(addr: SocketAddr) -> Client {
+    let endpoint = Channel::from_shared(format!("http://{addr}")).expect("uri");
+    for _ in 0..100 {
+        if let Ok(ch) = endpoint.connect().await {
+            return AttachmentServiceClient::new(ch)
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("gateway at {addr} never accepted a connection");
+}
+
+/// Settings for tests: sandbox off, short timeouts.
+pub fn base_settings() -> Settings {
+    let mut s = Settings::default();
+    s.upstream.request_timeout = Duration::from_secs(10);
+    s.upstream.transfer_timeout = Duration::from_secs(60);
+    s.server.shutdown_grace = Duration::from_secs(5);
+    s
+}
+
+/// A sandbox upstream and a gateway in front of it.
+pub struct SandboxedGateway {
+    pub sandbox: Sandbox,
+    pub gateway: Gateway,
+}
+
+pub async fn with_sandbox() -> SandboxedGateway {
+    with_sandbox_and(SandboxConfig::default(), |_| {}).await
+}
+
+pub async fn with_sandbox_and(
+    cfg: SandboxConfig,
+    tweak: impl FnOnce(&mut Settings),
+) -> SandboxedGateway {
+    let sandbox = Sandbox::start(cfg).await.expect("sandbox");
+    let mut s = base_settings();
+    s.upstream = sandbox.upstream_settings(&s.upstream);
+    tweak(&mut s);
+    let gateway = Gateway::start(s).await;
+    SandboxedGateway { sandbox, gateway }
+}
+
+/// Settings pointing at a wiremock server (`/Direct` API, `/oauth/token`).
+pub fn settings_for(uri: &str) -> Settings {
+    let mut s = base_settings();
+    s.upstream.base_url = format!("{uri}/Direct");
+    s.upstream.token_url = format!("{uri}/oauth/token");
+    s.upstream.client_id = "test-client".into();
+    s.upstream.client_secret = Secret::new("test-secret-value");
+    s
+}
+
+pub fn metadata(work_order_id: i64, name: &str) -> UploadMetadata {
+    UploadMetadata {
+        work_order_id,
+        name: name.into(),
+        mime_type: "application/octet-stream".into(),
+        performed_by: Some(Person {
+            name: "Ana Tech".into(),
+            phone: "+1 202 555 0141".into(),
+        }),
+        ..UploadMetadata::default()
+    }
+}
+
+pub fn meta_msg(m: UploadMetadata) -> UploadAttachmentRequest {
+    UploadAttachmentRequest {
+        payload: Some(Payload::Metadata(m)),
+    }
+}
+
+pub fn chunk_msg(b: impl Into<bytes::Bytes>) -> UploadAttachmentRequest {
+    UploadAttachmentRequest {
+        payload: Some(Payload::Chunk(b.into())),
+    }
+}
+
+/// Metadata then `data` in chunks of `chunk` bytes.
+pub fn upload_messages(
+    m: UploadMetadata,
+    data: &[u8],
+    chunk: usize,
+) -> Vec<UploadAttachmentRequest> {
+    let mut v = vec![meta_msg(m)];
+    v.extend(
+        data.chunks(chunk)
+            .map(|c| chunk_msg(bytes::Bytes::copy_from_slice(c))),
+    );
+    v
+}
+
+/// Deterministic test bytes.
+pub fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+pub fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// The field violations of a status, as (field, reason).
+pub fn violations(s: &Status) -> Vec<(String, String)> {
+    s.get_error_details()
+        .bad_request()
+        .map(|b| {
+            b.field_violations
+                .iter()
+                .map(|v| (v.field.clone(), v.reason.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn error_reason(s: &Status) -> String {
+    s.get_error_details()
+        .error_info()
+        .map(|e| e.reason.clone())
+        .unwrap_or_default()
+}
+
+pub fn error_metadata(s: &Status) -> HashMap<String, String> {
+    s.get_error_details()
+        .error_info()
+        .map(|e| e.metadata.clone())
+        .unwrap_or_default()
+}
+
+pub fn retry_delay(s: &Status) -> Option<Duration> {
+    s.get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+}
+
+#[track_caller]
+pub fn assert_invalid(s: &Status, field: &str, reason: &str) {
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    let v = violations(s);
+    assert!(
+        v.iter().any(|(f, r)| f == field && r == reason),
+        "expected violation {field}/{reason}, got {v:?} ({})",
+        s.message()
+    );
+}
+
+/// Polls `f` until it is true, for at most 5 s.
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..250 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// Waits until every upload the sandbox saw start was aborted or rejected, and
+/// checks none was stored.
+pub async fn nothing_stored(sandbox: &Sandbox) {
+    eventually(
+        "every started upstream upload ended without storing",
+        || {
+            let s = sandbox.stats();
+            s.uploads_started == s.uploads_aborted + s.uploads_rejected
+        },
+    )
+    .await;
+    assert_eq!(sandbox.stats().uploads_stored, 0, "{:?}", sandbox.stats());
+}
