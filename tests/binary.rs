@@ -1,0 +1,235 @@
+//! The binary as an operator runs it: settings layering (defaults < file < env <
+//! flags), errors naming the setting, secret files, and `--sandbox` serving until
+//! SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use attachment_gateway::proto::ListAttachmentsRequest;
+
+const BIN: &str = env!("CARGO_BIN_EXE_attachment-gateway");
+
+fn gateway() -> Command {
+    let mut c = Command::new(BIN);
+    // Start from a clean environment of gateway settings.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ATTACHMENT_GATEWAY_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn output(c: &mut Command) -> (i32, String, String) {
+    let out = c.output().expect("run the binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn temp_file(name: &str, content: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ag-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let p = dir.join(name);
+    std::fs::write(&p, content).expect("write");
+    p
+}
+
+#[test]
+fn missing_credentials_fail_at_start_naming_the_setting() {
+    let (code, _, err) = output(gateway().arg("--check-config"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("upstream.client_id"), "{err}");
+    assert!(
+        err.contains("ATTACHMENT_GATEWAY_UPSTREAM__CLIENT_ID"),
+        "{err}"
+    );
+}
+
+#[test]
+fn layers_apply_in_order_and_secrets_stay_hidden() {
+    let file = temp_file(
+        "gateway.toml",
+        r#"
+listen = "127.0.0.1:7001"
+[upstream]
+client_id = "from-file"
+request_timeout = "12s"
+[limits]
+max_upload_bytes = 1000000
+"#,
+    );
+    let secret = temp_file("secret", "s3cret-from-file\n");
+    let (code, out, err) = output(
+        gateway()
+            .args(["--check-config", "--config"])
+            .arg(&file)
+            .args(["--listen", "127.0.0.1:7003"])
+            .env("ATTACHMENT_GATEWAY_LISTEN", "127.0.0.1:7002")
+            .env("ATTACHMENT_GATEWAY_LIMITS__MAX_UPLOAD_BYTES", "2000000")
+            .env("ATTACHMENT_GATEWAY_UPSTREAM__CLIENT_SECRET_FILE", &secret),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(r#"listen = "127.0.0.1:7003""#),
+        "flag wins: {out}"
+    );
+    assert!(
+        out.contains("max_upload_bytes = 2000000"),
+        "env beats file: {out}"
+    );
+    assert!(
+        out.contains(r#"client_id = "from-file""#),
+        "file beats default: {out}"
+    );
+    assert!(out.contains(r#"request_timeout = "12s""#), "{out}");
+    assert!(
+        !out.contains("s3cret-from-file"),
+        "the secret is never printed: {out}"
+    );
+    assert!(out.contains(r#"client_secret = "<redacted>""#), "{out}");
+}
+
+#[test]
+fn bad_values_and_unknown_keys_are_named() {
+    let (code, _, err) = output(
+        gateway()
+            .args(["--check-config", "--sandbox"])
+            .env("ATTACHMENT_GATEWAY_LIMITS__MAX_UPLOAD_BYTES", "lots"),
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.to_lowercase().contains("limits.max_upload_bytes"),
+        "{err}"
+    );
+
+    let file = temp_file("typo.toml", "[upstream]\nbase_ulr = \"https://x\"\n");
+    let (code, _, err) = output(
+        gateway()
+            .args(["--check-config", "--sandbox", "--config"])
+            .arg(&file),
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("base_ulr"), "{err}");
+
+    let (code, _, err) = output(
+        gateway()
+            .args(["--check-config", "--sandbox"])
+            .env("ATTACHMENT_GATEWAY_UPSTREAM__REQUEST_TIMEOUT", "0s"),
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("upstream.request_timeout"), "{err}");
+
+    let (code, _, err) = output(gateway().args([
+        "--check-config",
+        "--sandbox",
+        "--upstream-base-url",
+        "not a url",
+    ]));
+    assert_eq!(code, 2);
+    assert!(err.contains("upstream.base_url"), "{err}");
+
+    let (code, _, err) =
+        output(gateway().args(["--check-config", "--config", "/nonexistent/gw.toml"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("--config"), "{err}");
+
+    let secret = temp_file("both", "x");
+    let (code, _, err) = output(
+        gateway()
+            .args(["--check-config"])
+            .env("ATTACHMENT_GATEWAY_UPSTREAM__CLIENT_ID", "id")
+            .env("ATTACHMENT_GATEWAY_UPSTREAM__CLIENT_SECRET", "y")
+            .env("ATTACHMENT_GATEWAY_UPSTREAM__CLIENT_SECRET_FILE", &secret),
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("client_secret_file"), "{err}");
+}
+
+#[tokio::test]
+async fn sandbox_mode_serves_and_stops_on_sigterm() {
+    let mut child = tokio::task::spawn_blocking(|| {
+        gateway()
+            .args([
+                "--sandbox",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    })
+    .await
+    .expect("join");
+    let stdout = child.stdout.take().expect("stdout");
+    let (addr, banner) = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let mut banner = String::new();
+        while let Some(Ok(line)) = lines.next() {
+            banner.push_str(&line);
+            banner.push('\n');
+            if let Some(rest) = line.strip_prefix("attachment-gateway (sandbox) serving gRPC on ") {
+                let addr: std::net::SocketAddr = rest.trim().parse().expect("addr");
+                // Keep reading the rest of the banner.
+                for l in lines.by_ref().take(5).flatten() {
+                    banner.push_str(&l);
+                    banner.push('\n');
+                }
+                return (addr, banner);
+            }
+        }
+        panic!("no banner: {banner}");
+    })
+    .await
+    .expect("join");
+    assert!(banner.contains("1003 (Rejected)"), "{banner}");
+    assert!(banner.contains("grpcurl -plaintext"), "{banner}");
+
+    let mut client = common::connect(addr).await;
+    let list = client
+        .list_attachments(ListAttachmentsRequest {
+            work_order_id: 1001,
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.attachments.len(), 1);
+
+    let pid = child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || {
+        for _ in 0..100 {
+            if let Some(s) = child.try_wait().expect("wait") {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                return (s, err);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("the gateway did not stop on SIGTERM");
+    })
+    .await
+    .expect("join");
+    assert!(exit.0.success(), "exit {:?}: {}", exit.0, exit.1);
+    // JSON logs, one object per line, with the shutdown recorded.
+    let lines: Vec<&str> = exit.1.lines().collect();
+    assert!(lines.iter().all(|l| l.starts_with('{')), "{}", exit.1);
+    assert!(exit.1.contains("shutdown requested"), "{}", exit.1);
+    assert!(!exit.1.contains("sandbox-secret"), "no secret in logs");
+}
