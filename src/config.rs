@@ -3,6 +3,7 @@
 //!
 //! Invalid settings fail at start with a message naming the setting.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,6 +29,10 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     pub limits: LimitSettings,
     pub server: ServerSettings,
+    pub tls: TlsSettings,
+    pub auth: AuthSettings,
+    pub rate_limit: RateLimitSettings,
+    pub telemetry: TelemetrySettings,
     pub log: LogSettings,
     pub sandbox: SandboxSettings,
 }
@@ -39,8 +44,178 @@ impl Default for Settings {
             upstream: UpstreamSettings::default(),
             limits: LimitSettings::default(),
             server: ServerSettings::default(),
+            tls: TlsSettings::default(),
+            auth: AuthSettings::default(),
+            rate_limit: RateLimitSettings::default(),
+            telemetry: TelemetrySettings::default(),
             log: LogSettings::default(),
             sandbox: SandboxSettings::default(),
+        }
+    }
+}
+
+/// TLS on the gRPC listener. With `client_ca_file`, clients must present a
+/// certificate signed by that CA (mTLS), and its SAN becomes the caller's identity.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+
+    pub fn mtls(&self) -> bool {
+        self.client_ca_file.is_some()
+    }
+}
+
+/// Inbound authentication (who calls) and authorization (read/write scopes).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Serve callers without credentials (all scopes). Only with `--sandbox` or
+    /// this set; a warning is logged at start.
+    pub allow_unauthenticated: bool,
+    /// Serve reflection without credentials. Default: only in sandbox mode.
+    pub public_reflection: Option<bool>,
+    pub jwt: JwtSettings,
+    pub api_keys: ApiKeySettings,
+    pub mtls: MtlsSettings,
+}
+
+/// JWT bearer tokens checked against a JWKS (e.g. Kubernetes projected
+/// service-account tokens: RS256/ES256).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtSettings {
+    pub enabled: bool,
+    /// A JWKS file (reloaded when it changes).
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL (HTTPS; plain HTTP only on loopback), fetched and cached.
+    pub jwks_url: Option<String>,
+    /// How often the JWKS is fetched (or the file checked) again.
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    /// Accepted `iss` values; empty accepts any.
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values; empty skips the audience check.
+    pub audiences: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Scopes given to every valid token that carries no `scope`/`scp` claim.
+    pub default_scopes: Vec<String>,
+    /// Scopes by `sub` (e.g. `system:serviceaccount:billing:billing-api`); they
+    /// replace the token's own and the default.
+    pub subject_scopes: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for JwtSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(300),
+            issuers: Vec::new(),
+            audiences: Vec::new(),
+            leeway: Duration::from_secs(30),
+            default_scopes: Vec::new(),
+            subject_scopes: BTreeMap::new(),
+        }
+    }
+}
+
+/// Static API keys, stored as SHA-256 hashes in a TOML file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiKeySettings {
+    pub file: Option<PathBuf>,
+    /// How often the file is checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+impl Default for ApiKeySettings {
+    fn default() -> Self {
+        Self {
+            file: None,
+            reload_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Scopes of mTLS callers, by the identity in their certificate's SAN (a URI such
+/// as a SPIFFE id, else the first DNS name).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MtlsSettings {
+    pub default_scopes: Vec<String>,
+    pub identities: BTreeMap<String, Vec<String>>,
+}
+
+/// A request rate: `rps` per second, bursts of up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub rps: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Each caller's request rate (all connections together).
+    pub per_caller: Rate,
+    /// Rates for named callers, replacing `per_caller`.
+    pub overrides: BTreeMap<String, Rate>,
+    /// All requests toward the upstream, from every caller, on this replica.
+    pub upstream: Rate,
+    /// How long a call may wait for the upstream budget before it is refused.
+    #[serde(with = "humantime_serde")]
+    pub upstream_max_wait: Duration,
+    /// Uploads in progress at once; more are refused at once.
+    pub max_concurrent_uploads: u32,
+    /// Upload bytes held in memory at once, over all uploads; a caller past it
+    /// waits (HTTP/2 flow control holds it back).
+    pub max_inflight_upload_bytes: u64,
+    /// Consecutive upstream 503s that start a cool-down (a 429 starts one at once).
+    pub cool_down_after_503s: u32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            per_caller: Rate {
+                rps: 100,
+                burst: 200,
+            },
+            overrides: BTreeMap::new(),
+            upstream: Rate { rps: 50, burst: 50 },
+            upstream_max_wait: Duration::from_millis(500),
+            max_concurrent_uploads: 64,
+            max_inflight_upload_bytes: 256 * 1024 * 1024,
+            cool_down_after_503s: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// The admin HTTP listener: Prometheus `/metrics`. Unset: no admin port.
+    pub admin_listen: Option<SocketAddr>,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
         }
     }
 }
@@ -376,10 +551,122 @@ impl Settings {
                 "the sandbox listens on loopback only",
             ));
         }
+        self.validate_auth()?;
+        let r = &self.rate_limit;
+        for (name, rate) in [
+            ("rate_limit.per_caller", r.per_caller),
+            ("rate_limit.upstream", r.upstream),
+        ]
+        .into_iter()
+        .chain(r.overrides.values().map(|o| ("rate_limit.overrides", *o)))
+        {
+            if rate.rps == 0 || rate.burst == 0 {
+                return Err(invalid(name, "rps and burst must be greater than 0"));
+            }
+        }
+        if r.max_concurrent_uploads == 0 {
+            return Err(invalid(
+                "rate_limit.max_concurrent_uploads",
+                "must be greater than 0",
+            ));
+        }
+        if r.max_inflight_upload_bytes < l.max_chunk_bytes
+            || r.max_inflight_upload_bytes > u64::from(u32::MAX)
+        {
+            return Err(invalid(
+                "rate_limit.max_inflight_upload_bytes",
+                "must be at least limits.max_chunk_bytes and at most 4 GiB",
+            ));
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(invalid(
+                "tls.cert_file",
+                "tls.cert_file and tls.key_file go together",
+            ));
+        }
+        if self.tls.mtls() && !self.tls.enabled() {
+            return Err(invalid(
+                "tls.client_ca_file",
+                "mTLS needs tls.cert_file and tls.key_file",
+            ));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", e.to_string()));
         }
         Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        let scopes = a
+            .jwt
+            .default_scopes
+            .iter()
+            .chain(a.jwt.subject_scopes.values().flatten())
+            .chain(a.mtls.default_scopes.iter())
+            .chain(a.mtls.identities.values().flatten());
+        for s in scopes {
+            if crate::auth::Scopes::parse(s).is_none() {
+                return Err(invalid(
+                    "auth",
+                    format!("unknown scope `{s}` (known: attachments.read, attachments.write)"),
+                ));
+            }
+        }
+        if a.jwt.enabled {
+            match (&a.jwt.jwks_file, &a.jwt.jwks_url) {
+                (None, None) => {
+                    return Err(invalid(
+                        "auth.jwt.jwks_file",
+                        "JWT auth needs auth.jwt.jwks_file or auth.jwt.jwks_url",
+                    ));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "auth.jwt.jwks_url",
+                        "set auth.jwt.jwks_file or auth.jwt.jwks_url, not both",
+                    ));
+                }
+                (None, Some(url)) => {
+                    let u = reqwest::Url::parse(url)
+                        .map_err(|e| invalid("auth.jwt.jwks_url", e.to_string()))?;
+                    let loopback =
+                        matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+                    if u.scheme() != "https" && !(u.scheme() == "http" && loopback) {
+                        return Err(invalid(
+                            "auth.jwt.jwks_url",
+                            "must be https:// (http:// only on loopback)",
+                        ));
+                    }
+                }
+                (Some(_), None) => {}
+            }
+            if a.jwt.jwks_refresh < Duration::from_secs(1) {
+                return Err(invalid("auth.jwt.jwks_refresh", "must be at least 1s"));
+            }
+        }
+        let any_mode = a.jwt.enabled || a.api_keys.file.is_some() || self.tls.mtls();
+        if !any_mode && !a.allow_unauthenticated && !self.sandbox.enabled {
+            return Err(invalid(
+                "auth",
+                "no authentication is configured: enable auth.jwt, auth.api_keys.file or mTLS (tls.client_ca_file), or set auth.allow_unauthenticated = true",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether calls without credentials are served (and given every scope).
+    pub fn unauthenticated_allowed(&self) -> bool {
+        self.auth.allow_unauthenticated
+            || (self.sandbox.enabled
+                && !self.auth.jwt.enabled
+                && self.auth.api_keys.file.is_none()
+                && !self.tls.mtls())
+    }
+
+    /// Whether reflection is served without credentials.
+    pub fn reflection_public(&self) -> bool {
+        self.auth.public_reflection.unwrap_or(self.sandbox.enabled)
     }
 
     /// The TOML the settings amount to, secrets redacted (`--check-config` prints it).

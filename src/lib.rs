@@ -7,8 +7,12 @@
 //! error decoding). [`sandbox`] is an embedded emulator of the upstream.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod domain;
+pub mod limits;
+pub mod metrics;
+pub mod middleware;
 pub mod proto;
 pub mod sandbox;
 pub mod secret;

@@ -73,7 +73,6 @@ fn main() -> ExitCode {
             }
         };
     }
-    telemetry::init(&settings.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -84,10 +83,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(settings)) {
+    let result = runtime.block_on(async {
+        // Inside the runtime: the trace exporter's batch task lives there.
+        let _telemetry = telemetry::init(&settings.log)?;
+        run(settings).await
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "attachment-gateway stopped");
             eprintln!("attachment-gateway: {e}");
             ExitCode::FAILURE
         }
@@ -121,14 +124,19 @@ async fn run(mut settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, upstream = %settings.upstream.base_url, "attachment-gateway listening");
     if let Some(sandbox) = &_sandbox {
-        print_sandbox_banner(addr, sandbox);
+        let auth = if settings.unauthenticated_allowed() {
+            "off (sandbox default: configure auth.* to turn it on)"
+        } else {
+            "on (see the auth.* settings)"
+        };
+        print_sandbox_banner(addr, sandbox, auth);
     }
     server::serve(settings, listener, shutdown_signal()).await?;
     tracing::info!("attachment-gateway stopped");
     Ok(())
 }
 
-fn print_sandbox_banner(addr: SocketAddr, sandbox: &Sandbox) {
+fn print_sandbox_banner(addr: SocketAddr, sandbox: &Sandbox, auth: &str) {
     let work_orders = attachment_gateway::sandbox::seed()
         .iter()
         .map(|(id, status)| format!("{id} ({status})"))
@@ -138,6 +146,7 @@ fn print_sandbox_banner(addr: SocketAddr, sandbox: &Sandbox) {
         "attachment-gateway (sandbox) serving gRPC on {addr}\n\
          sandbox upstream (CorrigoPro emulator): {}\n\
          work orders: {work_orders}\n\
+         authentication: {auth}\n\
          try:\n  grpcurl -plaintext -d '{{\"work_order_id\": 1001}}' {addr} corrigopro.attachments.v1.AttachmentService/ListAttachments\n\
          stop with Ctrl-C",
         sandbox.base_url()

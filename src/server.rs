@@ -14,7 +14,13 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::api::{ApiLimits, AttachmentApi};
+use crate::auth::Authenticator;
 use crate::config::Settings;
+use crate::limits::{CallerLimits, UpstreamBudget};
+use crate::metrics::Metrics;
+use crate::middleware::auth::AuthLayer;
+use crate::middleware::observe::ObserveLayer;
+use crate::middleware::rate_limit::RateLimitLayer;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::attachment_service_server::AttachmentServiceServer;
 use crate::upstream::{Upstream, UpstreamError};
@@ -33,21 +39,97 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("authentication setup: {0}")]
+    Auth(String),
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("cannot listen on the admin address {0}: {1}")]
+    Admin(std::net::SocketAddr, std::io::Error),
 }
 
-/// Serves until `shutdown` completes, then drains as described above.
+/// Reads a PEM file for TLS, naming the setting on failure.
+fn read_pem(setting: &str, path: &std::path::Path) -> Result<Vec<u8>, ServeError> {
+    std::fs::read(path)
+        .map_err(|e| ServeError::Tls(format!("{setting}: cannot read {}: {e}", path.display())))
+}
+
+/// Serves until `shutdown` completes, then drains as described above. Binds the
+/// admin (metrics) port from the settings.
 pub async fn serve(
     settings: Settings,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let upstream = Arc::new(Upstream::new(&settings.upstream)?);
+    let admin = match settings.telemetry.admin_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| ServeError::Admin(addr, e))?,
+        ),
+        None => None,
+    };
+    serve_with(
+        settings,
+        listener,
+        admin,
+        Arc::new(Metrics::new()),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] with the admin listener and metrics given by the caller.
+pub async fn serve_with(
+    settings: Settings,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    crate::upstream::install_crypto_provider();
+    let budget = Arc::new(UpstreamBudget::new(&settings.rate_limit));
+    let upstream = Arc::new(Upstream::new(
+        &settings.upstream,
+        budget,
+        Arc::clone(&metrics),
+    )?);
     let cut = CancellationToken::new();
-    let api = AttachmentApi::new(upstream, ApiLimits::from_settings(&settings), cut.clone());
+    let api = AttachmentApi::new(
+        upstream,
+        ApiLimits::from_settings(&settings),
+        cut.clone(),
+        Arc::clone(&metrics),
+    );
     let max_message = usize::try_from(settings.limits.max_chunk_bytes)
         .unwrap_or(usize::MAX)
         .saturating_add(MESSAGE_OVERHEAD);
     let service = AttachmentServiceServer::new(api).max_decoding_message_size(max_message);
+    let authenticator = Arc::new(
+        Authenticator::from_settings(&settings)
+            .await
+            .map_err(ServeError::Auth)?,
+    );
+    let caller_limits = Arc::new(CallerLimits::new(&settings.rate_limit));
+    {
+        // Forget the buckets of callers gone quiet, so memory stays bounded.
+        let weak = Arc::downgrade(&caller_limits);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(l) => l.forget_idle(),
+                    None => return,
+                }
+            }
+        });
+    }
+    if let Some(admin) = admin {
+        if let Ok(addr) = admin.local_addr() {
+            tracing::info!(%addr, "metrics on http://{addr}/metrics");
+        }
+        crate::metrics::serve_admin(admin, Arc::clone(&metrics));
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -79,6 +161,11 @@ pub async fn serve(
     };
 
     let s = &settings.server;
+    let layers = tower::ServiceBuilder::new()
+        .layer(ObserveLayer::new(Arc::clone(&metrics)))
+        .layer(AuthLayer::new(authenticator, Arc::clone(&metrics)))
+        .layer(RateLimitLayer::new(caller_limits, Arc::clone(&metrics)))
+        .into_inner();
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(s.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(s.http2_keepalive_timeout))
@@ -89,7 +176,26 @@ pub async fn serve(
     if let Some(age) = s.max_connection_age {
         builder = builder.max_connection_age(age);
     }
+    if let (Some(cert), Some(key)) = (&settings.tls.cert_file, &settings.tls.key_file) {
+        let identity = tonic::transport::Identity::from_pem(
+            read_pem("tls.cert_file", cert)?,
+            read_pem("tls.key_file", key)?,
+        );
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &settings.tls.client_ca_file {
+            tls = tls
+                .client_ca_root(tonic::transport::Certificate::from_pem(read_pem(
+                    "tls.client_ca_file",
+                    ca,
+                )?))
+                .client_auth_optional(false);
+        }
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| ServeError::Tls(e.to_string()))?;
+    }
     let router = builder
+        .layer(layers)
         .add_service(health_service)
         .add_service(service)
         .add_optional_service(reflection_v1)

@@ -71,6 +71,7 @@ max_upload_bytes = 1000000
             .arg(&file)
             .args(["--listen", "127.0.0.1:7003"])
             .env("ATTACHMENT_GATEWAY_LISTEN", "127.0.0.1:7002")
+            .env("ATTACHMENT_GATEWAY_AUTH__ALLOW_UNAUTHENTICATED", "true")
             .env("ATTACHMENT_GATEWAY_LIMITS__MAX_UPLOAD_BYTES", "2000000")
             .env("ATTACHMENT_GATEWAY_UPSTREAM__CLIENT_SECRET_FILE", &secret),
     );
@@ -145,7 +146,8 @@ fn bad_values_and_unknown_keys_are_named() {
             .args(["--check-config"])
             .env("ATTACHMENT_GATEWAY_UPSTREAM__CLIENT_ID", "id")
             .env("ATTACHMENT_GATEWAY_UPSTREAM__CLIENT_SECRET", "y")
-            .env("ATTACHMENT_GATEWAY_UPSTREAM__CLIENT_SECRET_FILE", &secret),
+            .env("ATTACHMENT_GATEWAY_UPSTREAM__CLIENT_SECRET_FILE", &secret)
+            .env("ATTACHMENT_GATEWAY_AUTH__ALLOW_UNAUTHENTICATED", "true"),
     );
     assert_eq!(code, 2);
     assert!(err.contains("client_secret_file"), "{err}");

@@ -82,7 +82,29 @@ async fn every_http_status_row() {
     mock_token(&server, "tok").await;
     let gw = Gateway::start(settings_for(&server.uri())).await;
     let mut c = gw.client();
-    for (i, (status, grpc, reason)) in BY_HTTP_STATUS.iter().enumerate() {
+    // 429 last: it starts the upstream cool-down, which refuses what follows.
+    let mut rows: Vec<_> = BY_HTTP_STATUS.iter().enumerate().collect();
+    rows.sort_by_key(|(_, (status, _, _))| *status == 429);
+    // Statuses outside the table fall back by class.
+    for (status, grpc) in [
+        (418u16, Code::FailedPrecondition),
+        (507, Code::Unavailable),
+        (302, Code::Internal),
+    ] {
+        let wo = 900 + i64::from(status);
+        Mock::given(method("GET"))
+            .and(path("/Direct/api/attachments"))
+            .and(query_param("workOrderId", wo.to_string()))
+            .respond_with(
+                ResponseTemplate::new(status)
+                    .insert_header("Location", "http://127.0.0.1:1/elsewhere"),
+            )
+            .mount(&server)
+            .await;
+        let err = c.list_attachments(list(wo)).await.expect_err("error");
+        assert_eq!(err.code(), grpc, "HTTP {status}");
+    }
+    for (i, (status, grpc, reason)) in rows {
         if *status == 401 {
             continue; // covered by the token tests below
         }
@@ -112,25 +134,44 @@ async fn every_http_status_row() {
             );
         }
     }
-    // Statuses outside the table fall back by class.
-    for (status, grpc) in [
-        (418u16, Code::FailedPrecondition),
-        (507, Code::Unavailable),
-        (302, Code::Internal),
-    ] {
-        let wo = 900 + i64::from(status);
-        Mock::given(method("GET"))
-            .and(path("/Direct/api/attachments"))
-            .and(query_param("workOrderId", wo.to_string()))
-            .respond_with(
-                ResponseTemplate::new(status)
-                    .insert_header("Location", "http://127.0.0.1:1/elsewhere"),
-            )
-            .mount(&server)
-            .await;
-        let err = c.list_attachments(list(wo)).await.expect_err("error");
-        assert_eq!(err.code(), grpc, "HTTP {status}");
+}
+
+#[tokio::test]
+async fn a_429_cools_every_call_down_without_hitting_the_upstream() {
+    let server = MockServer::start().await;
+    mock_token(&server, "tok").await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "30"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let gw = Gateway::start(settings_for(&server.uri())).await;
+    let mut c = gw.client();
+    let first = c.list_attachments(list(1)).await.expect_err("429");
+    assert_eq!(first.code(), Code::ResourceExhausted);
+    assert_eq!(error_reason(&first), "UPSTREAM_RATE_LIMITED");
+    for wo in 2..6 {
+        let err = c
+            .list_attachments(list(wo))
+            .await
+            .expect_err("cooling down");
+        assert_eq!(err.code(), Code::ResourceExhausted);
+        assert_eq!(
+            error_metadata(&err).get("limit").map(String::as_str),
+            Some("upstream_cool_down")
+        );
+        let quota = tonic_types::StatusExt::get_error_details(&err)
+            .quota_failure()
+            .cloned()
+            .expect("QuotaFailure");
+        assert_eq!(quota.violations[0].subject, "upstream");
+        let delay = retry_delay(&err).expect("RetryInfo");
+        assert!(
+            delay > Duration::from_secs(28) && delay <= Duration::from_secs(30),
+            "{delay:?}"
+        );
     }
+    server.verify().await; // the upstream saw one request, not five
 }
 
 #[tokio::test]

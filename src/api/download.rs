@@ -2,12 +2,15 @@
 //! the bearer token, and streams the bytes on as they arrive (never the whole file
 //! in memory). A body that ends early ends the stream with an error status.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use reqwest::header::{self, HeaderMap};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
+use tracing::Instrument;
 
 use super::status::{self, Op};
 use super::{AttachmentApi, DownloadStream};
@@ -112,58 +115,63 @@ impl AttachmentApi {
         };
         let chunk_size = self.limits.download_chunk_bytes;
         let cut = self.cut.clone();
+        let metrics = Arc::clone(&self.metrics);
         let (tx, rx) = mpsc::channel::<Result<DownloadAttachmentResponse, Status>>(QUEUED_MESSAGES);
         // Capacity is at least one, and the queue is empty.
         let _ = tx.try_send(Ok(first));
-        tokio::spawn(async move {
-            let mut sent: u64 = 0;
-            loop {
-                let read = tokio::select! {
-                    r = tokio::time::timeout_at(deadline, resp.chunk()) => r,
-                    () = cut.cancelled() => {
-                        let _ = tx.send(Err(status::shutting_down(Op::Read, true))).await;
-                        return;
-                    }
-                };
-                let next = match read {
-                    Err(_) => Err(status::deadline_exceeded(Op::Read, "the download", true)),
-                    Ok(Err(e)) => Err(status::from_upstream(
-                        &UpstreamError::from_reqwest(e),
-                        Op::Read,
-                    )),
-                    Ok(Ok(next)) => Ok(next),
-                };
-                match next {
-                    Ok(Some(mut bytes)) => {
-                        sent += bytes.len() as u64;
-                        while !bytes.is_empty() {
-                            let piece = bytes.split_to(bytes.len().min(chunk_size));
-                            if tx.send(Ok(chunk_message(piece))).await.is_err() {
-                                // The caller went away: dropping `resp` closes the download.
-                                return;
+        tokio::spawn(
+            async move {
+                let mut sent: u64 = 0;
+                loop {
+                    let read = tokio::select! {
+                        r = tokio::time::timeout_at(deadline, resp.chunk()) => r,
+                        () = cut.cancelled() => {
+                            let _ = tx.send(Err(status::shutting_down(Op::Read, true))).await;
+                            return;
+                        }
+                    };
+                    let next = match read {
+                        Err(_) => Err(status::deadline_exceeded(Op::Read, "the download", true)),
+                        Ok(Err(e)) => Err(status::from_upstream(
+                            &UpstreamError::from_reqwest(e),
+                            Op::Read,
+                        )),
+                        Ok(Ok(next)) => Ok(next),
+                    };
+                    match next {
+                        Ok(Some(mut bytes)) => {
+                            sent += bytes.len() as u64;
+                            metrics.download_bytes.inc_by(bytes.len() as u64);
+                            while !bytes.is_empty() {
+                                let piece = bytes.split_to(bytes.len().min(chunk_size));
+                                if tx.send(Ok(chunk_message(piece))).await.is_err() {
+                                    // The caller went away: dropping `resp` closes the download.
+                                    return;
+                                }
                             }
                         }
-                    }
-                    Ok(None) => {
-                        if let Some(expected) = length
-                            && expected != sent
-                        {
-                            let _ = tx
-                                .send(Err(Status::data_loss(format!(
-                                    "the download ended after {sent} of {expected} bytes"
-                                ))))
-                                .await;
+                        Ok(None) => {
+                            if let Some(expected) = length
+                                && expected != sent
+                            {
+                                let _ = tx
+                                    .send(Err(Status::data_loss(format!(
+                                        "the download ended after {sent} of {expected} bytes"
+                                    ))))
+                                    .await;
+                            }
+                            return;
                         }
-                        return;
-                    }
-                    Err(status) => {
-                        tracing::warn!(sent, code = ?status.code(), "download broke off");
-                        let _ = tx.send(Err(status)).await;
-                        return;
+                        Err(status) => {
+                            tracing::warn!(sent, code = ?status.code(), "download broke off");
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
                     }
                 }
             }
-        });
+            .in_current_span(),
+        );
         Ok(Box::pin(ReceiverStream::new(rx)))
     }
 }

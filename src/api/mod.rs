@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::Stream;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
@@ -19,6 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use self::status::Op;
 use crate::config::Settings;
+use crate::metrics::Metrics;
 use crate::proto::attachment_service_server::AttachmentService;
 use crate::proto::{
     DeleteAttachmentRequest, DeleteAttachmentResponse, DownloadAttachmentRequest,
@@ -36,6 +38,8 @@ pub struct ApiLimits {
     pub download_chunk_bytes: usize,
     pub request_timeout: Duration,
     pub transfer_timeout: Duration,
+    pub max_concurrent_uploads: usize,
+    pub max_inflight_upload_bytes: usize,
 }
 
 impl ApiLimits {
@@ -47,6 +51,9 @@ impl ApiLimits {
                 .unwrap_or(usize::MAX),
             request_timeout: s.upstream.request_timeout,
             transfer_timeout: s.upstream.transfer_timeout,
+            max_concurrent_uploads: s.rate_limit.max_concurrent_uploads as usize,
+            max_inflight_upload_bytes: usize::try_from(s.rate_limit.max_inflight_upload_bytes)
+                .unwrap_or(usize::MAX),
         }
     }
 }
@@ -58,14 +65,29 @@ pub struct AttachmentApi {
     /// Cancelled when the shutdown grace period is over: calls still running end
     /// with UNAVAILABLE (and their upstream requests are aborted).
     cut: CancellationToken,
+    metrics: Arc<Metrics>,
+    /// One permit per upload in progress.
+    upload_slots: Arc<Semaphore>,
+    /// One permit per upload byte held in memory.
+    upload_bytes: Arc<Semaphore>,
 }
 
 impl AttachmentApi {
-    pub fn new(upstream: Arc<Upstream>, limits: ApiLimits, cut: CancellationToken) -> Self {
+    pub fn new(
+        upstream: Arc<Upstream>,
+        limits: ApiLimits,
+        cut: CancellationToken,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             upstream,
+            upload_slots: Arc::new(Semaphore::new(limits.max_concurrent_uploads)),
+            upload_bytes: Arc::new(Semaphore::new(
+                limits.max_inflight_upload_bytes.min(Semaphore::MAX_PERMITS),
+            )),
             limits: Arc::new(limits),
             cut,
+            metrics,
         }
     }
 
@@ -92,6 +114,20 @@ impl AttachmentApi {
                 Err(status::deadline_exceeded(op, what, false))
             }
         }
+    }
+}
+
+/// Puts the work order on the call's span, so every log line of the call has it.
+fn record_work_order(id: i64) {
+    tracing::Span::current().record("work_order_id", id);
+}
+
+/// Counts an upload in progress while alive.
+struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.uploads_in_flight.dec();
     }
 }
 
@@ -142,6 +178,21 @@ impl AttachmentService for AttachmentApi {
         request: Request<Streaming<UploadAttachmentRequest>>,
     ) -> Result<Response<UploadAttachmentResponse>, Status> {
         let deadline = deadline(request.metadata(), self.limits.transfer_timeout);
+        let Ok(_slot) = Arc::clone(&self.upload_slots).try_acquire_owned() else {
+            let refusal = crate::limits::Refusal {
+                limit: "concurrent_uploads",
+                subject: "gateway".into(),
+                description: format!(
+                    "at most {} uploads at once on this replica",
+                    self.limits.max_concurrent_uploads
+                ),
+                retry_after: Duration::from_secs(1),
+            };
+            self.metrics.refused(refusal.limit);
+            return Err(status::resource_exhausted(&refusal));
+        };
+        self.metrics.uploads_in_flight.inc();
+        let _in_flight = InFlight(&self.metrics);
         let stream = request.into_inner();
         // Set once the whole body went upstream: from then on, stopping the call
         // cannot tell whether the attachment was stored.
@@ -167,6 +218,7 @@ impl AttachmentService for AttachmentApi {
     ) -> Result<Response<ListAttachmentsResponse>, Status> {
         let deadline = deadline(request.metadata(), self.limits.request_timeout);
         let wo = convert::work_order(request.into_inner().work_order_id)?;
+        record_work_order(wo.get());
         let items = self
             .call(
                 deadline,
@@ -187,6 +239,7 @@ impl AttachmentService for AttachmentApi {
         let deadline = deadline(request.metadata(), self.limits.request_timeout);
         let r = request.into_inner();
         let target = convert::attachment_ref(r.work_order_id, &r.attachment_id)?;
+        record_work_order(r.work_order_id);
         let link = self
             .call(
                 deadline,
@@ -210,6 +263,7 @@ impl AttachmentService for AttachmentApi {
         let deadline = deadline(request.metadata(), self.limits.transfer_timeout);
         let r = request.into_inner();
         let target = convert::attachment_ref(r.work_order_id, &r.attachment_id)?;
+        record_work_order(r.work_order_id);
         self.download(target, deadline).await.map(Response::new)
     }
 
@@ -219,6 +273,7 @@ impl AttachmentService for AttachmentApi {
     ) -> Result<Response<UpdateAttachmentResponse>, Status> {
         let deadline = deadline(request.metadata(), self.limits.request_timeout);
         let u = convert::update(request.into_inner())?;
+        record_work_order(u.target.work_order_id.get());
         let id = self
             .call(
                 deadline,
@@ -238,6 +293,7 @@ impl AttachmentService for AttachmentApi {
     ) -> Result<Response<DeleteAttachmentResponse>, Status> {
         let deadline = deadline(request.metadata(), self.limits.request_timeout);
         let d = convert::removal(request.into_inner())?;
+        record_work_order(d.target.work_order_id.get());
         let id = self
             .call(
                 deadline,

@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+use tonic_types::{ErrorDetails, FieldViolation, QuotaViolation, StatusExt};
 
 use crate::domain::Violation;
+use crate::limits::Refusal;
 use crate::upstream::{ApiError, UpstreamError};
 
 /// The `ErrorInfo.domain` of every status the gateway makes.
@@ -131,6 +132,31 @@ pub fn deadline_exceeded(op: Op, what: &str, nothing_applied: bool) -> Status {
     )
 }
 
+/// RESOURCE_EXHAUSTED for a limit: RetryInfo says when, QuotaFailure says which.
+/// Nothing went upstream, so a retry is safe.
+pub fn resource_exhausted(r: &Refusal) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_retry_info(Some(r.retry_after));
+    details.set_quota_failure(vec![QuotaViolation::new(
+        r.subject.clone(),
+        r.description.clone(),
+    )]);
+    let mut meta = HashMap::new();
+    meta.insert("limit".to_string(), r.limit.to_string());
+    meta.insert("retry_safe".to_string(), "true".to_string());
+    details.set_error_info("RATE_LIMITED", ERROR_DOMAIN, meta);
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        format!(
+            "refused by the `{}` limit: {}; retry in {} ms",
+            r.limit,
+            r.description,
+            r.retry_after.as_millis()
+        ),
+        details,
+    )
+}
+
 /// The gateway is shutting down and its grace period ran out for this call.
 pub fn shutting_down(op: Op, nothing_applied: bool) -> Status {
     let mut meta = HashMap::new();
@@ -203,6 +229,7 @@ pub fn from_upstream(e: &UpstreamError, op: Op) -> Status {
             }
             (code, reason, msg)
         }
+        UpstreamError::Throttled(r) => return resource_exhausted(r),
         UpstreamError::CredentialsRejected(stage) => {
             meta.insert("stage".into(), (*stage).into());
             meta.insert("retry_safe".into(), "true".into());

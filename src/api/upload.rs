@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::Stream;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tonic::{Code, Status, Streaming};
 
 use super::status::{self, Op, invalid_field};
@@ -28,9 +28,16 @@ use crate::proto::{UploadAttachmentRequest, UploadAttachmentResponse};
 /// upload stays within a few chunks.
 const QUEUED_CHUNKS: usize = 2;
 
+/// A chunk on its way upstream, holding its share of the in-flight byte budget
+/// until the HTTP client takes it.
+struct Chunk {
+    bytes: Bytes,
+    _permit: OwnedSemaphorePermit,
+}
+
 /// The body handed to the upstream request.
 struct UploadBody {
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Chunk>,
     complete: Arc<AtomicBool>,
     failed: bool,
 }
@@ -43,7 +50,7 @@ impl Stream for UploadBody {
             return Poll::Ready(None);
         }
         match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(b)) => Poll::Ready(Some(Ok(b))),
+            Poll::Ready(Some(c)) => Poll::Ready(Some(Ok(c.bytes))),
             Poll::Ready(None) if self.complete.load(Ordering::Acquire) => Poll::Ready(None),
             Poll::Ready(None) => {
                 self.failed = true;
@@ -160,6 +167,20 @@ fn late_metadata() -> Status {
 }
 
 impl AttachmentApi {
+    /// Waits for room in the in-flight byte budget for `bytes`.
+    async fn hold(&self, bytes: Bytes) -> Result<Chunk, Status> {
+        let n = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        let permit = Arc::clone(&self.upload_bytes)
+            .acquire_many_owned(n)
+            .await
+            .map_err(|_| Status::unavailable("the gateway is shutting down"))?;
+        self.metrics.upload_bytes.inc_by(bytes.len() as u64);
+        Ok(Chunk {
+            bytes,
+            _permit: permit,
+        })
+    }
+
     pub(super) async fn upload(
         &self,
         mut stream: Streaming<UploadAttachmentRequest>,
@@ -184,6 +205,7 @@ impl AttachmentApi {
             }
         };
         let attachment = convert::new_attachment(meta, self.limits.max_upload_bytes)?;
+        tracing::Span::current().record("work_order_id", attachment.work_order_id.get());
         let mut progress = Progress {
             received: 0,
             hasher: Sha256::new(),
@@ -211,7 +233,8 @@ impl AttachmentApi {
             }
         };
 
-        let (tx, rx) = mpsc::channel::<Bytes>(QUEUED_CHUNKS);
+        let first = self.hold(first).await?;
+        let (tx, rx) = mpsc::channel::<Chunk>(QUEUED_CHUNKS);
         let complete = Arc::new(AtomicBool::new(false));
         let body = UploadBody {
             rx,
@@ -238,7 +261,8 @@ impl AttachmentApi {
                             continue;
                         }
                         progress.accept(&b)?;
-                        if tx.send(b).await.is_err() {
+                        let chunk = self.hold(b).await?;
+                        if tx.send(chunk).await.is_err() {
                             // The upstream stopped reading: its answer says why.
                             return Ok(false);
                         }
@@ -262,6 +286,7 @@ impl AttachmentApi {
         match outcome {
             Ok(true) => {
                 let (size, sha) = progress.finish()?;
+                tracing::Span::current().record("upload.bytes", size);
                 complete.store(true, Ordering::Release);
                 sent.store(true, Ordering::Release);
                 drop(tx);

@@ -39,6 +39,7 @@ pub struct TokenCache {
     /// Held by whoever is fetching a token: one request in flight at a time.
     fetching: Arc<Mutex<()>>,
     fetches: AtomicU64,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl TokenCache {
@@ -49,6 +50,7 @@ impl TokenCache {
         client_secret: Secret,
         refresh_margin: Duration,
         max_body: usize,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
             http,
@@ -60,6 +62,7 @@ impl TokenCache {
             current: RwLock::new(None),
             fetching: Arc::new(Mutex::new(())),
             fetches: AtomicU64::new(0),
+            metrics,
         })
     }
 
@@ -123,6 +126,7 @@ impl TokenCache {
 
     async fn fetch(&self) -> Result<Secret, UpstreamError> {
         self.fetches.fetch_add(1, Ordering::Relaxed);
+        self.metrics.token_refreshes.inc();
         let started = Instant::now();
         let resp = self
             .http

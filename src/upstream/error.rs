@@ -32,6 +32,9 @@ pub enum UpstreamError {
     /// The connection failed while the request or answer was under way.
     #[error("the connection to the upstream failed: {0}")]
     Transport(String),
+    /// A limit toward the upstream refused the call before it was sent.
+    #[error("{}", .0.description)]
+    Throttled(crate::limits::Refusal),
     /// The upstream answered 200 with a body the gateway cannot read.
     #[error("the upstream's answer is unreadable: {0}")]
     Protocol(String),

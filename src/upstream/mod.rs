@@ -13,6 +13,9 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use reqwest::multipart::{Form, Part};
 use reqwest::{RequestBuilder, StatusCode, header};
+use tokio::time::Instant;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 pub use self::auth::TokenCache;
 pub use self::error::{ApiError, UpstreamError, UpstreamViolation};
@@ -22,6 +25,8 @@ use crate::domain::{
     AttachmentRef, AttachmentRemoval, AttachmentUpdate, DocumentType, MessageId, NewAttachment,
     Visibility, WorkOrderId,
 };
+use crate::limits::UpstreamBudget;
+use crate::metrics::{CallLabel, Metrics, UpstreamLabels};
 use crate::secret::Secret;
 
 /// Installs the process-wide TLS provider (ring) once; harmless when already done.
@@ -37,10 +42,16 @@ pub struct Upstream {
     download_url_endpoint: String,
     work_order_param: String,
     max_body: usize,
+    budget: Arc<UpstreamBudget>,
+    metrics: Arc<Metrics>,
 }
 
 impl Upstream {
-    pub fn new(s: &UpstreamSettings) -> Result<Self, UpstreamError> {
+    pub fn new(
+        s: &UpstreamSettings,
+        budget: Arc<UpstreamBudget>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, UpstreamError> {
         install_crypto_provider();
         let base = s.base_url.trim_end_matches('/');
         let builder = || {
@@ -71,6 +82,7 @@ impl Upstream {
             s.client_secret.clone(),
             s.token_refresh_margin,
             max_body,
+            Arc::clone(&metrics),
         );
         Ok(Self {
             api,
@@ -80,7 +92,81 @@ impl Upstream {
             download_url_endpoint: format!("{base}/api/attachments/downloadUrl"),
             work_order_param: s.work_order_query_param.clone(),
             max_body,
+            budget,
+            metrics,
         })
+    }
+
+    /// Sends one HTTP request: through the upstream budget (API calls), as a client
+    /// span whose `traceparent` goes along, counted and timed. A download link's
+    /// query (its signature) is never recorded.
+    async fn send(
+        &self,
+        client: &reqwest::Client,
+        call: &'static str,
+        builder: RequestBuilder,
+        budgeted: bool,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        if budgeted {
+            self.budget
+                .acquire()
+                .await
+                .map_err(UpstreamError::Throttled)?;
+        }
+        let mut req = builder.build().map_err(UpstreamError::from_reqwest)?;
+        let method = req.method().as_str().to_string();
+        let span = tracing::info_span!(
+            "upstream",
+            otel.name = %method,
+            otel.kind = "client",
+            otel.status_code = Empty,
+            http.request.method = %method,
+            server.address = req.url().host_str().unwrap_or_default(),
+            server.port = req.url().port_or_known_default().unwrap_or_default(),
+            upstream.call = call,
+            http.response.status_code = Empty,
+        );
+        crate::telemetry::inject_trace_context(&span, req.headers_mut());
+        let start = Instant::now();
+        let result = client.execute(req).instrument(span.clone()).await;
+        let status = match &result {
+            Ok(r) => r.status().as_u16().to_string(),
+            Err(e) if e.is_timeout() => "timeout".into(),
+            Err(e) if e.is_connect() => "connect_error".into(),
+            Err(_) => "error".into(),
+        };
+        self.metrics
+            .upstream_requests
+            .get_or_create(&UpstreamLabels {
+                call: call.into(),
+                status,
+            })
+            .inc();
+        self.metrics
+            .upstream_duration
+            .get_or_create(&CallLabel { call: call.into() })
+            .observe(start.elapsed().as_secs_f64());
+        match &result {
+            Ok(r) => {
+                let code = r.status().as_u16();
+                span.record("http.response.status_code", code);
+                if code >= 500 {
+                    span.record("otel.status_code", "ERROR");
+                }
+                if budgeted {
+                    let retry_after = r
+                        .headers()
+                        .get(header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(error::parse_retry_after);
+                    self.budget.observe(code, retry_after);
+                }
+            }
+            Err(_) => {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        result.map_err(UpstreamError::from_reqwest)
     }
 
     pub fn tokens(&self) -> &Arc<TokenCache> {
@@ -91,23 +177,18 @@ impl Upstream {
     /// one fetched, and the request sent once more.
     async fn send_replayable(
         &self,
+        call: &'static str,
         build: impl Fn(&Secret) -> RequestBuilder,
     ) -> Result<reqwest::Response, UpstreamError> {
         let token = self.tokens.token().await?;
-        let resp = build(&token)
-            .send()
-            .await
-            .map_err(UpstreamError::from_reqwest)?;
+        let resp = self.send(&self.api, call, build(&token), true).await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
         tracing::info!("the upstream refused the access token; fetching a new one");
         self.tokens.invalidate(&token);
         let token = self.tokens.token().await?;
-        let resp = build(&token)
-            .send()
-            .await
-            .map_err(UpstreamError::from_reqwest)?;
+        let resp = self.send(&self.api, call, build(&token), true).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             self.tokens.invalidate(&token);
             tracing::error!("the upstream refused a freshly fetched access token");
@@ -126,7 +207,7 @@ impl Upstream {
 
     pub async fn list(&self, wo: WorkOrderId) -> Result<Vec<UpstreamAttachment>, UpstreamError> {
         let resp = self
-            .send_replayable(|t| {
+            .send_replayable("list", |t| {
                 self.api
                     .get(&self.attachments_url)
                     .query(&[(self.work_order_param.as_str(), wo.get())])
@@ -140,7 +221,7 @@ impl Upstream {
     pub async fn download_link(&self, r: &AttachmentRef) -> Result<DownloadLink, UpstreamError> {
         let asked_at = SystemTime::now();
         let resp = self
-            .send_replayable(|t| {
+            .send_replayable("download_url", |t| {
                 self.api
                     .get(&self.download_url_endpoint)
                     .query(&[
@@ -160,17 +241,19 @@ impl Upstream {
         link: &DownloadLink,
     ) -> Result<reqwest::Response, UpstreamError> {
         let resp = self
-            .download
-            .get(link.url.expose())
-            .send()
-            .await
-            .map_err(UpstreamError::from_reqwest)?;
+            .send(
+                &self.download,
+                "download",
+                self.download.get(link.url.expose()),
+                false,
+            )
+            .await?;
         check_status(resp).await
     }
 
     pub async fn update(&self, u: &AttachmentUpdate) -> Result<Option<String>, UpstreamError> {
         let resp = self
-            .send_replayable(|t| {
+            .send_replayable("update", |t| {
                 let form = Form::new()
                     .text("WorkOrderId", u.target.work_order_id.to_string())
                     .text("AttachmentId", u.target.attachment_id.as_str().to_string())
@@ -189,7 +272,7 @@ impl Upstream {
 
     pub async fn delete(&self, d: &AttachmentRemoval) -> Result<Option<String>, UpstreamError> {
         let resp = self
-            .send_replayable(|t| {
+            .send_replayable("delete", |t| {
                 let form = Form::new()
                     .text("WorkOrderId", d.target.work_order_id.to_string())
                     .text("AttachmentId", d.target.attachment_id.as_str().to_string())
@@ -242,15 +325,13 @@ impl Upstream {
         let form = optional_enums(form, a.document_type, a.visibility)
             .text("MessageId", a.message_id.as_str().to_string())
             .part("File", part);
-        let resp = self
+        let request = self
             .api
             .post(&self.attachments_url)
             .header(header::ACCEPT, "application/json")
             .bearer_auth(token.expose())
-            .multipart(form)
-            .send()
-            .await
-            .map_err(UpstreamError::from_reqwest)?;
+            .multipart(form);
+        let resp = self.send(&self.api, "upload", request, true).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             self.tokens.invalidate(&token);
             return Err(UpstreamError::TokenRejected);

@@ -1,0 +1,171 @@
+//! Static API keys from a TOML file (a mounted Kubernetes secret), stored as SHA-256
+//! hashes and compared in constant time; the file is reloaded when it changes.
+//!
+//! ```toml
+//! [[keys]]
+//! caller = "billing-api"
+//! sha256 = "<hex SHA-256 of the key>"   # printf %s "$KEY" | sha256sum
+//! scopes = ["attachments.read", "attachments.write"]
+//! ```
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::{AuthError, AuthMethod, Caller, Scopes};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    #[serde(default)]
+    keys: Vec<Entry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    caller: String,
+    sha256: String,
+    scopes: Vec<String>,
+}
+
+struct Loaded {
+    caller: Arc<str>,
+    hash: [u8; 32],
+    scopes: Scopes,
+}
+
+pub struct ApiKeyStore {
+    path: PathBuf,
+    entries: RwLock<Arc<Vec<Loaded>>>,
+    mtime: std::sync::Mutex<Option<SystemTime>>,
+}
+
+/// The hex SHA-256 of a key, as the key file stores it.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn parse(text: &str) -> Result<Vec<Loaded>, String> {
+    let file: KeyFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for (i, e) in file.keys.into_iter().enumerate() {
+        let bytes =
+            hex::decode(e.sha256.trim()).map_err(|_| format!("keys[{i}].sha256 is not hex"))?;
+        let hash: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| format!("keys[{i}].sha256 is not 32 bytes of hex"))?;
+        if e.caller.trim().is_empty() {
+            return Err(format!("keys[{i}].caller is empty"));
+        }
+        for s in &e.scopes {
+            if Scopes::parse(s).is_none() {
+                return Err(format!("keys[{i}] has an unknown scope `{s}`"));
+            }
+        }
+        out.push(Loaded {
+            caller: e.caller.trim().into(),
+            hash,
+            scopes: Scopes::from_names(e.scopes.iter().map(String::as_str)),
+        });
+    }
+    Ok(out)
+}
+
+impl ApiKeyStore {
+    /// Loads the file (which must be valid now) and watches it for changes.
+    pub fn start(path: PathBuf, reload_interval: Duration) -> Result<Arc<Self>, String> {
+        let this = Arc::new(Self {
+            path,
+            entries: RwLock::new(Arc::new(Vec::new())),
+            mtime: std::sync::Mutex::new(None),
+        });
+        this.reload()
+            .map_err(|e| format!("auth.api_keys.file: {e}"))?;
+        let weak = Arc::downgrade(&this);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(reload_interval.max(Duration::from_millis(100)));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(this) = weak.upgrade() else { return };
+                if let Err(e) = this.reload() {
+                    tracing::warn!(error = %e, "API key file reload failed; keeping the current keys");
+                }
+            }
+        });
+        Ok(this)
+    }
+
+    /// Reads the file again if it changed.
+    pub fn reload(&self) -> Result<(), String> {
+        let mtime = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        if let Ok(g) = self.mtime.lock()
+            && g.is_some()
+            && *g == mtime
+        {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&self.path)
+            .map_err(|e| format!("cannot read {}: {e}", self.path.display()))?;
+        let entries = parse(&text)?;
+        tracing::info!(keys = entries.len(), "API keys loaded");
+        if let Ok(mut g) = self.entries.write() {
+            *g = Arc::new(entries);
+        }
+        if let Ok(mut g) = self.mtime.lock() {
+            *g = mtime;
+        }
+        Ok(())
+    }
+
+    /// The caller a key belongs to. Every stored hash is compared, in constant time.
+    pub fn lookup(&self, key: &str) -> Result<Caller, AuthError> {
+        let presented: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let entries = self
+            .entries
+            .read()
+            .map(|g| Arc::clone(&g))
+            .map_err(|_| AuthError::UnknownKey)?;
+        let mut found: Option<&Loaded> = None;
+        for e in entries.iter() {
+            if bool::from(e.hash.ct_eq(&presented)) {
+                found = Some(e);
+            }
+        }
+        found
+            .map(|e| Caller {
+                id: Arc::clone(&e.caller),
+                method: AuthMethod::ApiKey,
+                scopes: e.scopes,
+            })
+            .ok_or(AuthError::UnknownKey)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects() {
+        let h = hash_key("k");
+        let ok = format!(
+            "[[keys]]\ncaller = \"a\"\nsha256 = \"{h}\"\nscopes = [\"attachments.read\"]\n"
+        );
+        let e = parse(&ok).unwrap();
+        assert_eq!(&*e[0].caller, "a");
+        assert!(e[0].scopes.read && !e[0].scopes.write);
+        assert!(parse("[[keys]]\ncaller = \"a\"\nsha256 = \"zz\"\nscopes = []\n").is_err());
+        let bad_scope =
+            format!("[[keys]]\ncaller = \"a\"\nsha256 = \"{h}\"\nscopes = [\"admin\"]\n");
+        assert!(parse(&bad_scope).is_err());
+        assert!(parse("").unwrap().is_empty());
+    }
+}

@@ -1,0 +1,320 @@
+//! JWT bearer tokens verified against a JWKS, from a file (reloaded when it changes)
+//! or a URL (fetched again every `jwks_refresh`, and at once, rate-limited, when a
+//! token names a `kid` not in the set: key rotation needs no restart). Asymmetric
+//! algorithms only (RS*, PS*, ES*), so Kubernetes projected service-account tokens
+//! work as they are.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use super::{AuthError, AuthMethod, Caller, Scopes};
+use crate::config::JwtSettings;
+
+/// The shortest time between two fetches caused by unknown `kid`s.
+const MIN_UNKNOWN_KID_REFRESH: Duration = Duration::from_secs(30);
+
+struct Key {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+enum Source {
+    File(PathBuf),
+    Url(String),
+}
+
+pub struct JwtVerifier {
+    keys: RwLock<Arc<Vec<Key>>>,
+    source: Source,
+    http: reqwest::Client,
+    issuers: Vec<String>,
+    audiences: Vec<String>,
+    leeway: Duration,
+    default_scopes: Vec<String>,
+    subject_scopes: BTreeMap<String, Vec<String>>,
+    /// When the last fetch for an unknown `kid` happened.
+    last_forced: Mutex<Option<Instant>>,
+    file_mtime: std::sync::Mutex<Option<SystemTime>>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    scope: Option<Value>,
+    scp: Option<Value>,
+}
+
+fn default_alg(params: &AlgorithmParameters) -> Option<Algorithm> {
+    match params {
+        AlgorithmParameters::RSA(_) => Some(Algorithm::RS256),
+        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+            EllipticCurve::P256 => Some(Algorithm::ES256),
+            EllipticCurve::P384 => Some(Algorithm::ES384),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn parse_jwks(bytes: &[u8]) -> Result<Vec<Key>, String> {
+    let set: JwkSet = serde_json::from_slice(bytes).map_err(|e| format!("not a JWKS: {e}"))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let alg = jwk
+            .common
+            .key_algorithm
+            .and_then(|a| a.to_string().parse::<Algorithm>().ok())
+            .or_else(|| default_alg(&jwk.algorithm));
+        let Some(alg) = alg.filter(|a| asymmetric(*a)) else {
+            continue; // symmetric or unsupported keys are never used
+        };
+        match DecodingKey::from_jwk(jwk) {
+            Ok(key) => keys.push(Key {
+                kid: jwk.common.key_id.clone(),
+                alg,
+                key,
+            }),
+            Err(e) => {
+                tracing::warn!(kid = ?jwk.common.key_id, error = %e, "skipping an unusable JWKS key")
+            }
+        }
+    }
+    if keys.is_empty() {
+        return Err("the JWKS holds no usable RSA or EC signing key".into());
+    }
+    Ok(keys)
+}
+
+fn asymmetric(a: Algorithm) -> bool {
+    matches!(
+        a,
+        Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512
+            | Algorithm::ES256
+            | Algorithm::ES384
+    )
+}
+
+fn same_family(a: Algorithm, b: Algorithm) -> bool {
+    let rsa = |x| {
+        matches!(
+            x,
+            Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512
+        )
+    };
+    a == b || (rsa(a) && rsa(b))
+}
+
+fn claim_scopes(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => s.split_whitespace().map(str::to_string).collect(),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl JwtVerifier {
+    pub async fn start(s: &JwtSettings) -> Result<Arc<Self>, String> {
+        let source = match (&s.jwks_file, &s.jwks_url) {
+            (Some(f), _) => Source::File(f.clone()),
+            (None, Some(u)) => Source::Url(u.clone()),
+            (None, None) => return Err("JWT auth needs a JWKS file or URL".into()),
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let this = Arc::new(Self {
+            keys: RwLock::new(Arc::new(Vec::new())),
+            source,
+            http,
+            issuers: s.issuers.clone(),
+            audiences: s.audiences.clone(),
+            leeway: s.leeway,
+            default_scopes: s.default_scopes.clone(),
+            subject_scopes: s.subject_scopes.clone(),
+            last_forced: Mutex::new(None),
+            file_mtime: std::sync::Mutex::new(None),
+        });
+        match (&this.source, this.refresh().await) {
+            (_, Ok(())) => {}
+            // A file must be right at start; a URL may be briefly unreachable.
+            (Source::File(_), Err(e)) => return Err(format!("auth.jwt.jwks_file: {e}")),
+            (Source::Url(_), Err(e)) => {
+                tracing::error!(error = %e, "cannot fetch the JWKS yet; retrying in the background")
+            }
+        }
+        let weak = Arc::downgrade(&this);
+        let period = match this.source {
+            Source::File(_) => s.jwks_refresh.min(Duration::from_secs(10)),
+            Source::Url(_) => s.jwks_refresh,
+        };
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(this) = weak.upgrade() else { return };
+                if let Err(e) = this.refresh().await {
+                    tracing::warn!(error = %e, "JWKS refresh failed; keeping the current keys");
+                }
+            }
+        });
+        Ok(this)
+    }
+
+    /// Loads the JWKS again; the current keys stay until a good set arrives.
+    async fn refresh(&self) -> Result<(), String> {
+        let bytes = match &self.source {
+            Source::File(path) => {
+                let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+                let unchanged = self
+                    .file_mtime
+                    .lock()
+                    .map(|g| g.is_some() && *g == mtime)
+                    .unwrap_or(false);
+                if unchanged {
+                    return Ok(());
+                }
+                let bytes = std::fs::read(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                if let Ok(mut g) = self.file_mtime.lock() {
+                    *g = mtime;
+                }
+                bytes
+            }
+            Source::Url(url) => {
+                let resp = self
+                    .http
+                    .get(url)
+                    .send()
+                    .await
+                    .map_err(|e| e.without_url().to_string())?;
+                if !resp.status().is_success() {
+                    return Err(format!(
+                        "the JWKS URL answered HTTP {}",
+                        resp.status().as_u16()
+                    ));
+                }
+                resp.bytes()
+                    .await
+                    .map_err(|e| e.without_url().to_string())?
+                    .to_vec()
+            }
+        };
+        let keys = parse_jwks(&bytes)?;
+        tracing::info!(keys = keys.len(), "JWKS loaded");
+        if let Ok(mut g) = self.keys.write() {
+            *g = Arc::new(keys);
+        }
+        Ok(())
+    }
+
+    fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<(DecodingKey, Algorithm)> {
+        let keys = self.keys.read().ok()?.clone();
+        let found = match kid {
+            Some(kid) => keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
+            None if keys.len() == 1 => keys.first(),
+            None => keys.iter().find(|k| k.alg == alg),
+        };
+        found
+            .filter(|k| same_family(k.alg, alg))
+            .map(|k| (k.key.clone(), alg))
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        let invalid = |why: &str| AuthError::InvalidToken(why.to_string());
+        let header = decode_header(token).map_err(|_| invalid("malformed"))?;
+        if !asymmetric(header.alg) {
+            return Err(invalid(
+                "the algorithm is not accepted (RS*, PS*, ES* only)",
+            ));
+        }
+        let mut found = self.find(header.kid.as_deref(), header.alg);
+        if found.is_none() && header.kid.is_some() {
+            // Perhaps the keys rotated: fetch again, at most every 30 s.
+            let mut last = self.last_forced.lock().await;
+            if last.is_none_or(|t| t.elapsed() >= MIN_UNKNOWN_KID_REFRESH) {
+                *last = Some(Instant::now());
+                if let Err(e) = self.refresh().await {
+                    tracing::warn!(error = %e, "JWKS refresh for an unknown kid failed");
+                }
+            }
+            drop(last);
+            found = self.find(header.kid.as_deref(), header.alg);
+        }
+        let (key, alg) = found.ok_or_else(|| invalid("signed by an unknown key"))?;
+        let mut v = Validation::new(alg);
+        v.leeway = self.leeway.as_secs();
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp"]);
+        if self.issuers.is_empty() {
+            v.iss = None;
+        } else {
+            v.set_issuer(&self.issuers);
+        }
+        if self.audiences.is_empty() {
+            v.validate_aud = false;
+        } else {
+            v.set_audience(&self.audiences);
+        }
+        let data = decode::<Claims>(token, &key, &v).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            invalid(match e.kind() {
+                K::ExpiredSignature => "expired",
+                K::ImmatureSignature => "not valid yet (nbf)",
+                K::InvalidIssuer => "issuer not accepted",
+                K::InvalidAudience => "audience not accepted",
+                K::InvalidSignature => "bad signature",
+                K::MissingRequiredClaim(_) => "a required claim is missing",
+                _ => "malformed",
+            })
+        })?;
+        let c = data.claims;
+        let sub = c
+            .sub
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "unknown-subject".into());
+        let scopes = match self.subject_scopes.get(&sub) {
+            Some(names) => Scopes::from_names(names.iter().map(String::as_str)),
+            None => {
+                let mut names = Vec::new();
+                for v in [&c.scope, &c.scp].into_iter().flatten() {
+                    names.extend(claim_scopes(v));
+                }
+                if names.is_empty() {
+                    Scopes::from_names(self.default_scopes.iter().map(String::as_str))
+                } else {
+                    Scopes::from_names(names.iter().map(String::as_str))
+                }
+            }
+        };
+        Ok(Caller {
+            id: sub.into(),
+            method: AuthMethod::Jwt,
+            scopes,
+        })
+    }
+}

@@ -1,0 +1,351 @@
+//! Who is calling, and what they may do. Credentials come from `authorization:
+//! Bearer …` (a JWT, or an API key) or `x-api-key`, or from the client certificate
+//! of an mTLS connection. Scopes: `attachments.read` (List, GetDownloadUrl,
+//! Download) and `attachments.write` (Upload, Update, Delete).
+
+mod api_keys;
+mod jwt;
+mod mtls;
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+pub use self::api_keys::{ApiKeyStore, hash_key};
+pub use self::jwt::JwtVerifier;
+pub use self::mtls::identity_from_cert;
+use crate::config::Settings;
+
+/// The scopes a caller holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Scopes {
+    pub read: bool,
+    pub write: bool,
+}
+
+impl Scopes {
+    pub const READ: &'static str = "attachments.read";
+    pub const WRITE: &'static str = "attachments.write";
+
+    pub fn all() -> Self {
+        Self {
+            read: true,
+            write: true,
+        }
+    }
+
+    /// One scope name; `None` when unknown.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            Self::READ => Some(Self {
+                read: true,
+                write: false,
+            }),
+            Self::WRITE => Some(Self {
+                read: false,
+                write: true,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The known scopes among `names`; unknown ones are ignored (tokens may carry
+    /// scopes meant for other services).
+    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        names
+            .into_iter()
+            .filter_map(Self::parse)
+            .fold(Self::default(), |a, b| Self {
+                read: a.read || b.read,
+                write: a.write || b.write,
+            })
+    }
+
+    pub fn allows(self, needed: Needed) -> bool {
+        match needed {
+            Needed::Read => self.read,
+            Needed::Write => self.write,
+            Needed::Authenticated | Needed::Nothing => true,
+        }
+    }
+}
+
+/// How a caller proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    Jwt,
+    ApiKey,
+    Mtls,
+    /// No credentials, where the settings allow it.
+    Anonymous,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Jwt => "jwt",
+            Self::ApiKey => "api_key",
+            Self::Mtls => "mtls",
+            Self::Anonymous => "anonymous",
+        }
+    }
+}
+
+/// The authenticated caller, put into request extensions for later layers.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub id: Arc<str>,
+    pub method: AuthMethod,
+    pub scopes: Scopes,
+}
+
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.method.as_str(), self.id)
+    }
+}
+
+/// What a gRPC method needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needed {
+    /// Health: never behind auth (probes carry no credentials).
+    Nothing,
+    /// Reflection and unknown methods: any authenticated caller.
+    Authenticated,
+    Read,
+    Write,
+}
+
+impl Needed {
+    pub fn scope_name(self) -> &'static str {
+        match self {
+            Self::Read => Scopes::READ,
+            Self::Write => Scopes::WRITE,
+            Self::Authenticated | Self::Nothing => "",
+        }
+    }
+}
+
+/// The requirement of a request path `/package.Service/Method`.
+pub fn needed_for(path: &str, public_reflection: bool) -> Needed {
+    const SVC: &str = "/corrigopro.attachments.v1.AttachmentService/";
+    if path.starts_with("/grpc.health.v1.Health/") {
+        return Needed::Nothing;
+    }
+    if path.starts_with("/grpc.reflection.") {
+        return if public_reflection {
+            Needed::Nothing
+        } else {
+            Needed::Authenticated
+        };
+    }
+    match path.strip_prefix(SVC) {
+        Some("ListAttachments" | "GetDownloadUrl" | "DownloadAttachment") => Needed::Read,
+        Some("UploadAttachment" | "UpdateAttachment" | "DeleteAttachment") => Needed::Write,
+        _ => Needed::Authenticated,
+    }
+}
+
+/// Why a caller was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no credentials: send `authorization: Bearer <token>` or `x-api-key: <key>`")]
+    Missing,
+    #[error("the bearer token is not valid: {0}")]
+    InvalidToken(String),
+    #[error("the API key is not known")]
+    UnknownKey,
+    #[error("the client certificate names no usable identity")]
+    NoCertIdentity,
+    #[error("caller `{caller}` lacks the scope `{needed}`")]
+    MissingScope {
+        caller: String,
+        needed: &'static str,
+    },
+}
+
+impl AuthError {
+    /// The `ErrorInfo.reason` for this refusal.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "MISSING_CREDENTIALS",
+            Self::InvalidToken(_) => "INVALID_TOKEN",
+            Self::UnknownKey => "UNKNOWN_API_KEY",
+            Self::NoCertIdentity => "NO_CERTIFICATE_IDENTITY",
+            Self::MissingScope { .. } => "MISSING_SCOPE",
+        }
+    }
+}
+
+/// Checks credentials with whichever modes the settings enable.
+pub struct Authenticator {
+    jwt: Option<Arc<JwtVerifier>>,
+    keys: Option<Arc<ApiKeyStore>>,
+    mtls: Option<crate::config::MtlsSettings>,
+    anonymous: bool,
+    public_reflection: bool,
+}
+
+impl Authenticator {
+    pub async fn from_settings(s: &Settings) -> Result<Self, String> {
+        let jwt = if s.auth.jwt.enabled {
+            Some(JwtVerifier::start(&s.auth.jwt).await?)
+        } else {
+            None
+        };
+        let keys = match &s.auth.api_keys.file {
+            Some(path) => Some(ApiKeyStore::start(
+                path.clone(),
+                s.auth.api_keys.reload_interval,
+            )?),
+            None => None,
+        };
+        let anonymous = s.unauthenticated_allowed();
+        if anonymous {
+            tracing::warn!("authentication is off: every caller may read and write attachments");
+        }
+        Ok(Self {
+            jwt,
+            keys,
+            mtls: s.tls.mtls().then(|| s.auth.mtls.clone()),
+            anonymous,
+            public_reflection: s.reflection_public(),
+        })
+    }
+
+    pub fn public_reflection(&self) -> bool {
+        self.public_reflection
+    }
+
+    /// The caller of a request, from its headers and (for mTLS) its peer certificate.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        peer_cert: Option<&[u8]>,
+    ) -> Result<Caller, AuthError> {
+        if let Some(credential) = credential(headers) {
+            let looks_like_jwt = credential.bytes().filter(|b| *b == b'.').count() == 2;
+            if looks_like_jwt && let Some(jwt) = &self.jwt {
+                return jwt.verify(credential).await;
+            }
+            if let Some(keys) = &self.keys {
+                return keys.lookup(credential);
+            }
+            if let Some(jwt) = &self.jwt {
+                return jwt.verify(credential).await;
+            }
+            if !self.anonymous && self.mtls.is_none() {
+                return Err(AuthError::InvalidToken("no token mode is enabled".into()));
+            }
+        }
+        if let (Some(m), Some(cert)) = (&self.mtls, peer_cert) {
+            let id = identity_from_cert(cert).ok_or(AuthError::NoCertIdentity)?;
+            let scopes = match m.identities.get(&id) {
+                Some(names) => Scopes::from_names(names.iter().map(String::as_str)),
+                None => Scopes::from_names(m.default_scopes.iter().map(String::as_str)),
+            };
+            return Ok(Caller {
+                id: id.into(),
+                method: AuthMethod::Mtls,
+                scopes,
+            });
+        }
+        if self.anonymous {
+            return Ok(Caller {
+                id: "anonymous".into(),
+                method: AuthMethod::Anonymous,
+                scopes: Scopes::all(),
+            });
+        }
+        Err(AuthError::Missing)
+    }
+}
+
+/// The credential a request carries: `authorization: Bearer X` or `x-api-key: X`.
+fn credential(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let v = v.trim();
+        if let Some((scheme, rest)) = v.split_once(' ')
+            && scheme.eq_ignore_ascii_case("bearer")
+            && !rest.trim().is_empty()
+        {
+            return Some(rest.trim());
+        }
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_map_to_scopes() {
+        let svc = "/corrigopro.attachments.v1.AttachmentService/";
+        assert_eq!(
+            needed_for(&format!("{svc}ListAttachments"), false),
+            Needed::Read
+        );
+        assert_eq!(
+            needed_for(&format!("{svc}DownloadAttachment"), false),
+            Needed::Read
+        );
+        assert_eq!(
+            needed_for(&format!("{svc}UploadAttachment"), false),
+            Needed::Write
+        );
+        assert_eq!(
+            needed_for(&format!("{svc}DeleteAttachment"), false),
+            Needed::Write
+        );
+        assert_eq!(
+            needed_for(&format!("{svc}Nope"), false),
+            Needed::Authenticated
+        );
+        assert_eq!(
+            needed_for("/grpc.health.v1.Health/Check", false),
+            Needed::Nothing
+        );
+        assert_eq!(
+            needed_for(
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                false
+            ),
+            Needed::Authenticated
+        );
+        assert_eq!(
+            needed_for(
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                true
+            ),
+            Needed::Nothing
+        );
+    }
+
+    #[test]
+    fn scopes_parse() {
+        let s = Scopes::from_names(["attachments.read", "other.thing"]);
+        assert!(s.read && !s.write);
+        assert_eq!(Scopes::parse("attachments.admin"), None);
+    }
+
+    #[test]
+    fn credentials_from_headers() {
+        let mut h = HeaderMap::new();
+        assert_eq!(credential(&h), None);
+        h.insert("x-api-key", "k1".parse().unwrap());
+        assert_eq!(credential(&h), Some("k1"));
+        h.insert("authorization", "Bearer abc.def.ghi".parse().unwrap());
+        assert_eq!(credential(&h), Some("abc.def.ghi"));
+        h.insert("authorization", "Basic Zm9v".parse().unwrap());
+        assert_eq!(credential(&h), Some("k1"));
+    }
+}

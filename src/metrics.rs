@@ -1,0 +1,190 @@
+//! Prometheus metrics, served on the admin HTTP port at `/metrics`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub method: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub call: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabel {
+    pub call: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub rpc_requests: Family<RpcLabels, Counter>,
+    pub rpc_duration: HistogramFamily<MethodLabel>,
+    pub upload_bytes: Counter,
+    pub uploads_in_flight: Gauge,
+    pub download_bytes: Counter,
+    pub upstream_requests: Family<UpstreamLabels, Counter>,
+    pub upstream_duration: HistogramFamily<CallLabel>,
+    pub token_refreshes: Counter,
+    pub refusals: Family<LimitLabel, Counter>,
+    pub auth_failures: Family<ReasonLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("attachment_gateway");
+        let m = Self {
+            rpc_requests: Family::default(),
+            rpc_duration: Family::new_with_constructor(latency_histogram),
+            upload_bytes: Counter::default(),
+            uploads_in_flight: Gauge::default(),
+            download_bytes: Counter::default(),
+            upstream_requests: Family::default(),
+            upstream_duration: Family::new_with_constructor(latency_histogram),
+            token_refreshes: Counter::default(),
+            refusals: Family::default(),
+            auth_failures: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "grpc_requests",
+            "gRPC calls by method and status code",
+            m.rpc_requests.clone(),
+        );
+        registry.register(
+            "grpc_request_duration_seconds",
+            "gRPC call latency, to the last byte of the answer",
+            m.rpc_duration.clone(),
+        );
+        registry.register(
+            "upload_bytes",
+            "File bytes received from callers and sent upstream",
+            m.upload_bytes.clone(),
+        );
+        registry.register(
+            "uploads_in_flight",
+            "Uploads in progress",
+            m.uploads_in_flight.clone(),
+        );
+        registry.register(
+            "download_bytes",
+            "File bytes streamed to callers",
+            m.download_bytes.clone(),
+        );
+        registry.register(
+            "upstream_requests",
+            "Upstream HTTP requests by call and HTTP status (or error class)",
+            m.upstream_requests.clone(),
+        );
+        registry.register(
+            "upstream_request_duration_seconds",
+            "Upstream HTTP latency, to the answer's headers",
+            m.upstream_duration.clone(),
+        );
+        registry.register(
+            "upstream_token_refreshes",
+            "Access tokens fetched from the token endpoint",
+            m.token_refreshes.clone(),
+        );
+        registry.register(
+            "rate_limit_refusals",
+            "Calls refused by a limit, by limit",
+            m.refusals.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Calls refused by authentication or authorization, by reason",
+            m.auth_failures.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// The registry in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub fn refused(&self, limit: &str) {
+        self.refusals
+            .get_or_create(&LimitLabel {
+                limit: limit.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// Serves `/metrics` (and `/healthz`) on the admin listener until the process ends.
+pub fn serve_admin(listener: TcpListener, metrics: Arc<Metrics>) {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = Arc::clone(&metrics);
+                async move {
+                    (
+                        [(
+                            http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the admin server failed");
+        }
+    });
+}
+
+/// Binds the admin listener.
+pub async fn bind_admin(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
