@@ -5,7 +5,7 @@
 //! OpenTelemetry spans are always made (so trace ids exist), and exported by OTLP
 //! only when `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is
 //! set (and `OTEL_TRACES_EXPORTER` is not `none`). The standard variables apply:
-//! `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`, the default here), `OTEL_SERVICE_NAME`
+//! `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`, the default here, or `http/protobuf`), `OTEL_SERVICE_NAME`
 //! (default `attachment-gateway`), `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`
 //! and `OTEL_TRACES_SAMPLER_ARG`.
 
@@ -64,15 +64,20 @@ fn provider() -> Result<SdkTracerProvider, String> {
         let protocol = std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
             .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
             .unwrap_or_else(|_| "grpc".into());
-        if protocol.trim() != "grpc" {
-            return Err(format!(
-                "OTEL_EXPORTER_OTLP_PROTOCOL={protocol} is not supported; use grpc"
-            ));
+        use opentelemetry_otlp::{Protocol, WithExportConfig};
+        let exporter = match protocol.trim() {
+            "grpc" => opentelemetry_otlp::SpanExporter::builder().with_tonic().build(),
+            "http/protobuf" => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .build(),
+            other => {
+                return Err(format!(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL={other} is not supported: use grpc or http/protobuf"
+                ));
+            }
         }
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()
-            .map_err(|e| format!("cannot set up OTLP export: {e}"))?;
+        .map_err(|e| format!("cannot set up OTLP export: {e}"))?;
         builder = builder.with_batch_exporter(exporter);
     }
     Ok(builder.build())

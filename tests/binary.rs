@@ -233,5 +233,17 @@ async fn sandbox_mode_serves_and_stops_on_sigterm() {
     let lines: Vec<&str> = exit.1.lines().collect();
     assert!(lines.iter().all(|l| l.starts_with('{')), "{}", exit.1);
     assert!(exit.1.contains("shutdown requested"), "{}", exit.1);
+    // The call's access log line carries its span: trace id, RPC, caller, work order.
+    let line = lines
+        .iter()
+        .find(|l| l.contains("call finished") && l.contains("ListAttachments"))
+        .unwrap_or_else(|| panic!("no access log line: {}", exit.1));
+    let v: serde_json::Value = serde_json::from_str(line).expect("json");
+    let span = &v["span"];
+    assert_eq!(span["rpc.method"], "ListAttachments", "{line}");
+    assert_eq!(span["work_order_id"], 1001, "{line}");
+    assert_eq!(span["caller"], "anonymous:anonymous", "{line}");
+    assert_eq!(span["trace_id"].as_str().map(str::len), Some(32), "{line}");
+    assert_eq!(v["code"], "Ok", "{line}");
     assert!(!exit.1.contains("sandbox-secret"), "no secret in logs");
 }
