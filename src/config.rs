@@ -98,6 +98,12 @@ pub struct JwtSettings {
     pub jwks_file: Option<PathBuf>,
     /// A JWKS URL (HTTPS; plain HTTP only on loopback), fetched and cached.
     pub jwks_url: Option<String>,
+    /// Extra CA (PEM) trusted for the JWKS URL, e.g. the cluster's CA for
+    /// `https://kubernetes.default.svc/openid/v1/jwks`.
+    pub jwks_ca_file: Option<PathBuf>,
+    /// A bearer token file sent with the JWKS request (read at each fetch), e.g.
+    /// the gateway's own service-account token.
+    pub jwks_token_file: Option<PathBuf>,
     /// How often the JWKS is fetched (or the file checked) again.
     #[serde(with = "humantime_serde")]
     pub jwks_refresh: Duration,
@@ -121,6 +127,8 @@ impl Default for JwtSettings {
             enabled: false,
             jwks_file: None,
             jwks_url: None,
+            jwks_ca_file: None,
+            jwks_token_file: None,
             jwks_refresh: Duration::from_secs(300),
             issuers: Vec::new(),
             audiences: Vec::new(),
@@ -448,6 +456,10 @@ impl Settings {
         let Some(path) = &self.upstream.client_secret_file else {
             return Ok(());
         };
+        if self.sandbox.enabled {
+            // The sandbox brings its own credentials; the file is not needed.
+            return Ok(());
+        }
         if !self.upstream.client_secret.is_empty() {
             return Err(invalid(
                 "upstream.client_secret_file",

@@ -25,6 +25,10 @@ use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::attachment_service_server::AttachmentServiceServer;
 use crate::upstream::{Upstream, UpstreamError};
 
+/// The health service name that stays SERVING until the process exits, for
+/// liveness probes; `""` and the AttachmentService turn NOT_SERVING on shutdown.
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 /// After the grace period, how long cut calls get to send their final status.
 const CUT_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -136,6 +140,10 @@ pub async fn serve_with(
         .set_serving::<AttachmentServiceServer<AttachmentApi>>()
         .await;
     health.set_service_status("", ServingStatus::Serving).await;
+    // For liveness probes: stays SERVING while draining (the process is alive).
+    health
+        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
 
     let (reflection_v1, reflection_v1alpha) = if settings.server.reflection {
         (

@@ -327,14 +327,18 @@ async fn jwt_from_a_jwks_file() {
 
 #[tokio::test]
 async fn jwks_url_rotation_needs_no_restart() {
-    use wiremock::matchers::{method, path};
+    use wiremock::matchers::{header, method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
     let jwks = MockServer::start().await;
+    // The JWKS endpoint wants the gateway's own token (as the Kubernetes API does).
+    let token_file = scratch("jwks-token").join("token");
+    std::fs::write(&token_file, "gateway-sa-token\n").expect("token");
     let first: serde_json::Value =
         serde_json::from_slice(&std::fs::read(format!("{FIXTURES}/jwks.json")).expect("jwks"))
             .expect("json");
     Mock::given(method("GET"))
         .and(path("/jwks"))
+        .and(header("authorization", "Bearer gateway-sa-token"))
         .respond_with(ResponseTemplate::new(200).set_body_json(first))
         .up_to_n_times(1)
         .with_priority(1)
@@ -346,6 +350,7 @@ async fn jwks_url_rotation_needs_no_restart() {
     .expect("json");
     Mock::given(method("GET"))
         .and(path("/jwks"))
+        .and(header("authorization", "Bearer gateway-sa-token"))
         .respond_with(ResponseTemplate::new(200).set_body_json(rotated))
         .with_priority(2)
         .mount(&jwks)
@@ -354,6 +359,7 @@ async fn jwks_url_rotation_needs_no_restart() {
     let (_sb, gw) = gateway_with(move |s| {
         jwt_settings(s);
         s.auth.jwt.jwks_url = Some(url);
+        s.auth.jwt.jwks_token_file = Some(token_file);
     })
     .await;
     let mut c = gw.client();

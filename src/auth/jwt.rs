@@ -37,6 +37,7 @@ pub struct JwtVerifier {
     keys: RwLock<Arc<Vec<Key>>>,
     source: Source,
     http: reqwest::Client,
+    token_file: Option<PathBuf>,
     issuers: Vec<String>,
     audiences: Vec<String>,
     leeway: Duration,
@@ -142,14 +143,20 @@ impl JwtVerifier {
             (None, Some(u)) => Source::Url(u.clone()),
             (None, None) => return Err("JWT auth needs a JWKS file or URL".into()),
         };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| e.to_string())?;
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        if let Some(ca) = &s.jwks_ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| format!("auth.jwt.jwks_ca_file: cannot read {}: {e}", ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| format!("auth.jwt.jwks_ca_file: {e}"))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().map_err(|e| e.to_string())?;
         let this = Arc::new(Self {
             keys: RwLock::new(Arc::new(Vec::new())),
             source,
             http,
+            token_file: s.jwks_token_file.clone(),
             issuers: s.issuers.clone(),
             audiences: s.audiences.clone(),
             leeway: s.leeway,
@@ -206,12 +213,13 @@ impl JwtVerifier {
                 bytes
             }
             Source::Url(url) => {
-                let resp = self
-                    .http
-                    .get(url)
-                    .send()
-                    .await
-                    .map_err(|e| e.without_url().to_string())?;
+                let mut req = self.http.get(url);
+                if let Some(f) = &self.token_file {
+                    let token = std::fs::read_to_string(f)
+                        .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+                    req = req.bearer_auth(token.trim());
+                }
+                let resp = req.send().await.map_err(|e| e.without_url().to_string())?;
                 if !resp.status().is_success() {
                     return Err(format!(
                         "the JWKS URL answered HTTP {}",

@@ -1,0 +1,733 @@
+//! What the gateway costs against calling the REST API directly.
+//!
+//! Starts a fast CorrigoPro-shaped sink on loopback (in this process), starts the
+//! real gateway binary as its own process pointed at it, and measures each scenario
+//! both ways (direct: reqwest to the sink, as a service would without the gateway;
+//! via gateway: the tonic client), alternating, over several rounds; prints medians
+//! and ratios, and writes the same figures as JSON.
+//!
+//! `cargo bench --bench gateway` runs the full sizes (see BENCHMARKS.md). Without
+//! `--bench` (as `cargo test --all-targets` runs it) it is a quick smoke run with
+//! small sizes, so the harness never rots.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use attachment_gateway::proto::attachment_service_client::AttachmentServiceClient;
+use attachment_gateway::proto::download_attachment_response::Payload as Down;
+use attachment_gateway::proto::upload_attachment_request::Payload;
+use attachment_gateway::proto::{
+    DownloadAttachmentRequest, ListAttachmentsRequest, Person, UploadAttachmentRequest,
+    UploadMetadata,
+};
+use axum::extract::{Multipart, State};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+const MIB: usize = 1024 * 1024;
+
+#[derive(Clone, Copy)]
+struct Params {
+    quick: bool,
+    rounds: usize,
+    big: usize,
+    small: usize,
+    small_files: usize,
+    concurrency: usize,
+    big_concurrency: usize,
+    latency_calls: usize,
+    unary_calls: usize,
+    unary_concurrency: usize,
+    chunk: usize,
+    list_items: usize,
+}
+
+impl Params {
+    fn full() -> Self {
+        Self {
+            quick: false,
+            rounds: 5,
+            big: 20 * MIB,
+            small: MIB,
+            small_files: 256,
+            concurrency: 32,
+            big_concurrency: 32,
+            latency_calls: 2000,
+            unary_calls: 20_000,
+            unary_concurrency: 64,
+            chunk: 256 * 1024,
+            list_items: 20,
+        }
+    }
+
+    fn quick() -> Self {
+        Self {
+            quick: true,
+            rounds: 1,
+            big: MIB,
+            small: 64 * 1024,
+            small_files: 16,
+            concurrency: 8,
+            big_concurrency: 4,
+            latency_calls: 50,
+            unary_calls: 200,
+            unary_concurrency: 16,
+            chunk: 256 * 1024,
+            list_items: 20,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the sink
+
+#[derive(Clone)]
+struct Sink {
+    list: Bytes,
+    file: Bytes,
+    base: Arc<String>,
+    bytes_in: Arc<AtomicU64>,
+}
+
+async fn sink_token() -> axum::Json<serde_json::Value> {
+    axum::Json(json!({"access_token": "bench-token", "token_type": "bearer", "expires_in": 1199}))
+}
+
+async fn sink_upload(State(s): State<Sink>, mut mp: Multipart) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut n = 0u64;
+    loop {
+        match mp.next_field().await {
+            Ok(Some(mut f)) => loop {
+                match f.chunk().await {
+                    Ok(Some(c)) => n += c.len() as u64,
+                    Ok(None) => break,
+                    Err(_) => {
+                        return (axum::http::StatusCode::BAD_REQUEST, "broken").into_response();
+                    }
+                }
+            },
+            Ok(None) => break,
+            Err(_) => return (axum::http::StatusCode::BAD_REQUEST, "broken").into_response(),
+        }
+    }
+    s.bytes_in.fetch_add(n, Ordering::Relaxed);
+    axum::Json(
+        json!({"AttachmentId": "00000000-0000-0000-0000-000000000001", "MessageId": "bench"}),
+    )
+    .into_response()
+}
+
+async fn sink_list(State(s): State<Sink>) -> ([(axum::http::HeaderName, &'static str); 1], Bytes) {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        s.list.clone(),
+    )
+}
+
+async fn sink_link(State(s): State<Sink>) -> axum::Json<serde_json::Value> {
+    axum::Json(json!({"Url": format!("{}/files/big?sig=x", s.base)}))
+}
+
+async fn sink_file(State(s): State<Sink>) -> ([(axum::http::HeaderName, &'static str); 1], Bytes) {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        s.file.clone(),
+    )
+}
+
+async fn start_sink(p: &Params) -> (SocketAddr, Sink) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
+    let addr = listener.local_addr().expect("addr");
+    let items: Vec<_> = (0..p.list_items)
+        .map(|i| {
+            json!({"AttachmentId": format!("3f2b8c1e-5d4a-4e7b-9c61-{i:012}"), "Name": format!("photo-{i}.jpg"),
+                   "MimeType": "image/jpeg", "Size": 123_456 + i, "DocumentType": "Picture", "Subtype": "Picture",
+                   "CreatedDate": "2026-11-28T10:00:00Z", "PerformedBy": {"Name": "Ana Tech", "Phone": null}})
+        })
+        .collect();
+    let sink = Sink {
+        list: Bytes::from(serde_json::to_vec(&items).expect("json")),
+        file: Bytes::from(vec![7u8; p.big]),
+        base: Arc::new(format!("http://{addr}")),
+        bytes_in: Arc::new(AtomicU64::new(0)),
+    };
+    let app = axum::Router::new()
+        .route("/oauth/token", post(sink_token))
+        .route("/Direct/api/attachments", get(sink_list).post(sink_upload))
+        .route("/Direct/api/attachments/downloadUrl", get(sink_link))
+        .route("/files/big", get(sink_file))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(sink.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, sink)
+}
+
+// ---------------------------------------------------------------- the gateway process
+
+struct GatewayProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl GatewayProcess {
+    fn start(sink: SocketAddr) -> Self {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+            l.local_addr().expect("addr").port()
+        };
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let e = |k: &str| format!("ATTACHMENT_GATEWAY_{k}");
+        let child = Command::new(env!("CARGO_BIN_EXE_attachment-gateway"))
+            .args(["--listen", &addr.to_string()])
+            .env(e("UPSTREAM__BASE_URL"), format!("http://{sink}/Direct"))
+            .env(
+                e("UPSTREAM__TOKEN_URL"),
+                format!("http://{sink}/oauth/token"),
+            )
+            .env(e("UPSTREAM__CLIENT_ID"), "bench")
+            .env(e("UPSTREAM__CLIENT_SECRET"), "bench-secret")
+            .env(e("AUTH__ALLOW_UNAUTHENTICATED"), "true")
+            .env(e("TELEMETRY__ADMIN_LISTEN"), "127.0.0.1:0")
+            .env(e("RATE_LIMIT__PER_CALLER__RPS"), "1000000")
+            .env(e("RATE_LIMIT__PER_CALLER__BURST"), "1000000")
+            .env(e("RATE_LIMIT__UPSTREAM__RPS"), "1000000")
+            .env(e("RATE_LIMIT__UPSTREAM__BURST"), "1000000")
+            .env(e("RATE_LIMIT__MAX_CONCURRENT_UPLOADS"), "1024")
+            .env(
+                e("RATE_LIMIT__MAX_INFLIGHT_UPLOAD_BYTES"),
+                (1024 * MIB).to_string(),
+            )
+            .env(e("LOG__LEVEL"), "warn")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the gateway binary");
+        Self { child, addr }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
+        let text =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        text.lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Resets VmHWM (peak RSS) to the current RSS.
+    fn reset_peak(&self) {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5");
+    }
+
+    /// User + system CPU seconds so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) / 100.0
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- clients
+
+type Client = AttachmentServiceClient<Channel>;
+
+async fn connect(addr: SocketAddr) -> Client {
+    let ep = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .tcp_nodelay(true);
+    for _ in 0..200 {
+        if let Ok(ch) = ep.connect().await {
+            return AttachmentServiceClient::new(ch);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the gateway never came up");
+}
+
+fn file_stream(
+    data: Bytes,
+    chunk: usize,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    let n = data.len().div_ceil(chunk);
+    futures_util::stream::iter(
+        (0..n).map(move |i| Ok(data.slice(i * chunk..((i + 1) * chunk).min(data.len())))),
+    )
+}
+
+async fn direct_upload(http: &reqwest::Client, sink: SocketAddr, data: Bytes, chunk: usize) {
+    let len = data.len() as u64;
+    let part = reqwest::multipart::Part::stream_with_length(
+        reqwest::Body::wrap_stream(file_stream(data, chunk)),
+        len,
+    )
+    .file_name("bench.bin")
+    .mime_str("application/octet-stream")
+    .expect("mime");
+    let form = reqwest::multipart::Form::new()
+        .text("WorkOrderId", "1001")
+        .text("Name", "bench.bin")
+        .text("MimeType", "application/octet-stream")
+        .text("PerformedBy.Name", "Bench")
+        .text("MessageId", "bench-message")
+        .part("File", part);
+    let resp = http
+        .post(format!("http://{sink}/Direct/api/attachments"))
+        .bearer_auth("bench-token")
+        .multipart(form)
+        .send()
+        .await
+        .expect("direct upload");
+    assert_eq!(resp.status(), 200);
+    let _ = resp.bytes().await;
+}
+
+async fn gateway_upload(c: &mut Client, data: Bytes, chunk: usize) {
+    let meta = UploadMetadata {
+        work_order_id: 1001,
+        name: "bench.bin".into(),
+        mime_type: "application/octet-stream".into(),
+        performed_by: Some(Person {
+            name: "Bench".into(),
+            phone: String::new(),
+        }),
+        size_bytes: data.len() as u64,
+        ..Default::default()
+    };
+    let first = futures_util::stream::once(async move {
+        UploadAttachmentRequest {
+            payload: Some(Payload::Metadata(meta)),
+        }
+    });
+    let chunks = file_stream(data, chunk).map(|b| UploadAttachmentRequest {
+        payload: Some(Payload::Chunk(b.expect("slice"))),
+    });
+    c.upload_attachment(first.chain(chunks))
+        .await
+        .expect("gateway upload");
+}
+
+async fn direct_list(http: &reqwest::Client, sink: SocketAddr) {
+    let r = http
+        .get(format!("http://{sink}/Direct/api/attachments"))
+        .query(&[("workOrderId", 1001)])
+        .bearer_auth("bench-token")
+        .send()
+        .await
+        .expect("list");
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert!(v.is_array());
+}
+
+async fn gateway_list(c: &mut Client) {
+    let r = c
+        .list_attachments(ListAttachmentsRequest {
+            work_order_id: 1001,
+        })
+        .await
+        .expect("list");
+    assert!(!r.into_inner().attachments.is_empty());
+}
+
+async fn direct_download(http: &reqwest::Client, sink: SocketAddr) -> usize {
+    let mut r = http
+        .get(format!("http://{sink}/files/big?sig=x"))
+        .send()
+        .await
+        .expect("get");
+    let mut n = 0;
+    while let Some(c) = r.chunk().await.expect("chunk") {
+        n += c.len();
+    }
+    n
+}
+
+async fn gateway_download(c: &mut Client) -> usize {
+    let mut s = c
+        .download_attachment(DownloadAttachmentRequest {
+            work_order_id: 1001,
+            attachment_id: "a".into(),
+        })
+        .await
+        .expect("download")
+        .into_inner();
+    let mut n = 0;
+    while let Some(m) = s.message().await.expect("msg") {
+        if let Some(Down::Chunk(b)) = m.payload {
+            n += b.len();
+        }
+    }
+    n
+}
+
+// ---------------------------------------------------------------- measuring
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+struct Row {
+    scenario: String,
+    unit: &'static str,
+    direct: f64,
+    gateway: f64,
+    higher_is_better: bool,
+    note: String,
+}
+
+impl Row {
+    fn ratio(&self) -> f64 {
+        self.gateway / self.direct
+    }
+}
+
+async fn run_concurrent<F, Fut>(n: usize, concurrency: usize, f: F) -> f64
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let start = Instant::now();
+    let mut stream = futures_util::stream::iter((0..n).map(|i| tokio::spawn(f(i))))
+        .buffer_unordered(concurrency);
+    while let Some(r) = stream.next().await {
+        r.expect("task");
+    }
+    start.elapsed().as_secs_f64()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let p = if full {
+        Params::full()
+    } else {
+        Params::quick()
+    };
+    attachment_gateway::upstream::install_crypto_provider();
+    let (sink_addr, sink) = start_sink(&p).await;
+    let gw = GatewayProcess::start(sink_addr);
+    let client = connect(gw.addr).await;
+    let http = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .expect("http");
+    let big = Bytes::from(vec![42u8; p.big]);
+    let small = Bytes::from(vec![43u8; p.small]);
+    let mut rows: Vec<Row> = Vec::new();
+    let mib = |bytes: f64| bytes / MIB as f64;
+
+    // Warm up both paths (connections, token, allocator).
+    for _ in 0..3 {
+        direct_upload(&http, sink_addr, small.clone(), p.chunk).await;
+        gateway_upload(&mut client.clone(), small.clone(), p.chunk).await;
+        direct_list(&http, sink_addr).await;
+        gateway_list(&mut client.clone()).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let idle_rss_kib = gw.status_kib("VmRSS:");
+
+    // 1. One big upload, one stream.
+    let (mut d, mut g) = (Vec::new(), Vec::new());
+    let cpu0 = gw.cpu_seconds();
+    let mut gw_bytes = 0usize;
+    for _ in 0..p.rounds {
+        let t = Instant::now();
+        direct_upload(&http, sink_addr, big.clone(), p.chunk).await;
+        d.push(mib(p.big as f64) / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        gateway_upload(&mut client.clone(), big.clone(), p.chunk).await;
+        g.push(mib(p.big as f64) / t.elapsed().as_secs_f64());
+        gw_bytes += p.big;
+    }
+    let mut upload_cpu = gw.cpu_seconds() - cpu0;
+    rows.push(Row {
+        scenario: format!("1. upload {} MiB, one stream", p.big / MIB.max(1)),
+        unit: "MiB/s",
+        direct: median(d),
+        gateway: median(g),
+        higher_is_better: true,
+        note: String::new(),
+    });
+
+    // 2. Small files at concurrency.
+    let (mut d, mut g) = (Vec::new(), Vec::new());
+    for _ in 0..p.rounds {
+        let (h, s) = (http.clone(), small.clone());
+        let secs = run_concurrent(p.small_files, p.concurrency, move |_| {
+            let (h, s) = (h.clone(), s.clone());
+            async move { direct_upload(&h, sink_addr, s, p.chunk).await }
+        })
+        .await;
+        d.push(p.small_files as f64 / secs);
+        let (c, s) = (client.clone(), small.clone());
+        let cpu = gw.cpu_seconds();
+        let secs = run_concurrent(p.small_files, p.concurrency, move |_| {
+            let (mut c, s) = (c.clone(), s.clone());
+            async move { gateway_upload(&mut c, s, p.chunk).await }
+        })
+        .await;
+        upload_cpu += gw.cpu_seconds() - cpu;
+        gw_bytes += p.small_files * p.small;
+        g.push(p.small_files as f64 / secs);
+    }
+    let (dm, gm) = (median(d), median(g));
+    rows.push(Row {
+        scenario: format!(
+            "2. upload {} KiB files, concurrency {}",
+            p.small / 1024,
+            p.concurrency
+        ),
+        unit: "files/s",
+        direct: dm,
+        gateway: gm,
+        higher_is_better: true,
+        note: format!(
+            "{:.0} vs {:.0} MiB/s",
+            mib(dm * p.small as f64),
+            mib(gm * p.small as f64)
+        ),
+    });
+
+    // 3. Big files at concurrency, with the gateway's peak RSS.
+    let (mut d, mut g) = (Vec::new(), Vec::new());
+    let mut peak_growth_kib = 0u64;
+    let rounds3 = p.rounds.min(3);
+    for _ in 0..rounds3 {
+        let (h, b) = (http.clone(), big.clone());
+        let secs = run_concurrent(p.big_concurrency, p.big_concurrency, move |_| {
+            let (h, b) = (h.clone(), b.clone());
+            async move { direct_upload(&h, sink_addr, b, p.chunk).await }
+        })
+        .await;
+        d.push(mib((p.big_concurrency * p.big) as f64) / secs);
+        gw.reset_peak();
+        let before = gw.status_kib("VmRSS:");
+        let cpu = gw.cpu_seconds();
+        let (c, b) = (client.clone(), big.clone());
+        let secs = run_concurrent(p.big_concurrency, p.big_concurrency, move |_| {
+            let (mut c, b) = (c.clone(), b.clone());
+            async move { gateway_upload(&mut c, b, p.chunk).await }
+        })
+        .await;
+        upload_cpu += gw.cpu_seconds() - cpu;
+        gw_bytes += p.big_concurrency * p.big;
+        peak_growth_kib = peak_growth_kib.max(gw.status_kib("VmHWM:").saturating_sub(before));
+        g.push(mib((p.big_concurrency * p.big) as f64) / secs);
+    }
+    rows.push(Row {
+        scenario: format!(
+            "3. upload {} MiB files, concurrency {}",
+            p.big / MIB.max(1),
+            p.big_concurrency
+        ),
+        unit: "MiB/s",
+        direct: median(d),
+        gateway: median(g),
+        higher_is_better: true,
+        note: format!(
+            "gateway peak RSS +{:.1} MiB over {:.1} MiB idle",
+            peak_growth_kib as f64 / 1024.0,
+            idle_rss_kib as f64 / 1024.0
+        ),
+    });
+
+    // 4. Unary latency at concurrency 1.
+    let (mut d, mut g) = (Vec::new(), Vec::new());
+    let mut c1 = client.clone();
+    for _ in 0..p.latency_calls {
+        let t = Instant::now();
+        direct_list(&http, sink_addr).await;
+        d.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        gateway_list(&mut c1).await;
+        g.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let (d50, g50) = (median(d.clone()), median(g.clone()));
+    rows.push(Row {
+        scenario: format!(
+            "4. ListAttachments ({} items) p50, concurrency 1",
+            p.list_items
+        ),
+        unit: "ms",
+        direct: d50,
+        gateway: g50,
+        higher_is_better: false,
+        note: format!("added {:.3} ms", g50 - d50),
+    });
+    rows.push(Row {
+        scenario: "4. ListAttachments p99, concurrency 1".into(),
+        unit: "ms",
+        direct: percentile(d, 0.99),
+        gateway: percentile(g, 0.99),
+        higher_is_better: false,
+        note: String::new(),
+    });
+
+    // 5. Unary throughput at concurrency.
+    let (mut d, mut g) = (Vec::new(), Vec::new());
+    let mut unary_cpu = 0.0;
+    let mut unary_calls = 0usize;
+    for _ in 0..p.rounds {
+        let h = http.clone();
+        let secs = run_concurrent(p.unary_calls, p.unary_concurrency, move |_| {
+            let h = h.clone();
+            async move { direct_list(&h, sink_addr).await }
+        })
+        .await;
+        d.push(p.unary_calls as f64 / secs);
+        let c = client.clone();
+        let cpu = gw.cpu_seconds();
+        let secs = run_concurrent(p.unary_calls, p.unary_concurrency, move |_| {
+            let mut c = c.clone();
+            async move { gateway_list(&mut c).await }
+        })
+        .await;
+        unary_cpu += gw.cpu_seconds() - cpu;
+        unary_calls += p.unary_calls;
+        g.push(p.unary_calls as f64 / secs);
+    }
+    rows.push(Row {
+        scenario: format!("5. ListAttachments, concurrency {}", p.unary_concurrency),
+        unit: "req/s",
+        direct: median(d),
+        gateway: median(g),
+        higher_is_better: true,
+        note: String::new(),
+    });
+
+    // 6. Download.
+    let (mut d, mut g) = (Vec::new(), Vec::new());
+    for _ in 0..p.rounds {
+        let t = Instant::now();
+        assert_eq!(direct_download(&http, sink_addr).await, p.big);
+        d.push(mib(p.big as f64) / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        assert_eq!(gateway_download(&mut client.clone()).await, p.big);
+        g.push(mib(p.big as f64) / t.elapsed().as_secs_f64());
+    }
+    rows.push(Row {
+        scenario: format!("6. download {} MiB", p.big / MIB.max(1)),
+        unit: "MiB/s",
+        direct: median(d),
+        gateway: median(g),
+        higher_is_better: true,
+        note: String::new(),
+    });
+
+    // 7. CPU cost of the gateway process.
+    let gib = gw_bytes as f64 / (1024.0 * MIB as f64);
+    let cpu_per_gib = upload_cpu / gib;
+    let cpu_per_10k = unary_cpu / unary_calls as f64 * 10_000.0;
+
+    // Report.
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!(
+        "\nattachment-gateway benchmark ({} mode; {cores} cores; client + sink in one process, gateway in its own; {} rounds, medians)\n",
+        if p.quick { "quick" } else { "full" },
+        p.rounds
+    );
+    println!("| scenario | unit | direct | via gateway | gateway/direct | note |");
+    println!("|---|---|---:|---:|---:|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {:.2} | {:.2} | {:.2}{} | {} |",
+            r.scenario,
+            r.unit,
+            r.direct,
+            r.gateway,
+            r.ratio(),
+            if r.higher_is_better {
+                ""
+            } else {
+                " (lower is better)"
+            },
+            r.note
+        );
+    }
+    println!(
+        "| 7. gateway CPU per GiB uploaded | s | | {cpu_per_gib:.2} | | {gib:.2} GiB through the gateway |"
+    );
+    println!(
+        "| 7. gateway CPU per 10k unary calls | s | | {cpu_per_10k:.2} | | {unary_calls} calls |"
+    );
+    println!(
+        "\npeak RSS growth (32 concurrent big uploads): {:.1} MiB; sink received {:.0} MiB",
+        peak_growth_kib as f64 / 1024.0,
+        mib(sink.bytes_in.load(Ordering::Relaxed) as f64)
+    );
+
+    let json = json!({
+        "mode": if p.quick { "quick" } else { "full" },
+        "cores": cores,
+        "params": {"rounds": p.rounds, "big_bytes": p.big, "small_bytes": p.small, "small_files": p.small_files,
+                   "concurrency": p.concurrency, "big_concurrency": p.big_concurrency, "latency_calls": p.latency_calls,
+                   "unary_calls": p.unary_calls, "unary_concurrency": p.unary_concurrency, "chunk_bytes": p.chunk,
+                   "list_items": p.list_items},
+        "scenarios": rows.iter().map(|r| json!({"scenario": r.scenario, "unit": r.unit, "direct": r.direct,
+            "gateway": r.gateway, "ratio": r.ratio(), "note": r.note})).collect::<Vec<_>>(),
+        "gateway_cpu_seconds_per_gib_uploaded": cpu_per_gib,
+        "gateway_cpu_seconds_per_10k_unary": cpu_per_10k,
+        "gateway_peak_rss_growth_mib": peak_growth_kib as f64 / 1024.0,
+        "gateway_idle_rss_mib": idle_rss_kib as f64 / 1024.0,
+    });
+    let out = std::env::var("BENCH_OUT").unwrap_or_else(|_| {
+        format!(
+            "{}/target/bench-{}.json",
+            env!("CARGO_MANIFEST_DIR"),
+            if p.quick { "quick" } else { "full" }
+        )
+    });
+    if let Err(e) = std::fs::write(&out, serde_json::to_string_pretty(&json).expect("json")) {
+        eprintln!("cannot write {out}: {e}");
+    } else {
+        println!("figures written to {out}");
+    }
+    // Sanity: the harness measured something real.
+    assert!(rows.iter().all(|r| r.direct.is_finite()
+        && r.gateway.is_finite()
+        && r.direct > 0.0
+        && r.gateway > 0.0));
+    drop(gw);
+}
