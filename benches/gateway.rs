@@ -205,6 +205,8 @@ impl GatewayProcess {
                 (1024 * MIB).to_string(),
             )
             .env(e("LOG__LEVEL"), "warn")
+            // As the container image and the chart run it.
+            .env("MIMALLOC_ARENA_EAGER_COMMIT", "0")
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -443,9 +445,15 @@ async fn main() {
     } else {
         Params::quick()
     };
+    // BENCH_SCENARIOS=1,3 runs only those scenarios (for profiling one path).
+    let only: Option<Vec<u32>> = std::env::var("BENCH_SCENARIOS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
+    let run = |n: u32| only.as_ref().is_none_or(|o| o.contains(&n));
     attachment_gateway::upstream::install_crypto_provider();
     let (sink_addr, sink) = start_sink(&p).await;
     let gw = GatewayProcess::start(sink_addr);
+    eprintln!("gateway process: pid {}", gw.pid());
     let client = connect(gw.addr).await;
     let http = reqwest::Client::builder()
         .tcp_nodelay(true)
@@ -466,198 +474,220 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let idle_rss_kib = gw.status_kib("VmRSS:");
 
-    // 1. One big upload, one stream.
-    let (mut d, mut g) = (Vec::new(), Vec::new());
-    let cpu0 = gw.cpu_seconds();
+    let mut upload_cpu = 0.0;
     let mut gw_bytes = 0usize;
-    for _ in 0..p.rounds {
-        let t = Instant::now();
-        direct_upload(&http, sink_addr, big.clone(), p.chunk).await;
-        d.push(mib(p.big as f64) / t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        gateway_upload(&mut client.clone(), big.clone(), p.chunk).await;
-        g.push(mib(p.big as f64) / t.elapsed().as_secs_f64());
-        gw_bytes += p.big;
-    }
-    let mut upload_cpu = gw.cpu_seconds() - cpu0;
-    rows.push(Row {
-        scenario: format!("1. upload {} MiB, one stream", p.big / MIB.max(1)),
-        unit: "MiB/s",
-        direct: median(d),
-        gateway: median(g),
-        higher_is_better: true,
-        note: String::new(),
-    });
-
-    // 2. Small files at concurrency.
-    let (mut d, mut g) = (Vec::new(), Vec::new());
-    for _ in 0..p.rounds {
-        let (h, s) = (http.clone(), small.clone());
-        let secs = run_concurrent(p.small_files, p.concurrency, move |_| {
-            let (h, s) = (h.clone(), s.clone());
-            async move { direct_upload(&h, sink_addr, s, p.chunk).await }
-        })
-        .await;
-        d.push(p.small_files as f64 / secs);
-        let (c, s) = (client.clone(), small.clone());
-        let cpu = gw.cpu_seconds();
-        let secs = run_concurrent(p.small_files, p.concurrency, move |_| {
-            let (mut c, s) = (c.clone(), s.clone());
-            async move { gateway_upload(&mut c, s, p.chunk).await }
-        })
-        .await;
-        upload_cpu += gw.cpu_seconds() - cpu;
-        gw_bytes += p.small_files * p.small;
-        g.push(p.small_files as f64 / secs);
-    }
-    let (dm, gm) = (median(d), median(g));
-    rows.push(Row {
-        scenario: format!(
-            "2. upload {} KiB files, concurrency {}",
-            p.small / 1024,
-            p.concurrency
-        ),
-        unit: "files/s",
-        direct: dm,
-        gateway: gm,
-        higher_is_better: true,
-        note: format!(
-            "{:.0} vs {:.0} MiB/s",
-            mib(dm * p.small as f64),
-            mib(gm * p.small as f64)
-        ),
-    });
-
-    // 3. Big files at concurrency, with the gateway's peak RSS.
-    let (mut d, mut g) = (Vec::new(), Vec::new());
     let mut peak_growth_kib = 0u64;
-    let rounds3 = p.rounds.min(3);
-    for _ in 0..rounds3 {
-        let (h, b) = (http.clone(), big.clone());
-        let secs = run_concurrent(p.big_concurrency, p.big_concurrency, move |_| {
-            let (h, b) = (h.clone(), b.clone());
-            async move { direct_upload(&h, sink_addr, b, p.chunk).await }
-        })
-        .await;
-        d.push(mib((p.big_concurrency * p.big) as f64) / secs);
-        gw.reset_peak();
-        let before = gw.status_kib("VmRSS:");
-        let cpu = gw.cpu_seconds();
-        let (c, b) = (client.clone(), big.clone());
-        let secs = run_concurrent(p.big_concurrency, p.big_concurrency, move |_| {
-            let (mut c, b) = (c.clone(), b.clone());
-            async move { gateway_upload(&mut c, b, p.chunk).await }
-        })
-        .await;
-        upload_cpu += gw.cpu_seconds() - cpu;
-        gw_bytes += p.big_concurrency * p.big;
-        peak_growth_kib = peak_growth_kib.max(gw.status_kib("VmHWM:").saturating_sub(before));
-        g.push(mib((p.big_concurrency * p.big) as f64) / secs);
-    }
-    rows.push(Row {
-        scenario: format!(
-            "3. upload {} MiB files, concurrency {}",
-            p.big / MIB.max(1),
-            p.big_concurrency
-        ),
-        unit: "MiB/s",
-        direct: median(d),
-        gateway: median(g),
-        higher_is_better: true,
-        note: format!(
-            "gateway peak RSS +{:.1} MiB over {:.1} MiB idle",
-            peak_growth_kib as f64 / 1024.0,
-            idle_rss_kib as f64 / 1024.0
-        ),
-    });
-
-    // 4. Unary latency at concurrency 1.
-    let (mut d, mut g) = (Vec::new(), Vec::new());
-    let mut c1 = client.clone();
-    for _ in 0..p.latency_calls {
-        let t = Instant::now();
-        direct_list(&http, sink_addr).await;
-        d.push(t.elapsed().as_secs_f64() * 1e3);
-        let t = Instant::now();
-        gateway_list(&mut c1).await;
-        g.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    let (d50, g50) = (median(d.clone()), median(g.clone()));
-    rows.push(Row {
-        scenario: format!(
-            "4. ListAttachments ({} items) p50, concurrency 1",
-            p.list_items
-        ),
-        unit: "ms",
-        direct: d50,
-        gateway: g50,
-        higher_is_better: false,
-        note: format!("added {:.3} ms", g50 - d50),
-    });
-    rows.push(Row {
-        scenario: "4. ListAttachments p99, concurrency 1".into(),
-        unit: "ms",
-        direct: percentile(d, 0.99),
-        gateway: percentile(g, 0.99),
-        higher_is_better: false,
-        note: String::new(),
-    });
-
-    // 5. Unary throughput at concurrency.
-    let (mut d, mut g) = (Vec::new(), Vec::new());
     let mut unary_cpu = 0.0;
     let mut unary_calls = 0usize;
-    for _ in 0..p.rounds {
-        let h = http.clone();
-        let secs = run_concurrent(p.unary_calls, p.unary_concurrency, move |_| {
-            let h = h.clone();
-            async move { direct_list(&h, sink_addr).await }
-        })
-        .await;
-        d.push(p.unary_calls as f64 / secs);
-        let c = client.clone();
-        let cpu = gw.cpu_seconds();
-        let secs = run_concurrent(p.unary_calls, p.unary_concurrency, move |_| {
-            let mut c = c.clone();
-            async move { gateway_list(&mut c).await }
-        })
-        .await;
-        unary_cpu += gw.cpu_seconds() - cpu;
-        unary_calls += p.unary_calls;
-        g.push(p.unary_calls as f64 / secs);
+
+    // 1. One big upload, one stream.
+    if run(1) {
+        let (mut d, mut g) = (Vec::new(), Vec::new());
+        let cpu0 = gw.cpu_seconds();
+        for _ in 0..p.rounds {
+            let t = Instant::now();
+            direct_upload(&http, sink_addr, big.clone(), p.chunk).await;
+            d.push(mib(p.big as f64) / t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            gateway_upload(&mut client.clone(), big.clone(), p.chunk).await;
+            g.push(mib(p.big as f64) / t.elapsed().as_secs_f64());
+            gw_bytes += p.big;
+        }
+        upload_cpu += gw.cpu_seconds() - cpu0;
+        rows.push(Row {
+            scenario: format!("1. upload {} MiB, one stream", p.big / MIB.max(1)),
+            unit: "MiB/s",
+            direct: median(d),
+            gateway: median(g),
+            higher_is_better: true,
+            note: String::new(),
+        });
     }
-    rows.push(Row {
-        scenario: format!("5. ListAttachments, concurrency {}", p.unary_concurrency),
-        unit: "req/s",
-        direct: median(d),
-        gateway: median(g),
-        higher_is_better: true,
-        note: String::new(),
-    });
+
+    // 2. Small files at concurrency.
+    if run(2) {
+        let (mut d, mut g) = (Vec::new(), Vec::new());
+        for _ in 0..p.rounds {
+            let (h, s) = (http.clone(), small.clone());
+            let secs = run_concurrent(p.small_files, p.concurrency, move |_| {
+                let (h, s) = (h.clone(), s.clone());
+                async move { direct_upload(&h, sink_addr, s, p.chunk).await }
+            })
+            .await;
+            d.push(p.small_files as f64 / secs);
+            let (c, s) = (client.clone(), small.clone());
+            let cpu = gw.cpu_seconds();
+            let secs = run_concurrent(p.small_files, p.concurrency, move |_| {
+                let (mut c, s) = (c.clone(), s.clone());
+                async move { gateway_upload(&mut c, s, p.chunk).await }
+            })
+            .await;
+            upload_cpu += gw.cpu_seconds() - cpu;
+            gw_bytes += p.small_files * p.small;
+            g.push(p.small_files as f64 / secs);
+        }
+        let (dm, gm) = (median(d), median(g));
+        rows.push(Row {
+            scenario: format!(
+                "2. upload {} KiB files, concurrency {}",
+                p.small / 1024,
+                p.concurrency
+            ),
+            unit: "files/s",
+            direct: dm,
+            gateway: gm,
+            higher_is_better: true,
+            note: format!(
+                "{:.0} vs {:.0} MiB/s",
+                mib(dm * p.small as f64),
+                mib(gm * p.small as f64)
+            ),
+        });
+    }
+
+    // 3. Big files at concurrency, with the gateway's peak RSS.
+    if run(3) {
+        let (mut d, mut g) = (Vec::new(), Vec::new());
+        let rounds3 = p.rounds.min(3);
+        for _ in 0..rounds3 {
+            let (h, b) = (http.clone(), big.clone());
+            let secs = run_concurrent(p.big_concurrency, p.big_concurrency, move |_| {
+                let (h, b) = (h.clone(), b.clone());
+                async move { direct_upload(&h, sink_addr, b, p.chunk).await }
+            })
+            .await;
+            d.push(mib((p.big_concurrency * p.big) as f64) / secs);
+            gw.reset_peak();
+            let before = gw.status_kib("VmRSS:");
+            let cpu = gw.cpu_seconds();
+            let (c, b) = (client.clone(), big.clone());
+            let secs = run_concurrent(p.big_concurrency, p.big_concurrency, move |_| {
+                let (mut c, b) = (c.clone(), b.clone());
+                async move { gateway_upload(&mut c, b, p.chunk).await }
+            })
+            .await;
+            upload_cpu += gw.cpu_seconds() - cpu;
+            gw_bytes += p.big_concurrency * p.big;
+            peak_growth_kib = peak_growth_kib.max(gw.status_kib("VmHWM:").saturating_sub(before));
+            g.push(mib((p.big_concurrency * p.big) as f64) / secs);
+        }
+        rows.push(Row {
+            scenario: format!(
+                "3. upload {} MiB files, concurrency {}",
+                p.big / MIB.max(1),
+                p.big_concurrency
+            ),
+            unit: "MiB/s",
+            direct: median(d),
+            gateway: median(g),
+            higher_is_better: true,
+            note: format!(
+                "gateway peak RSS +{:.1} MiB over {:.1} MiB idle",
+                peak_growth_kib as f64 / 1024.0,
+                idle_rss_kib as f64 / 1024.0
+            ),
+        });
+    }
+
+    // 4. Unary latency at concurrency 1.
+    if run(4) {
+        let (mut d, mut g) = (Vec::new(), Vec::new());
+        let mut c1 = client.clone();
+        for _ in 0..p.latency_calls {
+            let t = Instant::now();
+            direct_list(&http, sink_addr).await;
+            d.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            gateway_list(&mut c1).await;
+            g.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let (d50, g50) = (median(d.clone()), median(g.clone()));
+        rows.push(Row {
+            scenario: format!(
+                "4. ListAttachments ({} items) p50, concurrency 1",
+                p.list_items
+            ),
+            unit: "ms",
+            direct: d50,
+            gateway: g50,
+            higher_is_better: false,
+            note: format!("added {:.3} ms", g50 - d50),
+        });
+        rows.push(Row {
+            scenario: "4. ListAttachments p99, concurrency 1".into(),
+            unit: "ms",
+            direct: percentile(d, 0.99),
+            gateway: percentile(g, 0.99),
+            higher_is_better: false,
+            note: String::new(),
+        });
+    }
+
+    // 5. Unary throughput at concurrency.
+    if run(5) {
+        let (mut d, mut g) = (Vec::new(), Vec::new());
+        for _ in 0..p.rounds {
+            let h = http.clone();
+            let secs = run_concurrent(p.unary_calls, p.unary_concurrency, move |_| {
+                let h = h.clone();
+                async move { direct_list(&h, sink_addr).await }
+            })
+            .await;
+            d.push(p.unary_calls as f64 / secs);
+            let c = client.clone();
+            let cpu = gw.cpu_seconds();
+            let secs = run_concurrent(p.unary_calls, p.unary_concurrency, move |_| {
+                let mut c = c.clone();
+                async move { gateway_list(&mut c).await }
+            })
+            .await;
+            unary_cpu += gw.cpu_seconds() - cpu;
+            unary_calls += p.unary_calls;
+            g.push(p.unary_calls as f64 / secs);
+        }
+        rows.push(Row {
+            scenario: format!("5. ListAttachments, concurrency {}", p.unary_concurrency),
+            unit: "req/s",
+            direct: median(d),
+            gateway: median(g),
+            higher_is_better: true,
+            note: String::new(),
+        });
+    }
 
     // 6. Download.
-    let (mut d, mut g) = (Vec::new(), Vec::new());
-    for _ in 0..p.rounds {
-        let t = Instant::now();
-        assert_eq!(direct_download(&http, sink_addr).await, p.big);
-        d.push(mib(p.big as f64) / t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        assert_eq!(gateway_download(&mut client.clone()).await, p.big);
-        g.push(mib(p.big as f64) / t.elapsed().as_secs_f64());
+    if run(6) {
+        let (mut d, mut g) = (Vec::new(), Vec::new());
+        for _ in 0..p.rounds {
+            let t = Instant::now();
+            assert_eq!(direct_download(&http, sink_addr).await, p.big);
+            d.push(mib(p.big as f64) / t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            assert_eq!(gateway_download(&mut client.clone()).await, p.big);
+            g.push(mib(p.big as f64) / t.elapsed().as_secs_f64());
+        }
+        rows.push(Row {
+            scenario: format!("6. download {} MiB", p.big / MIB.max(1)),
+            unit: "MiB/s",
+            direct: median(d),
+            gateway: median(g),
+            higher_is_better: true,
+            note: String::new(),
+        });
     }
-    rows.push(Row {
-        scenario: format!("6. download {} MiB", p.big / MIB.max(1)),
-        unit: "MiB/s",
-        direct: median(d),
-        gateway: median(g),
-        higher_is_better: true,
-        note: String::new(),
-    });
 
     // 7. CPU cost of the gateway process.
     let gib = gw_bytes as f64 / (1024.0 * MIB as f64);
-    let cpu_per_gib = upload_cpu / gib;
-    let cpu_per_10k = unary_cpu / unary_calls as f64 * 10_000.0;
+    let cpu_per_gib = if gib > 0.0 {
+        upload_cpu / gib
+    } else {
+        f64::NAN
+    };
+    let cpu_per_10k = if unary_calls > 0 {
+        unary_cpu / unary_calls as f64 * 10_000.0
+    } else {
+        f64::NAN
+    };
 
     // Report.
     let cores = std::thread::available_parallelism()

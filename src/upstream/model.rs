@@ -56,8 +56,9 @@ fn as_u64(v: &Value) -> Option<u64> {
     }
 }
 
-fn attachment(obj: &Map<String, Value>) -> Option<UpstreamAttachment> {
-    let s = |names: &[&str]| get_ci(obj, names).and_then(value_str).unwrap_or_default();
+/// Reads one attachment object, keeping the object itself (moved, not copied).
+fn attachment(obj: Map<String, Value>) -> Option<UpstreamAttachment> {
+    let s = |names: &[&str]| get_ci(&obj, names).and_then(value_str).unwrap_or_default();
     let attachment_id = s(&["AttachmentId", "Id"]);
     if attachment_id.is_empty() {
         return None;
@@ -66,27 +67,33 @@ fn attachment(obj: &Map<String, Value>) -> Option<UpstreamAttachment> {
         attachment_id,
         name: s(&["Name", "FileName"]),
         mime_type: s(&["MimeType", "ContentType"]),
-        size_bytes: get_ci(obj, &["Size", "SizeBytes", "FileSize", "Length"])
+        size_bytes: get_ci(&obj, &["Size", "SizeBytes", "FileSize", "Length"])
             .and_then(as_u64)
             .unwrap_or(0),
-        document_type: get_ci(obj, &["DocumentType"]).and_then(value_str),
+        document_type: get_ci(&obj, &["DocumentType"]).and_then(value_str),
         subtype: s(&["Subtype", "SubType"]),
-        raw: obj.clone(),
+        raw: obj,
     })
 }
 
 /// Reads the list answer: a bare array of attachments, or an object holding one
 /// (under `Attachments`, `Items`, `Data`, `value`, or its only array field).
 pub fn parse_list(body: &[u8]) -> Result<Vec<UpstreamAttachment>, UpstreamError> {
-    let v = parse_json(body)?;
-    let items = match &v {
+    let items = match parse_json(body)? {
         Value::Array(items) => items,
-        Value::Object(obj) => {
-            match get_ci(obj, &["Attachments", "Items", "Data", "Value", "Results"]) {
+        Value::Object(mut obj) => {
+            let known = ["Attachments", "Items", "Data", "Value", "Results"]
+                .iter()
+                .find_map(|n| obj.keys().find(|k| k.eq_ignore_ascii_case(n)).cloned());
+            match known.and_then(|k| obj.remove(&k)) {
                 Some(Value::Array(items)) => items,
                 Some(Value::Null) => return Ok(Vec::new()),
-                _ => {
-                    let mut arrays = obj.values().filter_map(|v| v.as_array());
+                Some(_) => return Err(protocol("the list answer's attachments are not an array")),
+                None => {
+                    let mut arrays = obj.into_iter().filter_map(|(_, v)| match v {
+                        Value::Array(a) => Some(a),
+                        _ => None,
+                    });
                     match (arrays.next(), arrays.next()) {
                         (Some(items), None) => items,
                         (None, _) => return Ok(Vec::new()),
@@ -103,9 +110,11 @@ pub fn parse_list(body: &[u8]) -> Result<Vec<UpstreamAttachment>, UpstreamError>
         }
     };
     Ok(items
-        .iter()
-        .filter_map(|i| i.as_object())
-        .filter_map(attachment)
+        .into_iter()
+        .filter_map(|i| match i {
+            Value::Object(o) => attachment(o),
+            _ => None,
+        })
         .collect())
 }
 
