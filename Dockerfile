@@ -6,6 +6,7 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
 COPY src ./src
 COPY benches ./benches
+COPY examples ./examples
 RUN cargo build --release --locked --bin attachment-gateway \
  && cp target/release/attachment-gateway /attachment-gateway
 

@@ -30,11 +30,15 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 
-step "buf lint (STANDARD)"
+step "buf lint (STANDARD) and buf breaking (against the released contract in proto-released/)"
 buf lint
+buf breaking --against proto-released/v0.1.0
+
+step "the client library builds without the server's dependencies"
+cargo check --locked --lib --no-default-features --features client
 
 step "cargo test (unit, integration, and the benchmark harness in quick mode)"
 cargo test --locked --all-targets
 
-step "Helm chart: render, lint, schema, Kubernetes schemas, rendered config runs the gateway"
-GATEWAY_BIN="$PWD/target/debug/attachment-gateway" "$TOOLS/venv/bin/python" -m pytest -q tests/helm
+step "Helm chart, and callers (Python stubs, Rust examples, CLI) against the sandbox gateway"
+GATEWAY_BIN="$PWD/target/debug/attachment-gateway" "$TOOLS/venv/bin/python" -m pytest -q tests/helm tests/clients

@@ -6,16 +6,36 @@
 //! (validated types, limits) -> [`upstream`] (the REST client: tokens, multipart,
 //! error decoding). [`sandbox`] is an embedded emulator of the upstream.
 
-pub mod api;
-pub mod auth;
-pub mod config;
-pub mod domain;
-pub mod limits;
-pub mod metrics;
-pub mod middleware;
+//!
+//! With `default-features = false, features = ["client"]`, only [`proto`] (the
+//! generated messages and client) and [`client`] (a typed convenience client) are
+//! built, without any of the server's dependencies.
+
+#[cfg(feature = "client")]
+pub mod client;
 pub mod proto;
+
+#[cfg(feature = "server")]
+pub mod api;
+#[cfg(feature = "server")]
+pub mod auth;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod domain;
+#[cfg(feature = "server")]
+pub mod limits;
+#[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
+pub mod middleware;
+#[cfg(feature = "server")]
 pub mod sandbox;
+#[cfg(feature = "server")]
 pub mod secret;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 pub mod telemetry;
+#[cfg(feature = "server")]
 pub mod upstream;

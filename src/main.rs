@@ -1,5 +1,8 @@
 //! `attachment-gateway`: loads the settings, starts logging (and the sandbox when
-//! asked), and serves until SIGTERM or Ctrl-C.
+//! asked), and serves until SIGTERM or Ctrl-C. With a subcommand (`upload`,
+//! `list`, `download`, `url`, `update`, `delete`) it is a client of a gateway.
+
+mod cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,8 +25,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// environment variables prefixed ATTACHMENT_GATEWAY_ (nested keys joined by `__`,
 /// e.g. ATTACHMENT_GATEWAY_UPSTREAM__CLIENT_ID), then these flags.
 #[derive(Debug, Parser)]
-#[command(name = "attachment-gateway", version)]
+#[command(
+    name = "attachment-gateway",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+#[command(
+    after_help = "Client exit codes: 0 done, 2 bad input, 3 not found, 4 not allowed, \
+5 refused by the work order's state, 75 temporary failure (safe to retry), 1 other."
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<cli::Command>,
     /// A TOML settings file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -54,6 +67,20 @@ fn parse_format(s: &str) -> Result<LogFormat, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(cmd) = cli.command {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("attachment-gateway: cannot start the runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        attachment_gateway::upstream::install_crypto_provider();
+        return runtime.block_on(cli::run(cmd));
+    }
     let flags = FlagOverrides {
         listen: cli.listen,
         upstream_base_url: cli.upstream_base_url.clone(),

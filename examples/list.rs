@@ -1,0 +1,28 @@
+//! Lists a work order's attachments.
+//!
+//! ```sh
+//! cargo run --example list -- http://127.0.0.1:50051 1001
+//! ```
+
+use attachment_gateway::client::GatewayClient;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [addr, work_order] = args.as_slice() else {
+        eprintln!("usage: list ADDR WORK_ORDER");
+        std::process::exit(2);
+    };
+    let mut builder = GatewayClient::builder(addr.clone());
+    if let Ok(key) = std::env::var("ATTACHMENT_GATEWAY_API_KEY") {
+        builder = builder.api_key(key);
+    }
+    let client = builder.connect().await?;
+    for a in client.list(work_order.parse()?).await? {
+        println!(
+            "{}\t{}\t{}\t{}",
+            a.attachment_id, a.size_bytes, a.mime_type, a.name
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,208 @@
+"""The callers' side, end to end against the gateway binary in sandbox mode: Python
+stubs generated from the proto (grpcio-tools) and a Python client using them, the
+Rust examples, and the CLI (text and JSON output, exit codes, and the progress line
+through a pseudo-terminal).
+
+Run by scripts/test.sh after `cargo test` (which builds the binary and examples).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TARGET = ROOT / "target" / "debug"
+GATEWAY_BIN = os.environ.get("GATEWAY_BIN", str(TARGET / "attachment-gateway"))
+EXAMPLES = pathlib.Path(os.environ.get("EXAMPLES_DIR", str(TARGET / "examples")))
+SVC = "corrigopro.attachments.v1.AttachmentService"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    """The gateway binary with its sandbox upstream, on a free loopback port."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("gw") / "gateway.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATTACHMENT_GATEWAY_")}
+    env["ATTACHMENT_GATEWAY_TELEMETRY__ADMIN_LISTEN"] = "127.0.0.1:0"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([GATEWAY_BIN, "--sandbox", "--listen", f"127.0.0.1:{port}"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=f)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def stubs(tmp_path_factory):
+    """Python stubs generated from the proto, as a consuming team would."""
+    import grpc_tools
+    from grpc_tools import protoc
+
+    out = tmp_path_factory.mktemp("stubs")
+    well_known = pathlib.Path(grpc_tools.__file__).parent / "_proto"
+    proto = "corrigopro/attachments/v1/attachments.proto"
+    code = protoc.main(["protoc", f"-I{ROOT / 'proto'}", f"-I{well_known}", f"--python_out={out}",
+                        f"--pyi_out={out}", f"--grpc_python_out={out}", proto])
+    assert code == 0, "protoc failed"
+    for d in ["corrigopro", "corrigopro/attachments", "corrigopro/attachments/v1"]:
+        (out / d / "__init__.py").touch()
+    sys.path.insert(0, str(out))
+    pb2 = importlib.import_module("corrigopro.attachments.v1.attachments_pb2")
+    pb2_grpc = importlib.import_module("corrigopro.attachments.v1.attachments_pb2_grpc")
+    return pb2, pb2_grpc
+
+
+def test_python_client_uploads_lists_and_downloads(gateway, stubs):
+    import grpc
+
+    pb2, pb2_grpc = stubs
+    data = os.urandom(700_000)
+    with grpc.insecure_channel(gateway) as channel:
+        stub = pb2_grpc.AttachmentServiceStub(channel)
+
+        def messages():
+            yield pb2.UploadAttachmentRequest(metadata=pb2.UploadMetadata(
+                work_order_id=1002, name="from-python.bin", mime_type="application/octet-stream",
+                document_type=pb2.DOCUMENT_TYPE_DOCUMENT, performed_by=pb2.Person(name="Python Service"),
+                size_bytes=len(data)))
+            for i in range(0, len(data), 256 * 1024):
+                yield pb2.UploadAttachmentRequest(chunk=data[i:i + 256 * 1024])
+
+        r = stub.UploadAttachment(messages(), timeout=30)
+        assert r.size_bytes == len(data)
+        assert r.sha256 == hashlib.sha256(data).hexdigest()
+
+        listed = stub.ListAttachments(pb2.ListAttachmentsRequest(work_order_id=1002), timeout=10)
+        names = {a.name: a for a in listed.attachments}
+        assert names["from-python.bin"].size_bytes == len(data)
+        assert names["from-python.bin"].upstream["Name"] == "from-python.bin"
+
+        got = bytearray()
+        for msg in stub.DownloadAttachment(pb2.DownloadAttachmentRequest(work_order_id=1002, attachment_id=r.attachment_id), timeout=30):
+            if msg.WhichOneof("payload") == "chunk":
+                got += msg.chunk
+        assert bytes(got) == data
+
+        # Errors carry their code; a Python caller can branch on it.
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ListAttachments(pb2.ListAttachmentsRequest(work_order_id=0), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def run(*args, env=None, timeout=60):
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_rust_examples_upload_list_download(gateway, tmp_path):
+    src = tmp_path / "site-photo.jpg"
+    data = os.urandom(300_000)
+    src.write_bytes(data)
+    addr = f"http://{gateway}"
+    up = run(EXAMPLES / "upload_file", addr, 1005, src, "Example Tech")
+    assert up.returncode == 0, up.stderr
+    attachment_id, size, sha = up.stdout.split()
+    assert int(size) == len(data) and sha == hashlib.sha256(data).hexdigest()
+    ls = run(EXAMPLES / "list", addr, 1005)
+    assert ls.returncode == 0, ls.stderr
+    assert f"{attachment_id}\t{len(data)}\timage/jpeg\tsite-photo.jpg" in ls.stdout
+    out = tmp_path / "back.jpg"
+    dl = run(EXAMPLES / "download", addr, 1005, attachment_id, out)
+    assert dl.returncode == 0, dl.stderr
+    assert out.read_bytes() == data
+
+
+def cli(gateway, *args):
+    return run(GATEWAY_BIN, *args[:1], "--addr", f"http://{gateway}", *args[1:])
+
+
+def test_cli_round_trip_with_json(gateway, tmp_path):
+    f = tmp_path / "invoice.pdf"
+    f.write_bytes(b"%PDF-1.4 test invoice")
+    up = cli(gateway, "upload", "--work-order", "1006", "--performed-by", "Ops", "--document-type", "invoice-printout", "--json", f)
+    assert up.returncode == 0, up.stderr
+    receipt = json.loads(up.stdout)
+    aid = receipt["attachment_id"]
+    assert receipt["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+
+    ls = cli(gateway, "list", "--work-order", "1006", "--json")
+    items = json.loads(ls.stdout)
+    assert [i["name"] for i in items] == ["invoice.pdf"]
+    assert items[0]["mime_type"] == "application/pdf"
+    assert items[0]["document_type"] == "DOCUMENT_TYPE_INVOICE_PRINTOUT"
+
+    text = cli(gateway, "list", "--work-order", "1006")
+    assert "invoice.pdf" in text.stdout and aid in text.stdout
+
+    out = tmp_path / "copy.pdf"
+    dl = cli(gateway, "download", "--work-order", "1006", aid, "--out", out)
+    assert dl.returncode == 0, dl.stderr
+    assert out.read_bytes() == f.read_bytes()
+    stdout = cli(gateway, "download", "--work-order", "1006", aid, "--out", "-")
+    assert stdout.stdout == f.read_text()
+
+    url = cli(gateway, "url", "--work-order", "1006", aid, "--json")
+    assert json.loads(url.stdout)["url"].startswith("http://127.0.0.1:")
+
+    upd = cli(gateway, "update", "--work-order", "1006", aid, "--name", "invoice-final.pdf", "--json")
+    assert upd.returncode == 0, upd.stderr
+    assert len(json.loads(upd.stdout)["message_id"]) == 36
+    assert json.loads(cli(gateway, "list", "--work-order", "1006", "--json").stdout)[0]["name"] == "invoice-final.pdf"
+
+    rm = cli(gateway, "delete", "--work-order", "1006", aid)
+    assert rm.returncode == 0 and "deleted" in rm.stdout
+    assert json.loads(cli(gateway, "list", "--work-order", "1006", "--json").stdout) == []
+
+
+def test_cli_exit_codes_tell_failures_apart(gateway, tmp_path):
+    f = tmp_path / "late.jpg"
+    f.write_bytes(b"jpeg")
+    bad = cli(gateway, "list", "--work-order", "0", "--json")
+    assert bad.returncode == 2
+    err = json.loads(bad.stderr)["error"]
+    assert err["code"] == "InvalidArgument" and err["fields"][0]["field"] == "work_order_id"
+    missing = cli(gateway, "delete", "--work-order", "1001", "00000000-0000-0000-0000-000000000000")
+    assert missing.returncode == 3, missing.stderr
+    rejected = cli(gateway, "upload", "--work-order", "1003", "--performed-by", "Ops", f)
+    assert rejected.returncode == 5, rejected.stderr
+    assert "status Rejected" in rejected.stderr
+    down = run(GATEWAY_BIN, "list", "--addr", f"http://127.0.0.1:{free_port()}", "--work-order", "1")
+    assert down.returncode == 75, down.stderr
+    assert "safe to retry" in down.stderr
+    usage = run(GATEWAY_BIN, "upload", "--addr", f"http://{gateway}", f)
+    assert usage.returncode == 2  # clap: a required flag is missing
+
+
+def test_cli_shows_progress_on_a_terminal_only(gateway, tmp_path):
+    f = tmp_path / "big.bin"
+    f.write_bytes(os.urandom(3 * 1024 * 1024))
+    cmd = f"{GATEWAY_BIN} upload --addr http://{gateway} --work-order 1002 --performed-by Ops {f}"
+    # `script` runs the command on a pseudo-terminal.
+    tty = run("script", "-q", "-e", "-c", cmd, "/dev/null")
+    assert tty.returncode == 0, tty.stdout + tty.stderr
+    assert "3.0 MiB / 3.0 MiB 100%" in tty.stdout, tty.stdout
+    assert "\x1b[K" in tty.stdout, "the line is redrawn in place"
+    plain = run(*cmd.split())
+    assert plain.returncode == 0
+    assert "%" not in plain.stderr, "no progress line when stderr is not a terminal"
