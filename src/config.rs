@@ -258,6 +258,21 @@ pub struct UpstreamSettings {
     /// Idle upstream connections are closed after this long.
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
+    /// Tries of a read (list, link, the link's bytes) on a transient failure:
+    /// connection errors, 502/503/504, 429. 1 turns retries off.
+    pub read_attempts: u32,
+    /// Retries may add at most this fraction of the requests (retry budget).
+    pub retry_budget_ratio: f64,
+    /// Consecutive upstream failures (connection errors, timeouts, 5xx) that open
+    /// the circuit: calls then fail fast until a probe succeeds.
+    pub circuit_failure_threshold: u32,
+    /// How long the circuit stays open before one probe call is let through.
+    #[serde(with = "humantime_serde")]
+    pub circuit_open_for: Duration,
+    /// How long a completed write is remembered by its caller-given message id,
+    /// so that a retry after a lost answer gets the same answer, not a second write.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
 }
 
 impl Default for UpstreamSettings {
@@ -275,6 +290,11 @@ impl Default for UpstreamSettings {
             work_order_query_param: "workOrderId".into(),
             max_response_bytes: 16 * 1024 * 1024,
             pool_idle_timeout: Duration::from_secs(60),
+            read_attempts: 3,
+            retry_budget_ratio: 0.2,
+            circuit_failure_threshold: 5,
+            circuit_open_for: Duration::from_secs(5),
+            idempotency_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -525,6 +545,24 @@ impl Settings {
             if d.is_zero() {
                 return Err(invalid(name, "must be greater than 0"));
             }
+        }
+        if !(1..=10).contains(&self.upstream.read_attempts) {
+            return Err(invalid(
+                "upstream.read_attempts",
+                "must be between 1 and 10",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.upstream.retry_budget_ratio) {
+            return Err(invalid(
+                "upstream.retry_budget_ratio",
+                "must be between 0 and 1",
+            ));
+        }
+        if self.upstream.circuit_failure_threshold == 0 {
+            return Err(invalid(
+                "upstream.circuit_failure_threshold",
+                "must be greater than 0",
+            ));
         }
         if self.upstream.max_response_bytes < 1024 {
             return Err(invalid(

@@ -138,6 +138,7 @@ async fn run(mut settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
             link_ttl: settings.sandbox.link_ttl,
             max_file_bytes: settings.limits.max_upload_bytes,
             seed: true,
+            faults: None,
         })
         .await
         .map_err(|e| {

@@ -98,7 +98,7 @@ impl AttachmentApi {
                 deadline,
                 Op::Read,
                 "getting a download link",
-                self.upstream.download_link(&target),
+                self.upstream.download_link(&target, deadline),
             )
             .await?;
         let mut resp = self
@@ -106,7 +106,7 @@ impl AttachmentApi {
                 deadline,
                 Op::Read,
                 "opening the download",
-                self.upstream.open_download(&link),
+                self.upstream.open_download(&link, deadline),
             )
             .await?;
         let length = resp.content_length();

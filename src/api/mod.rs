@@ -3,6 +3,7 @@
 
 pub mod convert;
 mod download;
+pub mod idempotency;
 pub mod status;
 mod upload;
 
@@ -40,6 +41,7 @@ pub struct ApiLimits {
     pub transfer_timeout: Duration,
     pub max_concurrent_uploads: usize,
     pub max_inflight_upload_bytes: usize,
+    pub idempotency_ttl: Duration,
 }
 
 impl ApiLimits {
@@ -54,6 +56,7 @@ impl ApiLimits {
             max_concurrent_uploads: s.rate_limit.max_concurrent_uploads as usize,
             max_inflight_upload_bytes: usize::try_from(s.rate_limit.max_inflight_upload_bytes)
                 .unwrap_or(usize::MAX),
+            idempotency_ttl: s.upstream.idempotency_ttl,
         }
     }
 }
@@ -70,6 +73,8 @@ pub struct AttachmentApi {
     upload_slots: Arc<Semaphore>,
     /// One permit per upload byte held in memory.
     upload_bytes: Arc<Semaphore>,
+    /// Completed writes by the caller's message id.
+    writes: Arc<idempotency::WriteRecord>,
 }
 
 impl AttachmentApi {
@@ -85,9 +90,58 @@ impl AttachmentApi {
             upload_bytes: Arc::new(Semaphore::new(
                 limits.max_inflight_upload_bytes.min(Semaphore::MAX_PERMITS),
             )),
+            writes: idempotency::WriteRecord::new(limits.idempotency_ttl),
             limits: Arc::new(limits),
             cut,
             metrics,
+        }
+    }
+
+    /// Runs a metadata write (update, delete) once per caller message id: a retry
+    /// of a completed write gets the first answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_once(
+        &self,
+        call: &'static str,
+        work_order_id: i64,
+        caller_id: &str,
+        sent_id: &crate::domain::MessageId,
+        deadline: Instant,
+        what: &str,
+        fut: impl Future<Output = Result<Option<String>, UpstreamError>>,
+    ) -> Result<String, Status> {
+        let guard = match self.begin_write(call, work_order_id, caller_id)? {
+            Some(WriteStart::Replay(idempotency::Answer::MessageId(m))) => return Ok(m),
+            Some(WriteStart::Go(g)) => Some(g),
+            _ => None,
+        };
+        let id = self.call(deadline, Op::Write, what, fut).await?;
+        let message_id = message_id_or(id, sent_id);
+        if let Some(g) = guard {
+            g.complete(idempotency::Answer::MessageId(message_id.clone()));
+        }
+        Ok(message_id)
+    }
+
+    /// Starts a write remembered by the caller's message id (when it sent one).
+    fn begin_write(
+        &self,
+        call: &'static str,
+        work_order_id: i64,
+        caller_message_id: &str,
+    ) -> Result<Option<WriteStart>, Status> {
+        use idempotency::{Begin, Key};
+        if caller_message_id.is_empty() {
+            return Ok(None);
+        }
+        match self.writes.begin(Key {
+            call,
+            work_order_id,
+            message_id: caller_message_id.to_string(),
+        }) {
+            Begin::Replay(answer) => Ok(Some(WriteStart::Replay(answer))),
+            Begin::Running => Err(status::write_in_progress()),
+            Begin::Go(guard) => Ok(Some(WriteStart::Go(guard))),
         }
     }
 
@@ -115,6 +169,12 @@ impl AttachmentApi {
             }
         }
     }
+}
+
+/// How a remembered write starts.
+pub(crate) enum WriteStart {
+    Replay(idempotency::Answer),
+    Go(idempotency::Guard),
 }
 
 /// Puts the work order on the call's span, so every log line of the call has it.
@@ -224,7 +284,7 @@ impl AttachmentService for AttachmentApi {
                 deadline,
                 Op::Read,
                 "listing attachments",
-                self.upstream.list(wo),
+                self.upstream.list(wo, deadline),
             )
             .await?;
         Ok(Response::new(ListAttachmentsResponse {
@@ -245,7 +305,7 @@ impl AttachmentService for AttachmentApi {
                 deadline,
                 Op::Read,
                 "getting a download link",
-                self.upstream.download_link(&target),
+                self.upstream.download_link(&target, deadline),
             )
             .await?;
         Ok(Response::new(GetDownloadUrlResponse {
@@ -272,19 +332,24 @@ impl AttachmentService for AttachmentApi {
         request: Request<UpdateAttachmentRequest>,
     ) -> Result<Response<UpdateAttachmentResponse>, Status> {
         let deadline = deadline(request.metadata(), self.limits.request_timeout);
-        let u = convert::update(request.into_inner())?;
-        record_work_order(u.target.work_order_id.get());
-        let id = self
-            .call(
+        let r = request.into_inner();
+        let caller_id = r.message_id.clone();
+        let u = convert::update(r)?;
+        let wo = u.target.work_order_id.get();
+        record_work_order(wo);
+        let fut = self.upstream.update(&u);
+        let message_id = self
+            .write_once(
+                "update",
+                wo,
+                &caller_id,
+                &u.message_id,
                 deadline,
-                Op::Write,
                 "updating the attachment",
-                self.upstream.update(&u),
+                fut,
             )
             .await?;
-        Ok(Response::new(UpdateAttachmentResponse {
-            message_id: message_id_or(id, &u.message_id),
-        }))
+        Ok(Response::new(UpdateAttachmentResponse { message_id }))
     }
 
     async fn delete_attachment(
@@ -292,19 +357,24 @@ impl AttachmentService for AttachmentApi {
         request: Request<DeleteAttachmentRequest>,
     ) -> Result<Response<DeleteAttachmentResponse>, Status> {
         let deadline = deadline(request.metadata(), self.limits.request_timeout);
-        let d = convert::removal(request.into_inner())?;
-        record_work_order(d.target.work_order_id.get());
-        let id = self
-            .call(
+        let r = request.into_inner();
+        let caller_id = r.message_id.clone();
+        let d = convert::removal(r)?;
+        let wo = d.target.work_order_id.get();
+        record_work_order(wo);
+        let fut = self.upstream.delete(&d);
+        let message_id = self
+            .write_once(
+                "delete",
+                wo,
+                &caller_id,
+                &d.message_id,
                 deadline,
-                Op::Write,
                 "deleting the attachment",
-                self.upstream.delete(&d),
+                fut,
             )
             .await?;
-        Ok(Response::new(DeleteAttachmentResponse {
-            message_id: message_id_or(id, &d.message_id),
-        }))
+        Ok(Response::new(DeleteAttachmentResponse { message_id }))
     }
 }
 

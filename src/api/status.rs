@@ -157,6 +157,19 @@ pub fn resource_exhausted(r: &Refusal) -> Status {
     )
 }
 
+/// A write with the same message id is running now.
+pub fn write_in_progress() -> Status {
+    let mut meta = HashMap::new();
+    meta.insert("retry_safe".to_string(), "true".to_string());
+    let mut details = ErrorDetails::with_error_info("WRITE_IN_PROGRESS", ERROR_DOMAIN, meta);
+    details.set_retry_info(Some(Duration::from_secs(1)));
+    Status::with_error_details(
+        Code::Aborted,
+        "a write with this message_id is in progress; retry when it has finished to get its answer",
+        details,
+    )
+}
+
 /// The gateway is shutting down and its grace period ran out for this call.
 pub fn shutting_down(op: Op, nothing_applied: bool) -> Status {
     let mut meta = HashMap::new();
@@ -230,6 +243,20 @@ pub fn from_upstream(e: &UpstreamError, op: Op) -> Status {
             (code, reason, msg)
         }
         UpstreamError::Throttled(r) => return resource_exhausted(r),
+        UpstreamError::CircuitOpen(r) => {
+            meta.insert("retry_safe".into(), "true".into());
+            meta.insert("limit".into(), r.limit.into());
+            details.set_retry_info(Some(r.retry_after));
+            (
+                Code::Unavailable,
+                "UPSTREAM_CIRCUIT_OPEN",
+                format!(
+                    "the upstream is failing; not tried ({}); retry in {} ms",
+                    r.description,
+                    r.retry_after.as_millis()
+                ),
+            )
+        }
         UpstreamError::CredentialsRejected(stage) => {
             meta.insert("stage".into(), (*stage).into());
             meta.insert("retry_safe".into(), "true".into());

@@ -204,7 +204,17 @@ impl AttachmentApi {
                 ));
             }
         };
+        let caller_id = meta.message_id.clone();
         let attachment = convert::new_attachment(meta, self.limits.max_upload_bytes)?;
+        let guard = match self.begin_write("upload", attachment.work_order_id.get(), &caller_id)? {
+            Some(super::WriteStart::Replay(super::idempotency::Answer::Upload(r))) => {
+                tracing::info!("upload already done under this message_id: answering as before");
+                return Ok(r);
+            }
+            Some(super::WriteStart::Replay(_)) => None,
+            Some(super::WriteStart::Go(g)) => Some(g),
+            None => None,
+        };
         tracing::Span::current().record("work_order_id", attachment.work_order_id.get());
         let mut progress = Progress {
             received: 0,
@@ -294,7 +304,7 @@ impl AttachmentApi {
                     tracing::warn!(error = %e, "upload failed upstream");
                     status::from_upstream(&e, Op::Write)
                 })?;
-                Ok(UploadAttachmentResponse {
+                let answer = UploadAttachmentResponse {
                     attachment_id: receipt.attachment_id,
                     message_id: receipt
                         .message_id
@@ -302,7 +312,11 @@ impl AttachmentApi {
                         .unwrap_or_else(|| attachment.message_id.as_str().to_string()),
                     size_bytes: size,
                     sha256: sha,
-                })
+                };
+                if let Some(g) = guard {
+                    g.complete(super::idempotency::Answer::Upload(answer.clone()));
+                }
+                Ok(answer)
             }
             Ok(false) => {
                 drop(tx);

@@ -37,6 +37,21 @@ pub struct SandboxConfig {
     pub max_file_bytes: u64,
     /// Start with the seeded work orders (see [`seed`]).
     pub seed: bool,
+    /// Faults to inject (tests); none by default.
+    pub faults: Option<Faults>,
+}
+
+/// Seeded, reproducible faults for reliability tests.
+#[derive(Debug, Clone, Copy)]
+pub struct Faults {
+    pub seed: u64,
+    /// Chance that an API request is answered 503 before anything is done.
+    pub unavailable: f64,
+    /// Chance that an upload fails with 500 after part of its body was read
+    /// (nothing is stored).
+    pub fail_mid_upload: f64,
+    /// Each API request is delayed by up to this many milliseconds.
+    pub max_delay_ms: u64,
 }
 
 impl Default for SandboxConfig {
@@ -47,6 +62,7 @@ impl Default for SandboxConfig {
             link_ttl: DOWNLOAD_LINK_TTL,
             max_file_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             seed: true,
+            faults: None,
         }
     }
 }
@@ -88,6 +104,8 @@ pub struct Counters {
     pub downloads: AtomicU64,
     /// Download-link requests that carried an `Authorization` header (refused).
     pub downloads_with_credentials: AtomicU64,
+    /// Faults injected (503s and mid-upload failures).
+    pub faults_injected: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -102,6 +120,7 @@ pub struct Stats {
     pub uploads_aborted: u64,
     pub downloads: u64,
     pub downloads_with_credentials: u64,
+    pub faults_injected: u64,
 }
 
 pub(crate) struct State {
@@ -112,9 +131,22 @@ pub(crate) struct State {
     /// Access token -> when it expires.
     tokens: Mutex<HashMap<String, tokio::time::Instant>>,
     counters: Counters,
+    rng: Mutex<fastrand::Rng>,
 }
 
 impl State {
+    /// A draw in [0, 1) from the fault generator.
+    pub(crate) fn roll(&self) -> f64 {
+        self.rng.lock().map(|mut r| r.f64()).unwrap_or(1.0)
+    }
+
+    pub(crate) fn delay_ms(&self, max: u64) -> u64 {
+        if max == 0 {
+            return 0;
+        }
+        self.rng.lock().map(|mut r| r.u64(0..=max)).unwrap_or(0)
+    }
+
     fn orders(&self) -> MutexGuard<'_, BTreeMap<i64, WorkOrder>> {
         self.work_orders
             .lock()
@@ -190,6 +222,9 @@ impl Sandbox {
         let state = Arc::new(State {
             base_url: format!("http://{addr}"),
             link_key: uuid::Uuid::new_v4().to_string(),
+            rng: Mutex::new(fastrand::Rng::with_seed(
+                cfg.faults.map(|f| f.seed).unwrap_or(0),
+            )),
             cfg,
             work_orders: Mutex::new(orders),
             tokens: Mutex::new(HashMap::new()),
@@ -250,6 +285,7 @@ impl Sandbox {
             uploads_aborted: g(&c.uploads_aborted),
             downloads: g(&c.downloads),
             downloads_with_credentials: g(&c.downloads_with_credentials),
+            faults_injected: g(&c.faults_injected),
         }
     }
 

@@ -76,6 +76,22 @@ fn invalid(violations: Vec<(String, String)>) -> Response {
     )
 }
 
+/// Injects the configured faults before a request is handled.
+async fn maybe_fail(st: &State) -> Result<(), Response> {
+    let Some(f) = st.cfg.faults else {
+        return Ok(());
+    };
+    let delay = st.delay_ms(f.max_delay_ms);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
+    if st.roll() < f.unavailable {
+        bump(&st.counters.faults_injected);
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "injected fault").into_response());
+    }
+    Ok(())
+}
+
 /// Checks the bearer token.
 fn authorize(st: &State, headers: &HeaderMap) -> Result<(), Response> {
     bump(&st.counters.api_requests);
@@ -191,6 +207,9 @@ async fn list(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
+    if let Err(r) = maybe_fail(&st).await {
+        return r;
+    }
     if let Err(r) = authorize(&st, &headers) {
         return r;
     }
@@ -286,6 +305,9 @@ impl Drop for UploadGuard<'_> {
 }
 
 async fn upload(AxState(st): St, headers: HeaderMap, mut multipart: Multipart) -> Response {
+    if let Err(r) = maybe_fail(&st).await {
+        return r;
+    }
     if let Err(r) = authorize(&st, &headers) {
         return r;
     }
@@ -328,6 +350,18 @@ async fn upload(AxState(st): St, headers: HeaderMap, mut multipart: Multipart) -
                             );
                         }
                         buf.extend_from_slice(&c);
+                        if let Some(f) = st.cfg.faults
+                            && buf.len() > 1024
+                            && st.roll() < f.fail_mid_upload / 8.0
+                        {
+                            bump(&st.counters.faults_injected);
+                            guard.settle(&st.counters.uploads_rejected);
+                            return (
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "injected fault mid-upload",
+                            )
+                                .into_response();
+                        }
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -486,6 +520,9 @@ fn target_fields(
 }
 
 async fn update(AxState(st): St, req: Request) -> Response {
+    if let Err(r) = maybe_fail(&st).await {
+        return r;
+    }
     if let Err(r) = authorize(&st, req.headers()) {
         return r;
     }
@@ -532,6 +569,9 @@ async fn update(AxState(st): St, req: Request) -> Response {
 }
 
 async fn remove(AxState(st): St, req: Request) -> Response {
+    if let Err(r) = maybe_fail(&st).await {
+        return r;
+    }
     if let Err(r) = authorize(&st, req.headers()) {
         return r;
     }
@@ -584,6 +624,9 @@ async fn download_url(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
+    if let Err(r) = maybe_fail(&st).await {
+        return r;
+    }
     if let Err(r) = authorize(&st, &headers) {
         return r;
     }

@@ -35,6 +35,9 @@ pub enum UpstreamError {
     /// A limit toward the upstream refused the call before it was sent.
     #[error("{}", .0.description)]
     Throttled(crate::limits::Refusal),
+    /// The circuit breaker is open: the upstream kept failing; nothing was sent.
+    #[error("{}", .0.description)]
+    CircuitOpen(crate::limits::Refusal),
     /// The upstream answered 200 with a body the gateway cannot read.
     #[error("the upstream's answer is unreadable: {0}")]
     Protocol(String),

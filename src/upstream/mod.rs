@@ -25,7 +25,7 @@ use crate::domain::{
     AttachmentRef, AttachmentRemoval, AttachmentUpdate, DocumentType, MessageId, NewAttachment,
     Visibility, WorkOrderId,
 };
-use crate::limits::UpstreamBudget;
+use crate::limits::{CircuitBreaker, RetryBudget, UpstreamBudget};
 use crate::metrics::{CallLabel, Metrics, UpstreamLabels};
 use crate::secret::Secret;
 
@@ -44,6 +44,34 @@ pub struct Upstream {
     max_body: usize,
     budget: Arc<UpstreamBudget>,
     metrics: Arc<Metrics>,
+    breaker: CircuitBreaker,
+    retry_budget: RetryBudget,
+    read_attempts: u32,
+}
+
+/// The longest a read waits before retrying (a longer `Retry-After` goes back to
+/// the caller in RetryInfo instead).
+const MAX_RETRY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Clears the breaker's probe flag if a call is dropped before its outcome.
+struct BreakerCall<'a> {
+    breaker: &'a CircuitBreaker,
+    done: bool,
+}
+
+impl BreakerCall<'_> {
+    fn finish(mut self, ok: bool) {
+        self.done = true;
+        self.breaker.record(ok);
+    }
+}
+
+impl Drop for BreakerCall<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.breaker.release();
+        }
+    }
 }
 
 impl Upstream {
@@ -94,7 +122,61 @@ impl Upstream {
             max_body,
             budget,
             metrics,
+            breaker: CircuitBreaker::new(s.circuit_failure_threshold, s.circuit_open_for),
+            retry_budget: RetryBudget::new(s.retry_budget_ratio),
+            read_attempts: s.read_attempts.max(1),
         })
+    }
+
+    /// Runs a read, retrying transient failures (connection errors, 502/503/504)
+    /// with exponential backoff and full jitter, while the retry budget, the
+    /// deadline and `read_attempts` allow.
+    async fn with_read_retries<F, Fut>(
+        &self,
+        deadline: Instant,
+        mut attempt: F,
+    ) -> Result<reqwest::Response, UpstreamError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<reqwest::Response, UpstreamError>>,
+    {
+        self.retry_budget.deposit();
+        let mut backoff = std::time::Duration::from_millis(100);
+        let mut n = 1;
+        loop {
+            let result = attempt().await;
+            let hinted = match &result {
+                Ok(r) if matches!(r.status().as_u16(), 502..=504) => r
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(error::parse_retry_after)
+                    .or(Some(std::time::Duration::ZERO)),
+                Err(UpstreamError::Connect(_)) => Some(std::time::Duration::ZERO),
+                _ => None,
+            };
+            let Some(hinted) = hinted else { return result };
+            if n >= self.read_attempts {
+                return result;
+            }
+            let jitter =
+                std::time::Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64));
+            let wait = hinted.max(jitter);
+            if wait > MAX_RETRY_WAIT
+                || Instant::now() + wait >= deadline
+                || !self.retry_budget.withdraw()
+            {
+                return result;
+            }
+            tracing::info!(
+                attempt = n,
+                wait_ms = wait.as_millis() as u64,
+                "retrying a read after a transient upstream failure"
+            );
+            tokio::time::sleep(wait).await;
+            backoff *= 2;
+            n += 1;
+        }
     }
 
     /// Sends one HTTP request: through the upstream budget (API calls), as a client
@@ -113,6 +195,15 @@ impl Upstream {
                 .await
                 .map_err(UpstreamError::Throttled)?;
         }
+        let breaker = if budgeted {
+            self.breaker.allow().map_err(UpstreamError::CircuitOpen)?;
+            Some(BreakerCall {
+                breaker: &self.breaker,
+                done: false,
+            })
+        } else {
+            None
+        };
         let mut req = builder.build().map_err(UpstreamError::from_reqwest)?;
         let method = req.method().as_str().to_string();
         let span = tracing::info_span!(
@@ -146,6 +237,13 @@ impl Upstream {
             .upstream_duration
             .get_or_create(&CallLabel { call: call.into() })
             .observe(start.elapsed().as_secs_f64());
+        if let Some(b) = breaker {
+            let failed = match &result {
+                Ok(r) => r.status().is_server_error(),
+                Err(_) => true,
+            };
+            b.finish(!failed);
+        }
         match &result {
             Ok(r) => {
                 let code = r.status().as_u16();
@@ -178,7 +276,7 @@ impl Upstream {
     async fn send_replayable(
         &self,
         call: &'static str,
-        build: impl Fn(&Secret) -> RequestBuilder,
+        build: &impl Fn(&Secret) -> RequestBuilder,
     ) -> Result<reqwest::Response, UpstreamError> {
         let token = self.tokens.token().await?;
         let resp = self.send(&self.api, call, build(&token), true).await?;
@@ -205,32 +303,42 @@ impl Upstream {
         read_bounded(resp, self.max_body).await
     }
 
-    pub async fn list(&self, wo: WorkOrderId) -> Result<Vec<UpstreamAttachment>, UpstreamError> {
+    pub async fn list(
+        &self,
+        wo: WorkOrderId,
+        deadline: Instant,
+    ) -> Result<Vec<UpstreamAttachment>, UpstreamError> {
+        let build = |t: &Secret| {
+            self.api
+                .get(&self.attachments_url)
+                .query(&[(self.work_order_param.as_str(), wo.get())])
+                .header(header::ACCEPT, "application/json")
+                .bearer_auth(t.expose())
+        };
         let resp = self
-            .send_replayable("list", |t| {
-                self.api
-                    .get(&self.attachments_url)
-                    .query(&[(self.work_order_param.as_str(), wo.get())])
-                    .header(header::ACCEPT, "application/json")
-                    .bearer_auth(t.expose())
-            })
+            .with_read_retries(deadline, || self.send_replayable("list", &build))
             .await?;
         model::parse_list(&self.ok_body(resp).await?)
     }
 
-    pub async fn download_link(&self, r: &AttachmentRef) -> Result<DownloadLink, UpstreamError> {
+    pub async fn download_link(
+        &self,
+        r: &AttachmentRef,
+        deadline: Instant,
+    ) -> Result<DownloadLink, UpstreamError> {
         let asked_at = SystemTime::now();
+        let build = |t: &Secret| {
+            self.api
+                .get(&self.download_url_endpoint)
+                .query(&[
+                    ("AttachmentId", r.attachment_id.as_str()),
+                    ("WorkOrderId", &r.work_order_id.to_string()),
+                ])
+                .header(header::ACCEPT, "application/json")
+                .bearer_auth(t.expose())
+        };
         let resp = self
-            .send_replayable("download_url", |t| {
-                self.api
-                    .get(&self.download_url_endpoint)
-                    .query(&[
-                        ("AttachmentId", r.attachment_id.as_str()),
-                        ("WorkOrderId", &r.work_order_id.to_string()),
-                    ])
-                    .header(header::ACCEPT, "application/json")
-                    .bearer_auth(t.expose())
-            })
+            .with_read_retries(deadline, || self.send_replayable("download_url", &build))
             .await?;
         model::parse_download_link(&self.ok_body(resp).await?, asked_at)
     }
@@ -239,21 +347,24 @@ impl Upstream {
     pub async fn open_download(
         &self,
         link: &DownloadLink,
+        deadline: Instant,
     ) -> Result<reqwest::Response, UpstreamError> {
         let resp = self
-            .send(
-                &self.download,
-                "download",
-                self.download.get(link.url.expose()),
-                false,
-            )
+            .with_read_retries(deadline, || {
+                self.send(
+                    &self.download,
+                    "download",
+                    self.download.get(link.url.expose()),
+                    false,
+                )
+            })
             .await?;
         check_status(resp).await
     }
 
     pub async fn update(&self, u: &AttachmentUpdate) -> Result<Option<String>, UpstreamError> {
         let resp = self
-            .send_replayable("update", |t| {
+            .send_replayable("update", &|t: &Secret| {
                 let form = Form::new()
                     .text("WorkOrderId", u.target.work_order_id.to_string())
                     .text("AttachmentId", u.target.attachment_id.as_str().to_string())
@@ -272,7 +383,7 @@ impl Upstream {
 
     pub async fn delete(&self, d: &AttachmentRemoval) -> Result<Option<String>, UpstreamError> {
         let resp = self
-            .send_replayable("delete", |t| {
+            .send_replayable("delete", &|t: &Secret| {
                 let form = Form::new()
                     .text("WorkOrderId", d.target.work_order_id.to_string())
                     .text("AttachmentId", d.target.attachment_id.as_str().to_string())
