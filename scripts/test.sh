@@ -20,6 +20,12 @@ fi
 if [ "$("$TOOLS/node_modules/.bin/buf" --version 2>/dev/null || true)" != "$BUF_VERSION" ]; then
   npm install --prefix "$TOOLS" --no-save --no-audit --no-fund --loglevel=error "@bufbuild/buf@$BUF_VERSION"
 fi
+# Supply-chain checkers, from crates.io (compiled once, then kept in ~/.cargo/bin).
+for tool in cargo-audit cargo-deny; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    cargo install --locked "$tool"
+  fi
+done
 export PATH="$TOOLS/venv/bin:$TOOLS/node_modules/.bin:$PATH"
 grpcurl -version
 buf --version
@@ -36,6 +42,15 @@ buf breaking --against proto-released/v0.1.0
 
 step "the client library builds without the server's dependencies"
 cargo check --locked --lib --no-default-features --features client
+
+step "supply chain: cargo audit (offline, ../shared/advisory-db) and cargo deny (licenses, bans, sources)"
+ADVISORY_DB="${ATTACHMENT_GATEWAY_ADVISORY_DB:-$PWD/../shared/advisory-db}"
+if [ -d "$ADVISORY_DB/crates" ]; then
+  cargo audit --no-fetch --stale --db "$ADVISORY_DB"
+else
+  echo "no advisory database at $ADVISORY_DB: advisories not checked (set ATTACHMENT_GATEWAY_ADVISORY_DB)"
+fi
+cargo deny check licenses bans sources 2>&1 | tail -n 3
 
 step "cargo test (unit, integration, and the benchmark harness in quick mode)"
 cargo test --locked --all-targets

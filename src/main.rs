@@ -4,6 +4,7 @@
 
 mod cli;
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -176,7 +177,9 @@ fn print_sandbox_banner(addr: SocketAddr, sandbox: &Sandbox, auth: &str) {
         .map(|(id, status)| format!("{id} ({status})"))
         .collect::<Vec<_>>()
         .join(", ");
-    println!(
+    // Never fatal: stdout may be closed (piped to `head`, a finished reader).
+    let _ = writeln!(
+        std::io::stdout(),
         "attachment-gateway (sandbox) serving gRPC on {addr}\n\
          sandbox upstream (CorrigoPro emulator): {}\n\
          work orders: {work_orders}\n\

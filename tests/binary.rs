@@ -247,3 +247,113 @@ async fn sandbox_mode_serves_and_stops_on_sigterm() {
     assert_eq!(v["code"], "Ok", "{line}");
     assert!(!exit.1.contains("sandbox-secret"), "no secret in logs");
 }
+
+#[tokio::test]
+async fn no_secret_reaches_the_logs_even_at_debug() {
+    use attachment_gateway::client::{GatewayClient, NewUpload};
+    use std::io::Read;
+    let mut child = gateway()
+        .args([
+            "--sandbox",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .env("ATTACHMENT_GATEWAY_TELEMETRY__ADMIN_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Drain stderr all along (a full pipe would stall the gateway).
+    let mut stderr = child.stderr.take().expect("stderr");
+    let logs = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let stdout = child.stdout.take().expect("stdout");
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Keep reading stdout to its end, as a terminal would.
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("attachment-gateway (sandbox) serving gRPC on ") {
+                let _ = addr_tx.send(rest.trim().to_string());
+            }
+        }
+    });
+    let addr = tokio::task::spawn_blocking(move || {
+        addr_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("banner")
+    })
+    .await
+    .expect("join");
+
+    let client = GatewayClient::builder(format!("http://{addr}"))
+        .connect()
+        .await
+        .expect("connect");
+    let dir = std::env::temp_dir().join(format!("ag-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("evidence.txt");
+    std::fs::write(&file, b"secret-free bytes").expect("write");
+    let up = match client
+        .upload_file(&file, NewUpload::new(1001, "Auditor"))
+        .await
+    {
+        Ok(u) => u,
+        Err(e) => {
+            let _ = child.kill();
+            let text = logs.join().unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(25).collect();
+            panic!(
+                "upload: {e:?}\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    };
+    client.list(1001).await.expect("list");
+    let link = client
+        .download_url(1001, &up.attachment_id)
+        .await
+        .expect("url");
+    let sig = link
+        .url
+        .split("sig=")
+        .nth(1)
+        .expect("signed link")
+        .to_string();
+    let mut out = Vec::new();
+    client
+        .download_to(1001, &up.attachment_id, &mut out, None)
+        .await
+        .expect("download");
+    client
+        .delete(1001, &up.attachment_id)
+        .await
+        .expect("delete");
+    let _ = client.list(0).await; // an error path too
+
+    let pid = child.id().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    let logs = logs.join().expect("logs");
+    assert!(
+        logs.lines().count() > 50,
+        "debug logs were produced: {}",
+        logs.lines().count()
+    );
+    for (what, secret) in [
+        ("client secret", attachment_gateway::sandbox::CLIENT_SECRET),
+        ("access token", "sbx."),
+        ("download link signature", sig.as_str()),
+        ("download link", link.url.as_str()),
+    ] {
+        assert!(!logs.contains(secret), "the {what} appears in the logs");
+    }
+}

@@ -1,0 +1,112 @@
+//! Hostile callers: 100k one-byte chunks, headers past the server's limit, and many
+//! upload streams that send nothing. The gateway answers each with a clear status,
+//! stays up, and stores nothing partial.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use attachment_gateway::proto::ListAttachmentsRequest;
+use common::*;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+#[tokio::test]
+async fn a_hundred_thousand_one_byte_chunks() {
+    let h = with_sandbox().await;
+    let data = pattern(100_000, 9);
+    let r = h
+        .gateway
+        .client()
+        .upload_attachment(tokio_stream::iter(upload_messages(
+            metadata(1001, "dust.bin"),
+            &data,
+            1,
+        )))
+        .await
+        .expect("many tiny chunks are still a file")
+        .into_inner();
+    assert_eq!((r.size_bytes, r.sha256), (100_000, sha256_hex(&data)));
+}
+
+#[tokio::test]
+async fn headers_past_the_limit_are_refused_and_the_gateway_stays_up() {
+    let h = with_sandbox().await;
+    let mut c = h.gateway.client();
+    let mut req = tonic::Request::new(ListAttachmentsRequest {
+        work_order_id: 1001,
+    });
+    req.metadata_mut()
+        .insert("x-padding", "a".repeat(64 * 1024).parse().expect("ascii"));
+    let err = c
+        .list_attachments(req)
+        .await
+        .expect_err("64 KiB of headers");
+    assert_ne!(err.code(), Code::Ok);
+    assert_eq!(
+        h.sandbox.stats().api_requests,
+        0,
+        "nothing reached the upstream"
+    );
+    // A fresh connection works.
+    connect(h.gateway.addr)
+        .await
+        .list_attachments(ListAttachmentsRequest {
+            work_order_id: 1001,
+        })
+        .await
+        .expect("still serving");
+}
+
+#[tokio::test]
+async fn idle_upload_streams_are_bounded_and_cut_by_their_deadline() {
+    let h = with_sandbox_and(Default::default(), |s| {
+        s.rate_limit.max_concurrent_uploads = 8
+    })
+    .await;
+    let mut holders = Vec::new();
+    let mut calls = Vec::new();
+    for i in 0..20 {
+        let (tx, rx) = mpsc::channel(2);
+        let mut c = h.gateway.client();
+        calls.push(tokio::spawn(async move {
+            let mut req = tonic::Request::new(ReceiverStream::new(rx));
+            req.set_timeout(Duration::from_secs(2));
+            let started = Instant::now();
+            (c.upload_attachment(req).await, started.elapsed())
+        }));
+        tx.send(meta_msg(metadata(1001, &format!("idle{i}.bin"))))
+            .await
+            .expect("send");
+        holders.push(tx); // never sends a byte, never ends
+    }
+    let mut refused_fast = 0;
+    let mut cut = 0;
+    for call in calls {
+        let (r, took) = call.await.expect("task");
+        let err = r.expect_err("no idle upload succeeds");
+        match err.code() {
+            Code::ResourceExhausted => {
+                assert!(
+                    took < Duration::from_millis(1500),
+                    "refused at once, not queued"
+                );
+                refused_fast += 1;
+            }
+            Code::DeadlineExceeded => cut += 1,
+            other => panic!("unexpected {other:?}: {err:?}"),
+        }
+    }
+    assert_eq!(
+        (cut, refused_fast),
+        (8, 12),
+        "8 held a slot until their deadline, 12 were refused"
+    );
+    assert_eq!(
+        h.sandbox.stats().uploads_started,
+        0,
+        "an upload with no byte never reaches the upstream"
+    );
+    drop(holders);
+}
