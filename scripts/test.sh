@@ -55,5 +55,8 @@ cargo deny check licenses bans sources 2>&1 | tail -n 3
 step "cargo test (unit, integration, and the benchmark harness in quick mode)"
 cargo test --locked --all-targets
 
+step "build the binary and the examples under their plain names (for the pytest suites)"
+cargo build --locked --bins --examples
+
 step "Helm chart, and callers (Python stubs, Rust examples, CLI) against the sandbox gateway"
 GATEWAY_BIN="$PWD/target/debug/attachment-gateway" "$TOOLS/venv/bin/python" -m pytest -q tests/helm tests/clients
