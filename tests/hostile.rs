@@ -110,3 +110,32 @@ async fn idle_upload_streams_are_bounded_and_cut_by_their_deadline() {
     );
     drop(holders);
 }
+
+#[tokio::test]
+async fn many_connections_at_once_do_not_starve_real_callers() {
+    let h = with_sandbox().await;
+    let addr = h.gateway.addr;
+    // 200 connections that never speak HTTP/2, held open.
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    // 50 more real clients, each on its own connection, all served.
+    let mut calls = Vec::new();
+    for _ in 0..50 {
+        calls.push(tokio::spawn(async move {
+            let mut c = connect(addr).await;
+            let mut req = tonic::Request::new(ListAttachmentsRequest {
+                work_order_id: 1001,
+            });
+            req.set_timeout(Duration::from_secs(10));
+            c.list_attachments(req)
+                .await
+                .map(|r| r.into_inner().attachments.len())
+        }));
+    }
+    for call in calls {
+        assert_eq!(call.await.expect("task").expect("served"), 1);
+    }
+    drop(idle);
+}

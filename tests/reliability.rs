@@ -215,6 +215,31 @@ async fn the_upstream_closing_the_connection_mid_upload_is_unavailable() {
 }
 
 #[tokio::test]
+async fn a_slow_token_endpoint_is_bounded_by_the_callers_deadline() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/oauth/token"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": "t", "expires_in": 1199}))
+                .set_delay(Duration::from_secs(5)),
+        )
+        .mount(&server)
+        .await;
+    let gw = Gateway::start(settings_for(&server.uri())).await;
+    let mut req = tonic::Request::new(ListAttachmentsRequest { work_order_id: 1 });
+    req.set_timeout(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let err = gw
+        .client()
+        .list_attachments(req)
+        .await
+        .expect_err("token too slow");
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
 async fn a_token_expiring_during_a_long_upload_does_not_cut_it() {
     let cfg = SandboxConfig {
         token_ttl: Duration::from_secs(2),
@@ -334,6 +359,24 @@ async fn randomized_run_against_a_faulty_upstream_keeps_upstream_and_answers_in_
     let mut lists = (0usize, 0usize);
     let mut keep_open = Vec::new();
     let mut stream_ops = futures_util::stream::FuturesUnordered::new();
+    let mut tally = |(wo, data, outcome, list_ok, was_cancelled, open): (
+        i64,
+        Vec<u8>,
+        Option<Outcome>,
+        Option<bool>,
+        bool,
+        Option<mpsc::Sender<attachment_gateway::proto::UploadAttachmentRequest>>,
+    )| {
+        keep_open.extend(open);
+        cancelled += usize::from(was_cancelled);
+        if let Some(ok) = list_ok {
+            lists.0 += 1;
+            lists.1 += usize::from(ok);
+        }
+        if let Some(o) = outcome {
+            outcomes.push((wo, data, o));
+        }
+    };
     use futures_util::StreamExt;
     for i in 0..ops {
         let wo = work_orders[rng.usize(0..work_orders.len())];
@@ -398,29 +441,11 @@ async fn randomized_run_against_a_faulty_upstream_keeps_upstream_and_answers_in_
         if stream_ops.len() >= 8
             && let Some(done) = stream_ops.next().await
         {
-            let (wo, data, outcome, list_ok, was_cancelled, open) = done.expect("task");
-            keep_open.extend(open);
-            cancelled += usize::from(was_cancelled);
-            if let Some(ok) = list_ok {
-                lists.0 += 1;
-                lists.1 += usize::from(ok);
-            }
-            if let Some(o) = outcome {
-                outcomes.push((wo, data, o));
-            }
+            tally(done.expect("task"));
         }
     }
     while let Some(done) = stream_ops.next().await {
-        let (wo, data, outcome, list_ok, was_cancelled, open) = done.expect("task");
-        keep_open.extend(open);
-        cancelled += usize::from(was_cancelled);
-        if let Some(ok) = list_ok {
-            lists.0 += 1;
-            lists.1 += usize::from(ok);
-        }
-        if let Some(o) = outcome {
-            outcomes.push((wo, data, o));
-        }
+        tally(done.expect("task"));
     }
     nothing_half_done(&h.sandbox).await;
 
