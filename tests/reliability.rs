@@ -314,6 +314,18 @@ async fn sigterm_with_ten_uploads_in_flight_lets_them_finish() {
     assert_eq!(h.sandbox.stats().uploads_aborted, 0);
 }
 
+/// One finished operation of the randomized run: work order, bytes, upload
+/// outcome, list success, whether the caller abandoned it, and the abandoned
+/// stream's sender (kept open).
+type OpResult = (
+    i64,
+    Vec<u8>,
+    Option<Outcome>,
+    Option<bool>,
+    bool,
+    Option<mpsc::Sender<attachment_gateway::proto::UploadAttachmentRequest>>,
+);
+
 /// Upload outcome as the caller saw it.
 #[derive(Debug)]
 enum Outcome {
@@ -359,14 +371,7 @@ async fn randomized_run_against_a_faulty_upstream_keeps_upstream_and_answers_in_
     let mut lists = (0usize, 0usize);
     let mut keep_open = Vec::new();
     let mut stream_ops = futures_util::stream::FuturesUnordered::new();
-    let mut tally = |(wo, data, outcome, list_ok, was_cancelled, open): (
-        i64,
-        Vec<u8>,
-        Option<Outcome>,
-        Option<bool>,
-        bool,
-        Option<mpsc::Sender<attachment_gateway::proto::UploadAttachmentRequest>>,
-    )| {
+    let mut tally = |(wo, data, outcome, list_ok, was_cancelled, open): OpResult| {
         keep_open.extend(open);
         cancelled += usize::from(was_cancelled);
         if let Some(ok) = list_ok {
