@@ -1,9 +1,6 @@
 //! Wire messages to validated domain types (every bad field reported at once), and
 //! upstream answers back to wire messages.
 
-use std::collections::BTreeMap;
-
-use serde_json::Value as Json;
 use tonic::Status;
 
 use super::status::invalid_argument;
@@ -177,30 +174,6 @@ pub fn attachment(a: UpstreamAttachment) -> proto::Attachment {
         mime_type: a.mime_type,
         size_bytes: a.size_bytes,
         subtype: a.subtype,
-        upstream: Some(json_object(a.raw)),
+        upstream: Some(a.raw),
     }
-}
-
-fn json_object(map: serde_json::Map<String, Json>) -> prost_types::Struct {
-    prost_types::Struct {
-        fields: map
-            .into_iter()
-            .map(|(k, v)| (k, json_value(v)))
-            .collect::<BTreeMap<_, _>>(),
-    }
-}
-
-fn json_value(v: Json) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match v {
-        Json::Null => Kind::NullValue(0),
-        Json::Bool(b) => Kind::BoolValue(b),
-        Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
-        Json::String(s) => Kind::StringValue(s),
-        Json::Array(items) => Kind::ListValue(prost_types::ListValue {
-            values: items.into_iter().map(json_value).collect(),
-        }),
-        Json::Object(map) => Kind::StructValue(json_object(map)),
-    };
-    prost_types::Value { kind: Some(kind) }
 }

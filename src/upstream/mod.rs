@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 pub mod model;
+pub mod struct_json;
 
 use std::io;
 use std::sync::Arc;

@@ -4,9 +4,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::error::{UpstreamError, get_ci, value_str};
+use super::struct_json;
 use crate::domain::DOWNLOAD_LINK_TTL;
 use crate::secret::Secret;
 
@@ -20,8 +21,8 @@ pub struct UpstreamAttachment {
     /// The upstream's `DocumentType` spelling, verbatim.
     pub document_type: Option<String>,
     pub subtype: String,
-    /// The whole object, as received.
-    pub raw: Map<String, Value>,
+    /// The whole object, as received (as a protobuf `Struct`).
+    pub raw: prost_types::Struct,
 }
 
 /// A temporary link to an attachment's bytes. The URL carries a signature.
@@ -46,19 +47,10 @@ fn parse_json(body: &[u8]) -> Result<Value, UpstreamError> {
     serde_json::from_slice(body).map_err(|e| UpstreamError::Protocol(format!("not JSON: {e}")))
 }
 
-fn as_u64(v: &Value) -> Option<u64> {
-    match v {
-        Value::Number(n) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
 /// Reads one attachment object, keeping the object itself (moved, not copied).
-fn attachment(obj: Map<String, Value>) -> Option<UpstreamAttachment> {
-    let s = |names: &[&str]| get_ci(&obj, names).and_then(value_str).unwrap_or_default();
+fn attachment(obj: prost_types::Struct) -> Option<UpstreamAttachment> {
+    use struct_json::{as_string, as_u64, get_ci};
+    let s = |names: &[&str]| get_ci(&obj, names).and_then(as_string).unwrap_or_default();
     let attachment_id = s(&["AttachmentId", "Id"]);
     if attachment_id.is_empty() {
         return None;
@@ -70,7 +62,7 @@ fn attachment(obj: Map<String, Value>) -> Option<UpstreamAttachment> {
         size_bytes: get_ci(&obj, &["Size", "SizeBytes", "FileSize", "Length"])
             .and_then(as_u64)
             .unwrap_or(0),
-        document_type: get_ci(&obj, &["DocumentType"]).and_then(value_str),
+        document_type: get_ci(&obj, &["DocumentType"]).and_then(as_string),
         subtype: s(&["Subtype", "SubType"]),
         raw: obj,
     })
@@ -79,19 +71,30 @@ fn attachment(obj: Map<String, Value>) -> Option<UpstreamAttachment> {
 /// Reads the list answer: a bare array of attachments, or an object holding one
 /// (under `Attachments`, `Items`, `Data`, `value`, or its only array field).
 pub fn parse_list(body: &[u8]) -> Result<Vec<UpstreamAttachment>, UpstreamError> {
-    let items = match parse_json(body)? {
-        Value::Array(items) => items,
-        Value::Object(mut obj) => {
+    use prost_types::value::Kind;
+    let v =
+        struct_json::parse(body).map_err(|e| UpstreamError::Protocol(format!("not JSON: {e}")))?;
+    let items = match v.kind {
+        Some(Kind::ListValue(l)) => l.values,
+        Some(Kind::StructValue(mut obj)) => {
             let known = ["Attachments", "Items", "Data", "Value", "Results"]
                 .iter()
-                .find_map(|n| obj.keys().find(|k| k.eq_ignore_ascii_case(n)).cloned());
-            match known.and_then(|k| obj.remove(&k)) {
-                Some(Value::Array(items)) => items,
-                Some(Value::Null) => return Ok(Vec::new()),
+                .find_map(|n| {
+                    obj.fields
+                        .keys()
+                        .find(|k| k.eq_ignore_ascii_case(n))
+                        .cloned()
+                });
+            match known
+                .and_then(|k| obj.fields.remove(&k))
+                .and_then(|v| v.kind)
+            {
+                Some(Kind::ListValue(l)) => l.values,
+                Some(Kind::NullValue(_)) => return Ok(Vec::new()),
                 Some(_) => return Err(protocol("the list answer's attachments are not an array")),
                 None => {
-                    let mut arrays = obj.into_iter().filter_map(|(_, v)| match v {
-                        Value::Array(a) => Some(a),
+                    let mut arrays = obj.fields.into_values().filter_map(|v| match v.kind {
+                        Some(Kind::ListValue(l)) => Some(l.values),
                         _ => None,
                     });
                     match (arrays.next(), arrays.next()) {
@@ -102,8 +105,8 @@ pub fn parse_list(body: &[u8]) -> Result<Vec<UpstreamAttachment>, UpstreamError>
                 }
             }
         }
-        Value::Null => return Ok(Vec::new()),
-        _ => {
+        Some(Kind::NullValue(_)) | None => return Ok(Vec::new()),
+        Some(_) => {
             return Err(protocol(
                 "the list answer is neither an array nor an object",
             ));
@@ -111,8 +114,8 @@ pub fn parse_list(body: &[u8]) -> Result<Vec<UpstreamAttachment>, UpstreamError>
     };
     Ok(items
         .into_iter()
-        .filter_map(|i| match i {
-            Value::Object(o) => attachment(o),
+        .filter_map(|i| match i.kind {
+            Some(Kind::StructValue(o)) => attachment(o),
             _ => None,
         })
         .collect())
@@ -202,7 +205,7 @@ mod tests {
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].size_bytes, 12);
         assert_eq!(l[0].document_type.as_deref(), Some("Picture"));
-        assert!(l[0].raw.contains_key("Extra"));
+        assert!(l[0].raw.fields.contains_key("Extra"));
         let wrapped = br#"{"Attachments":[{"attachmentId":"a1","size":"7"}],"Total":1}"#;
         assert_eq!(parse_list(wrapped).unwrap()[0].size_bytes, 7);
         let other = br#"{"Whatever":[{"Id":"z"}]}"#;
