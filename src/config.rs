@@ -437,6 +437,8 @@ pub struct FlagOverrides {
     pub upstream_base_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
     pub sandbox: bool,
 }
 
@@ -459,6 +461,9 @@ impl Settings {
         }
         if let Some(url) = &flags.upstream_base_url {
             fig = fig.merge(Serialized::default("upstream.base_url", url));
+        }
+        if let Some(admin) = flags.admin_listen {
+            fig = fig.merge(Serialized::default("telemetry.admin_listen", admin));
         }
         if let Some(format) = flags.log_format {
             fig = fig.merge(Serialized::default("log.format", format));

@@ -47,6 +47,9 @@ struct Cli {
     /// Start the embedded CorrigoPro emulator on loopback and use it as the upstream.
     #[arg(long)]
     sandbox: bool,
+    /// Where the admin (metrics) server listens (setting `telemetry.admin_listen`).
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
     /// The upstream Direct API base URL (setting `upstream.base_url`).
     #[arg(long, value_name = "URL")]
     upstream_base_url: Option<String>,
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
         listen: cli.listen,
         upstream_base_url: cli.upstream_base_url.clone(),
         log_format: cli.log_format,
+        admin_listen: cli.admin_listen,
         sandbox: cli.sandbox,
     };
     let settings = match Settings::load(cli.config.as_deref(), &flags) {

@@ -50,7 +50,9 @@ pub enum ServeError {
     Auth(String),
     #[error("TLS setup: {0}")]
     Tls(String),
-    #[error("cannot listen on the admin address {0}: {1}")]
+    #[error(
+        "cannot listen on the admin address {0}: {1} (choose another with --admin-listen or ATTACHMENT_GATEWAY_TELEMETRY__ADMIN_LISTEN; port 0 picks a free one)"
+    )]
     Admin(std::net::SocketAddr, std::io::Error),
 }
 

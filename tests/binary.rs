@@ -69,7 +69,12 @@ max_upload_bytes = 1000000
         gateway()
             .args(["--check-config", "--config"])
             .arg(&file)
-            .args(["--listen", "127.0.0.1:7003"])
+            .args([
+                "--listen",
+                "127.0.0.1:7003",
+                "--admin-listen",
+                "127.0.0.1:7100",
+            ])
             .env("ATTACHMENT_GATEWAY_LISTEN", "127.0.0.1:7002")
             .env("ATTACHMENT_GATEWAY_AUTH__ALLOW_UNAUTHENTICATED", "true")
             .env("ATTACHMENT_GATEWAY_LIMITS__MAX_UPLOAD_BYTES", "2000000")
