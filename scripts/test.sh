@@ -30,6 +30,10 @@ export PATH="$TOOLS/venv/bin:$TOOLS/node_modules/.bin:$PATH"
 grpcurl -version
 buf --version
 
+# One build per run, no incremental caches: they double the disk a run needs and
+# a from-scratch run gains nothing from them.
+export CARGO_INCREMENTAL=0
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -23,10 +23,12 @@ use tonic_health::pb::health_client::HealthClient;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt");
 
-fn scratch(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("ag-auth-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("dir");
-    d
+/// A scratch directory, removed when the returned guard drops.
+fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("ag-auth-{name}-"))
+        .tempdir()
+        .expect("scratch dir")
 }
 
 fn list_req(token: Option<(&'static str, &str)>) -> Request<ListAttachmentsRequest> {
@@ -80,7 +82,7 @@ fn write_keys(path: &std::path::Path, keys: &[(&str, &str, &[&str])]) {
 #[tokio::test]
 async fn api_keys_authenticate_and_scopes_authorize() {
     let dir = scratch("keys");
-    let file = dir.join("keys.toml");
+    let file = dir.path().join("keys.toml");
     write_keys(
         &file,
         &[
@@ -331,7 +333,8 @@ async fn jwks_url_rotation_needs_no_restart() {
     use wiremock::{Mock, MockServer, ResponseTemplate};
     let jwks = MockServer::start().await;
     // The JWKS endpoint wants the gateway's own token (as the Kubernetes API does).
-    let token_file = scratch("jwks-token").join("token");
+    let token_dir = scratch("jwks-token");
+    let token_file = token_dir.path().join("token");
     std::fs::write(&token_file, "gateway-sa-token\n").expect("token");
     let first: serde_json::Value =
         serde_json::from_slice(&std::fs::read(format!("{FIXTURES}/jwks.json")).expect("jwks"))
@@ -394,7 +397,8 @@ async fn mtls_identity_from_the_client_certificate() {
         let cert = p.signed_by(&key, &issuer).expect("client cert");
         Identity::from_pem(cert.pem(), key.serialize_pem())
     };
-    let dir = scratch("mtls");
+    let tmp = scratch("mtls");
+    let dir = tmp.path().to_path_buf();
     std::fs::write(dir.join("ca.pem"), ca.pem()).expect("w");
     std::fs::write(dir.join("server.pem"), server_cert.pem()).expect("w");
     std::fs::write(dir.join("server.key"), server_key.serialize_pem()).expect("w");
@@ -477,7 +481,7 @@ async fn mtls_identity_from_the_client_certificate() {
 #[tokio::test]
 async fn per_caller_rate_limits_are_shared_across_connections() {
     let dir = scratch("rl");
-    let file = dir.join("keys.toml");
+    let file = dir.path().join("keys.toml");
     write_keys(
         &file,
         &[

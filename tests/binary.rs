@@ -32,12 +32,15 @@ fn output(c: &mut Command) -> (i32, String, String) {
     )
 }
 
-fn temp_file(name: &str, content: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ag-test-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let p = dir.join(name);
+/// A file in a scratch directory; the directory goes when the guard drops.
+fn temp_file(name: &str, content: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("ag-test-")
+        .tempdir()
+        .expect("scratch dir");
+    let p = dir.path().join(name);
     std::fs::write(&p, content).expect("write");
-    p
+    (dir, p)
 }
 
 #[test]
@@ -53,7 +56,7 @@ fn missing_credentials_fail_at_start_naming_the_setting() {
 
 #[test]
 fn layers_apply_in_order_and_secrets_stay_hidden() {
-    let file = temp_file(
+    let (_tmp, file) = temp_file(
         "gateway.toml",
         r#"
 listen = "127.0.0.1:7001"
@@ -64,7 +67,7 @@ request_timeout = "12s"
 max_upload_bytes = 1000000
 "#,
     );
-    let secret = temp_file("secret", "s3cret-from-file\n");
+    let (_tmp, secret) = temp_file("secret", "s3cret-from-file\n");
     let (code, out, err) = output(
         gateway()
             .args(["--check-config", "--config"])
@@ -114,7 +117,7 @@ fn bad_values_and_unknown_keys_are_named() {
         "{err}"
     );
 
-    let file = temp_file("typo.toml", "[upstream]\nbase_ulr = \"https://x\"\n");
+    let (_tmp, file) = temp_file("typo.toml", "[upstream]\nbase_ulr = \"https://x\"\n");
     let (code, _, err) = output(
         gateway()
             .args(["--check-config", "--sandbox", "--config"])
@@ -145,7 +148,7 @@ fn bad_values_and_unknown_keys_are_named() {
     assert_eq!(code, 2);
     assert!(err.contains("--config"), "{err}");
 
-    let secret = temp_file("both", "x");
+    let (_tmp, secret) = temp_file("both", "x");
     let (code, _, err) = output(
         gateway()
             .args(["--check-config"])
@@ -300,9 +303,11 @@ async fn no_secret_reaches_the_logs_even_at_debug() {
         .connect()
         .await
         .expect("connect");
-    let dir = std::env::temp_dir().join(format!("ag-secret-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let file = dir.join("evidence.txt");
+    let dir = tempfile::Builder::new()
+        .prefix("ag-secret-")
+        .tempdir()
+        .expect("scratch dir");
+    let file = dir.path().join("evidence.txt");
     std::fs::write(&file, b"secret-free bytes").expect("write");
     let up = match client
         .upload_file(&file, NewUpload::new(1001, "Auditor"))

@@ -21,9 +21,11 @@ async fn upload_file_and_download_to_round_trip() {
         .connect()
         .await
         .expect("connect");
-    let dir = std::env::temp_dir().join(format!("ag-client-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let file = dir.join("boiler room.png");
+    let dir = tempfile::Builder::new()
+        .prefix("ag-client-")
+        .tempdir()
+        .expect("scratch dir");
+    let file = dir.path().join("boiler room.png");
     let data = pattern(1_000_003, 4);
     std::fs::write(&file, &data).expect("write");
 
