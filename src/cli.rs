@@ -370,11 +370,17 @@ pub async fn run(cmd: Command) -> ExitCode {
                         String::new()
                     });
                 }
-                // Into a temporary file first, renamed when complete: no partial file
-                // is left under the final name.
+                // Into a temporary file beside the destination first, renamed when
+                // complete: no partial file is left under the final name, and the
+                // rename stays on one filesystem.
                 let target = out.clone();
-                let tmp =
-                    std::env::temp_dir().join(format!(".attachment-{}.part", uuid::Uuid::new_v4()));
+                let dir = target
+                    .as_deref()
+                    .and_then(|p| p.parent())
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("."));
+                let tmp = dir.join(format!(".attachment-{}.part", uuid::Uuid::new_v4()));
                 let mut f = tokio::fs::File::create(&tmp).await?;
                 let res = client
                     .download_to(work_order, &attachment_id, &mut f, progress_line(show))
