@@ -320,6 +320,9 @@ impl Default for LimitSettings {
     }
 }
 
+/// Upper bound for `server.worker_threads` (a typo guard, not a tuning hint).
+pub const MAX_WORKER_THREADS: usize = 512;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
@@ -342,6 +345,10 @@ pub struct ServerSettings {
     pub max_concurrent_streams: u32,
     /// Serve gRPC server reflection (v1 and v1alpha).
     pub reflection: bool,
+    /// Runtime worker threads. 0: one per CPU the process may use (the cgroup's CPU
+    /// quota counts). Set it to the container's CPU limit when the pod has none, so
+    /// a small pod on a large node does not run a thread per node core.
+    pub worker_threads: usize,
 }
 
 impl Default for ServerSettings {
@@ -354,6 +361,7 @@ impl Default for ServerSettings {
             http2_keepalive_timeout: Duration::from_secs(10),
             max_concurrent_streams: 256,
             reflection: true,
+            worker_threads: 0,
         }
     }
 }
@@ -594,6 +602,12 @@ impl Settings {
                 "must be between 1 KiB and 4 MiB",
             ));
         }
+        if self.server.worker_threads > MAX_WORKER_THREADS {
+            return Err(invalid(
+                "server.worker_threads",
+                format!("must be at most {MAX_WORKER_THREADS} (0: one per available CPU)"),
+            ));
+        }
         if self.server.max_concurrent_streams == 0 {
             return Err(invalid(
                 "server.max_concurrent_streams",
@@ -775,5 +789,16 @@ mod tests {
                 .to_string()
                 .contains("limits.max_upload_bytes")
         );
+        let mut s = Settings::default();
+        s.sandbox.enabled = true;
+        s.server.worker_threads = 100_000;
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("server.worker_threads")
+        );
+        s.server.worker_threads = 2;
+        s.validate().unwrap();
     }
 }
