@@ -257,9 +257,11 @@ impl Drop for GatewayProcess {
 type Client = AttachmentServiceClient<Channel>;
 
 async fn connect(addr: SocketAddr) -> Client {
+    // As the crate's `GatewayClient` connects: DATA frames up to 256 KiB each way.
     let ep = Channel::from_shared(format!("http://{addr}"))
         .expect("uri")
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .max_frame_size(256 * 1024);
     for _ in 0..200 {
         if let Ok(ch) = ep.connect().await {
             return AttachmentServiceClient::new(ch);
