@@ -2,12 +2,10 @@
 //! upload streams that send nothing. The gateway answers each with a clear status,
 //! stays up, and stores nothing partial.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use attachment_gateway::proto::ListAttachmentsRequest;
-use common::*;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;

