@@ -236,13 +236,25 @@ impl GatewayProcess {
 
     /// User + system CPU seconds so far.
     fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-        let f: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        (ticks(11) + ticks(12)) / 100.0
+        proc_cpu_seconds(&self.pid().to_string())
     }
+}
+
+/// User + system CPU seconds of a process so far (`self` for this one), from
+/// /proc/<pid>/stat (clock ticks of 1/100 s).
+fn proc_cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds spent by this process (the client and the sink) over `f`.
+async fn bench_cpu<F: std::future::Future>(f: F) -> (F::Output, f64) {
+    let before = proc_cpu_seconds("self");
+    let out = f.await;
+    (out, proc_cpu_seconds("self") - before)
 }
 
 impl Drop for GatewayProcess {
@@ -481,6 +493,10 @@ async fn main() {
     let mut peak_growth_kib = 0u64;
     let mut unary_cpu = 0.0;
     let mut unary_calls = 0usize;
+    // CPU of this process (client + sink) per path: what the direct path costs in
+    // all, and what the gateway path costs besides the gateway itself.
+    let (mut up_bench_direct, mut up_bench_gw, mut up_bytes) = (0.0, 0.0, 0usize);
+    let (mut un_bench_direct, mut un_bench_gw, mut un_calls) = (0.0, 0.0, 0usize);
 
     // 1. One big upload, one stream.
     if run(1) {
@@ -488,12 +504,16 @@ async fn main() {
         let cpu0 = gw.cpu_seconds();
         for _ in 0..p.rounds {
             let t = Instant::now();
-            direct_upload(&http, sink_addr, big.clone(), p.chunk).await;
+            let ((), cpu) = bench_cpu(direct_upload(&http, sink_addr, big.clone(), p.chunk)).await;
             d.push(mib(p.big as f64) / t.elapsed().as_secs_f64());
+            up_bench_direct += cpu;
             let t = Instant::now();
-            gateway_upload(&mut client.clone(), big.clone(), p.chunk).await;
+            let ((), cpu) =
+                bench_cpu(gateway_upload(&mut client.clone(), big.clone(), p.chunk)).await;
             g.push(mib(p.big as f64) / t.elapsed().as_secs_f64());
+            up_bench_gw += cpu;
             gw_bytes += p.big;
+            up_bytes += p.big;
         }
         upload_cpu += gw.cpu_seconds() - cpu0;
         rows.push(Row {
@@ -630,21 +650,32 @@ async fn main() {
         let (mut d, mut g) = (Vec::new(), Vec::new());
         for _ in 0..p.rounds {
             let h = http.clone();
-            let secs = run_concurrent(p.unary_calls, p.unary_concurrency, move |_| {
-                let h = h.clone();
-                async move { direct_list(&h, sink_addr).await }
-            })
+            let (secs, cpu) = bench_cpu(run_concurrent(
+                p.unary_calls,
+                p.unary_concurrency,
+                move |_| {
+                    let h = h.clone();
+                    async move { direct_list(&h, sink_addr).await }
+                },
+            ))
             .await;
             d.push(p.unary_calls as f64 / secs);
+            un_bench_direct += cpu;
             let c = client.clone();
-            let cpu = gw.cpu_seconds();
-            let secs = run_concurrent(p.unary_calls, p.unary_concurrency, move |_| {
-                let mut c = c.clone();
-                async move { gateway_list(&mut c).await }
-            })
+            let gw_cpu = gw.cpu_seconds();
+            let (secs, cpu) = bench_cpu(run_concurrent(
+                p.unary_calls,
+                p.unary_concurrency,
+                move |_| {
+                    let mut c = c.clone();
+                    async move { gateway_list(&mut c).await }
+                },
+            ))
             .await;
-            unary_cpu += gw.cpu_seconds() - cpu;
+            unary_cpu += gw.cpu_seconds() - gw_cpu;
+            un_bench_gw += cpu;
             unary_calls += p.unary_calls;
+            un_calls += p.unary_calls;
             g.push(p.unary_calls as f64 / secs);
         }
         rows.push(Row {
@@ -690,6 +721,32 @@ async fn main() {
     } else {
         f64::NAN
     };
+
+    // Where the CPU goes: the direct path's whole cost (client + sink) against the
+    // gateway path's cost outside the gateway. If the second alone exceeds what
+    // the target ratio allows, no gateway could meet the target on this machine.
+    if up_bytes > 0 {
+        let per_gib = |s: f64| s / (up_bytes as f64 / (1024.0 * MIB as f64));
+        rows.push(Row {
+            scenario: "7. client + sink CPU per GiB uploaded (scenario 1)".into(),
+            unit: "s",
+            direct: per_gib(up_bench_direct),
+            gateway: per_gib(up_bench_gw),
+            higher_is_better: false,
+            note: "the bench process: the caller's side and the upstream's; the gateway's own CPU is apart".into(),
+        });
+    }
+    if un_calls > 0 {
+        let per_10k = |s: f64| s / un_calls as f64 * 10_000.0;
+        rows.push(Row {
+            scenario: "7. client + sink CPU per 10k unary calls (scenario 5)".into(),
+            unit: "s",
+            direct: per_10k(un_bench_direct),
+            gateway: per_10k(un_bench_gw),
+            higher_is_better: false,
+            note: "the bench process; the gateway's own CPU is apart".into(),
+        });
+    }
 
     // Report.
     let cores = std::thread::available_parallelism()
