@@ -11,31 +11,14 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{TraceContextExt, TraceId};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tokio::time::Instant;
 use tonic::{Code, Status};
 use tower::{Layer, Service};
 use tracing::Instrument;
 use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{BoxFuture, Response};
 use crate::metrics::{MethodLabel, Metrics, RpcLabels};
-
-/// Reads W3C trace context from HTTP/2 headers (gRPC metadata).
-pub struct HeaderExtractor<'a>(pub &'a http::HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(http::HeaderName::as_str).collect()
-    }
-}
 
 #[derive(Clone)]
 pub struct ObserveLayer {
@@ -196,10 +179,7 @@ where
             upload.bytes = Empty,
             trace_id = Empty,
         );
-        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(req.headers()));
-        let _ = span.set_parent(parent);
-        let trace_id = span.context().span().span_context().trace_id();
-        if trace_id != TraceId::INVALID {
+        if let Some(trace_id) = crate::telemetry::adopt_caller_trace(&span, req.headers()) {
             span.record("trace_id", tracing::field::display(trace_id));
         }
         let finish = Finish {

@@ -365,3 +365,149 @@ async fn no_secret_reaches_the_logs_even_at_debug() {
         assert!(!logs.contains(secret), "the {what} appears in the logs");
     }
 }
+
+/// Without an OTLP endpoint no OpenTelemetry spans are made, yet the trace context
+/// still flows: the call's log line carries the caller's trace id, and the upstream
+/// gets a `traceparent` of the same trace with the gateway's own span id and the
+/// caller's flags and `tracestate`. A call without one starts a trace of its own.
+#[tokio::test]
+async fn without_an_exporter_the_callers_trace_reaches_logs_and_upstream() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/oauth/token"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"access_token": "t0k", "expires_in": 1199})),
+        )
+        .mount(&upstream)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/Direct/api/attachments"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!([])))
+        .mount(&upstream)
+        .await;
+    let base = upstream.uri();
+    let mut child = tokio::task::spawn_blocking(move || {
+        gateway()
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--upstream-base-url", &format!("{base}/Direct")])
+            .env(
+                "ATTACHMENT_GATEWAY_UPSTREAM__TOKEN_URL",
+                format!("{base}/oauth/token"),
+            )
+            .env("ATTACHMENT_GATEWAY_UPSTREAM__CLIENT_ID", "trace-test")
+            .env("ATTACHMENT_GATEWAY_UPSTREAM__CLIENT_SECRET", "trace-secret")
+            .env("ATTACHMENT_GATEWAY_AUTH__ALLOW_UNAUTHENTICATED", "true")
+            .env("ATTACHMENT_GATEWAY_TELEMETRY__ADMIN_LISTEN", "127.0.0.1:0")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    })
+    .await
+    .expect("join");
+    // Read the logs until the listening line, then keep draining them.
+    let stderr = child.stderr.take().expect("stderr");
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let logs = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut addr_tx = Some(addr_tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("attachment-gateway listening")
+                && let Some(tx) = addr_tx.take()
+            {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let addr: std::net::SocketAddr =
+        tokio::task::spawn_blocking(move || addr_rx.recv_timeout(Duration::from_secs(20)))
+            .await
+            .expect("join")
+            .expect("the gateway said where it listens")
+            .parse()
+            .expect("addr");
+    let mut client = crate::common::connect(addr).await;
+
+    let caller_trace = "0af7651916cd43dd8448eb211c80319c";
+    let mut req = tonic::Request::new(ListAttachmentsRequest {
+        work_order_id: 1001,
+    });
+    let md = req.metadata_mut();
+    md.insert(
+        "traceparent",
+        format!("00-{caller_trace}-b7ad6b7169203331-01")
+            .parse()
+            .expect("ascii"),
+    );
+    md.insert("tracestate", "vendor=opaque".parse().expect("ascii"));
+    client
+        .list_attachments(req)
+        .await
+        .expect("list in the caller's trace");
+    client
+        .list_attachments(ListAttachmentsRequest {
+            work_order_id: 1002,
+        })
+        .await
+        .expect("list in a trace of its own");
+
+    let sent: Vec<(String, Option<String>)> = upstream
+        .received_requests()
+        .await
+        .expect("recorded")
+        .iter()
+        .filter(|r| r.url.path() == "/Direct/api/attachments")
+        .map(|r| {
+            let h = |n: &str| {
+                r.headers
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            (h("traceparent").unwrap_or_default(), h("tracestate"))
+        })
+        .collect();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    let parts: Vec<&str> = sent[0].0.split('-').collect();
+    assert_eq!(parts.len(), 4, "{sent:?}");
+    assert_eq!(parts[1], caller_trace, "the caller's trace goes upstream");
+    assert_ne!(parts[2], "b7ad6b7169203331", "the gateway's own span id");
+    assert_eq!(parts[2].len(), 16);
+    assert_eq!(parts[3], "01", "the caller's sampling decision");
+    assert_eq!(sent[0].1.as_deref(), Some("vendor=opaque"));
+    let own: Vec<&str> = sent[1].0.split('-').collect();
+    assert_eq!(own.len(), 4, "{sent:?}");
+    assert!(
+        own[1].len() == 32 && own[1] != caller_trace && own[1] != "0".repeat(32),
+        "a new trace: {sent:?}"
+    );
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    let logs = logs.join().unwrap_or_default();
+    let finished: Vec<serde_json::Value> = logs
+        .lines()
+        .filter(|l| l.contains("call finished"))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let trace_of = |wo: i64| {
+        finished
+            .iter()
+            .find(|v| v["span"]["work_order_id"] == wo)
+            .and_then(|v| v["span"]["trace_id"].as_str().map(str::to_string))
+    };
+    assert_eq!(trace_of(1001).as_deref(), Some(caller_trace), "{logs}");
+    assert_eq!(trace_of(1002).as_deref(), Some(own[1]), "{logs}");
+}
