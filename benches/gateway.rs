@@ -725,7 +725,12 @@ async fn main() {
     // Where the CPU goes: the direct path's whole cost (client + sink) against the
     // gateway path's cost outside the gateway. If the second alone exceeds what
     // the target ratio allows, no gateway could meet the target on this machine.
-    if up_bytes > 0 {
+    // /proc counts CPU in 10 ms ticks: a quick run may be too short to see any.
+    let measurable = |a: f64, b: f64| a > 0.0 && b > 0.0;
+    if up_bytes > 0 && !measurable(up_bench_direct, up_bench_gw) {
+        println!("client + sink CPU for scenario 1: too short to measure (10 ms ticks)");
+    }
+    if up_bytes > 0 && measurable(up_bench_direct, up_bench_gw) {
         let per_gib = |s: f64| s / (up_bytes as f64 / (1024.0 * MIB as f64));
         rows.push(Row {
             scenario: "7. client + sink CPU per GiB uploaded (scenario 1)".into(),
@@ -736,7 +741,10 @@ async fn main() {
             note: "the bench process: the caller's side and the upstream's; the gateway's own CPU is apart".into(),
         });
     }
-    if un_calls > 0 {
+    if un_calls > 0 && !measurable(un_bench_direct, un_bench_gw) {
+        println!("client + sink CPU for scenario 5: too short to measure (10 ms ticks)");
+    }
+    if un_calls > 0 && measurable(un_bench_direct, un_bench_gw) {
         let per_10k = |s: f64| s / un_calls as f64 * 10_000.0;
         rows.push(Row {
             scenario: "7. client + sink CPU per 10k unary calls (scenario 5)".into(),
