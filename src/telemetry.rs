@@ -137,8 +137,8 @@ pub fn init(settings: &LogSettings) -> Result<TelemetryGuard, String> {
     // OpenTelemetry context on every poll of every instrumented future, and nothing
     // here reads the active context (the upstream client injects from its span);
     // busy/idle timing, thread ids and source locations are per-span work no
-    // dashboard asks for. Together: about -6 % CPU per unary call and a lower
-    // added p50 (BENCHMARKS.md).
+    // dashboard asks for. Per-span work saved; a few per cent of a unary call at
+    // most (BENCHMARKS.md).
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_context_activation(false)
