@@ -373,12 +373,22 @@ pub async fn run(cmd: Command) -> ExitCode {
                 // Into a temporary file beside the destination first, renamed when
                 // complete: no partial file is left under the final name, and the
                 // rename stays on one filesystem.
-                let target = out.clone();
-                let dir = target
-                    .as_deref()
-                    .and_then(|p| p.parent())
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .map(PathBuf::from)
+                // `--out` naming an existing folder means "into that folder".
+                let into_dir = out.as_deref().filter(|p| p.is_dir()).map(PathBuf::from);
+                let target = if into_dir.is_some() {
+                    None
+                } else {
+                    out.clone()
+                };
+                let dir = into_dir
+                    .clone()
+                    .or_else(|| {
+                        target
+                            .as_deref()
+                            .and_then(|p| p.parent())
+                            .filter(|p| !p.as_os_str().is_empty())
+                            .map(PathBuf::from)
+                    })
                     .unwrap_or_else(|| PathBuf::from("."));
                 let tmp = dir.join(format!(".attachment-{}.part", uuid::Uuid::new_v4()));
                 let mut f = tokio::fs::File::create(&tmp).await?;
@@ -400,10 +410,11 @@ pub async fn run(cmd: Command) -> ExitCode {
                     .filter(|n| !n.is_empty() && *n != ".." && *n != ".")
                     .unwrap_or("attachment.bin")
                     .to_string();
-                let dest = target.unwrap_or_else(|| PathBuf::from(&name));
-                if std::fs::rename(&tmp, &dest).is_err() {
-                    std::fs::copy(&tmp, &dest)?;
+                let dest = target.unwrap_or_else(|| dir.join(&name));
+                // Same folder, so a rename; if even that fails, leave nothing behind.
+                if let Err(e) = std::fs::rename(&tmp, &dest) {
                     let _ = std::fs::remove_file(&tmp);
+                    return Err(e.into());
                 }
                 Ok(if conn.json {
                     let mut v = attachment_json(&m);

@@ -161,6 +161,15 @@ def test_cli_round_trip_with_json(gateway, tmp_path):
     assert out.read_bytes() == f.read_bytes()
     stdout = cli(gateway, "download", "--work-order", "1006", aid, "--out", "-")
     assert stdout.stdout == f.read_text()
+    # --out naming a folder: the file lands in it under its own name, and no
+    # partial file is left beside it.
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    dl = cli(gateway, "download", "--work-order", "1006", aid, "--out", folder, "--json")
+    assert dl.returncode == 0, dl.stderr
+    assert json.loads(dl.stdout)["path"] == str(folder / "invoice.pdf")
+    assert [p.name for p in folder.iterdir()] == ["invoice.pdf"]
+    assert (folder / "invoice.pdf").read_bytes() == f.read_bytes()
 
     url = cli(gateway, "url", "--work-order", "1006", aid, "--json")
     assert json.loads(url.stdout)["url"].startswith("http://127.0.0.1:")
