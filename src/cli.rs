@@ -144,7 +144,8 @@ pub enum Command {
         #[arg(long)]
         work_order: i64,
         attachment_id: String,
-        /// Where to write it (`-` for stdout; default: its name in this folder).
+        /// Where to write it: a file, a folder (under its own name), or `-` for
+        /// stdout; default: its own name in the current folder.
         #[arg(long, short)]
         out: Option<PathBuf>,
     },
