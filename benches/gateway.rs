@@ -264,6 +264,81 @@ impl Drop for GatewayProcess {
     }
 }
 
+// ---------------------------------------------------------------- the bare hop
+
+/// The cheapest extra hop there is: a TCP relay (this bench binary, re-run as its
+/// own process with `BENCH_RELAY_TO` set) that copies bytes between the caller and
+/// the sink and understands nothing. The direct client's requests through it
+/// measure what any proxy on this machine costs before doing any work of its own.
+struct RelayProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl RelayProcess {
+    fn start(sink: SocketAddr) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(std::env::current_exe().expect("own path"))
+            .env("BENCH_RELAY_TO", sink.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the relay");
+        let mut line = String::new();
+        let out = child.stdout.take().expect("relay stdout");
+        std::io::BufReader::new(out)
+            .read_line(&mut line)
+            .expect("relay address");
+        let addr = line.trim().parse().expect("relay prints its address");
+        Self { child, addr }
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        proc_cpu_seconds(&self.child.id().to_string())
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The relay process: as many runtime workers as the gateway runs by default (one
+/// per CPU), 256 KiB copy buffers, no Nagle delay either way.
+fn relay_main(to: &str) {
+    let to: SocketAddr = to.parse().expect("BENCH_RELAY_TO is an address");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        println!("{}", listener.local_addr().expect("addr"));
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await else {
+                    return;
+                };
+                let _ = inbound.set_nodelay(true);
+                let _ = outbound.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional_with_sizes(
+                    &mut inbound,
+                    &mut outbound,
+                    256 * 1024,
+                    256 * 1024,
+                )
+                .await;
+            });
+        }
+    });
+}
+
 // ---------------------------------------------------------------- clients
 
 type Client = AttachmentServiceClient<Channel>;
@@ -428,6 +503,8 @@ struct Row {
     direct: f64,
     gateway: f64,
     higher_is_better: bool,
+    /// The same work as `direct`, through the bare TCP relay.
+    hop: Option<f64>,
     note: String,
 }
 
@@ -451,8 +528,19 @@ where
     start.elapsed().as_secs_f64()
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
+    if let Ok(to) = std::env::var("BENCH_RELAY_TO") {
+        return relay_main(&to);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(bench());
+}
+
+async fn bench() {
     let full = std::env::args().any(|a| a == "--bench");
     let p = if full {
         Params::full()
@@ -468,6 +556,8 @@ async fn main() {
     let (sink_addr, sink) = start_sink(&p).await;
     let gw = GatewayProcess::start(sink_addr);
     eprintln!("gateway process: pid {}", gw.pid());
+    let relay = RelayProcess::start(sink_addr);
+    let hop = relay.addr;
     let client = connect(gw.addr).await;
     let http = reqwest::Client::builder()
         .tcp_nodelay(true)
@@ -484,6 +574,8 @@ async fn main() {
         gateway_upload(&mut client.clone(), small.clone(), p.chunk).await;
         direct_list(&http, sink_addr).await;
         gateway_list(&mut client.clone()).await;
+        direct_upload(&http, hop, small.clone(), p.chunk).await;
+        direct_list(&http, hop).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let idle_rss_kib = gw.status_kib("VmRSS:");
@@ -497,16 +589,24 @@ async fn main() {
     // all, and what the gateway path costs besides the gateway itself.
     let (mut up_bench_direct, mut up_bench_gw, mut up_bytes) = (0.0, 0.0, 0usize);
     let (mut un_bench_direct, mut un_bench_gw, mut un_calls) = (0.0, 0.0, 0usize);
+    // The bare hop's own CPU, for the same work as the gateway's.
+    let (mut hop_up_cpu, mut hop_up_bytes, mut hop_un_cpu, mut hop_un_calls) =
+        (0.0, 0usize, 0.0, 0usize);
 
     // 1. One big upload, one stream.
     if run(1) {
-        let (mut d, mut g) = (Vec::new(), Vec::new());
+        let (mut d, mut g, mut hops) = (Vec::new(), Vec::new(), Vec::new());
         let cpu0 = gw.cpu_seconds();
         for _ in 0..p.rounds {
             let t = Instant::now();
             let ((), cpu) = bench_cpu(direct_upload(&http, sink_addr, big.clone(), p.chunk)).await;
             d.push(mib(p.big as f64) / t.elapsed().as_secs_f64());
             up_bench_direct += cpu;
+            let (t, cpu) = (Instant::now(), relay.cpu_seconds());
+            direct_upload(&http, hop, big.clone(), p.chunk).await;
+            hops.push(mib(p.big as f64) / t.elapsed().as_secs_f64());
+            hop_up_cpu += relay.cpu_seconds() - cpu;
+            hop_up_bytes += p.big;
             let t = Instant::now();
             let ((), cpu) =
                 bench_cpu(gateway_upload(&mut client.clone(), big.clone(), p.chunk)).await;
@@ -522,13 +622,14 @@ async fn main() {
             direct: median(d),
             gateway: median(g),
             higher_is_better: true,
+            hop: Some(median(hops)),
             note: String::new(),
         });
     }
 
     // 2. Small files at concurrency.
     if run(2) {
-        let (mut d, mut g) = (Vec::new(), Vec::new());
+        let (mut d, mut g, mut hops) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..p.rounds {
             let (h, s) = (http.clone(), small.clone());
             let secs = run_concurrent(p.small_files, p.concurrency, move |_| {
@@ -537,6 +638,13 @@ async fn main() {
             })
             .await;
             d.push(p.small_files as f64 / secs);
+            let (hc, s) = (http.clone(), small.clone());
+            let secs = run_concurrent(p.small_files, p.concurrency, move |_| {
+                let (hc, s) = (hc.clone(), s.clone());
+                async move { direct_upload(&hc, hop, s, p.chunk).await }
+            })
+            .await;
+            hops.push(p.small_files as f64 / secs);
             let (c, s) = (client.clone(), small.clone());
             let cpu = gw.cpu_seconds();
             let secs = run_concurrent(p.small_files, p.concurrency, move |_| {
@@ -559,6 +667,7 @@ async fn main() {
             direct: dm,
             gateway: gm,
             higher_is_better: true,
+            hop: Some(median(hops)),
             note: format!(
                 "{:.0} vs {:.0} MiB/s",
                 mib(dm * p.small as f64),
@@ -569,7 +678,7 @@ async fn main() {
 
     // 3. Big files at concurrency, with the gateway's peak RSS.
     if run(3) {
-        let (mut d, mut g) = (Vec::new(), Vec::new());
+        let (mut d, mut g, mut hops) = (Vec::new(), Vec::new(), Vec::new());
         let rounds3 = p.rounds.min(3);
         for _ in 0..rounds3 {
             let (h, b) = (http.clone(), big.clone());
@@ -579,6 +688,13 @@ async fn main() {
             })
             .await;
             d.push(mib((p.big_concurrency * p.big) as f64) / secs);
+            let (hc, b) = (http.clone(), big.clone());
+            let secs = run_concurrent(p.big_concurrency, p.big_concurrency, move |_| {
+                let (hc, b) = (hc.clone(), b.clone());
+                async move { direct_upload(&hc, hop, b, p.chunk).await }
+            })
+            .await;
+            hops.push(mib((p.big_concurrency * p.big) as f64) / secs);
             gw.reset_peak();
             let before = gw.status_kib("VmRSS:");
             let cpu = gw.cpu_seconds();
@@ -603,6 +719,7 @@ async fn main() {
             direct: median(d),
             gateway: median(g),
             higher_is_better: true,
+            hop: Some(median(hops)),
             note: format!(
                 "gateway peak RSS +{:.1} MiB over {:.1} MiB idle",
                 peak_growth_kib as f64 / 1024.0,
@@ -613,17 +730,20 @@ async fn main() {
 
     // 4. Unary latency at concurrency 1.
     if run(4) {
-        let (mut d, mut g) = (Vec::new(), Vec::new());
+        let (mut d, mut g, mut hops) = (Vec::new(), Vec::new(), Vec::new());
         let mut c1 = client.clone();
         for _ in 0..p.latency_calls {
             let t = Instant::now();
             direct_list(&http, sink_addr).await;
             d.push(t.elapsed().as_secs_f64() * 1e3);
             let t = Instant::now();
+            direct_list(&http, hop).await;
+            hops.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
             gateway_list(&mut c1).await;
             g.push(t.elapsed().as_secs_f64() * 1e3);
         }
-        let (d50, g50) = (median(d.clone()), median(g.clone()));
+        let (d50, g50, h50) = (median(d.clone()), median(g.clone()), median(hops.clone()));
         rows.push(Row {
             scenario: format!(
                 "4. ListAttachments ({} items) p50, concurrency 1",
@@ -633,7 +753,12 @@ async fn main() {
             direct: d50,
             gateway: g50,
             higher_is_better: false,
-            note: format!("added {:.3} ms", g50 - d50),
+            hop: Some(h50),
+            note: format!(
+                "added {:.3} ms (bare hop: {:.3} ms)",
+                g50 - d50,
+                h50 - d50
+            ),
         });
         rows.push(Row {
             scenario: "4. ListAttachments p99, concurrency 1".into(),
@@ -641,13 +766,14 @@ async fn main() {
             direct: percentile(d, 0.99),
             gateway: percentile(g, 0.99),
             higher_is_better: false,
+            hop: Some(percentile(hops, 0.99)),
             note: String::new(),
         });
     }
 
     // 5. Unary throughput at concurrency.
     if run(5) {
-        let (mut d, mut g) = (Vec::new(), Vec::new());
+        let (mut d, mut g, mut hops) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..p.rounds {
             let h = http.clone();
             let (secs, cpu) = bench_cpu(run_concurrent(
@@ -661,6 +787,16 @@ async fn main() {
             .await;
             d.push(p.unary_calls as f64 / secs);
             un_bench_direct += cpu;
+            let hc = http.clone();
+            let cpu = relay.cpu_seconds();
+            let secs = run_concurrent(p.unary_calls, p.unary_concurrency, move |_| {
+                let hc = hc.clone();
+                async move { direct_list(&hc, hop).await }
+            })
+            .await;
+            hop_un_cpu += relay.cpu_seconds() - cpu;
+            hop_un_calls += p.unary_calls;
+            hops.push(p.unary_calls as f64 / secs);
             let c = client.clone();
             let gw_cpu = gw.cpu_seconds();
             let (secs, cpu) = bench_cpu(run_concurrent(
@@ -684,17 +820,21 @@ async fn main() {
             direct: median(d),
             gateway: median(g),
             higher_is_better: true,
+            hop: Some(median(hops)),
             note: String::new(),
         });
     }
 
     // 6. Download.
     if run(6) {
-        let (mut d, mut g) = (Vec::new(), Vec::new());
+        let (mut d, mut g, mut hops) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..p.rounds {
             let t = Instant::now();
             assert_eq!(direct_download(&http, sink_addr).await, p.big);
             d.push(mib(p.big as f64) / t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            assert_eq!(direct_download(&http, hop).await, p.big);
+            hops.push(mib(p.big as f64) / t.elapsed().as_secs_f64());
             let t = Instant::now();
             assert_eq!(gateway_download(&mut client.clone()).await, p.big);
             g.push(mib(p.big as f64) / t.elapsed().as_secs_f64());
@@ -705,6 +845,7 @@ async fn main() {
             direct: median(d),
             gateway: median(g),
             higher_is_better: true,
+            hop: Some(median(hops)),
             note: String::new(),
         });
     }
@@ -738,6 +879,7 @@ async fn main() {
             direct: per_gib(up_bench_direct),
             gateway: per_gib(up_bench_gw),
             higher_is_better: false,
+            hop: None,
             note: "the bench process: the caller's side and the upstream's; the gateway's own CPU is apart".into(),
         });
     }
@@ -752,6 +894,7 @@ async fn main() {
             direct: per_10k(un_bench_direct),
             gateway: per_10k(un_bench_gw),
             higher_is_better: false,
+            hop: None,
             note: "the bench process; the gateway's own CPU is apart".into(),
         });
     }
@@ -765,11 +908,17 @@ async fn main() {
         if p.quick { "quick" } else { "full" },
         p.rounds
     );
-    println!("| scenario | unit | direct | via gateway | gateway/direct | note |");
-    println!("|---|---|---:|---:|---:|---|");
+    println!(
+        "| scenario | unit | direct | via gateway | gateway/direct | via a bare TCP hop | hop/direct | note |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---|");
     for r in &rows {
+        let (hop, hop_ratio) = match r.hop {
+            Some(h) => (format!("{h:.2}"), format!("{:.2}", h / r.direct)),
+            None => (String::new(), String::new()),
+        };
         println!(
-            "| {} | {} | {:.2} | {:.2} | {:.2}{} | {} |",
+            "| {} | {} | {:.2} | {:.2} | {:.2}{} | {hop} | {hop_ratio} | {} |",
             r.scenario,
             r.unit,
             r.direct,
@@ -789,6 +938,22 @@ async fn main() {
     println!(
         "| 7. gateway CPU per 10k unary calls | s | | {cpu_per_10k:.2} | | {unary_calls} calls |"
     );
+    let hop_per_gib = if hop_up_bytes > 0 {
+        hop_up_cpu / (hop_up_bytes as f64 / (1024.0 * MIB as f64))
+    } else {
+        f64::NAN
+    };
+    let hop_per_10k = if hop_un_calls > 0 {
+        hop_un_cpu / hop_un_calls as f64 * 10_000.0
+    } else {
+        f64::NAN
+    };
+    println!(
+        "| 7. bare hop's own CPU per GiB uploaded (scenario 1) | s | | | | {hop_per_gib:.2} | | the relay process; 10 ms ticks |"
+    );
+    println!(
+        "| 7. bare hop's own CPU per 10k unary calls (scenario 5) | s | | | | {hop_per_10k:.2} | | the relay process; 10 ms ticks |"
+    );
     println!(
         "\npeak RSS growth (32 concurrent big uploads): {:.1} MiB; sink received {:.0} MiB",
         peak_growth_kib as f64 / 1024.0,
@@ -803,11 +968,14 @@ async fn main() {
                    "unary_calls": p.unary_calls, "unary_concurrency": p.unary_concurrency, "chunk_bytes": p.chunk,
                    "list_items": p.list_items},
         "scenarios": rows.iter().map(|r| json!({"scenario": r.scenario, "unit": r.unit, "direct": r.direct,
-            "gateway": r.gateway, "ratio": r.ratio(), "note": r.note})).collect::<Vec<_>>(),
+            "gateway": r.gateway, "ratio": r.ratio(), "bare_hop": r.hop,
+            "bare_hop_ratio": r.hop.map(|h| h / r.direct), "note": r.note})).collect::<Vec<_>>(),
         "gateway_cpu_seconds_per_gib_uploaded": cpu_per_gib,
         "gateway_cpu_seconds_per_10k_unary": cpu_per_10k,
         "gateway_peak_rss_growth_mib": peak_growth_kib as f64 / 1024.0,
         "gateway_idle_rss_mib": idle_rss_kib as f64 / 1024.0,
+        "bare_hop_cpu_seconds_per_gib_uploaded": hop_per_gib,
+        "bare_hop_cpu_seconds_per_10k_unary": hop_per_10k,
     });
     let out = std::env::var("BENCH_OUT").unwrap_or_else(|_| {
         format!(
@@ -826,5 +994,7 @@ async fn main() {
         && r.gateway.is_finite()
         && r.direct > 0.0
         && r.gateway > 0.0));
+    assert!(rows.iter().filter_map(|r| r.hop).all(|h| h.is_finite() && h > 0.0));
     drop(gw);
+    drop(relay);
 }
