@@ -22,6 +22,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         // File bytes stay `bytes::Bytes` end to end: no copy into a Vec per chunk.
         .bytes(".corrigopro.attachments.v1")
+        .compile_fds(fds.clone())?;
+
+    // The gateway's own server side: the same messages, identical on the wire, but
+    // `google.protobuf.Struct` is carried as bytes already encoded (the list
+    // answer's JSON is written straight into them); see `upstream::struct_wire`.
+    let wire = out_dir.join("wire");
+    fs::create_dir_all(&wire)?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(false)
+        .bytes(".corrigopro.attachments.v1")
+        .extern_path(
+            ".google.protobuf.Struct",
+            "crate::upstream::struct_wire::RawStruct",
+        )
+        .out_dir(&wire)
         .compile_fds(fds)?;
     Ok(())
 }

@@ -754,11 +754,7 @@ async fn bench() {
             gateway: g50,
             higher_is_better: false,
             hop: Some(h50),
-            note: format!(
-                "added {:.3} ms (bare hop: {:.3} ms)",
-                g50 - d50,
-                h50 - d50
-            ),
+            note: format!("added {:.3} ms (bare hop: {:.3} ms)", g50 - d50, h50 - d50),
         });
         rows.push(Row {
             scenario: "4. ListAttachments p99, concurrency 1".into(),
@@ -994,7 +990,11 @@ async fn bench() {
         && r.gateway.is_finite()
         && r.direct > 0.0
         && r.gateway > 0.0));
-    assert!(rows.iter().filter_map(|r| r.hop).all(|h| h.is_finite() && h > 0.0));
+    assert!(
+        rows.iter()
+            .filter_map(|r| r.hop)
+            .all(|h| h.is_finite() && h > 0.0)
+    );
     drop(gw);
     drop(relay);
 }

@@ -8,3 +8,17 @@ tonic::include_proto!("corrigopro.attachments.v1");
 #[cfg(feature = "server")]
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("attachments_descriptor");
+
+/// The same messages and service as the gateway's server handles them: identical
+/// on the wire, but `google.protobuf.Struct` fields (`Attachment.upstream`) hold
+/// bytes already encoded ([`crate::upstream::struct_wire::RawStruct`]). Callers
+/// use the messages above.
+#[cfg(feature = "server")]
+pub mod wire {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/wire/corrigopro.attachments.v1.rs"
+    ));
+}

@@ -22,7 +22,7 @@ use crate::middleware::auth::AuthLayer;
 use crate::middleware::observe::ObserveLayer;
 use crate::middleware::rate_limit::RateLimitLayer;
 use crate::proto::FILE_DESCRIPTOR_SET;
-use crate::proto::attachment_service_server::AttachmentServiceServer;
+use crate::proto::wire::attachment_service_server::AttachmentServiceServer;
 use crate::upstream::{Upstream, UpstreamError};
 
 /// The health service name that stays SERVING until the process exits, for

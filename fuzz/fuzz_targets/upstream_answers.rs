@@ -6,14 +6,57 @@ use std::time::{Duration, SystemTime};
 
 use attachment_gateway::upstream::error::parse_retry_after;
 use attachment_gateway::upstream::model::{
-    parse_download_link, parse_list, parse_message_id, parse_upload_receipt,
+    parse_download_link, parse_list, parse_list_tree, parse_message_id, parse_upload_receipt,
 };
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {
-    if let Ok(items) = parse_list(body) {
-        for a in &items {
+    let fast = parse_list(body);
+    if let Ok(items) = &fast {
+        for a in items {
             assert!(!a.attachment_id.is_empty(), "an attachment without an id");
+            assert!(
+                a.raw.to_struct().is_ok(),
+                "an upstream object that is not protobuf"
+            );
+        }
+    }
+    // Bare arrays are read in one pass straight to wire bytes: the tree reader
+    // (every shape) must agree with it, field for field.
+    let tree = parse_list_tree(body);
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        assert_eq!(
+            fast.is_ok(),
+            tree.is_ok(),
+            "the two list readers disagree on success"
+        );
+        if let (Ok(a), Ok(b)) = (fast, tree) {
+            assert_eq!(
+                a.len(),
+                b.len(),
+                "the two list readers disagree on the count"
+            );
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!(
+                    (
+                        &x.attachment_id,
+                        &x.name,
+                        &x.mime_type,
+                        x.size_bytes,
+                        &x.document_type,
+                        &x.subtype
+                    ),
+                    (
+                        &y.attachment_id,
+                        &y.name,
+                        &y.mime_type,
+                        y.size_bytes,
+                        &y.document_type,
+                        &y.subtype
+                    ),
+                );
+                assert_eq!(x.raw.to_struct().ok(), y.raw.to_struct().ok());
+            }
         }
     }
     let asked_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);

@@ -9,7 +9,7 @@ use crate::domain::{
     FieldError, MessageId, MimeType, NewAttachment, PerformedBy, Violations, Visibility,
     WorkOrderId, declared_size,
 };
-use crate::proto;
+use crate::proto::wire as proto;
 use crate::upstream::UpstreamAttachment;
 
 fn document_type(v: i32) -> Result<Option<DocumentType>, FieldError> {

@@ -15,8 +15,8 @@ use tracing::Instrument;
 use super::status::{self, Op};
 use super::{AttachmentApi, DownloadStream};
 use crate::domain::AttachmentRef;
-use crate::proto::download_attachment_response::Payload;
-use crate::proto::{Attachment, DownloadAttachmentResponse};
+use crate::proto::wire::download_attachment_response::Payload;
+use crate::proto::wire::{Attachment, DownloadAttachmentResponse};
 use crate::upstream::UpstreamError;
 
 /// Messages queued toward a slow caller before the upstream read waits.

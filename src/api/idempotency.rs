@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::proto::UploadAttachmentResponse;
+use crate::proto::wire::UploadAttachmentResponse;
 
 /// The most writes remembered at once; the oldest go first.
 const CAPACITY: usize = 100_000;

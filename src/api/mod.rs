@@ -22,8 +22,8 @@ use tonic::{Request, Response, Status, Streaming};
 use self::status::Op;
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::proto::attachment_service_server::AttachmentService;
-use crate::proto::{
+use crate::proto::wire::attachment_service_server::AttachmentService;
+use crate::proto::wire::{
     DeleteAttachmentRequest, DeleteAttachmentResponse, DownloadAttachmentRequest,
     DownloadAttachmentResponse, GetDownloadUrlRequest, GetDownloadUrlResponse,
     ListAttachmentsRequest, ListAttachmentsResponse, UpdateAttachmentRequest,

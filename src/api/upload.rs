@@ -21,8 +21,8 @@ use tonic::{Code, Status, Streaming};
 
 use super::status::{self, Op, invalid_field};
 use super::{AttachmentApi, convert};
-use crate::proto::upload_attachment_request::Payload;
-use crate::proto::{UploadAttachmentRequest, UploadAttachmentResponse};
+use crate::proto::wire::upload_attachment_request::Payload;
+use crate::proto::wire::{UploadAttachmentRequest, UploadAttachmentResponse};
 
 /// Chunks queued between the caller's stream and the upstream body: memory per
 /// upload stays within a few chunks.

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod model;
 pub mod struct_json;
+pub mod struct_wire;
 
 use std::io;
 use std::sync::Arc;

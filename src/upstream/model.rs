@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::error::{UpstreamError, get_ci, value_str};
 use super::struct_json;
+use super::struct_wire::{self, RawStruct};
 use crate::domain::DOWNLOAD_LINK_TTL;
 use crate::secret::Secret;
 
@@ -21,8 +22,8 @@ pub struct UpstreamAttachment {
     /// The upstream's `DocumentType` spelling, verbatim.
     pub document_type: Option<String>,
     pub subtype: String,
-    /// The whole object, as received (as a protobuf `Struct`).
-    pub raw: prost_types::Struct,
+    /// The whole object, as received (as an encoded protobuf `Struct`).
+    pub raw: RawStruct,
 }
 
 /// A temporary link to an attachment's bytes. The URL carries a signature.
@@ -47,30 +48,68 @@ fn parse_json(body: &[u8]) -> Result<Value, UpstreamError> {
     serde_json::from_slice(body).map_err(|e| UpstreamError::Protocol(format!("not JSON: {e}")))
 }
 
-/// Reads one attachment object, keeping the object itself (moved, not copied).
+/// Reads one attachment object, keeping the object itself (encoded).
 fn attachment(obj: prost_types::Struct) -> Option<UpstreamAttachment> {
     use struct_json::{as_string, as_u64, get_ci};
     let s = |names: &[&str]| get_ci(&obj, names).and_then(as_string).unwrap_or_default();
-    let attachment_id = s(&["AttachmentId", "Id"]);
+    let attachment_id = s(struct_wire::ID);
     if attachment_id.is_empty() {
         return None;
     }
     Some(UpstreamAttachment {
         attachment_id,
-        name: s(&["Name", "FileName"]),
-        mime_type: s(&["MimeType", "ContentType"]),
-        size_bytes: get_ci(&obj, &["Size", "SizeBytes", "FileSize", "Length"])
+        name: s(struct_wire::NAME),
+        mime_type: s(struct_wire::MIME_TYPE),
+        size_bytes: get_ci(&obj, struct_wire::SIZE)
             .and_then(as_u64)
             .unwrap_or(0),
-        document_type: get_ci(&obj, &["DocumentType"]).and_then(as_string),
-        subtype: s(&["Subtype", "SubType"]),
-        raw: obj,
+        document_type: get_ci(&obj, struct_wire::DOCUMENT_TYPE).and_then(as_string),
+        subtype: s(struct_wire::SUBTYPE),
+        raw: RawStruct::from(&obj),
+    })
+}
+
+/// The same from an object read straight to wire bytes.
+fn wire_attachment(o: struct_wire::WireObject) -> Option<UpstreamAttachment> {
+    use struct_wire::{scalar_string, scalar_u64};
+    let [id, name, mime_type, size, document_type, subtype] = &o.fields;
+    let s = |v: &Option<struct_wire::Scalar>| v.as_ref().and_then(scalar_string);
+    let attachment_id = s(id).unwrap_or_default();
+    if attachment_id.is_empty() {
+        return None;
+    }
+    Some(UpstreamAttachment {
+        attachment_id,
+        name: s(name).unwrap_or_default(),
+        mime_type: s(mime_type).unwrap_or_default(),
+        size_bytes: size.as_ref().and_then(scalar_u64).unwrap_or(0),
+        document_type: s(document_type),
+        subtype: s(subtype).unwrap_or_default(),
+        raw: o.raw,
     })
 }
 
 /// Reads the list answer: a bare array of attachments, or an object holding one
 /// (under `Attachments`, `Items`, `Data`, `value`, or its only array field).
+///
+/// A bare array (the sandbox's shape, and the likely one) is read in one pass
+/// straight into wire bytes; any other shape through a value tree first.
 pub fn parse_list(body: &[u8]) -> Result<Vec<UpstreamAttachment>, UpstreamError> {
+    let first = body
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first == Some(&b'[') {
+        let items = struct_wire::read_array(body)
+            .map_err(|e| UpstreamError::Protocol(format!("not JSON: {e}")))?;
+        return Ok(items.into_iter().filter_map(wire_attachment).collect());
+    }
+    parse_list_tree(body)
+}
+
+/// [`parse_list`] through a value tree, for every shape. Public for the
+/// differential fuzz target, which checks both readers agree on arrays.
+#[doc(hidden)]
+pub fn parse_list_tree(body: &[u8]) -> Result<Vec<UpstreamAttachment>, UpstreamError> {
     use prost_types::value::Kind;
     let v =
         struct_json::parse(body).map_err(|e| UpstreamError::Protocol(format!("not JSON: {e}")))?;
@@ -205,7 +244,7 @@ mod tests {
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].size_bytes, 12);
         assert_eq!(l[0].document_type.as_deref(), Some("Picture"));
-        assert!(l[0].raw.fields.contains_key("Extra"));
+        assert!(l[0].raw.to_struct().unwrap().fields.contains_key("Extra"));
         let wrapped = br#"{"Attachments":[{"attachmentId":"a1","size":"7"}],"Total":1}"#;
         assert_eq!(parse_list(wrapped).unwrap()[0].size_bytes, 7);
         let other = br#"{"Whatever":[{"Id":"z"}]}"#;
@@ -214,6 +253,97 @@ mod tests {
         assert!(parse_list(b"null").unwrap().is_empty());
         assert!(parse_list(b"nope").is_err());
         assert!(parse_list(b"42").is_err());
+    }
+
+    /// Both readers' results, with each raw object in prost's canonical encoding
+    /// (the one-pass reader keeps the JSON's key order; prost writes a map in key
+    /// order, and the last of repeated keys).
+    fn decoded(
+        r: Result<Vec<UpstreamAttachment>, UpstreamError>,
+    ) -> Option<Vec<UpstreamAttachment>> {
+        r.ok().map(|l| {
+            l.into_iter()
+                .map(|mut a| {
+                    a.raw = RawStruct::from(&a.raw.to_struct().expect("valid protobuf"));
+                    a
+                })
+                .collect()
+        })
+    }
+
+    #[test]
+    fn both_list_readers_agree_on_arrays() {
+        for body in [
+            &br#"[{"AttachmentId":"a1","Name":"x.jpg","Size":12.7,"PerformedBy":{"Name":"Ana","Phone":null}}]"#[..],
+            br#" [ {"id": 5, "ID": "upper", "size": "-1", "SIZE": 3, "documenttype": 2}, 1, [], null, {"Id": ""} ] "#,
+            br#"[{"AttachmentId":"dup","AttachmentId":"last","FileName":"f","ContentType":"c","SubType":"s"}]"#,
+            br#"[{"AttachmentId":1e3,"Size":-0.0,"Length":"  42 "}, {"Id": 123456789012345678}]"#,
+            br#"[{"AttachmentId":"a"},]"#,
+            b"[",
+            b"[]",
+        ] {
+            assert_eq!(
+                decoded(parse_list(body)),
+                decoded(parse_list_tree(body)),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    mod differential {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn both_list_readers_agree_on_any_array(
+                objects in prop::collection::vec(
+                    prop::collection::vec(
+                        (
+                            prop::sample::select(vec![
+                                "AttachmentId", "attachmentid", "ATTACHMENTID", "Id", "id", "Name",
+                                "name", "FileName", "MimeType", "ContentType", "Size", "SIZE",
+                                "SizeBytes", "FileSize", "Length", "DocumentType", "Subtype",
+                                "SubType", "Other", "", "é",
+                            ]),
+                            prop_oneof![
+                                any::<String>().prop_map(serde_json::Value::from),
+                                any::<i64>().prop_map(serde_json::Value::from),
+                                any::<f64>()
+                                    .prop_filter("finite", |f| f.is_finite())
+                                    .prop_map(serde_json::Value::from),
+                                any::<bool>().prop_map(serde_json::Value::from),
+                                Just(serde_json::Value::Null),
+                                "[0-9 ]{0,6}".prop_map(serde_json::Value::from),
+                                prop::collection::vec(any::<u8>(), 0..300)
+                                    .prop_map(|v| serde_json::json!({"nested": v, "s": "x"})),
+                            ],
+                        ),
+                        0..12,
+                    ),
+                    0..6,
+                )
+            ) {
+                // Objects written by hand, so repeated keys survive into the text.
+                let text = format!(
+                    "[{}]",
+                    objects
+                        .iter()
+                        .map(|o| format!(
+                            "{{{}}}",
+                            o.iter()
+                                .map(|(k, v)| format!("{}:{v}", serde_json::Value::from(*k)))
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+                let body = text.as_bytes();
+                prop_assert_eq!(decoded(parse_list(body)), decoded(parse_list_tree(body)));
+            }
+        }
     }
 
     #[test]

@@ -109,21 +109,32 @@ pub fn get_ci<'a>(obj: &'a Struct, names: &[&str]) -> Option<&'a Value> {
 pub fn as_string(v: &Value) -> Option<String> {
     match v.kind.as_ref()? {
         Kind::StringValue(s) => Some(s.clone()),
-        Kind::NumberValue(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => {
-            Some(format!("{}", *n as i64))
-        }
-        Kind::NumberValue(n) => Some(n.to_string()),
+        Kind::NumberValue(n) => Some(number_text(*n)),
         _ => None,
+    }
+}
+
+/// A number's text: whole numbers without a fraction.
+pub fn number_text(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 9.0e15 {
+        format!("{}", n as i64)
+    } else {
+        n.to_string()
     }
 }
 
 /// A non-negative whole number, from a number or a numeric string.
 pub fn as_u64(v: &Value) -> Option<u64> {
     match v.kind.as_ref()? {
-        Kind::NumberValue(n) if *n >= 0.0 && n.is_finite() => Some(*n as u64),
+        Kind::NumberValue(n) => number_u64(*n),
         Kind::StringValue(s) => s.trim().parse().ok(),
         _ => None,
     }
+}
+
+/// A number as a non-negative whole number (the fraction dropped).
+pub fn number_u64(n: f64) -> Option<u64> {
+    (n >= 0.0 && n.is_finite()).then_some(n as u64)
 }
 
 #[cfg(test)]

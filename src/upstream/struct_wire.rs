@@ -1,0 +1,551 @@
+//! The list answer's JSON read straight into protobuf wire bytes.
+//!
+//! Each attachment object becomes the encoded body of a `google.protobuf.Struct`
+//! ([`RawStruct`]), written in one pass over the JSON text, while the few typed
+//! fields the gateway needs are picked up on the way. No map, no value tree, no
+//! allocation per field: building and then encoding `prost_types::Struct` maps was
+//! about a quarter of the gateway's CPU per `ListAttachments` call.
+//!
+//! The server's generated messages (`crate::proto::wire`) carry `RawStruct` where
+//! the contract says `google.protobuf.Struct`; the bytes on the wire are the same
+//! as prost would write for the equivalent `prost_types::Struct` (up to the order
+//! of map entries and the encoding of default map keys, which protobuf leaves
+//! free), so callers decode them with any protobuf library.
+
+use std::fmt;
+
+use bytes::{BufMut, Bytes};
+use prost::Message;
+use prost::encoding::{DecodeContext, WireType};
+use serde::Deserializer;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+/// A `google.protobuf.Struct`, kept as its encoded body (without tag or length).
+#[derive(Clone, PartialEq, Default)]
+pub struct RawStruct(Bytes);
+
+impl RawStruct {
+    /// The encoded body.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Decodes the bytes into a `prost_types::Struct`.
+    pub fn to_struct(&self) -> Result<prost_types::Struct, prost::DecodeError> {
+        prost_types::Struct::decode(self.0.clone())
+    }
+}
+
+impl From<&prost_types::Struct> for RawStruct {
+    fn from(s: &prost_types::Struct) -> Self {
+        Self(Bytes::from(s.encode_to_vec()))
+    }
+}
+
+impl fmt::Debug for RawStruct {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.to_struct() {
+            Ok(s) => f.debug_tuple("RawStruct").field(&s).finish(),
+            Err(_) => write!(f, "RawStruct(<{} undecodable bytes>)", self.0.len()),
+        }
+    }
+}
+
+impl Message for RawStruct {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        buf.put_slice(&self.0);
+    }
+
+    /// Decoding keeps the bytes too: each field is read as a `Struct` field (which
+    /// checks it) and written back, so a decoded `RawStruct` encodes the same map.
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        let mut field = prost_types::Struct::default();
+        field.merge_field(tag, wire_type, buf, ctx)?;
+        let mut bytes = Vec::with_capacity(self.0.len() + field.encoded_len());
+        bytes.extend_from_slice(&self.0);
+        field.encode_raw(&mut bytes);
+        self.0 = Bytes::from(bytes);
+        Ok(())
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0 = Bytes::new();
+    }
+}
+
+// ------------------------------------------------------------------ the writer
+
+// Field keys (field number << 3 | wire type) of the well-known types.
+const STRUCT_FIELDS: u8 = 0x0a; // Struct.fields = 1, map entries
+const ENTRY_KEY: u8 = 0x0a; // key = 1
+const ENTRY_VALUE: u8 = 0x12; // value = 2
+const NULL_VALUE: u8 = 0x08; // Value.null_value = 1, varint
+const NUMBER_VALUE: u8 = 0x11; // number_value = 2, fixed64
+const STRING_VALUE: u8 = 0x1a; // string_value = 3
+const BOOL_VALUE: u8 = 0x20; // bool_value = 4, varint
+const STRUCT_VALUE: u8 = 0x2a; // struct_value = 5
+const LIST_VALUE: u8 = 0x32; // list_value = 6
+const LIST_VALUES: u8 = 0x0a; // ListValue.values = 1
+
+/// Opens a length-delimited field: one byte is kept for the length, which is
+/// widened in [`close`] in the rare case the content reaches 128 bytes.
+fn open(buf: &mut Vec<u8>, key: u8) -> usize {
+    buf.push(key);
+    buf.push(0);
+    buf.len()
+}
+
+fn close(buf: &mut Vec<u8>, start: usize) {
+    let len = buf.len() - start;
+    if len < 0x80 {
+        buf[start - 1] = len as u8;
+    } else {
+        let mut prefix = Vec::with_capacity(10);
+        prost::encoding::encode_varint(len as u64, &mut prefix);
+        buf.splice(start - 1..start, prefix);
+    }
+}
+
+fn put_str(buf: &mut Vec<u8>, key: u8, s: &str) {
+    buf.push(key);
+    prost::encoding::encode_varint(s.len() as u64, buf);
+    buf.extend_from_slice(s.as_bytes());
+}
+
+/// What a value was, for the typed fields the gateway reads: strings are kept only
+/// when asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar {
+    Str(String),
+    Num(f64),
+    Other,
+}
+
+/// Writes one JSON value as the body of a `google.protobuf.Value`.
+struct ValueSeed<'b> {
+    buf: &'b mut Vec<u8>,
+    keep_string: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
+    type Value = Scalar;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Scalar, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed<'_> {
+    type Value = Scalar;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+        self.buf.extend_from_slice(&[BOOL_VALUE, u8::from(v)]);
+        Ok(Scalar::Other)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+        self.visit_f64(v as f64)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+        self.visit_f64(v as f64)
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+        self.buf.push(NUMBER_VALUE);
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        Ok(Scalar::Num(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+        put_str(self.buf, STRING_VALUE, v);
+        Ok(if self.keep_string {
+            Scalar::Str(v.to_string())
+        } else {
+            Scalar::Other
+        })
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+        self.buf.extend_from_slice(&[NULL_VALUE, 0]);
+        Ok(Scalar::Other)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Scalar, E> {
+        self.visit_unit()
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+        let list = open(self.buf, LIST_VALUE);
+        loop {
+            let item = open(self.buf, LIST_VALUES);
+            let seed = ValueSeed {
+                buf: &mut *self.buf,
+                keep_string: false,
+            };
+            if seq.next_element_seed(seed)?.is_none() {
+                // Take back the opened item: the list ended.
+                self.buf.truncate(item - 2);
+                break;
+            }
+            close(self.buf, item);
+        }
+        close(self.buf, list);
+        Ok(Scalar::Other)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scalar, A::Error> {
+        let body = open(self.buf, STRUCT_VALUE);
+        write_struct_body(self.buf, map, &mut NoPicks)?;
+        close(self.buf, body);
+        Ok(Scalar::Other)
+    }
+}
+
+/// Writes a map key as the entry's `key` field.
+struct KeySeed<'b> {
+    buf: &'b mut Vec<u8>,
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        put_str(self.buf, ENTRY_KEY, v);
+        Ok(())
+    }
+}
+
+/// Which top-level keys of an object to pick values up from.
+trait Picks {
+    /// The slot a key feeds, if any.
+    fn wants(&self, key: &str) -> bool;
+    fn offer(&mut self, key: &str, value: Scalar);
+}
+
+struct NoPicks;
+
+impl Picks for NoPicks {
+    fn wants(&self, _: &str) -> bool {
+        false
+    }
+    fn offer(&mut self, _: &str, _: Scalar) {}
+}
+
+/// Writes a JSON object's entries as a `Struct` body, offering top-level values to
+/// `picks` as it goes.
+fn write_struct_body<'de, A: MapAccess<'de>>(
+    buf: &mut Vec<u8>,
+    mut map: A,
+    picks: &mut dyn Picks,
+) -> Result<(), A::Error> {
+    loop {
+        let entry = open(buf, STRUCT_FIELDS);
+        let key_at = buf.len();
+        if map.next_key_seed(KeySeed { buf: &mut *buf })?.is_none() {
+            buf.truncate(entry - 2);
+            return Ok(());
+        }
+        // The key's text is in the buffer, after its tag and length.
+        let key_text = key_slice(buf, key_at);
+        let wanted = picks.wants(key_text);
+        let key = if wanted {
+            Some(key_text.to_string())
+        } else {
+            None
+        };
+        let value = open(buf, ENTRY_VALUE);
+        let scalar = map.next_value_seed(ValueSeed {
+            buf: &mut *buf,
+            keep_string: wanted,
+        })?;
+        close(buf, value);
+        close(buf, entry);
+        if let Some(key) = key {
+            picks.offer(&key, scalar);
+        }
+    }
+}
+
+/// The text of a key written by [`KeySeed`] at `at` (tag, varint length, bytes).
+fn key_slice(buf: &[u8], at: usize) -> &str {
+    let mut rest = &buf[at + 1..];
+    let len = prost::encoding::decode_varint(&mut rest).unwrap_or(0) as usize;
+    // Written from a `&str` just above, so always UTF-8; an empty key otherwise.
+    std::str::from_utf8(&rest[..len.min(rest.len())]).unwrap_or_default()
+}
+
+// ------------------------------------------------------------------ attachments
+
+/// The names each typed field may go by, case-insensitively, in order of preference.
+pub const ID: &[&str] = &["AttachmentId", "Id"];
+pub const NAME: &[&str] = &["Name", "FileName"];
+pub const MIME_TYPE: &[&str] = &["MimeType", "ContentType"];
+pub const SIZE: &[&str] = &["Size", "SizeBytes", "FileSize", "Length"];
+pub const DOCUMENT_TYPE: &[&str] = &["DocumentType"];
+pub const SUBTYPE: &[&str] = &["Subtype", "SubType"];
+const SLOTS: [&[&str]; 6] = [ID, NAME, MIME_TYPE, SIZE, DOCUMENT_TYPE, SUBTYPE];
+
+/// One object of the list: its encoded `Struct` body and the values picked up for
+/// the typed fields (by slot: id, name, MIME type, size, document type, subtype).
+#[derive(Debug)]
+pub struct WireObject {
+    pub raw: RawStruct,
+    pub fields: [Option<Scalar>; 6],
+}
+
+/// The best candidate so far for each slot: the earliest name in the slot's list
+/// wins; among keys matching the same name, the smallest key in byte order; a
+/// repeated key, its last value. The same choice as looking the key up in the
+/// decoded map.
+#[derive(Default)]
+struct AttachmentPicks {
+    best: [Option<(usize, String, Scalar)>; 6],
+}
+
+impl Picks for AttachmentPicks {
+    fn wants(&self, key: &str) -> bool {
+        SLOTS
+            .iter()
+            .any(|names| names.iter().any(|n| n.eq_ignore_ascii_case(key)))
+    }
+
+    fn offer(&mut self, key: &str, value: Scalar) {
+        for (slot, names) in SLOTS.iter().enumerate() {
+            let Some(rank) = names.iter().position(|n| n.eq_ignore_ascii_case(key)) else {
+                continue;
+            };
+            let better = match &self.best[slot] {
+                None => true,
+                Some((r, k, _)) => rank < *r || (rank == *r && key <= k.as_str()),
+            };
+            if better {
+                self.best[slot] = Some((rank, key.to_string(), value.clone()));
+            }
+        }
+    }
+}
+
+/// Reads one element of the list: an object is written out, anything else is
+/// skipped (`None`), as the tree reader skips it.
+struct ElementSeed<'b> {
+    buf: &'b mut Vec<u8>,
+}
+
+impl<'de> DeserializeSeed<'de> for ElementSeed<'_> {
+    type Value = Option<(std::ops::Range<usize>, [Option<Scalar>; 6])>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ElementSeed<'_> {
+    type Value = Option<(std::ops::Range<usize>, [Option<Scalar>; 6])>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an attachment object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let start = self.buf.len();
+        let mut picks = AttachmentPicks::default();
+        write_struct_body(self.buf, map, &mut picks)?;
+        let fields = picks.best.map(|b| b.map(|(_, _, v)| v));
+        Ok(Some((start..self.buf.len(), fields)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+struct ArrayVisitor<'b> {
+    buf: &'b mut Vec<u8>,
+}
+
+type Element = (std::ops::Range<usize>, [Option<Scalar>; 6]);
+
+impl<'de> Visitor<'de> for ArrayVisitor<'_> {
+    type Value = Vec<Element>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of attachments")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Element>, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(item) = seq.next_element_seed(ElementSeed {
+            buf: &mut *self.buf,
+        })? {
+            out.extend(item);
+        }
+        Ok(out)
+    }
+}
+
+/// Reads a JSON array of attachment objects in one pass. Elements that are not
+/// objects are skipped.
+pub fn read_array(body: &[u8]) -> Result<Vec<WireObject>, serde_json::Error> {
+    let mut buf = Vec::with_capacity(body.len() + body.len() / 4);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let items = de.deserialize_seq(ArrayVisitor { buf: &mut buf })?;
+    de.end()?;
+    let bytes = Bytes::from(buf);
+    Ok(items
+        .into_iter()
+        .map(|(range, fields)| WireObject {
+            raw: RawStruct(bytes.slice(range)),
+            fields,
+        })
+        .collect())
+}
+
+/// The value's text form for a string field: a string as is, a whole number
+/// without a fraction.
+pub fn scalar_string(v: &Scalar) -> Option<String> {
+    match v {
+        Scalar::Str(s) => Some(s.clone()),
+        Scalar::Num(n) => Some(super::struct_json::number_text(*n)),
+        Scalar::Other => None,
+    }
+}
+
+/// A non-negative whole number, from a number or a numeric string.
+pub fn scalar_u64(v: &Scalar) -> Option<u64> {
+    match v {
+        Scalar::Num(n) => super::struct_json::number_u64(*n),
+        Scalar::Str(s) => s.trim().parse().ok(),
+        Scalar::Other => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost_types::value::Kind;
+
+    fn decoded(o: &WireObject) -> prost_types::Struct {
+        o.raw.to_struct().expect("valid protobuf")
+    }
+
+    #[test]
+    fn writes_what_the_tree_reader_reads() {
+        let long = "x".repeat(300);
+        let body = format!(
+            r#"[{{"AttachmentId": "a", "n": 1.5, "neg": -3, "big": 18446744073709551615,
+                "t": true, "f": false, "z": null, "s": "{long}", "e": "", "": "empty key",
+                "l": [1, "two", [null], {{"k": []}}], "o": {{"inner": {{"deep": "{long}"}}}},
+                "esc": "a\"b\\u00e9"}}, 7, "skip", [1, 2], null, {{}}]"#
+        );
+        let items = read_array(body.as_bytes()).unwrap();
+        assert_eq!(items.len(), 2);
+        let tree = super::super::struct_json::parse(body.as_bytes()).unwrap();
+        let Some(Kind::ListValue(list)) = tree.kind else {
+            panic!("array")
+        };
+        let objects: Vec<_> = list
+            .values
+            .into_iter()
+            .filter_map(|v| match v.kind {
+                Some(Kind::StructValue(s)) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(decoded(&items[0]), objects[0]);
+        assert_eq!(decoded(&items[1]), objects[1]);
+        assert_eq!(items[0].fields[0], Some(Scalar::Str("a".into())));
+        // And the bytes are prost's own, entry for entry (prost orders the map by
+        // key; one entry here, so the order cannot differ).
+        let one = read_array(br#"[{"k": {"a": [1, "b", null, true]}}]"#).unwrap();
+        assert_eq!(one[0].raw.as_bytes(), decoded(&one[0]).encode_to_vec());
+    }
+
+    #[test]
+    fn picks_fields_as_the_map_lookup_does() {
+        let items = read_array(
+            br#"[{"id": "second", "ATTACHMENTID": "upper", "attachmentId": "lower",
+                  "SIZE": "12", "FileSize": 3, "name": 5, "Name": "later wins", "Name": "last"}]"#,
+        )
+        .unwrap();
+        let f = &items[0].fields;
+        // "ATTACHMENTID" < "attachmentId" in byte order; "Id" ranks after.
+        assert_eq!(f[0], Some(Scalar::Str("upper".into())));
+        assert_eq!(f[3], Some(Scalar::Str("12".into())));
+        // "Name" < "name"; the repeated "Name" keeps its last value.
+        assert_eq!(f[1], Some(Scalar::Str("last".into())));
+        assert_eq!(scalar_u64(f[3].as_ref().unwrap()), Some(12));
+        assert_eq!(scalar_string(&Scalar::Num(5.0)).as_deref(), Some("5"));
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_json_array() {
+        assert!(read_array(b"[{\"a\": 1}").is_err());
+        assert!(read_array(b"[] []").is_err());
+        assert!(read_array(b"{}").is_err());
+        assert!(read_array(b"[{\"a\": 1e999}]").is_err());
+    }
+
+    #[test]
+    fn a_raw_struct_decodes_and_reencodes_the_same() {
+        let items = read_array(br#"[{"a": {"b": [1, 2, 3]}, "c": "d"}]"#).unwrap();
+        let raw = &items[0].raw;
+        let again = RawStruct::decode(raw.as_bytes()).unwrap();
+        assert_eq!(again.to_struct().unwrap(), raw.to_struct().unwrap());
+        assert_eq!(
+            RawStruct::from(&raw.to_struct().unwrap())
+                .to_struct()
+                .unwrap(),
+            raw.to_struct().unwrap()
+        );
+    }
+}
