@@ -40,8 +40,9 @@ pub struct Upstream {
     api: reqwest::Client,
     download: reqwest::Client,
     tokens: Arc<TokenCache>,
-    attachments_url: String,
-    download_url_endpoint: String,
+    // Parsed once: reqwest would parse a string on every request.
+    attachments_url: reqwest::Url,
+    download_url_endpoint: reqwest::Url,
     work_order_param: String,
     max_body: usize,
     budget: Arc<UpstreamBudget>,
@@ -74,6 +75,11 @@ impl Drop for BreakerCall<'_> {
             self.breaker.release();
         }
     }
+}
+
+fn parse_url(url: &str) -> Result<reqwest::Url, UpstreamError> {
+    reqwest::Url::parse(url)
+        .map_err(|e| UpstreamError::Connect(format!("the upstream URL {url:?} is not valid: {e}")))
 }
 
 impl Upstream {
@@ -118,8 +124,8 @@ impl Upstream {
             api,
             download,
             tokens,
-            attachments_url: format!("{base}/api/attachments"),
-            download_url_endpoint: format!("{base}/api/attachments/downloadUrl"),
+            attachments_url: parse_url(&format!("{base}/api/attachments"))?,
+            download_url_endpoint: parse_url(&format!("{base}/api/attachments/downloadUrl"))?,
             work_order_param: s.work_order_query_param.clone(),
             max_body,
             budget,
@@ -312,7 +318,7 @@ impl Upstream {
     ) -> Result<Vec<UpstreamAttachment>, UpstreamError> {
         let build = |t: &Secret| {
             self.api
-                .get(&self.attachments_url)
+                .get(self.attachments_url.clone())
                 .query(&[(self.work_order_param.as_str(), wo.get())])
                 .header(header::ACCEPT, "application/json")
                 .bearer_auth(t.expose())
@@ -331,7 +337,7 @@ impl Upstream {
         let asked_at = SystemTime::now();
         let build = |t: &Secret| {
             self.api
-                .get(&self.download_url_endpoint)
+                .get(self.download_url_endpoint.clone())
                 .query(&[
                     ("AttachmentId", r.attachment_id.as_str()),
                     ("WorkOrderId", &r.work_order_id.to_string()),
@@ -374,7 +380,7 @@ impl Upstream {
                 let form = optional_enums(form, u.document_type, u.visibility)
                     .text("MessageId", u.message_id.as_str().to_string());
                 self.api
-                    .put(&self.attachments_url)
+                    .put(self.attachments_url.clone())
                     .header(header::ACCEPT, "application/json")
                     .bearer_auth(t.expose())
                     .multipart(form)
@@ -391,7 +397,7 @@ impl Upstream {
                     .text("AttachmentId", d.target.attachment_id.as_str().to_string())
                     .text("MessageId", d.message_id.as_str().to_string());
                 self.api
-                    .delete(&self.attachments_url)
+                    .delete(self.attachments_url.clone())
                     .header(header::ACCEPT, "application/json")
                     .bearer_auth(t.expose())
                     .multipart(form)
@@ -440,7 +446,7 @@ impl Upstream {
             .part("File", part);
         let request = self
             .api
-            .post(&self.attachments_url)
+            .post(self.attachments_url.clone())
             .header(header::ACCEPT, "application/json")
             .bearer_auth(token.expose())
             .multipart(form);

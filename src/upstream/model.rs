@@ -72,8 +72,8 @@ fn attachment(obj: prost_types::Struct) -> Option<UpstreamAttachment> {
 /// The same from an object read straight to wire bytes.
 fn wire_attachment(o: struct_wire::WireObject) -> Option<UpstreamAttachment> {
     use struct_wire::{scalar_string, scalar_u64};
-    let [id, name, mime_type, size, document_type, subtype] = &o.fields;
-    let s = |v: &Option<struct_wire::Scalar>| v.as_ref().and_then(scalar_string);
+    let [id, name, mime_type, size, document_type, subtype] = o.fields;
+    let s = |v: Option<struct_wire::Scalar>| v.and_then(scalar_string);
     let attachment_id = s(id).unwrap_or_default();
     if attachment_id.is_empty() {
         return None;

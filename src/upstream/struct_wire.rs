@@ -216,46 +216,63 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
     }
 }
 
-/// Writes a map key as the entry's `key` field.
+/// A key that feeds a typed field: which one, how preferred its name is, and the
+/// key itself (a slot name's length, so at most [`KEY_MAX`] bytes).
+#[derive(Clone, Copy)]
+struct Candidate {
+    slot: usize,
+    rank: usize,
+    key: [u8; KEY_MAX],
+    len: usize,
+}
+
+impl Candidate {
+    fn key(&self) -> &[u8] {
+        &self.key[..self.len]
+    }
+}
+
+/// Writes a map key as the entry's `key` field, and says whether it feeds a slot.
 struct KeySeed<'b> {
     buf: &'b mut Vec<u8>,
+    picks: &'b dyn Picks,
 }
 
 impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
-    type Value = ();
+    type Value = Option<Candidate>;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Candidate>, D::Error> {
         d.deserialize_str(self)
     }
 }
 
 impl<'de> Visitor<'de> for KeySeed<'_> {
-    type Value = ();
+    type Value = Option<Candidate>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an object key")
     }
 
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<Candidate>, E> {
         put_str(self.buf, ENTRY_KEY, v);
-        Ok(())
+        Ok(self.picks.slot(v))
     }
 }
 
 /// Which top-level keys of an object to pick values up from.
 trait Picks {
     /// The slot a key feeds, if any.
-    fn wants(&self, key: &str) -> bool;
-    fn offer(&mut self, key: &str, value: Scalar);
+    fn slot(&self, key: &str) -> Option<Candidate>;
+    fn offer(&mut self, key: Candidate, value: Scalar);
 }
 
 struct NoPicks;
 
 impl Picks for NoPicks {
-    fn wants(&self, _: &str) -> bool {
-        false
+    fn slot(&self, _: &str) -> Option<Candidate> {
+        None
     }
-    fn offer(&mut self, _: &str, _: Scalar) {}
+    fn offer(&mut self, _: Candidate, _: Scalar) {}
 }
 
 /// Writes a JSON object's entries as a `Struct` body, offering top-level values to
@@ -267,38 +284,28 @@ fn write_struct_body<'de, A: MapAccess<'de>>(
 ) -> Result<(), A::Error> {
     loop {
         let entry = open(buf, STRUCT_FIELDS);
-        let key_at = buf.len();
-        if map.next_key_seed(KeySeed { buf: &mut *buf })?.is_none() {
-            buf.truncate(entry - 2);
-            return Ok(());
-        }
-        // The key's text is in the buffer, after its tag and length.
-        let key_text = key_slice(buf, key_at);
-        let wanted = picks.wants(key_text);
-        let key = if wanted {
-            Some(key_text.to_string())
-        } else {
-            None
+        let seed = KeySeed {
+            buf: &mut *buf,
+            picks: &*picks,
+        };
+        let candidate = match map.next_key_seed(seed)? {
+            Some(c) => c,
+            None => {
+                buf.truncate(entry - 2);
+                return Ok(());
+            }
         };
         let value = open(buf, ENTRY_VALUE);
         let scalar = map.next_value_seed(ValueSeed {
             buf: &mut *buf,
-            keep_string: wanted,
+            keep_string: candidate.is_some(),
         })?;
         close(buf, value);
         close(buf, entry);
-        if let Some(key) = key {
-            picks.offer(&key, scalar);
+        if let Some(c) = candidate {
+            picks.offer(c, scalar);
         }
     }
-}
-
-/// The text of a key written by [`KeySeed`] at `at` (tag, varint length, bytes).
-fn key_slice(buf: &[u8], at: usize) -> &str {
-    let mut rest = &buf[at + 1..];
-    let len = prost::encoding::decode_varint(&mut rest).unwrap_or(0) as usize;
-    // Written from a `&str` just above, so always UTF-8; an empty key otherwise.
-    std::str::from_utf8(&rest[..len.min(rest.len())]).unwrap_or_default()
 }
 
 // ------------------------------------------------------------------ attachments
@@ -311,6 +318,8 @@ pub const SIZE: &[&str] = &["Size", "SizeBytes", "FileSize", "Length"];
 pub const DOCUMENT_TYPE: &[&str] = &["DocumentType"];
 pub const SUBTYPE: &[&str] = &["Subtype", "SubType"];
 const SLOTS: [&[&str]; 6] = [ID, NAME, MIME_TYPE, SIZE, DOCUMENT_TYPE, SUBTYPE];
+/// The longest slot name ("AttachmentId").
+const KEY_MAX: usize = 12;
 
 /// One object of the list: its encoded `Struct` body and the values picked up for
 /// the typed fields (by slot: id, name, MIME type, size, document type, subtype).
@@ -326,28 +335,35 @@ pub struct WireObject {
 /// decoded map.
 #[derive(Default)]
 struct AttachmentPicks {
-    best: [Option<(usize, String, Scalar)>; 6],
+    best: [Option<(Candidate, Scalar)>; 6],
 }
 
 impl Picks for AttachmentPicks {
-    fn wants(&self, key: &str) -> bool {
-        SLOTS
-            .iter()
-            .any(|names| names.iter().any(|n| n.eq_ignore_ascii_case(key)))
+    fn slot(&self, key: &str) -> Option<Candidate> {
+        if key.len() > KEY_MAX {
+            return None;
+        }
+        // Slot names are unique across slots, so the first match is the only one.
+        SLOTS.iter().enumerate().find_map(|(slot, names)| {
+            let rank = names.iter().position(|n| n.eq_ignore_ascii_case(key))?;
+            let mut c = Candidate {
+                slot,
+                rank,
+                key: [0; KEY_MAX],
+                len: key.len(),
+            };
+            c.key[..key.len()].copy_from_slice(key.as_bytes());
+            Some(c)
+        })
     }
 
-    fn offer(&mut self, key: &str, value: Scalar) {
-        for (slot, names) in SLOTS.iter().enumerate() {
-            let Some(rank) = names.iter().position(|n| n.eq_ignore_ascii_case(key)) else {
-                continue;
-            };
-            let better = match &self.best[slot] {
-                None => true,
-                Some((r, k, _)) => rank < *r || (rank == *r && key <= k.as_str()),
-            };
-            if better {
-                self.best[slot] = Some((rank, key.to_string(), value.clone()));
-            }
+    fn offer(&mut self, c: Candidate, value: Scalar) {
+        let better = match &self.best[c.slot] {
+            None => true,
+            Some((b, _)) => c.rank < b.rank || (c.rank == b.rank && c.key() <= b.key()),
+        };
+        if better {
+            self.best[c.slot] = Some((c, value));
         }
     }
 }
@@ -377,7 +393,7 @@ impl<'de> Visitor<'de> for ElementSeed<'_> {
         let start = self.buf.len();
         let mut picks = AttachmentPicks::default();
         write_struct_body(self.buf, map, &mut picks)?;
-        let fields = picks.best.map(|b| b.map(|(_, _, v)| v));
+        let fields = picks.best.map(|b| b.map(|(_, v)| v));
         Ok(Some((start..self.buf.len(), fields)))
     }
 
@@ -452,10 +468,10 @@ pub fn read_array(body: &[u8]) -> Result<Vec<WireObject>, serde_json::Error> {
 
 /// The value's text form for a string field: a string as is, a whole number
 /// without a fraction.
-pub fn scalar_string(v: &Scalar) -> Option<String> {
+pub fn scalar_string(v: Scalar) -> Option<String> {
     match v {
-        Scalar::Str(s) => Some(s.clone()),
-        Scalar::Num(n) => Some(super::struct_json::number_text(*n)),
+        Scalar::Str(s) => Some(s),
+        Scalar::Num(n) => Some(super::struct_json::number_text(n)),
         Scalar::Other => None,
     }
 }
@@ -524,7 +540,7 @@ mod tests {
         // "Name" < "name"; the repeated "Name" keeps its last value.
         assert_eq!(f[1], Some(Scalar::Str("last".into())));
         assert_eq!(scalar_u64(f[3].as_ref().unwrap()), Some(12));
-        assert_eq!(scalar_string(&Scalar::Num(5.0)).as_deref(), Some("5"));
+        assert_eq!(scalar_string(Scalar::Num(5.0)).as_deref(), Some("5"));
     }
 
     #[test]
