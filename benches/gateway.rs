@@ -277,9 +277,19 @@ struct RelayProcess {
 
 impl RelayProcess {
     fn start(sink: SocketAddr) -> Self {
+        Self::start_mode("BENCH_RELAY_TO", &sink.to_string())
+    }
+
+    /// A bare tonic server (the health service alone, no layers) in its own
+    /// process: the floor for a gRPC round trip on this machine.
+    fn start_grpc_floor() -> Self {
+        Self::start_mode("BENCH_GRPC_FLOOR", "1")
+    }
+
+    fn start_mode(var: &str, value: &str) -> Self {
         use std::io::BufRead;
         let mut child = Command::new(std::env::current_exe().expect("own path"))
-            .env("BENCH_RELAY_TO", sink.to_string())
+            .env(var, value)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -304,6 +314,25 @@ impl Drop for RelayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The bare gRPC server process: tonic's defaults, 256 KiB frames as the gateway.
+fn grpc_floor_main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        println!("{}", listener.local_addr().expect("addr"));
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let _ = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .max_frame_size(256 * 1024)
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await;
+    });
 }
 
 /// The relay process: as many runtime workers as the gateway runs by default (one
@@ -343,7 +372,7 @@ fn relay_main(to: &str) {
 
 type Client = AttachmentServiceClient<Channel>;
 
-async fn connect(addr: SocketAddr) -> Client {
+async fn connect(addr: SocketAddr) -> Channel {
     // As the crate's `GatewayClient` connects: DATA frames up to 256 KiB each way.
     let ep = Channel::from_shared(format!("http://{addr}"))
         .expect("uri")
@@ -351,7 +380,7 @@ async fn connect(addr: SocketAddr) -> Client {
         .max_frame_size(256 * 1024);
     for _ in 0..200 {
         if let Ok(ch) = ep.connect().await {
-            return AttachmentServiceClient::new(ch);
+            return ch;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -532,6 +561,9 @@ fn main() {
     if let Ok(to) = std::env::var("BENCH_RELAY_TO") {
         return relay_main(&to);
     }
+    if std::env::var_os("BENCH_GRPC_FLOOR").is_some() {
+        return grpc_floor_main();
+    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -558,7 +590,8 @@ async fn bench() {
     eprintln!("gateway process: pid {}", gw.pid());
     let relay = RelayProcess::start(sink_addr);
     let hop = relay.addr;
-    let client = connect(gw.addr).await;
+    let channel = connect(gw.addr).await;
+    let client = AttachmentServiceClient::new(channel.clone());
     let http = reqwest::Client::builder()
         .tcp_nodelay(true)
         .build()
@@ -584,6 +617,7 @@ async fn bench() {
     let mut gw_bytes = 0usize;
     let mut peak_growth_kib = 0u64;
     let mut unary_cpu = 0.0;
+    let mut health_p50: Option<(f64, f64)> = None;
     let mut unary_calls = 0usize;
     // CPU of this process (client + sink) per path: what the direct path costs in
     // all, and what the gateway path costs besides the gateway itself.
@@ -732,6 +766,14 @@ async fn bench() {
     if run(4) {
         let (mut d, mut g, mut hops) = (Vec::new(), Vec::new(), Vec::new());
         let mut c1 = client.clone();
+        // A health check through the same channel: a gRPC round trip through the
+        // gateway's layers with no upstream call, to split the added latency.
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let mut checks = Vec::new();
+        let floor = RelayProcess::start_grpc_floor();
+        let mut bare =
+            tonic_health::pb::health_client::HealthClient::new(connect(floor.addr).await);
+        let mut bare_checks = Vec::new();
         for _ in 0..p.latency_calls {
             let t = Instant::now();
             direct_list(&http, sink_addr).await;
@@ -742,6 +784,17 @@ async fn bench() {
             let t = Instant::now();
             gateway_list(&mut c1).await;
             g.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            health
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .expect("health check");
+            checks.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            bare.check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .expect("bare health check");
+            bare_checks.push(t.elapsed().as_secs_f64() * 1e3);
         }
         let (d50, g50, h50) = (median(d.clone()), median(g.clone()), median(hops.clone()));
         rows.push(Row {
@@ -765,6 +818,11 @@ async fn bench() {
             hop: Some(percentile(hops, 0.99)),
             note: String::new(),
         });
+        let (c50, b50) = (median(checks), median(bare_checks));
+        println!(
+            "scenario 4: a health check (a gRPC round trip, no upstream call) takes {c50:.3} ms at p50 through the gateway, {b50:.3} ms through a bare tonic server"
+        );
+        health_p50 = Some((c50, b50));
     }
 
     // 5. Unary throughput at concurrency.
@@ -944,11 +1002,21 @@ async fn bench() {
     } else {
         f64::NAN
     };
+    // /proc counts CPU in 10 ms ticks: a quick run may be too short to see any.
+    let ticks = |v: f64| {
+        if v > 0.0 {
+            format!("{v:.2}")
+        } else {
+            "too short to measure".to_string()
+        }
+    };
     println!(
-        "| 7. bare hop's own CPU per GiB uploaded (scenario 1) | s | | | | {hop_per_gib:.2} | | the relay process; 10 ms ticks |"
+        "| 7. bare hop's own CPU per GiB uploaded (scenario 1) | s | | | | {} | | the relay process |",
+        ticks(hop_per_gib)
     );
     println!(
-        "| 7. bare hop's own CPU per 10k unary calls (scenario 5) | s | | | | {hop_per_10k:.2} | | the relay process; 10 ms ticks |"
+        "| 7. bare hop's own CPU per 10k unary calls (scenario 5) | s | | | | {} | | the relay process |",
+        ticks(hop_per_10k)
     );
     println!(
         "\npeak RSS growth (32 concurrent big uploads): {:.1} MiB; sink received {:.0} MiB",
@@ -972,6 +1040,8 @@ async fn bench() {
         "gateway_idle_rss_mib": idle_rss_kib as f64 / 1024.0,
         "bare_hop_cpu_seconds_per_gib_uploaded": hop_per_gib,
         "bare_hop_cpu_seconds_per_10k_unary": hop_per_10k,
+        "gateway_health_check_p50_ms": health_p50.map(|h| h.0),
+        "bare_tonic_health_check_p50_ms": health_p50.map(|h| h.1),
     });
     let out = std::env::var("BENCH_OUT").unwrap_or_else(|_| {
         format!(
