@@ -250,6 +250,11 @@ mod tests {
         let other = br#"{"Whatever":[{"Id":"z"}]}"#;
         assert_eq!(parse_list(other).unwrap()[0].attachment_id, "z");
         assert!(parse_list(b"[]").unwrap().is_empty());
+        let escaped =
+            parse_list(r#"[{"Id":"r\u00e9sum\u00e9 \ud83d\ude00","Name":"café"}]"#.as_bytes())
+                .unwrap();
+        assert_eq!(escaped[0].attachment_id, "r\u{e9}sum\u{e9} \u{1f600}");
+        assert_eq!(escaped[0].name, "caf\u{e9}");
         assert!(parse_list(b"null").unwrap().is_empty());
         assert!(parse_list(b"nope").is_err());
         assert!(parse_list(b"42").is_err());
@@ -279,6 +284,8 @@ mod tests {
             br#"[{"AttachmentId":"dup","AttachmentId":"last","FileName":"f","ContentType":"c","SubType":"s"}]"#,
             br#"[{"AttachmentId":1e3,"Size":-0.0,"Length":"  42 "}, {"Id": 123456789012345678}]"#,
             br#"[{"AttachmentId":"a"},]"#,
+            b"[{\"AttachmentId\":\"\xc3\"}]",
+            "[{\"AttachmentId\":\"r\u{e9}sum\u{e9}\",\"Name\":\"\\u00e9\\ud83d\\ude00\"}]".as_bytes(),
             b"[",
             b"[]",
         ] {

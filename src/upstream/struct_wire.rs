@@ -117,8 +117,12 @@ fn close(buf: &mut Vec<u8>, start: usize) {
 }
 
 fn put_str(buf: &mut Vec<u8>, key: u8, s: &str) {
-    buf.push(key);
-    prost::encoding::encode_varint(s.len() as u64, buf);
+    if s.len() < 0x80 {
+        buf.extend_from_slice(&[key, s.len() as u8]);
+    } else {
+        buf.push(key);
+        prost::encoding::encode_varint(s.len() as u64, buf);
+    }
     buf.extend_from_slice(s.as_bytes());
 }
 
@@ -320,6 +324,20 @@ pub const SUBTYPE: &[&str] = &["Subtype", "SubType"];
 const SLOTS: [&[&str]; 6] = [ID, NAME, MIME_TYPE, SIZE, DOCUMENT_TYPE, SUBTYPE];
 /// The longest slot name ("AttachmentId").
 const KEY_MAX: usize = 12;
+/// Bit n is set when some slot name is n bytes long.
+const SLOT_LENGTHS: u32 = {
+    let mut bits = 0u32;
+    let mut i = 0;
+    while i < SLOTS.len() {
+        let mut j = 0;
+        while j < SLOTS[i].len() {
+            bits |= 1 << SLOTS[i][j].len();
+            j += 1;
+        }
+        i += 1;
+    }
+    bits
+};
 
 /// One object of the list: its encoded `Struct` body and the values picked up for
 /// the typed fields (by slot: id, name, MIME type, size, document type, subtype).
@@ -340,7 +358,8 @@ struct AttachmentPicks {
 
 impl Picks for AttachmentPicks {
     fn slot(&self, key: &str) -> Option<Candidate> {
-        if key.len() > KEY_MAX {
+        // Most keys are no slot's: rule them out by length first.
+        if key.len() > KEY_MAX || SLOT_LENGTHS & (1 << key.len()) == 0 {
             return None;
         }
         // Slot names are unique across slots, so the first match is the only one.
@@ -453,9 +472,22 @@ impl<'de> Visitor<'de> for ArrayVisitor<'_> {
 /// objects are skipped.
 pub fn read_array(body: &[u8]) -> Result<Vec<WireObject>, serde_json::Error> {
     let mut buf = Vec::with_capacity(body.len() + body.len() / 4);
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let items = de.deserialize_seq(ArrayVisitor { buf: &mut buf })?;
-    de.end()?;
+    // One UTF-8 check of the whole body spares serde_json one per string; a body
+    // that is not UTF-8 is read from bytes, for serde_json's own error.
+    let items = match std::str::from_utf8(body) {
+        Ok(text) => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let items = de.deserialize_seq(ArrayVisitor { buf: &mut buf })?;
+            de.end()?;
+            items
+        }
+        Err(_) => {
+            let mut de = serde_json::Deserializer::from_slice(body);
+            let items = de.deserialize_seq(ArrayVisitor { buf: &mut buf })?;
+            de.end()?;
+            items
+        }
+    };
     let bytes = Bytes::from(buf);
     Ok(items
         .into_iter()
@@ -549,6 +581,9 @@ mod tests {
         assert!(read_array(b"[] []").is_err());
         assert!(read_array(b"{}").is_err());
         assert!(read_array(b"[{\"a\": 1e999}]").is_err());
+        // Not UTF-8: in a string, and outside one.
+        assert!(read_array(b"[{\"a\": \"\xff\"}]").is_err());
+        assert!(read_array(b"[{\"a\": 1}\xff]").is_err());
     }
 
     #[test]
