@@ -69,26 +69,6 @@ fn attachment(obj: prost_types::Struct) -> Option<UpstreamAttachment> {
     })
 }
 
-/// The same from an object read straight to wire bytes.
-fn wire_attachment(o: struct_wire::WireObject) -> Option<UpstreamAttachment> {
-    use struct_wire::{scalar_string, scalar_u64};
-    let [id, name, mime_type, size, document_type, subtype] = o.fields;
-    let s = |v: Option<struct_wire::Scalar>| v.and_then(scalar_string);
-    let attachment_id = s(id).unwrap_or_default();
-    if attachment_id.is_empty() {
-        return None;
-    }
-    Some(UpstreamAttachment {
-        attachment_id,
-        name: s(name).unwrap_or_default(),
-        mime_type: s(mime_type).unwrap_or_default(),
-        size_bytes: size.as_ref().and_then(scalar_u64).unwrap_or(0),
-        document_type: s(document_type),
-        subtype: s(subtype).unwrap_or_default(),
-        raw: o.raw,
-    })
-}
-
 /// Reads the list answer: a bare array of attachments, or an object holding one
 /// (under `Attachments`, `Items`, `Data`, `value`, or its only array field).
 ///
@@ -99,9 +79,8 @@ pub fn parse_list(body: &[u8]) -> Result<Vec<UpstreamAttachment>, UpstreamError>
         .iter()
         .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
     if first == Some(&b'[') {
-        let items = struct_wire::read_array(body)
-            .map_err(|e| UpstreamError::Protocol(format!("not JSON: {e}")))?;
-        return Ok(items.into_iter().filter_map(wire_attachment).collect());
+        return struct_wire::read_attachments(body)
+            .map_err(|e| UpstreamError::Protocol(format!("not JSON: {e}")));
     }
     parse_list_tree(body)
 }

@@ -20,6 +20,8 @@ use prost::encoding::{DecodeContext, WireType};
 use serde::Deserializer;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use super::model::UpstreamAttachment;
+
 /// A `google.protobuf.Struct`, kept as its encoded body (without tag or length).
 #[derive(Clone, PartialEq, Default)]
 pub struct RawStruct(Bytes);
@@ -224,15 +226,15 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
 /// key itself (a slot name's length, so at most [`KEY_MAX`] bytes).
 #[derive(Clone, Copy)]
 struct Candidate {
-    slot: usize,
-    rank: usize,
+    slot: u8,
+    rank: u8,
+    len: u8,
     key: [u8; KEY_MAX],
-    len: usize,
 }
 
 impl Candidate {
     fn key(&self) -> &[u8] {
-        &self.key[..self.len]
+        &self.key[..usize::from(self.len)]
     }
 }
 
@@ -339,14 +341,6 @@ const SLOT_LENGTHS: u32 = {
     bits
 };
 
-/// One object of the list: its encoded `Struct` body and the values picked up for
-/// the typed fields (by slot: id, name, MIME type, size, document type, subtype).
-#[derive(Debug)]
-pub struct WireObject {
-    pub raw: RawStruct,
-    pub fields: [Option<Scalar>; 6],
-}
-
 /// The best candidate so far for each slot: the earliest name in the slot's list
 /// wins; among keys matching the same name, the smallest key in byte order; a
 /// repeated key, its last value. The same choice as looking the key up in the
@@ -366,10 +360,11 @@ impl Picks for AttachmentPicks {
         SLOTS.iter().enumerate().find_map(|(slot, names)| {
             let rank = names.iter().position(|n| n.eq_ignore_ascii_case(key))?;
             let mut c = Candidate {
-                slot,
-                rank,
+                // Both below 8, and the length at most KEY_MAX (checked above).
+                slot: slot as u8,
+                rank: rank as u8,
+                len: key.len() as u8,
                 key: [0; KEY_MAX],
-                len: key.len(),
             };
             c.key[..key.len()].copy_from_slice(key.as_bytes());
             Some(c)
@@ -377,125 +372,162 @@ impl Picks for AttachmentPicks {
     }
 
     fn offer(&mut self, c: Candidate, value: Scalar) {
-        let better = match &self.best[c.slot] {
+        let best = &mut self.best[usize::from(c.slot)];
+        let better = match best {
             None => true,
             Some((b, _)) => c.rank < b.rank || (c.rank == b.rank && c.key() <= b.key()),
         };
         if better {
-            self.best[c.slot] = Some((c, value));
+            *best = Some((c, value));
         }
     }
 }
 
-/// Reads one element of the list: an object is written out, anything else is
-/// skipped (`None`), as the tree reader skips it.
-struct ElementSeed<'b> {
-    buf: &'b mut Vec<u8>,
+impl AttachmentPicks {
+    /// The typed fields, as `model`'s tree reader derives them; `None` without an
+    /// id. `raw` is filled in once the whole answer is read.
+    fn finish(self) -> Option<UpstreamAttachment> {
+        let [id, name, mime_type, size, document_type, subtype] = self.best;
+        let s = |v: Option<(Candidate, Scalar)>| v.and_then(|(_, v)| scalar_string(v));
+        let attachment_id = s(id).unwrap_or_default();
+        if attachment_id.is_empty() {
+            return None;
+        }
+        Some(UpstreamAttachment {
+            attachment_id,
+            name: s(name).unwrap_or_default(),
+            mime_type: s(mime_type).unwrap_or_default(),
+            size_bytes: size.and_then(|(_, v)| scalar_u64(&v)).unwrap_or(0),
+            document_type: s(document_type),
+            subtype: s(subtype).unwrap_or_default(),
+            raw: RawStruct::default(),
+        })
+    }
 }
 
-impl<'de> DeserializeSeed<'de> for ElementSeed<'_> {
-    type Value = Option<(std::ops::Range<usize>, [Option<Scalar>; 6])>;
+/// Where the attachments read so far go: the typed fields, and the range of the
+/// shared buffer that holds each one's `Struct` body.
+struct Sink<'b> {
+    buf: &'b mut Vec<u8>,
+    items: &'b mut Vec<UpstreamAttachment>,
+    ranges: &'b mut Vec<std::ops::Range<usize>>,
+}
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+/// Reads one element of the list: an object with an id is kept, anything else is
+/// validated and skipped, as the tree reader skips it.
+struct ElementSeed<'s, 'b> {
+    sink: &'s mut Sink<'b>,
+}
+
+impl<'de> DeserializeSeed<'de> for ElementSeed<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for ElementSeed<'_> {
-    type Value = Option<(std::ops::Range<usize>, [Option<Scalar>; 6])>;
+impl<'de> Visitor<'de> for ElementSeed<'_, '_> {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an attachment object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        let start = self.buf.len();
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        let start = self.sink.buf.len();
         let mut picks = AttachmentPicks::default();
-        write_struct_body(self.buf, map, &mut picks)?;
-        let fields = picks.best.map(|b| b.map(|(_, v)| v));
-        Ok(Some((start..self.buf.len(), fields)))
+        write_struct_body(self.sink.buf, map, &mut picks)?;
+        match picks.finish() {
+            Some(a) => {
+                self.sink.items.push(a);
+                self.sink.ranges.push(start..self.sink.buf.len());
+            }
+            None => self.sink.buf.truncate(start),
+        }
+        Ok(())
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(None)
+        Ok(())
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
     }
 }
 
-struct ArrayVisitor<'b> {
-    buf: &'b mut Vec<u8>,
+struct ArrayVisitor<'s, 'b> {
+    sink: &'s mut Sink<'b>,
 }
 
-type Element = (std::ops::Range<usize>, [Option<Scalar>; 6]);
-
-impl<'de> Visitor<'de> for ArrayVisitor<'_> {
-    type Value = Vec<Element>;
+impl<'de> Visitor<'de> for ArrayVisitor<'_, '_> {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an array of attachments")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Element>, A::Error> {
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-        while let Some(item) = seq.next_element_seed(ElementSeed {
-            buf: &mut *self.buf,
-        })? {
-            out.extend(item);
-        }
-        Ok(out)
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq
+            .next_element_seed(ElementSeed {
+                sink: &mut *self.sink,
+            })?
+            .is_some()
+        {}
+        Ok(())
     }
 }
 
-/// Reads a JSON array of attachment objects in one pass. Elements that are not
-/// objects are skipped.
-pub fn read_array(body: &[u8]) -> Result<Vec<WireObject>, serde_json::Error> {
+/// Reads a JSON array of attachment objects in one pass, each object's entries
+/// written as a `Struct` body into one shared buffer. Elements that are not
+/// objects, and objects without an id, are skipped.
+pub fn read_attachments(body: &[u8]) -> Result<Vec<UpstreamAttachment>, serde_json::Error> {
     let mut buf = Vec::with_capacity(body.len() + body.len() / 4);
+    let (mut items, mut ranges) = (Vec::new(), Vec::new());
+    let mut sink = Sink {
+        buf: &mut buf,
+        items: &mut items,
+        ranges: &mut ranges,
+    };
     // One UTF-8 check of the whole body spares serde_json one per string; a body
     // that is not UTF-8 is read from bytes, for serde_json's own error.
-    let items = match std::str::from_utf8(body) {
+    match std::str::from_utf8(body) {
         Ok(text) => {
             let mut de = serde_json::Deserializer::from_str(text);
-            let items = de.deserialize_seq(ArrayVisitor { buf: &mut buf })?;
+            de.deserialize_seq(ArrayVisitor { sink: &mut sink })?;
             de.end()?;
-            items
         }
         Err(_) => {
             let mut de = serde_json::Deserializer::from_slice(body);
-            let items = de.deserialize_seq(ArrayVisitor { buf: &mut buf })?;
+            de.deserialize_seq(ArrayVisitor { sink: &mut sink })?;
             de.end()?;
-            items
         }
-    };
+    }
     let bytes = Bytes::from(buf);
-    Ok(items
-        .into_iter()
-        .map(|(range, fields)| WireObject {
-            raw: RawStruct(bytes.slice(range)),
-            fields,
-        })
-        .collect())
+    for (item, range) in items.iter_mut().zip(ranges) {
+        item.raw = RawStruct(bytes.slice(range));
+    }
+    Ok(items)
 }
 
 /// The value's text form for a string field: a string as is, a whole number
@@ -522,8 +554,8 @@ mod tests {
     use super::*;
     use prost_types::value::Kind;
 
-    fn decoded(o: &WireObject) -> prost_types::Struct {
-        o.raw.to_struct().expect("valid protobuf")
+    fn decoded(a: &UpstreamAttachment) -> prost_types::Struct {
+        a.raw.to_struct().expect("valid protobuf")
     }
 
     #[test]
@@ -533,10 +565,14 @@ mod tests {
             r#"[{{"AttachmentId": "a", "n": 1.5, "neg": -3, "big": 18446744073709551615,
                 "t": true, "f": false, "z": null, "s": "{long}", "e": "", "": "empty key",
                 "l": [1, "two", [null], {{"k": []}}], "o": {{"inner": {{"deep": "{long}"}}}},
-                "esc": "a\"b\\u00e9"}}, 7, "skip", [1, 2], null, {{}}]"#
+                "esc": "a\"b\\u00e9"}}, 7, "skip", [1, 2], null, {{}}, {{"Id": "b"}}]"#
         );
-        let items = read_array(body.as_bytes()).unwrap();
-        assert_eq!(items.len(), 2);
+        let items = read_attachments(body.as_bytes()).unwrap();
+        assert_eq!(
+            items.len(),
+            2,
+            "non-objects and objects without an id are skipped"
+        );
         let tree = super::super::struct_json::parse(body.as_bytes()).unwrap();
         let Some(Kind::ListValue(list)) = tree.kind else {
             panic!("array")
@@ -550,45 +586,48 @@ mod tests {
             })
             .collect();
         assert_eq!(decoded(&items[0]), objects[0]);
-        assert_eq!(decoded(&items[1]), objects[1]);
-        assert_eq!(items[0].fields[0], Some(Scalar::Str("a".into())));
+        assert_eq!(decoded(&items[1]), objects[2]);
+        assert_eq!(items[0].attachment_id, "a");
+        assert_eq!(items[1].attachment_id, "b");
         // And the bytes are prost's own, entry for entry (prost orders the map by
-        // key; one entry here, so the order cannot differ).
-        let one = read_array(br#"[{"k": {"a": [1, "b", null, true]}}]"#).unwrap();
+        // key; two entries in key order here, so the order cannot differ).
+        let one = read_attachments(br#"[{"Id": "x", "k": {"a": [1, "b", null, true]}}]"#).unwrap();
         assert_eq!(one[0].raw.as_bytes(), decoded(&one[0]).encode_to_vec());
     }
 
     #[test]
     fn picks_fields_as_the_map_lookup_does() {
-        let items = read_array(
+        let items = read_attachments(
             br#"[{"id": "second", "ATTACHMENTID": "upper", "attachmentId": "lower",
-                  "SIZE": "12", "FileSize": 3, "name": 5, "Name": "later wins", "Name": "last"}]"#,
+                  "SIZE": "12", "FileSize": 3, "name": 5, "Name": "later wins", "Name": "last",
+                  "contenttype": 7, "DocumentType": "Picture"}]"#,
         )
         .unwrap();
-        let f = &items[0].fields;
+        let a = &items[0];
         // "ATTACHMENTID" < "attachmentId" in byte order; "Id" ranks after.
-        assert_eq!(f[0], Some(Scalar::Str("upper".into())));
-        assert_eq!(f[3], Some(Scalar::Str("12".into())));
+        assert_eq!(a.attachment_id, "upper");
+        assert_eq!(a.size_bytes, 12);
         // "Name" < "name"; the repeated "Name" keeps its last value.
-        assert_eq!(f[1], Some(Scalar::Str("last".into())));
-        assert_eq!(scalar_u64(f[3].as_ref().unwrap()), Some(12));
+        assert_eq!(a.name, "last");
+        assert_eq!(a.mime_type, "7");
+        assert_eq!(a.document_type.as_deref(), Some("Picture"));
         assert_eq!(scalar_string(Scalar::Num(5.0)).as_deref(), Some("5"));
     }
 
     #[test]
     fn refuses_what_is_not_a_json_array() {
-        assert!(read_array(b"[{\"a\": 1}").is_err());
-        assert!(read_array(b"[] []").is_err());
-        assert!(read_array(b"{}").is_err());
-        assert!(read_array(b"[{\"a\": 1e999}]").is_err());
+        assert!(read_attachments(b"[{\"a\": 1}").is_err());
+        assert!(read_attachments(b"[] []").is_err());
+        assert!(read_attachments(b"{}").is_err());
+        assert!(read_attachments(b"[{\"a\": 1e999}]").is_err());
         // Not UTF-8: in a string, and outside one.
-        assert!(read_array(b"[{\"a\": \"\xff\"}]").is_err());
-        assert!(read_array(b"[{\"a\": 1}\xff]").is_err());
+        assert!(read_attachments(b"[{\"a\": \"\xff\"}]").is_err());
+        assert!(read_attachments(b"[{\"a\": 1}\xff]").is_err());
     }
 
     #[test]
     fn a_raw_struct_decodes_and_reencodes_the_same() {
-        let items = read_array(br#"[{"a": {"b": [1, 2, 3]}, "c": "d"}]"#).unwrap();
+        let items = read_attachments(br#"[{"Id": "i", "a": {"b": [1, 2, 3]}, "c": "d"}]"#).unwrap();
         let raw = &items[0].raw;
         let again = RawStruct::decode(raw.as_bytes()).unwrap();
         assert_eq!(again.to_struct().unwrap(), raw.to_struct().unwrap());
