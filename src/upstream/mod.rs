@@ -79,7 +79,8 @@ impl Drop for BreakerCall<'_> {
 
 fn parse_url(url: &str) -> Result<reqwest::Url, UpstreamError> {
     reqwest::Url::parse(url)
-        .map_err(|e| UpstreamError::Connect(format!("the upstream URL {url:?} is not valid: {e}")))
+        // Not quoted: a base URL may carry credentials.
+        .map_err(|e| UpstreamError::Connect(format!("upstream.base_url gives an invalid URL: {e}")))
 }
 
 impl Upstream {
