@@ -574,11 +574,19 @@ fn main() {
 
 async fn bench() {
     let full = std::env::args().any(|a| a == "--bench");
-    let p = if full {
+    let mut p = if full {
         Params::full()
     } else {
         Params::quick()
     };
+    // BENCH_CHUNK=65536: the caller's upload chunk size in bytes (default 256 KiB).
+    if let Some(chunk) = std::env::var("BENCH_CHUNK")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|c| (1024..=4 * MIB - 64).contains(c))
+    {
+        p.chunk = chunk;
+    }
     // BENCH_SCENARIOS=1,3 runs only those scenarios (for profiling one path).
     let only: Option<Vec<u32>> = std::env::var("BENCH_SCENARIOS")
         .ok()
