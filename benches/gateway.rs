@@ -316,7 +316,7 @@ impl Drop for RelayProcess {
     }
 }
 
-/// The bare gRPC server process: tonic's defaults, 256 KiB frames as the gateway.
+/// The bare gRPC server process: tonic's defaults, 512 KiB frames as the gateway.
 fn grpc_floor_main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -328,7 +328,7 @@ fn grpc_floor_main() {
         let (_reporter, health) = tonic_health::server::health_reporter();
         let _ = tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .max_frame_size(256 * 1024)
+            .max_frame_size(512 * 1024)
             .add_service(health)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await;
@@ -373,11 +373,11 @@ fn relay_main(to: &str) {
 type Client = AttachmentServiceClient<Channel>;
 
 async fn connect(addr: SocketAddr) -> Channel {
-    // As the crate's `GatewayClient` connects: DATA frames up to 256 KiB each way.
+    // As the crate's `GatewayClient` connects: DATA frames up to 512 KiB each way.
     let ep = Channel::from_shared(format!("http://{addr}"))
         .expect("uri")
         .tcp_nodelay(true)
-        .max_frame_size(256 * 1024);
+        .max_frame_size(512 * 1024);
     for _ in 0..200 {
         if let Ok(ch) = ep.connect().await {
             return ch;
