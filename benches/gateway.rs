@@ -266,17 +266,20 @@ impl Drop for GatewayProcess {
 
 // ---------------------------------------------------------------- the bare hop
 
-/// The cheapest extra hop there is: a TCP relay (this bench binary, re-run as its
-/// own process with `BENCH_RELAY_TO` set) that copies bytes between the caller and
-/// the sink and understands nothing. The direct client's requests through it
-/// measure what any proxy on this machine costs before doing any work of its own.
-struct RelayProcess {
+/// A baseline server: this bench binary re-run as its own process, which prints
+/// its address and serves until killed. Two kinds:
+/// - the cheapest extra hop there is, a TCP relay (`BENCH_RELAY_TO`) that copies
+///   bytes between the caller and the sink and understands nothing: the direct
+///   client's requests through it measure what any proxy on this machine costs
+///   before doing any work of its own;
+/// - a bare tonic server (`BENCH_GRPC_FLOOR`): what one gRPC round trip costs.
+struct BaselineProcess {
     child: Child,
     addr: SocketAddr,
 }
 
-impl RelayProcess {
-    fn start(sink: SocketAddr) -> Self {
+impl BaselineProcess {
+    fn start_relay(sink: SocketAddr) -> Self {
         Self::start_mode("BENCH_RELAY_TO", &sink.to_string())
     }
 
@@ -309,7 +312,7 @@ impl RelayProcess {
     }
 }
 
-impl Drop for RelayProcess {
+impl Drop for BaselineProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -596,7 +599,7 @@ async fn bench() {
     let (sink_addr, sink) = start_sink(&p).await;
     let gw = GatewayProcess::start(sink_addr);
     eprintln!("gateway process: pid {}", gw.pid());
-    let relay = RelayProcess::start(sink_addr);
+    let relay = BaselineProcess::start_relay(sink_addr);
     let hop = relay.addr;
     let channel = connect(gw.addr).await;
     let client = AttachmentServiceClient::new(channel.clone());
@@ -778,7 +781,7 @@ async fn bench() {
         // gateway's layers with no upstream call, to split the added latency.
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
         let mut checks = Vec::new();
-        let floor = RelayProcess::start_grpc_floor();
+        let floor = BaselineProcess::start_grpc_floor();
         let mut bare =
             tonic_health::pb::health_client::HealthClient::new(connect(floor.addr).await);
         let mut bare_checks = Vec::new();
