@@ -468,6 +468,7 @@ async fn gateway_list(c: &mut Client) {
     let r = c
         .list_attachments(ListAttachmentsRequest {
             work_order_id: 1001,
+            ..Default::default()
         })
         .await
         .expect("list");

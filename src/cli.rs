@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use attachment_gateway::client::{ClientError, GatewayClient, NewUpload, Progress};
-use attachment_gateway::proto::{Attachment, DocumentType, MessageVisibility};
+use attachment_gateway::proto::{Attachment, AttachmentView, DocumentType, MessageVisibility};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 use tonic::Code;
@@ -327,7 +327,11 @@ pub async fn run(cmd: Command) -> ExitCode {
         }
         Command::List { conn, work_order } => {
             let r = async {
-                let list = connect(&conn).await?.list(work_order).await?;
+                // The typed fields are all it prints: the cheaper view.
+                let list = connect(&conn)
+                    .await?
+                    .list_with_view(work_order, AttachmentView::Basic)
+                    .await?;
                 Ok(if conn.json {
                     serde_json::Value::Array(list.iter().map(attachment_json).collect()).to_string()
                 } else if list.is_empty() {

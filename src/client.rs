@@ -34,7 +34,7 @@ use crate::proto::attachment_service_client::AttachmentServiceClient;
 use crate::proto::download_attachment_response::Payload as Down;
 use crate::proto::upload_attachment_request::Payload as Up;
 use crate::proto::{
-    Attachment, DeleteAttachmentRequest, DocumentType, DownloadAttachmentRequest,
+    Attachment, AttachmentView, DeleteAttachmentRequest, DocumentType, DownloadAttachmentRequest,
     GetDownloadUrlRequest, GetDownloadUrlResponse, ListAttachmentsRequest, MessageVisibility,
     Person, UpdateAttachmentRequest, UploadAttachmentRequest, UploadAttachmentResponse,
     UploadMetadata,
@@ -387,10 +387,30 @@ impl GatewayClient {
         }
     }
 
+    /// Lists a work order's attachments with the FULL view: the typed fields and
+    /// each attachment's whole upstream object (`Attachment.upstream`).
     pub async fn list(&self, work_order_id: i64) -> Result<Vec<Attachment>, ClientError> {
+        self.list_with_view(work_order_id, AttachmentView::Full)
+            .await
+    }
+
+    /// Lists a work order's attachments with the given view. BASIC leaves
+    /// `Attachment.upstream` unset, which makes the call much cheaper for the
+    /// gateway and the caller (see BENCHMARKS.md).
+    pub async fn list_with_view(
+        &self,
+        work_order_id: i64,
+        view: AttachmentView,
+    ) -> Result<Vec<Attachment>, ClientError> {
         self.retrying(|| {
             let mut c = self.inner.clone();
-            let req = with_deadline(ListAttachmentsRequest { work_order_id }, self.timeout);
+            let req = with_deadline(
+                ListAttachmentsRequest {
+                    work_order_id,
+                    view: view as i32,
+                },
+                self.timeout,
+            );
             async move { Ok(c.list_attachments(req).await?.into_inner().attachments) }
         })
         .await

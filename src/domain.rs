@@ -400,6 +400,14 @@ impl Visibility {
     }
 }
 
+/// How much of each attachment a list returns: the typed fields alone, or with
+/// the upstream's whole object (`Attachment.upstream`) too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListView {
+    Basic,
+    Full,
+}
+
 /// Checks a declared upload size against the limit.
 pub fn declared_size(v: u64, limit: u64) -> Result<Option<u64>, FieldError> {
     match v {

@@ -128,6 +128,7 @@ async fn spans_reach_an_otlp_receiver_and_metrics_count_calls() {
     let caller_span = "00f067aa0ba902b7";
     let mut req = Request::new(ListAttachmentsRequest {
         work_order_id: 4242,
+        ..Default::default()
     });
     req.metadata_mut().insert(
         "traceparent",
@@ -143,7 +144,10 @@ async fn spans_reach_an_otlp_receiver_and_metrics_count_calls() {
     assert_eq!(list.attachments.len(), 1);
     // And a refused one (validation) in another trace.
     let _ = client
-        .list_attachments(ListAttachmentsRequest { work_order_id: 0 })
+        .list_attachments(ListAttachmentsRequest {
+            work_order_id: 0,
+            ..Default::default()
+        })
         .await;
 
     // The upstream got a traceparent of the caller's trace.

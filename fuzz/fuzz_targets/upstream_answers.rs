@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use attachment_gateway::domain::ListView;
 use attachment_gateway::upstream::error::parse_retry_after;
 use attachment_gateway::upstream::model::{
     parse_download_link, parse_list, parse_list_tree, parse_message_id, parse_upload_receipt,
@@ -11,7 +12,32 @@ use attachment_gateway::upstream::model::{
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {
-    let fast = parse_list(body);
+    let fast = parse_list(body, ListView::Full);
+    // The basic view reads the same typed fields and refuses the same input.
+    let basic = parse_list(body, ListView::Basic);
+    assert_eq!(
+        fast.is_ok(),
+        basic.is_ok(),
+        "the two views disagree on success"
+    );
+    if let (Ok(f), Ok(b)) = (&fast, &basic) {
+        assert_eq!(f.len(), b.len(), "the two views disagree on the count");
+        for (x, y) in f.iter().zip(b) {
+            assert_eq!(x.attachment_id, y.attachment_id);
+            assert_eq!(
+                (&x.name, &x.mime_type, x.size_bytes),
+                (&y.name, &y.mime_type, y.size_bytes)
+            );
+            assert_eq!(
+                (&x.document_type, &x.subtype),
+                (&y.document_type, &y.subtype)
+            );
+            assert!(
+                y.raw.as_bytes().is_empty(),
+                "the basic view kept a raw object"
+            );
+        }
+    }
     if let Ok(items) = &fast {
         for a in items {
             assert!(!a.attachment_id.is_empty(), "an attachment without an id");

@@ -6,7 +6,7 @@ use tonic::Status;
 use super::status::invalid_argument;
 use crate::domain::{
     AttachmentId, AttachmentName, AttachmentRef, AttachmentRemoval, AttachmentUpdate, DocumentType,
-    FieldError, MessageId, MimeType, NewAttachment, PerformedBy, Violations, Visibility,
+    FieldError, ListView, MessageId, MimeType, NewAttachment, PerformedBy, Violations, Visibility,
     WorkOrderId, declared_size,
 };
 use crate::proto::wire as proto;
@@ -128,6 +128,27 @@ pub fn work_order(id: i64) -> Result<WorkOrderId, Status> {
     done(v, wo)
 }
 
+fn list_view(v: i32) -> Result<ListView, FieldError> {
+    use proto::AttachmentView as P;
+    match P::try_from(v) {
+        Ok(P::Unspecified | P::Full) => Ok(ListView::Full),
+        Ok(P::Basic) => Ok(ListView::Basic),
+        Err(_) => Err(FieldError::new(
+            "UNKNOWN_ENUM_VALUE",
+            format!("{v} is not an AttachmentView value"),
+        )),
+    }
+}
+
+/// Validates a list request (every bad field reported at once).
+pub fn list_request(r: &proto::ListAttachmentsRequest) -> Result<(WorkOrderId, ListView), Status> {
+    let mut v = Violations::new();
+    let wo = v.check("work_order_id", WorkOrderId::new(r.work_order_id));
+    let view = v.check("view", list_view(r.view));
+    let value = (|| Some((wo?, view?)))();
+    done(v, value)
+}
+
 pub fn attachment_ref(work_order_id: i64, attachment_id: &str) -> Result<AttachmentRef, Status> {
     let mut v = Violations::new();
     let t = target(&mut v, work_order_id, attachment_id);
@@ -166,7 +187,7 @@ pub fn removal(r: proto::DeleteAttachmentRequest) -> Result<AttachmentRemoval, S
     done(v, value)
 }
 
-pub fn attachment(a: UpstreamAttachment) -> proto::Attachment {
+pub fn attachment(a: UpstreamAttachment, view: ListView) -> proto::Attachment {
     proto::Attachment {
         document_type: document_type_to_proto(a.document_type.as_deref()),
         attachment_id: a.attachment_id,
@@ -174,6 +195,9 @@ pub fn attachment(a: UpstreamAttachment) -> proto::Attachment {
         mime_type: a.mime_type,
         size_bytes: a.size_bytes,
         subtype: a.subtype,
-        upstream: Some(a.raw),
+        upstream: match view {
+            ListView::Full => Some(a.raw),
+            ListView::Basic => None,
+        },
     }
 }

@@ -277,18 +277,21 @@ impl AttachmentService for AttachmentApi {
         request: Request<ListAttachmentsRequest>,
     ) -> Result<Response<ListAttachmentsResponse>, Status> {
         let deadline = deadline(request.metadata(), self.limits.request_timeout);
-        let wo = convert::work_order(request.into_inner().work_order_id)?;
+        let (wo, view) = convert::list_request(request.get_ref())?;
         record_work_order(wo.get());
         let items = self
             .call(
                 deadline,
                 Op::Read,
                 "listing attachments",
-                self.upstream.list(wo, deadline),
+                self.upstream.list(wo, view, deadline),
             )
             .await?;
         Ok(Response::new(ListAttachmentsResponse {
-            attachments: items.into_iter().map(convert::attachment).collect(),
+            attachments: items
+                .into_iter()
+                .map(|a| convert::attachment(a, view))
+                .collect(),
         }))
     }
 

@@ -24,8 +24,8 @@ pub use self::error::{ApiError, UpstreamError, UpstreamViolation};
 pub use self::model::{DownloadLink, UploadReceipt, UpstreamAttachment};
 use crate::config::UpstreamSettings;
 use crate::domain::{
-    AttachmentRef, AttachmentRemoval, AttachmentUpdate, DocumentType, MessageId, NewAttachment,
-    Visibility, WorkOrderId,
+    AttachmentRef, AttachmentRemoval, AttachmentUpdate, DocumentType, ListView, MessageId,
+    NewAttachment, Visibility, WorkOrderId,
 };
 use crate::limits::{CircuitBreaker, RetryBudget, UpstreamBudget};
 use crate::metrics::{CallLabel, Metrics, UpstreamLabels};
@@ -315,6 +315,7 @@ impl Upstream {
     pub async fn list(
         &self,
         wo: WorkOrderId,
+        view: ListView,
         deadline: Instant,
     ) -> Result<Vec<UpstreamAttachment>, UpstreamError> {
         let build = |t: &Secret| {
@@ -327,7 +328,7 @@ impl Upstream {
         let resp = self
             .with_read_retries(deadline, || self.send_replayable("list", &build))
             .await?;
-        model::parse_list(&self.ok_body(resp).await?)
+        model::parse_list(&self.ok_body(resp).await?, view)
     }
 
     pub async fn download_link(

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::error::{UpstreamError, get_ci, value_str};
 use super::struct_json;
 use super::struct_wire::{self, RawStruct};
-use crate::domain::DOWNLOAD_LINK_TTL;
+use crate::domain::{DOWNLOAD_LINK_TTL, ListView};
 use crate::secret::Secret;
 
 /// One attachment as the upstream describes it.
@@ -22,7 +22,8 @@ pub struct UpstreamAttachment {
     /// The upstream's `DocumentType` spelling, verbatim.
     pub document_type: Option<String>,
     pub subtype: String,
-    /// The whole object, as received (as an encoded protobuf `Struct`).
+    /// The whole object, as received (as an encoded protobuf `Struct`); empty
+    /// when read for [`ListView::Basic`].
     pub raw: RawStruct,
 }
 
@@ -74,15 +75,21 @@ fn attachment(obj: prost_types::Struct) -> Option<UpstreamAttachment> {
 ///
 /// A bare array (the sandbox's shape, and the likely one) is read in one pass
 /// straight into wire bytes; any other shape through a value tree first.
-pub fn parse_list(body: &[u8]) -> Result<Vec<UpstreamAttachment>, UpstreamError> {
+pub fn parse_list(body: &[u8], view: ListView) -> Result<Vec<UpstreamAttachment>, UpstreamError> {
     let first = body
         .iter()
         .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
     if first == Some(&b'[') {
-        return struct_wire::read_attachments(body)
+        return struct_wire::read_attachments(body, view == ListView::Full)
             .map_err(|e| UpstreamError::Protocol(format!("not JSON: {e}")));
     }
-    parse_list_tree(body)
+    let mut items = parse_list_tree(body)?;
+    if view == ListView::Basic {
+        for a in &mut items {
+            a.raw = RawStruct::default();
+        }
+    }
+    Ok(items)
 }
 
 /// [`parse_list`] through a value tree, for every shape. Public for the
@@ -219,24 +226,32 @@ mod tests {
     #[test]
     fn list_shapes() {
         let arr = br#"[{"AttachmentId":"a1","Name":"x.jpg","MimeType":"image/jpeg","Size":12,"DocumentType":"Picture","Extra":true}]"#;
-        let l = parse_list(arr).unwrap();
+        let l = parse_list(arr, ListView::Full).unwrap();
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].size_bytes, 12);
         assert_eq!(l[0].document_type.as_deref(), Some("Picture"));
         assert!(l[0].raw.to_struct().unwrap().fields.contains_key("Extra"));
         let wrapped = br#"{"Attachments":[{"attachmentId":"a1","size":"7"}],"Total":1}"#;
-        assert_eq!(parse_list(wrapped).unwrap()[0].size_bytes, 7);
+        assert_eq!(
+            parse_list(wrapped, ListView::Full).unwrap()[0].size_bytes,
+            7
+        );
         let other = br#"{"Whatever":[{"Id":"z"}]}"#;
-        assert_eq!(parse_list(other).unwrap()[0].attachment_id, "z");
-        assert!(parse_list(b"[]").unwrap().is_empty());
-        let escaped =
-            parse_list(r#"[{"Id":"r\u00e9sum\u00e9 \ud83d\ude00","Name":"café"}]"#.as_bytes())
-                .unwrap();
+        assert_eq!(
+            parse_list(other, ListView::Full).unwrap()[0].attachment_id,
+            "z"
+        );
+        assert!(parse_list(b"[]", ListView::Full).unwrap().is_empty());
+        let escaped = parse_list(
+            r#"[{"Id":"r\u00e9sum\u00e9 \ud83d\ude00","Name":"café"}]"#.as_bytes(),
+            ListView::Full,
+        )
+        .unwrap();
         assert_eq!(escaped[0].attachment_id, "r\u{e9}sum\u{e9} \u{1f600}");
         assert_eq!(escaped[0].name, "caf\u{e9}");
-        assert!(parse_list(b"null").unwrap().is_empty());
-        assert!(parse_list(b"nope").is_err());
-        assert!(parse_list(b"42").is_err());
+        assert!(parse_list(b"null", ListView::Full).unwrap().is_empty());
+        assert!(parse_list(b"nope", ListView::Full).is_err());
+        assert!(parse_list(b"42", ListView::Full).is_err());
     }
 
     /// Both readers' results, with each raw object in prost's canonical encoding
@@ -269,12 +284,45 @@ mod tests {
             b"[]",
         ] {
             assert_eq!(
-                decoded(parse_list(body)),
+                decoded(parse_list(body, ListView::Full)),
                 decoded(parse_list_tree(body)),
                 "{}",
                 String::from_utf8_lossy(body)
             );
+            assert_eq!(
+                parse_list(body, ListView::Basic).ok(),
+                without_raw(parse_list(body, ListView::Full)),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
+    }
+
+    #[test]
+    fn the_basic_view_reads_the_typed_fields_only_in_every_shape() {
+        for body in [
+            &br#"[{"AttachmentId":"a1","Name":"x.jpg","Size":12,"Extra":{"k":[1]}}]"#[..],
+            br#"{"Attachments":[{"attachmentId":"a1","size":"7"}],"Total":1}"#,
+        ] {
+            let basic = parse_list(body, ListView::Basic).unwrap();
+            assert_eq!(basic[0].attachment_id, "a1");
+            assert!(basic[0].raw.as_bytes().is_empty());
+            assert_eq!(Some(basic), without_raw(parse_list(body, ListView::Full)));
+        }
+    }
+
+    /// The typed fields alone, as the basic view should read them.
+    fn without_raw(
+        r: Result<Vec<UpstreamAttachment>, UpstreamError>,
+    ) -> Option<Vec<UpstreamAttachment>> {
+        r.ok().map(|l| {
+            l.into_iter()
+                .map(|a| UpstreamAttachment {
+                    raw: RawStruct::default(),
+                    ..a
+                })
+                .collect()
+        })
     }
 
     mod differential {
@@ -327,7 +375,11 @@ mod tests {
                         .join(",")
                 );
                 let body = text.as_bytes();
-                prop_assert_eq!(decoded(parse_list(body)), decoded(parse_list_tree(body)));
+                prop_assert_eq!(decoded(parse_list(body, ListView::Full)), decoded(parse_list_tree(body)));
+                prop_assert_eq!(
+                    parse_list(body, ListView::Basic).ok(),
+                    without_raw(parse_list(body, ListView::Full))
+                );
             }
         }
     }

@@ -409,6 +409,9 @@ impl AttachmentPicks {
 /// shared buffer that holds each one's `Struct` body.
 struct Sink<'b> {
     buf: &'b mut Vec<u8>,
+    /// Whether each object's `Struct` body is kept; when not, the buffer is
+    /// scratch space, reused for each object.
+    keep_raw: bool,
     items: &'b mut Vec<UpstreamAttachment>,
     ranges: &'b mut Vec<std::ops::Range<usize>>,
 }
@@ -439,9 +442,13 @@ impl<'de> Visitor<'de> for ElementSeed<'_, '_> {
         let mut picks = AttachmentPicks::default();
         write_struct_body(self.sink.buf, map, &mut picks)?;
         match picks.finish() {
-            Some(a) => {
+            Some(a) if self.sink.keep_raw => {
                 self.sink.items.push(a);
                 self.sink.ranges.push(start..self.sink.buf.len());
+            }
+            Some(a) => {
+                self.sink.items.push(a);
+                self.sink.buf.truncate(start);
             }
             None => self.sink.buf.truncate(start),
         }
@@ -499,13 +506,22 @@ impl<'de> Visitor<'de> for ArrayVisitor<'_, '_> {
 }
 
 /// Reads a JSON array of attachment objects in one pass, each object's entries
-/// written as a `Struct` body into one shared buffer. Elements that are not
-/// objects, and objects without an id, are skipped.
-pub fn read_attachments(body: &[u8]) -> Result<Vec<UpstreamAttachment>, serde_json::Error> {
-    let mut buf = Vec::with_capacity(body.len() + body.len() / 4);
+/// written as a `Struct` body into one shared buffer (kept as `raw` when
+/// `keep_raw`). Elements that are not objects, and objects without an id, are
+/// skipped.
+pub fn read_attachments(
+    body: &[u8],
+    keep_raw: bool,
+) -> Result<Vec<UpstreamAttachment>, serde_json::Error> {
+    let mut buf = Vec::with_capacity(if keep_raw {
+        body.len() + body.len() / 4
+    } else {
+        1024
+    });
     let (mut items, mut ranges) = (Vec::new(), Vec::new());
     let mut sink = Sink {
         buf: &mut buf,
+        keep_raw,
         items: &mut items,
         ranges: &mut ranges,
     };
@@ -558,6 +574,31 @@ mod tests {
         a.raw.to_struct().expect("valid protobuf")
     }
 
+    fn read_attachments_full(body: &[u8]) -> Result<Vec<UpstreamAttachment>, serde_json::Error> {
+        read_attachments(body, true)
+    }
+
+    #[test]
+    fn without_raw_reads_the_same_typed_fields_and_refuses_the_same_input() {
+        for body in [
+            &br#"[{"AttachmentId": "a", "Name": "n", "Size": 3, "x": {"y": ["z"]}}, {"Id": "b"}, 7]"#[..],
+            b"[{\"a\": 1}",
+            b"[{\"Id\": \"\xff\"}]",
+        ] {
+            let full = read_attachments_full(body).map(|l| {
+                l.into_iter()
+                    .map(|a| UpstreamAttachment {
+                        raw: RawStruct::default(),
+                        ..a
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let basic = read_attachments(body, false);
+            assert_eq!(basic.as_ref().ok(), full.as_ref().ok());
+            assert_eq!(basic.is_err(), full.is_err());
+        }
+    }
+
     #[test]
     fn writes_what_the_tree_reader_reads() {
         let long = "x".repeat(300);
@@ -567,7 +608,7 @@ mod tests {
                 "l": [1, "two", [null], {{"k": []}}], "o": {{"inner": {{"deep": "{long}"}}}},
                 "esc": "a\"b\\u00e9"}}, 7, "skip", [1, 2], null, {{}}, {{"Id": "b"}}]"#
         );
-        let items = read_attachments(body.as_bytes()).unwrap();
+        let items = read_attachments_full(body.as_bytes()).unwrap();
         assert_eq!(
             items.len(),
             2,
@@ -591,13 +632,14 @@ mod tests {
         assert_eq!(items[1].attachment_id, "b");
         // And the bytes are prost's own, entry for entry (prost orders the map by
         // key; two entries in key order here, so the order cannot differ).
-        let one = read_attachments(br#"[{"Id": "x", "k": {"a": [1, "b", null, true]}}]"#).unwrap();
+        let one =
+            read_attachments_full(br#"[{"Id": "x", "k": {"a": [1, "b", null, true]}}]"#).unwrap();
         assert_eq!(one[0].raw.as_bytes(), decoded(&one[0]).encode_to_vec());
     }
 
     #[test]
     fn picks_fields_as_the_map_lookup_does() {
-        let items = read_attachments(
+        let items = read_attachments_full(
             br#"[{"id": "second", "ATTACHMENTID": "upper", "attachmentId": "lower",
                   "SIZE": "12", "FileSize": 3, "name": 5, "Name": "later wins", "Name": "last",
                   "contenttype": 7, "DocumentType": "Picture"}]"#,
@@ -616,18 +658,19 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_json_array() {
-        assert!(read_attachments(b"[{\"a\": 1}").is_err());
-        assert!(read_attachments(b"[] []").is_err());
-        assert!(read_attachments(b"{}").is_err());
-        assert!(read_attachments(b"[{\"a\": 1e999}]").is_err());
+        assert!(read_attachments_full(b"[{\"a\": 1}").is_err());
+        assert!(read_attachments_full(b"[] []").is_err());
+        assert!(read_attachments_full(b"{}").is_err());
+        assert!(read_attachments_full(b"[{\"a\": 1e999}]").is_err());
         // Not UTF-8: in a string, and outside one.
-        assert!(read_attachments(b"[{\"a\": \"\xff\"}]").is_err());
-        assert!(read_attachments(b"[{\"a\": 1}\xff]").is_err());
+        assert!(read_attachments_full(b"[{\"a\": \"\xff\"}]").is_err());
+        assert!(read_attachments_full(b"[{\"a\": 1}\xff]").is_err());
     }
 
     #[test]
     fn a_raw_struct_decodes_and_reencodes_the_same() {
-        let items = read_attachments(br#"[{"Id": "i", "a": {"b": [1, 2, 3]}, "c": "d"}]"#).unwrap();
+        let items =
+            read_attachments_full(br#"[{"Id": "i", "a": {"b": [1, 2, 3]}, "c": "d"}]"#).unwrap();
         let raw = &items[0].raw;
         let again = RawStruct::decode(raw.as_bytes()).unwrap();
         assert_eq!(again.to_struct().unwrap(), raw.to_struct().unwrap());

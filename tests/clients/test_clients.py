@@ -98,6 +98,11 @@ def test_python_client_uploads_lists_and_downloads(gateway, stubs):
         names = {a.name: a for a in listed.attachments}
         assert names["from-python.bin"].size_bytes == len(data)
         assert names["from-python.bin"].upstream["Name"] == "from-python.bin"
+        # The BASIC view: the same typed fields, no upstream object.
+        basic = stub.ListAttachments(pb2.ListAttachmentsRequest(
+            work_order_id=1002, view=pb2.ATTACHMENT_VIEW_BASIC), timeout=10)
+        b = {a.name: a for a in basic.attachments}["from-python.bin"]
+        assert b.size_bytes == len(data) and not b.HasField("upstream")
 
         got = bytearray()
         for msg in stub.DownloadAttachment(pb2.DownloadAttachmentRequest(work_order_id=1002, attachment_id=r.attachment_id), timeout=30):

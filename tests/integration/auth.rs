@@ -32,6 +32,7 @@ fn scratch(name: &str) -> tempfile::TempDir {
 fn list_req(token: Option<(&'static str, &str)>) -> Request<ListAttachmentsRequest> {
     let mut r = Request::new(ListAttachmentsRequest {
         work_order_id: 1001,
+        ..Default::default()
     });
     if let Some((header, value)) = token {
         r.metadata_mut()

@@ -205,6 +205,7 @@ async fn sandbox_mode_serves_and_stops_on_sigterm() {
     let list = client
         .list_attachments(ListAttachmentsRequest {
             work_order_id: 1001,
+            ..Default::default()
         })
         .await
         .expect("list")
@@ -441,6 +442,7 @@ async fn without_an_exporter_the_callers_trace_reaches_logs_and_upstream() {
     let caller_trace = "0af7651916cd43dd8448eb211c80319c";
     let mut req = tonic::Request::new(ListAttachmentsRequest {
         work_order_id: 1001,
+        ..Default::default()
     });
     let md = req.metadata_mut();
     md.insert(
@@ -457,6 +459,7 @@ async fn without_an_exporter_the_callers_trace_reaches_logs_and_upstream() {
     client
         .list_attachments(ListAttachmentsRequest {
             work_order_id: 1002,
+            ..Default::default()
         })
         .await
         .expect("list in a trace of its own");

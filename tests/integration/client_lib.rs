@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use attachment_gateway::client::{GatewayClient, NewUpload, guess_mime};
-use attachment_gateway::proto::{DocumentType, MessageVisibility};
+use attachment_gateway::proto::{AttachmentView, DocumentType, MessageVisibility};
 use serde_json::json;
 use tonic::Code;
 use wiremock::matchers::{method, path};
@@ -45,6 +45,15 @@ async fn upload_file_and_download_to_round_trip() {
 
     let listed = client.list(1002).await.expect("list");
     assert_eq!(listed.len(), 1);
+    assert!(listed[0].upstream.is_some(), "list() is the FULL view");
+    let basic = client
+        .list_with_view(1002, AttachmentView::Basic)
+        .await
+        .expect("list, basic view");
+    assert_eq!(
+        (basic[0].upstream.as_ref(), &basic[0].attachment_id),
+        (None, &r.attachment_id)
+    );
     let mut out = Vec::new();
     let m = client
         .download_to(1002, &r.attachment_id, &mut out, None)

@@ -34,6 +34,7 @@ async fn headers_past_the_limit_are_refused_and_the_gateway_stays_up() {
     let mut c = h.gateway.client();
     let mut req = tonic::Request::new(ListAttachmentsRequest {
         work_order_id: 1001,
+        ..Default::default()
     });
     req.metadata_mut()
         .insert("x-padding", "a".repeat(64 * 1024).parse().expect("ascii"));
@@ -52,6 +53,7 @@ async fn headers_past_the_limit_are_refused_and_the_gateway_stays_up() {
         .await
         .list_attachments(ListAttachmentsRequest {
             work_order_id: 1001,
+            ..Default::default()
         })
         .await
         .expect("still serving");
@@ -125,6 +127,7 @@ async fn many_connections_at_once_do_not_starve_real_callers() {
             let mut c = connect(addr).await;
             let mut req = tonic::Request::new(ListAttachmentsRequest {
                 work_order_id: 1001,
+                ..Default::default()
             });
             req.set_timeout(Duration::from_secs(10));
             c.list_attachments(req)

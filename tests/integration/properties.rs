@@ -3,7 +3,9 @@
 //! of the parser properties are the cargo-fuzz targets in `fuzz/`.
 
 use attachment_gateway::api::status::{Op, classify, from_upstream};
-use attachment_gateway::domain::{AttachmentName, MessageId, MimeType, PerformedBy, WorkOrderId};
+use attachment_gateway::domain::{
+    AttachmentName, ListView, MessageId, MimeType, PerformedBy, WorkOrderId,
+};
 use attachment_gateway::upstream::error::{parse_error_body, parse_retry_after};
 use attachment_gateway::upstream::model::{
     parse_download_link, parse_list, parse_message_id, parse_upload_receipt,
@@ -59,7 +61,7 @@ proptest! {
     #[test]
     fn parsers_never_panic_on_bytes(body in prop::collection::vec(any::<u8>(), 0..512), status in 100u16..600) {
         let _ = parse_error_body(status, &body, None);
-        let _ = parse_list(&body);
+        let _ = parse_list(&body, ListView::Full);
         let _ = parse_download_link(&body, std::time::SystemTime::now());
         let _ = parse_upload_receipt(&body);
         let _ = parse_message_id(&body);
@@ -71,7 +73,7 @@ proptest! {
         let e = parse_error_body(status, body.as_bytes(), None);
         prop_assert_eq!(e.http_status, status);
         prop_assert!(e.message.as_ref().is_none_or(|m| m.chars().count() <= 1001));
-        if let Ok(items) = parse_list(body.as_bytes()) {
+        if let Ok(items) = parse_list(body.as_bytes(), ListView::Full) {
             prop_assert!(items.iter().all(|a| !a.attachment_id.is_empty()));
         }
         if let Ok(link) = parse_download_link(body.as_bytes(), std::time::SystemTime::now()) {

@@ -55,9 +55,12 @@ async fn reads_retry_transient_failures_and_writes_do_not() {
         .await;
     let gw = Gateway::start(settings_for(&server.uri())).await;
     let mut c = gw.client();
-    c.list_attachments(ListAttachmentsRequest { work_order_id: 1 })
-        .await
-        .expect("503, 503, then 200: the gateway retried");
+    c.list_attachments(ListAttachmentsRequest {
+        work_order_id: 1,
+        ..Default::default()
+    })
+    .await
+    .expect("503, 503, then 200: the gateway retried");
     let err = c
         .upload_attachment(tokio_stream::iter(upload_messages(
             metadata(1, "a.bin"),
@@ -92,14 +95,20 @@ async fn the_circuit_opens_fails_fast_and_probes_its_way_back() {
     let mut c = gw.client();
     for _ in 0..3 {
         let err = c
-            .list_attachments(ListAttachmentsRequest { work_order_id: 1 })
+            .list_attachments(ListAttachmentsRequest {
+                work_order_id: 1,
+                ..Default::default()
+            })
             .await
             .expect_err("500");
         assert_eq!(err.code(), Code::Internal);
     }
     // Open: fails fast, nothing reaches the upstream.
     let err = c
-        .list_attachments(ListAttachmentsRequest { work_order_id: 1 })
+        .list_attachments(ListAttachmentsRequest {
+            work_order_id: 1,
+            ..Default::default()
+        })
         .await
         .expect_err("open");
     assert_eq!(err.code(), Code::Unavailable);
@@ -118,12 +127,18 @@ async fn the_circuit_opens_fails_fast_and_probes_its_way_back() {
         .mount(&server)
         .await;
     tokio::time::sleep(Duration::from_millis(550)).await;
-    c.list_attachments(ListAttachmentsRequest { work_order_id: 1 })
-        .await
-        .expect("probe");
-    c.list_attachments(ListAttachmentsRequest { work_order_id: 1 })
-        .await
-        .expect("closed");
+    c.list_attachments(ListAttachmentsRequest {
+        work_order_id: 1,
+        ..Default::default()
+    })
+    .await
+    .expect("probe");
+    c.list_attachments(ListAttachmentsRequest {
+        work_order_id: 1,
+        ..Default::default()
+    })
+    .await
+    .expect("closed");
 }
 
 #[tokio::test]
@@ -225,7 +240,10 @@ async fn a_slow_token_endpoint_is_bounded_by_the_callers_deadline() {
         .mount(&server)
         .await;
     let gw = Gateway::start(settings_for(&server.uri())).await;
-    let mut req = tonic::Request::new(ListAttachmentsRequest { work_order_id: 1 });
+    let mut req = tonic::Request::new(ListAttachmentsRequest {
+        work_order_id: 1,
+        ..Default::default()
+    });
     req.set_timeout(Duration::from_millis(500));
     let started = std::time::Instant::now();
     let err = gw
@@ -263,6 +281,7 @@ async fn a_token_expiring_during_a_long_upload_does_not_cut_it() {
         .client()
         .list_attachments(ListAttachmentsRequest {
             work_order_id: 1001,
+            ..Default::default()
         })
         .await
         .expect("list with a refreshed token");
@@ -392,7 +411,10 @@ async fn randomized_run_against_a_faulty_upstream_keeps_upstream_and_answers_in_
         stream_ops.push(tokio::spawn(async move {
             if kind < 3 {
                 let r = c
-                    .list_attachments(ListAttachmentsRequest { work_order_id: wo })
+                    .list_attachments(ListAttachmentsRequest {
+                        work_order_id: wo,
+                        ..Default::default()
+                    })
                     .await;
                 return (wo, data, None, Some(r.is_ok()), false, None);
             }

@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime};
 use crate::common::*;
 use attachment_gateway::proto::download_attachment_response::Payload as Down;
 use attachment_gateway::proto::{
-    DeleteAttachmentRequest, DocumentType, DownloadAttachmentRequest, GetDownloadUrlRequest,
-    ListAttachmentsRequest, MessageVisibility, UpdateAttachmentRequest,
+    Attachment, AttachmentView, DeleteAttachmentRequest, DocumentType, DownloadAttachmentRequest,
+    GetDownloadUrlRequest, ListAttachmentsRequest, MessageVisibility, UpdateAttachmentRequest,
 };
 use tonic::Code;
 
@@ -50,6 +50,7 @@ async fn upload_list_download_update_delete() {
     let list = c
         .list_attachments(ListAttachmentsRequest {
             work_order_id: 1002,
+            ..Default::default()
         })
         .await
         .expect("list")
@@ -65,6 +66,33 @@ async fn upload_list_download_update_delete() {
     assert!(
         raw.fields.contains_key("CreatedDate"),
         "unknown fields are kept"
+    );
+
+    // The views: FULL is what an unset view gives; BASIC the same typed fields
+    // without the upstream object.
+    let listed = |view: AttachmentView| {
+        let mut c = c.clone();
+        async move {
+            c.list_attachments(ListAttachmentsRequest {
+                work_order_id: 1002,
+                view: view as i32,
+            })
+            .await
+            .expect("list")
+            .into_inner()
+            .attachments
+        }
+    };
+    assert_eq!(listed(AttachmentView::Full).await, list.attachments);
+    let basic = listed(AttachmentView::Basic).await;
+    assert_eq!(basic.len(), 1);
+    assert_eq!(basic[0].upstream, None);
+    assert_eq!(
+        basic[0],
+        Attachment {
+            upstream: None,
+            ..a.clone()
+        }
     );
 
     // Download link: expires about 15 minutes from now.
@@ -287,6 +315,7 @@ async fn unknown_work_order_and_attachment() {
     let err = c
         .list_attachments(ListAttachmentsRequest {
             work_order_id: 999_999,
+            ..Default::default()
         })
         .await
         .expect_err("no such work order");

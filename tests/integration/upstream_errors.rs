@@ -27,7 +27,10 @@ async fn mock_token(server: &MockServer, token: &str) {
 }
 
 fn list(wo: i64) -> Request<ListAttachmentsRequest> {
-    Request::new(ListAttachmentsRequest { work_order_id: wo })
+    Request::new(ListAttachmentsRequest {
+        work_order_id: wo,
+        ..Default::default()
+    })
 }
 
 #[tokio::test]

@@ -337,10 +337,32 @@ async fn unary_requests_are_validated() {
     let h = with_sandbox().await;
     let mut c = h.gateway.client();
     let err = c
-        .list_attachments(ListAttachmentsRequest { work_order_id: 0 })
+        .list_attachments(ListAttachmentsRequest {
+            work_order_id: 0,
+            ..Default::default()
+        })
         .await
         .expect_err("wo");
     assert_invalid(&err, "work_order_id", "OUT_OF_RANGE");
+
+    let err = c
+        .list_attachments(ListAttachmentsRequest {
+            work_order_id: 1001,
+            view: 9,
+        })
+        .await
+        .expect_err("view");
+    assert_invalid(&err, "view", "UNKNOWN_ENUM_VALUE");
+    // Every bad field at once.
+    let err = c
+        .list_attachments(ListAttachmentsRequest {
+            work_order_id: -1,
+            view: -2,
+        })
+        .await
+        .expect_err("both");
+    assert_invalid(&err, "work_order_id", "OUT_OF_RANGE");
+    assert_invalid(&err, "view", "UNKNOWN_ENUM_VALUE");
 
     let err = c
         .get_download_url(GetDownloadUrlRequest {
