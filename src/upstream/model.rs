@@ -279,6 +279,8 @@ mod tests {
             br#"[{"AttachmentId":1e3,"Size":-0.0,"Length":"  42 "}, {"Id": 123456789012345678}]"#,
             br#"[{"AttachmentId":"a"},]"#,
             b"[{\"AttachmentId\":\"\xc3\"}]",
+            b"[[\"m\xa2[\"\r\r\r]]",
+            b"[1, {\"Id\": \"a\"}, \"\xff\"]",
             "[{\"AttachmentId\":\"r\u{e9}sum\u{e9}\",\"Name\":\"\\u00e9\\ud83d\\ude00\"}]".as_bytes(),
             b"[",
             b"[]",

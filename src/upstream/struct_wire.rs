@@ -525,20 +525,18 @@ pub fn read_attachments(
         items: &mut items,
         ranges: &mut ranges,
     };
-    // One UTF-8 check of the whole body spares serde_json one per string; a body
-    // that is not UTF-8 is read from bytes, for serde_json's own error.
-    match std::str::from_utf8(body) {
-        Ok(text) => {
-            let mut de = serde_json::Deserializer::from_str(text);
-            de.deserialize_seq(ArrayVisitor { sink: &mut sink })?;
-            de.end()?;
-        }
-        Err(_) => {
-            let mut de = serde_json::Deserializer::from_slice(body);
-            de.deserialize_seq(ArrayVisitor { sink: &mut sink })?;
-            de.end()?;
-        }
-    }
+    // One UTF-8 check of the whole body spares serde_json one per string. A body
+    // that is not UTF-8 is refused whole, as the tree reader refuses it: read from
+    // bytes, serde_json would not check the strings of the elements it skips.
+    let text = std::str::from_utf8(body).map_err(|e| {
+        <serde_json::Error as de::Error>::custom(format_args!(
+            "invalid UTF-8 at byte {}",
+            e.valid_up_to()
+        ))
+    })?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.deserialize_seq(ArrayVisitor { sink: &mut sink })?;
+    de.end()?;
     let bytes = Bytes::from(buf);
     for (item, range) in items.iter_mut().zip(ranges) {
         item.raw = RawStruct(bytes.slice(range));
@@ -665,6 +663,9 @@ mod tests {
         // Not UTF-8: in a string, and outside one.
         assert!(read_attachments_full(b"[{\"a\": \"\xff\"}]").is_err());
         assert!(read_attachments_full(b"[{\"a\": 1}\xff]").is_err());
+        // Found by the fuzz target: a bad string inside an element that is skipped.
+        assert!(read_attachments_full(b"[[\"m\xa2[\"\r\r\r]]").is_err());
+        assert!(read_attachments(b"[7, \"\xff\"]", false).is_err());
     }
 
     #[test]
