@@ -20,8 +20,8 @@ use attachment_gateway::proto::attachment_service_client::AttachmentServiceClien
 use attachment_gateway::proto::download_attachment_response::Payload as Down;
 use attachment_gateway::proto::upload_attachment_request::Payload;
 use attachment_gateway::proto::{
-    DownloadAttachmentRequest, ListAttachmentsRequest, Person, UploadAttachmentRequest,
-    UploadMetadata,
+    AttachmentView, DownloadAttachmentRequest, ListAttachmentsRequest, Person,
+    UploadAttachmentRequest, UploadMetadata,
 };
 use axum::extract::{Multipart, State};
 use axum::routing::{get, post};
@@ -464,11 +464,11 @@ async fn direct_list(http: &reqwest::Client, sink: SocketAddr) {
     assert!(v.is_array());
 }
 
-async fn gateway_list(c: &mut Client) {
+async fn gateway_list(c: &mut Client, view: AttachmentView) {
     let r = c
         .list_attachments(ListAttachmentsRequest {
             work_order_id: 1001,
-            ..Default::default()
+            view: view as i32,
         })
         .await
         .expect("list");
@@ -618,7 +618,8 @@ async fn bench() {
         direct_upload(&http, sink_addr, small.clone(), p.chunk).await;
         gateway_upload(&mut client.clone(), small.clone(), p.chunk).await;
         direct_list(&http, sink_addr).await;
-        gateway_list(&mut client.clone()).await;
+        gateway_list(&mut client.clone(), AttachmentView::Full).await;
+        gateway_list(&mut client.clone(), AttachmentView::Basic).await;
         direct_upload(&http, hop, small.clone(), p.chunk).await;
         direct_list(&http, hop).await;
     }
@@ -635,6 +636,8 @@ async fn bench() {
     // all, and what the gateway path costs besides the gateway itself.
     let (mut up_bench_direct, mut up_bench_gw, mut up_bytes) = (0.0, 0.0, 0usize);
     let (mut un_bench_direct, mut un_bench_gw, mut un_calls) = (0.0, 0.0, 0usize);
+    // The same for the BASIC view's calls (as many as the FULL view's).
+    let (mut basic_cpu, mut basic_bench) = (0.0, 0.0);
     // The bare hop's own CPU, for the same work as the gateway's.
     let (mut hop_up_cpu, mut hop_up_bytes, mut hop_un_cpu, mut hop_un_calls) =
         (0.0, 0usize, 0.0, 0usize);
@@ -777,6 +780,7 @@ async fn bench() {
     // 4. Unary latency at concurrency 1.
     if run(4) {
         let (mut d, mut g, mut hops) = (Vec::new(), Vec::new(), Vec::new());
+        let mut g_basic = Vec::new();
         let mut c1 = client.clone();
         // A health check through the same channel: a gRPC round trip through the
         // gateway's layers with no upstream call, to split the added latency.
@@ -794,8 +798,11 @@ async fn bench() {
             direct_list(&http, hop).await;
             hops.push(t.elapsed().as_secs_f64() * 1e3);
             let t = Instant::now();
-            gateway_list(&mut c1).await;
+            gateway_list(&mut c1, AttachmentView::Full).await;
             g.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            gateway_list(&mut c1, AttachmentView::Basic).await;
+            g_basic.push(t.elapsed().as_secs_f64() * 1e3);
             let t = Instant::now();
             health
                 .check(tonic_health::pb::HealthCheckRequest::default())
@@ -809,9 +816,10 @@ async fn bench() {
             bare_checks.push(t.elapsed().as_secs_f64() * 1e3);
         }
         let (d50, g50, h50) = (median(d.clone()), median(g.clone()), median(hops.clone()));
+        let gb50 = median(g_basic);
         rows.push(Row {
             scenario: format!(
-                "4. ListAttachments ({} items) p50, concurrency 1",
+                "4. ListAttachments ({} items) p50, concurrency 1, FULL view (the default)",
                 p.list_items
             ),
             unit: "ms",
@@ -822,7 +830,16 @@ async fn bench() {
             note: format!("added {:.3} ms (bare hop: {:.3} ms)", g50 - d50, h50 - d50),
         });
         rows.push(Row {
-            scenario: "4. ListAttachments p99, concurrency 1".into(),
+            scenario: "4. ListAttachments p50, concurrency 1, BASIC view".into(),
+            unit: "ms",
+            direct: d50,
+            gateway: gb50,
+            higher_is_better: false,
+            hop: Some(h50),
+            note: format!("added {:.3} ms", gb50 - d50),
+        });
+        rows.push(Row {
+            scenario: "4. ListAttachments p99, concurrency 1, FULL view".into(),
             unit: "ms",
             direct: percentile(d, 0.99),
             gateway: percentile(g, 0.99),
@@ -840,6 +857,7 @@ async fn bench() {
     // 5. Unary throughput at concurrency.
     if run(5) {
         let (mut d, mut g, mut hops) = (Vec::new(), Vec::new(), Vec::new());
+        let mut g_basic = Vec::new();
         for _ in 0..p.rounds {
             let h = http.clone();
             let (secs, cpu) = bench_cpu(run_concurrent(
@@ -863,31 +881,56 @@ async fn bench() {
             hop_un_cpu += relay.cpu_seconds() - cpu;
             hop_un_calls += p.unary_calls;
             hops.push(p.unary_calls as f64 / secs);
-            let c = client.clone();
-            let gw_cpu = gw.cpu_seconds();
-            let (secs, cpu) = bench_cpu(run_concurrent(
-                p.unary_calls,
-                p.unary_concurrency,
-                move |_| {
-                    let mut c = c.clone();
-                    async move { gateway_list(&mut c).await }
-                },
-            ))
-            .await;
-            unary_cpu += gw.cpu_seconds() - gw_cpu;
-            un_bench_gw += cpu;
-            unary_calls += p.unary_calls;
-            un_calls += p.unary_calls;
-            g.push(p.unary_calls as f64 / secs);
+            for view in [AttachmentView::Full, AttachmentView::Basic] {
+                let c = client.clone();
+                let gw_cpu = gw.cpu_seconds();
+                let (secs, cpu) = bench_cpu(run_concurrent(
+                    p.unary_calls,
+                    p.unary_concurrency,
+                    move |_| {
+                        let mut c = c.clone();
+                        async move { gateway_list(&mut c, view).await }
+                    },
+                ))
+                .await;
+                let gw_cpu = gw.cpu_seconds() - gw_cpu;
+                if view == AttachmentView::Full {
+                    unary_cpu += gw_cpu;
+                    un_bench_gw += cpu;
+                    unary_calls += p.unary_calls;
+                    un_calls += p.unary_calls;
+                    g.push(p.unary_calls as f64 / secs);
+                } else {
+                    basic_cpu += gw_cpu;
+                    basic_bench += cpu;
+                    g_basic.push(p.unary_calls as f64 / secs);
+                }
+            }
         }
+        let (d, hops) = (median(d), median(hops));
         rows.push(Row {
-            scenario: format!("5. ListAttachments, concurrency {}", p.unary_concurrency),
+            scenario: format!(
+                "5. ListAttachments, concurrency {}, FULL view (the default)",
+                p.unary_concurrency
+            ),
             unit: "req/s",
-            direct: median(d),
+            direct: d,
             gateway: median(g),
             higher_is_better: true,
-            hop: Some(median(hops)),
+            hop: Some(hops),
             note: String::new(),
+        });
+        rows.push(Row {
+            scenario: format!(
+                "5. ListAttachments, concurrency {}, BASIC view",
+                p.unary_concurrency
+            ),
+            unit: "req/s",
+            direct: d,
+            gateway: median(g_basic),
+            higher_is_better: true,
+            hop: Some(hops),
+            note: "the typed fields only".into(),
         });
     }
 
@@ -928,6 +971,11 @@ async fn bench() {
     } else {
         f64::NAN
     };
+    let basic_cpu_per_10k = if unary_calls > 0 {
+        basic_cpu / unary_calls as f64 * 10_000.0
+    } else {
+        f64::NAN
+    };
 
     // Where the CPU goes: the direct path's whole cost (client + sink) against the
     // gateway path's cost outside the gateway. If the second alone exceeds what
@@ -955,7 +1003,7 @@ async fn bench() {
     if un_calls > 0 && measurable(un_bench_direct, un_bench_gw) {
         let per_10k = |s: f64| s / un_calls as f64 * 10_000.0;
         rows.push(Row {
-            scenario: "7. client + sink CPU per 10k unary calls (scenario 5)".into(),
+            scenario: "7. client + sink CPU per 10k unary calls (scenario 5, FULL view)".into(),
             unit: "s",
             direct: per_10k(un_bench_direct),
             gateway: per_10k(un_bench_gw),
@@ -963,6 +1011,18 @@ async fn bench() {
             hop: None,
             note: "the bench process; the gateway's own CPU is apart".into(),
         });
+        if basic_bench > 0.0 {
+            rows.push(Row {
+                scenario: "7. client + sink CPU per 10k unary calls (scenario 5, BASIC view)"
+                    .into(),
+                unit: "s",
+                direct: per_10k(un_bench_direct),
+                gateway: per_10k(basic_bench),
+                higher_is_better: false,
+                hop: None,
+                note: "the bench process; the gateway's own CPU is apart".into(),
+            });
+        }
     }
 
     // Report.
@@ -1002,7 +1062,10 @@ async fn bench() {
         "| 7. gateway CPU per GiB uploaded | s | | {cpu_per_gib:.2} | | {gib:.2} GiB through the gateway |"
     );
     println!(
-        "| 7. gateway CPU per 10k unary calls | s | | {cpu_per_10k:.2} | | {unary_calls} calls |"
+        "| 7. gateway CPU per 10k unary calls, FULL view | s | | {cpu_per_10k:.2} | | {unary_calls} calls |"
+    );
+    println!(
+        "| 7. gateway CPU per 10k unary calls, BASIC view | s | | {basic_cpu_per_10k:.2} | | {unary_calls} calls |"
     );
     let hop_per_gib = if hop_up_bytes > 0 {
         hop_up_cpu / (hop_up_bytes as f64 / (1024.0 * MIB as f64))
@@ -1048,6 +1111,7 @@ async fn bench() {
             "bare_hop_ratio": r.hop.map(|h| h / r.direct), "note": r.note})).collect::<Vec<_>>(),
         "gateway_cpu_seconds_per_gib_uploaded": cpu_per_gib,
         "gateway_cpu_seconds_per_10k_unary": cpu_per_10k,
+        "gateway_cpu_seconds_per_10k_unary_basic_view": basic_cpu_per_10k,
         "gateway_peak_rss_growth_mib": peak_growth_kib as f64 / 1024.0,
         "gateway_idle_rss_mib": idle_rss_kib as f64 / 1024.0,
         "bare_hop_cpu_seconds_per_gib_uploaded": hop_per_gib,
