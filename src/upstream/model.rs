@@ -281,6 +281,8 @@ mod tests {
             b"[{\"AttachmentId\":\"\xc3\"}]",
             b"[[\"m\xa2[\"\r\r\r]]",
             b"[1, {\"Id\": \"a\"}, \"\xff\"]",
+            b"[[1e999], 2e999, {\"Id\": \"a\"}]",
+            b"[{\"Id\": \"a\", \"x\": [1e999]}]",
             "[{\"AttachmentId\":\"r\u{e9}sum\u{e9}\",\"Name\":\"\\u00e9\\ud83d\\ude00\"}]".as_bytes(),
             b"[",
             b"[]",

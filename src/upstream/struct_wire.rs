@@ -405,12 +405,171 @@ impl AttachmentPicks {
     }
 }
 
+// ------------------------------------------------------------------ typed fields only
+
+/// Reads one attachment object for its typed fields alone (the BASIC view): the
+/// same keys, values and choices as [`write_struct_body`] with [`AttachmentPicks`],
+/// and the same input refused, with nothing written.
+fn pick_fields<'de, A: MapAccess<'de>>(
+    mut map: A,
+    picks: &mut AttachmentPicks,
+) -> Result<(), A::Error> {
+    while let Some(candidate) = map.next_key_seed(PickKey { picks: &*picks })? {
+        match candidate {
+            Some(c) => {
+                let value = map.next_value_seed(ScalarSeed)?;
+                picks.offer(c, value);
+            }
+            None => map.next_value_seed(Discard)?,
+        }
+    }
+    Ok(())
+}
+
+/// A key, looked up among the slots.
+struct PickKey<'p> {
+    picks: &'p AttachmentPicks,
+}
+
+impl<'de> DeserializeSeed<'de> for PickKey<'_> {
+    type Value = Option<Candidate>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Candidate>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PickKey<'_> {
+    type Value = Option<Candidate>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<Candidate>, E> {
+        Ok(self.picks.slot(v))
+    }
+}
+
+/// A slot's value, as [`ValueSeed`] reports it for a slot's key.
+struct ScalarSeed;
+
+impl<'de> DeserializeSeed<'de> for ScalarSeed {
+    type Value = Scalar;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Scalar, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ScalarSeed {
+    type Value = Scalar;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Scalar, E> {
+        Ok(Scalar::Other)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+        Ok(Scalar::Num(v as f64))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+        Ok(Scalar::Num(v as f64))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+        Ok(Scalar::Num(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar::Str(v.to_string()))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Other)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Other)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Scalar, A::Error> {
+        Discard.visit_seq(seq).map(|()| Scalar::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scalar, A::Error> {
+        Discard.visit_map(map).map(|()| Scalar::Other)
+    }
+}
+
+/// Reads a value through and drops it. Unlike `IgnoredAny`, numbers are parsed,
+/// so a value refused by the writer (a number out of `f64`'s range) is refused
+/// here too.
+struct Discard;
+
+impl<'de> DeserializeSeed<'de> for Discard {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Discard {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Discard)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key_seed(DiscardKey)?.is_some() {
+            map.next_value_seed(Discard)?;
+        }
+        Ok(())
+    }
+}
+
+/// A key read through and dropped, read as [`KeySeed`] reads it.
+struct DiscardKey;
+
+impl<'de> DeserializeSeed<'de> for DiscardKey {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(Discard)
+    }
+}
+
+// ------------------------------------------------------------------ the answer
+
 /// Where the attachments read so far go: the typed fields, and the range of the
 /// shared buffer that holds each one's `Struct` body.
 struct Sink<'b> {
     buf: &'b mut Vec<u8>,
-    /// Whether each object's `Struct` body is kept; when not, the buffer is
-    /// scratch space, reused for each object.
+    /// Whether each object's `Struct` body is written; when not, only the typed
+    /// fields are read.
     keep_raw: bool,
     items: &'b mut Vec<UpstreamAttachment>,
     ranges: &'b mut Vec<std::ops::Range<usize>>,
@@ -438,17 +597,18 @@ impl<'de> Visitor<'de> for ElementSeed<'_, '_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        let start = self.sink.buf.len();
         let mut picks = AttachmentPicks::default();
+        if !self.sink.keep_raw {
+            pick_fields(map, &mut picks)?;
+            self.sink.items.extend(picks.finish());
+            return Ok(());
+        }
+        let start = self.sink.buf.len();
         write_struct_body(self.sink.buf, map, &mut picks)?;
         match picks.finish() {
-            Some(a) if self.sink.keep_raw => {
-                self.sink.items.push(a);
-                self.sink.ranges.push(start..self.sink.buf.len());
-            }
             Some(a) => {
                 self.sink.items.push(a);
-                self.sink.buf.truncate(start);
+                self.sink.ranges.push(start..self.sink.buf.len());
             }
             None => self.sink.buf.truncate(start),
         }
@@ -516,7 +676,7 @@ pub fn read_attachments(
     let mut buf = Vec::with_capacity(if keep_raw {
         body.len() + body.len() / 4
     } else {
-        1024
+        0
     });
     let (mut items, mut ranges) = (Vec::new(), Vec::new());
     let mut sink = Sink {
