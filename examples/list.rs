@@ -5,6 +5,7 @@
 //! ```
 
 use attachment_gateway::client::GatewayClient;
+use attachment_gateway::proto::AttachmentView;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,7 +19,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.api_key(key);
     }
     let client = builder.connect().await?;
-    for a in client.list(work_order.parse()?).await? {
+    // The typed fields are all this prints: the BASIC view leaves out each
+    // attachment's raw upstream object, which is cheaper for everyone.
+    for a in client
+        .list_with_view(work_order.parse()?, AttachmentView::Basic)
+        .await?
+    {
         println!(
             "{}\t{}\t{}\t{}",
             a.attachment_id, a.size_bytes, a.mime_type, a.name
