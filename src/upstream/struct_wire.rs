@@ -18,7 +18,7 @@ use bytes::{BufMut, Bytes};
 use prost::Message;
 use prost::encoding::{DecodeContext, WireType};
 use serde::Deserializer;
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
 use super::model::UpstreamAttachment;
 
@@ -499,8 +499,8 @@ impl<'de> Visitor<'de> for ScalarSeed {
 }
 
 /// Reads a value through and drops it. Unlike `IgnoredAny`, numbers are parsed,
-/// so a value refused by the writer (a number out of `f64`'s range) is refused
-/// here too.
+/// so a value the writer and the tree reader refuse (a number out of `f64`'s
+/// range) is refused here too.
 struct Discard;
 
 impl<'de> DeserializeSeed<'de> for Discard {
@@ -615,9 +615,11 @@ impl<'de> Visitor<'de> for ElementSeed<'_, '_> {
         Ok(())
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(())
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        // Read through as values are elsewhere (numbers parsed), not with
+        // `IgnoredAny`, which lets `[[1e999], ...]` through where the tree
+        // reader refuses it.
+        Discard.visit_seq(seq)
     }
 
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
