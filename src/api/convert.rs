@@ -122,12 +122,6 @@ fn target(v: &mut Violations, work_order_id: i64, attachment_id: &str) -> Option
     })
 }
 
-pub fn work_order(id: i64) -> Result<WorkOrderId, Status> {
-    let mut v = Violations::new();
-    let wo = v.check("work_order_id", WorkOrderId::new(id));
-    done(v, wo)
-}
-
 fn list_view(v: i32) -> Result<ListView, FieldError> {
     use proto::AttachmentView as P;
     match P::try_from(v) {
