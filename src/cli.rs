@@ -268,7 +268,7 @@ async fn connect(c: &Conn) -> Result<GatewayClient, ClientError> {
         b = b.api_key(k.clone());
     }
     if c.ca_cert.is_some() || c.cert.is_some() || c.addr.starts_with("https://") {
-        let read = |p: &PathBuf| std::fs::read(p);
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| ClientError::local_file(p, &e));
         let ca = c.ca_cert.as_ref().map(read).transpose()?;
         let id = match (&c.cert, &c.key) {
             (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
@@ -395,8 +395,19 @@ pub async fn run(cmd: Command) -> ExitCode {
                             .map(PathBuf::from)
                     })
                     .unwrap_or_else(|| PathBuf::from("."));
+                if !dir.is_dir() {
+                    return Err(ClientError::local_file(
+                        &dir,
+                        &std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
+                    ));
+                }
                 let tmp = dir.join(format!(".attachment-{}.part", uuid::Uuid::new_v4()));
-                let mut f = tokio::fs::File::create(&tmp).await?;
+                let mut f = tokio::fs::File::create(&tmp).await.map_err(|e| {
+                    ClientError::local(
+                        Code::InvalidArgument,
+                        format!("cannot write in {}: {e}", dir.display()),
+                    )
+                })?;
                 let res = client
                     .download_to(work_order, &attachment_id, &mut f, progress_line(show))
                     .await;

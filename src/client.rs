@@ -73,7 +73,7 @@ impl ClientError {
             )
     }
 
-    fn local(code: Code, message: impl Into<String>) -> Self {
+    pub fn local(code: Code, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -110,6 +110,17 @@ impl From<Status> for ClientError {
                 })
                 .unwrap_or_default(),
         }
+    }
+}
+
+impl ClientError {
+    /// A local file the caller named cannot be used: the caller's bad input
+    /// (INVALID_ARGUMENT), with the path in the message.
+    pub fn local_file(path: &Path, e: &std::io::Error) -> Self {
+        Self::local(
+            Code::InvalidArgument,
+            format!("cannot read {}: {e}", path.display()),
+        )
     }
 }
 
@@ -560,8 +571,7 @@ impl GatewayClient {
         self.retrying(|| {
             let (path, meta) = (path.clone(), meta.clone());
             async move {
-                let file = tokio::fs::File::open(&path).await?;
-                let size = file.metadata().await?.len();
+                let (file, size) = open_file(&path).await?;
                 self.upload_reader(file, Some(size), meta, None).await
             }
         })
@@ -583,8 +593,7 @@ impl GatewayClient {
                 .unwrap_or_default()
                 .to_string();
         }
-        let file = tokio::fs::File::open(path).await?;
-        let size = file.metadata().await?.len();
+        let (file, size) = open_file(path).await?;
         self.upload_reader(file, Some(size), meta, Some(progress))
             .await
     }
@@ -636,6 +645,25 @@ impl GatewayClient {
         }
         Ok(meta)
     }
+}
+
+/// Opens a file to upload, with its size; a file that cannot be opened (missing,
+/// unreadable, a folder) is the caller's bad input, named by its path.
+async fn open_file(path: &Path) -> Result<(tokio::fs::File, u64), ClientError> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| ClientError::local_file(path, &e))?;
+    let meta = file
+        .metadata()
+        .await
+        .map_err(|e| ClientError::local_file(path, &e))?;
+    if !meta.is_file() {
+        return Err(ClientError::local(
+            Code::InvalidArgument,
+            format!("cannot read {}: not a regular file", path.display()),
+        ));
+    }
+    Ok((file, meta.len()))
 }
 
 /// A chunk of bytes, for callers building their own upload streams.

@@ -35,6 +35,18 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub log: LogSettings,
     pub sandbox: SandboxSettings,
+    /// Which settings were given explicitly (file, environment or flag) rather
+    /// than left at their defaults. Not a setting itself.
+    #[serde(skip)]
+    pub explicit: Explicit,
+}
+
+/// Settings whose handling depends on whether the operator set them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Explicit {
+    /// `telemetry.admin_listen`: with `--sandbox`, a default address that is
+    /// taken gives way to a free port; an explicit one must be bound.
+    pub admin_listen: bool,
 }
 
 impl Default for Settings {
@@ -50,6 +62,7 @@ impl Default for Settings {
             telemetry: TelemetrySettings::default(),
             log: LogSettings::default(),
             sandbox: SandboxSettings::default(),
+            explicit: Explicit::default(),
         }
     }
 }
@@ -453,7 +466,9 @@ pub struct FlagOverrides {
 impl Settings {
     /// Loads the layers in order, reads the secret file, and validates the result.
     pub fn load(config_file: Option<&Path>, flags: &FlagOverrides) -> Result<Self, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+        // Everything the operator gave, without the defaults: it tells which
+        // settings were set explicitly.
+        let mut given = Figment::new();
         if let Some(path) = config_file {
             if !path.is_file() {
                 return Err(invalid(
@@ -461,25 +476,30 @@ impl Settings {
                     format!("{} is not a readable file", path.display()),
                 ));
             }
-            fig = fig.merge(Toml::file(path));
+            given = given.merge(Toml::file(path));
         }
-        fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        given = given.merge(Env::prefixed(ENV_PREFIX).split("__"));
         if let Some(listen) = flags.listen {
-            fig = fig.merge(Serialized::default("listen", listen));
+            given = given.merge(Serialized::default("listen", listen));
         }
         if let Some(url) = &flags.upstream_base_url {
-            fig = fig.merge(Serialized::default("upstream.base_url", url));
+            given = given.merge(Serialized::default("upstream.base_url", url));
         }
         if let Some(admin) = flags.admin_listen {
-            fig = fig.merge(Serialized::default("telemetry.admin_listen", admin));
+            given = given.merge(Serialized::default("telemetry.admin_listen", admin));
         }
         if let Some(format) = flags.log_format {
-            fig = fig.merge(Serialized::default("log.format", format));
+            given = given.merge(Serialized::default("log.format", format));
         }
         if flags.sandbox {
-            fig = fig.merge(Serialized::default("sandbox.enabled", true));
+            given = given.merge(Serialized::default("sandbox.enabled", true));
         }
+        let explicit = Explicit {
+            admin_listen: given.contains("telemetry.admin_listen"),
+        };
+        let fig = Figment::from(Serialized::defaults(Settings::default())).merge(given);
         let mut settings: Settings = fig.extract().map_err(Box::new)?;
+        settings.explicit = explicit;
         settings.resolve_secret_file()?;
         settings.validate()?;
         Ok(settings)
@@ -741,6 +761,26 @@ impl Settings {
     /// The TOML the settings amount to, secrets redacted (`--check-config` prints it).
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
         toml::to_string_pretty(self)
+    }
+}
+
+/// A URL fit for a log line or `--check-config`: user and password replaced, query
+/// and fragment dropped (they may carry credentials too).
+pub fn redact_url(value: &str) -> String {
+    let Ok(mut url) = reqwest::Url::parse(value) else {
+        return "<not a valid URL>".into();
+    };
+    let had_credentials = !url.username().is_empty() || url.password().is_some();
+    if had_credentials {
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+    }
+    url.set_query(None);
+    url.set_fragment(None);
+    let text = url.to_string();
+    match (had_credentials, text.split_once("://")) {
+        (true, Some((scheme, rest))) => format!("{scheme}://<redacted>@{rest}"),
+        _ => text,
     }
 }
 

@@ -9,7 +9,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use attachment_gateway::config::{FlagOverrides, LogFormat, Settings};
+use std::sync::Arc;
+
+use attachment_gateway::config::{FlagOverrides, LogFormat, Settings, redact_url};
+use attachment_gateway::metrics::Metrics;
 use attachment_gateway::sandbox::{Sandbox, SandboxConfig};
 use attachment_gateway::{server, telemetry};
 use clap::Parser;
@@ -159,34 +162,50 @@ async fn run(mut settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         None
     };
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, upstream = %settings.upstream.base_url, "attachment-gateway listening");
+    // Every listener is bound before anything says "serving".
+    let listeners = server::Listeners::bind(&settings).await?;
+    let addr = listeners.grpc.local_addr()?;
+    let admin = listeners.admin.as_ref().and_then(|l| l.local_addr().ok());
+    tracing::info!(%addr, upstream = %redact_url(&settings.upstream.base_url), "attachment-gateway listening");
     if let Some(sandbox) = &_sandbox {
         let auth = if settings.unauthenticated_allowed() {
             "off (sandbox default: configure auth.* to turn it on)"
         } else {
             "on (see the auth.* settings)"
         };
-        print_sandbox_banner(addr, sandbox, auth);
+        print_sandbox_banner(addr, admin, sandbox, auth);
     }
-    server::serve(settings, listener, shutdown_signal()).await?;
+    server::serve_with(
+        settings,
+        listeners,
+        Arc::new(Metrics::new()),
+        shutdown_signal(),
+    )
+    .await?;
     tracing::info!("attachment-gateway stopped");
     Ok(())
 }
 
-fn print_sandbox_banner(addr: SocketAddr, sandbox: &Sandbox, auth: &str) {
+fn print_sandbox_banner(
+    addr: SocketAddr,
+    admin: Option<SocketAddr>,
+    sandbox: &Sandbox,
+    auth: &str,
+) {
     let work_orders = attachment_gateway::sandbox::seed()
         .iter()
         .map(|(id, status)| format!("{id} ({status})"))
         .collect::<Vec<_>>()
         .join(", ");
+    let admin = match admin {
+        Some(a) => format!("http://{a}/metrics"),
+        None => "off".to_string(),
+    };
     // Never fatal: stdout may be closed (piped to `head`, a finished reader).
     let _ = writeln!(
         std::io::stdout(),
         "attachment-gateway (sandbox) serving gRPC on {addr}\n\
+         metrics: {admin}\n\
          sandbox upstream (CorrigoPro emulator): {}\n\
          work orders: {work_orders}\n\
          authentication: {auth}\n\

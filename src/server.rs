@@ -54,6 +54,10 @@ pub enum ServeError {
     #[error("TLS setup: {0}")]
     Tls(String),
     #[error(
+        "cannot listen on {0}: {1} (choose another address with --listen or ATTACHMENT_GATEWAY_LISTEN; port 0 picks a free one)"
+    )]
+    Listen(std::net::SocketAddr, std::io::Error),
+    #[error(
         "cannot listen on the admin address {0}: {1} (choose another with --admin-listen or ATTACHMENT_GATEWAY_TELEMETRY__ADMIN_LISTEN; port 0 picks a free one)"
     )]
     Admin(std::net::SocketAddr, std::io::Error),
@@ -65,6 +69,60 @@ fn read_pem(setting: &str, path: &std::path::Path) -> Result<Vec<u8>, ServeError
         .map_err(|e| ServeError::Tls(format!("{setting}: cannot read {}: {e}", path.display())))
 }
 
+/// The sockets the gateway serves on. All of them are bound before anything says
+/// the gateway is serving, so a failure to bind one stops it before that.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    /// The admin HTTP port (`/metrics`, probes); none when turned off.
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `listen` and the admin address of the settings.
+    pub async fn bind(settings: &Settings) -> Result<Self, ServeError> {
+        let grpc = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| ServeError::Listen(settings.listen, e))?;
+        Self::with_grpc(settings, grpc).await
+    }
+
+    /// Binds what the settings ask for besides the gRPC listener given.
+    pub async fn with_grpc(settings: &Settings, grpc: TcpListener) -> Result<Self, ServeError> {
+        Ok(Self {
+            grpc,
+            admin: bind_admin(settings).await?,
+        })
+    }
+}
+
+/// The admin listener. An address set explicitly must be bound. With `--sandbox`,
+/// the default address gives way to a free port when it is taken (9090 is also
+/// Prometheus's default), and the gateway serves without the admin port if even
+/// that fails: a newcomer's first run should not fail over an address they never
+/// asked for.
+async fn bind_admin(settings: &Settings) -> Result<Option<TcpListener>, ServeError> {
+    let Some(addr) = settings.telemetry.admin_listen else {
+        return Ok(None);
+    };
+    match TcpListener::bind(addr).await {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if settings.sandbox.enabled && !settings.explicit.admin_listen => {
+            let free = std::net::SocketAddr::new(addr.ip(), 0);
+            match TcpListener::bind(free).await {
+                Ok(l) => {
+                    tracing::warn!(%addr, error = %e, "the default admin address is taken: serving metrics on a free port instead");
+                    Ok(Some(l))
+                }
+                Err(e2) => {
+                    tracing::warn!(%addr, error = %e2, "cannot bind an admin port: serving without metrics");
+                    Ok(None)
+                }
+            }
+        }
+        Err(e) => Err(ServeError::Admin(addr, e)),
+    }
+}
+
 /// Serves until `shutdown` completes, then drains as described above. Binds the
 /// admin (metrics) port from the settings.
 pub async fn serve(
@@ -72,32 +130,21 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let admin = match settings.telemetry.admin_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| ServeError::Admin(addr, e))?,
-        ),
-        None => None,
-    };
-    serve_with(
-        settings,
-        listener,
-        admin,
-        Arc::new(Metrics::new()),
-        shutdown,
-    )
-    .await
+    let listeners = Listeners::with_grpc(&settings, listener).await?;
+    serve_with(settings, listeners, Arc::new(Metrics::new()), shutdown).await
 }
 
-/// [`serve`] with the admin listener and metrics given by the caller.
+/// [`serve`] with the listeners and metrics given by the caller.
 pub async fn serve_with(
     settings: Settings,
-    listener: TcpListener,
-    admin: Option<TcpListener>,
+    listeners: Listeners,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let Listeners {
+        grpc: listener,
+        admin,
+    } = listeners;
     crate::upstream::install_crypto_provider();
     let budget = Arc::new(UpstreamBudget::new(&settings.rate_limit));
     let upstream = Arc::new(Upstream::new(

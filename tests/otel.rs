@@ -114,8 +114,10 @@ async fn spans_reach_an_otlp_receiver_and_metrics_count_calls() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let gw = tokio::spawn(server::serve_with(
         settings,
-        listener,
-        Some(admin),
+        server::Listeners {
+            grpc: listener,
+            admin: Some(admin),
+        },
         Arc::new(Metrics::new()),
         async move {
             let _ = stopped.await;

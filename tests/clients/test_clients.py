@@ -208,6 +208,26 @@ def test_cli_exit_codes_tell_failures_apart(gateway, tmp_path):
     assert usage.returncode == 2  # clap: a required flag is missing
 
 
+def test_cli_local_files_are_bad_input_naming_the_path(gateway, tmp_path):
+    missing = tmp_path / "nonexistent.pdf"
+    up = cli(gateway, "upload", "--work-order", "1001", "--performed-by", "Ops", missing)
+    assert up.returncode == 2, up.stderr
+    assert str(missing) in up.stderr and "Internal" not in up.stderr, up.stderr
+    folder = cli(gateway, "upload", "--work-order", "1001", "--performed-by", "Ops", tmp_path)
+    assert folder.returncode == 2 and str(tmp_path) in folder.stderr, folder.stderr
+    unreadable = tmp_path / "secret.txt"
+    unreadable.write_text("x")
+    unreadable.chmod(0)
+    if not os.access(unreadable, os.R_OK):  # root reads anything
+        ur = cli(gateway, "upload", "--work-order", "1001", "--performed-by", "Ops", unreadable)
+        assert ur.returncode == 2 and str(unreadable) in ur.stderr, ur.stderr
+    nowhere = tmp_path / "no-such-folder" / "out.txt"
+    dl = cli(gateway, "download", "--work-order", "1001", "3f2b8c1e-5d4a-4e7b-9c61-0a1b2c3d4e5f", "--out", nowhere)
+    assert dl.returncode == 2, dl.stderr
+    assert str(nowhere.parent) in dl.stderr, dl.stderr
+    assert not nowhere.parent.exists()
+
+
 def test_cli_shows_progress_on_a_terminal_only(gateway, tmp_path):
     f = tmp_path / "big.bin"
     f.write_bytes(os.urandom(3 * 1024 * 1024))

@@ -159,8 +159,38 @@ fn bad_values_and_unknown_keys_are_named() {
     assert!(err.contains("client_secret_file"), "{err}");
 }
 
+/// Binds the default admin address, so the gateway finds it taken. When the bind
+/// fails, another process already holds it: taken either way.
+fn hold_default_admin_port() -> Option<std::net::TcpListener> {
+    std::net::TcpListener::bind("127.0.0.1:9090").ok()
+}
+
+/// Reads the banner from a sandbox gateway's stdout: the gRPC address and the
+/// whole text.
+fn read_banner(stdout: std::process::ChildStdout) -> (std::net::SocketAddr, String) {
+    let mut lines = BufReader::new(stdout).lines();
+    let mut banner = String::new();
+    while let Some(Ok(line)) = lines.next() {
+        banner.push_str(&line);
+        banner.push('\n');
+        if let Some(rest) = line.strip_prefix("attachment-gateway (sandbox) serving gRPC on ") {
+            let addr: std::net::SocketAddr = rest.trim().parse().expect("addr");
+            // Keep reading the rest of the banner.
+            for l in lines.by_ref().take(6).flatten() {
+                banner.push_str(&l);
+                banner.push('\n');
+            }
+            return (addr, banner);
+        }
+    }
+    panic!("no banner: {banner}");
+}
+
 #[tokio::test]
 async fn sandbox_mode_serves_and_stops_on_sigterm() {
+    // The default admin port is taken (9090 is Prometheus's default too): the
+    // sandbox must serve anyway, with metrics on a free port it names.
+    let _held = hold_default_admin_port();
     let mut child = tokio::task::spawn_blocking(|| {
         gateway()
             .args([
@@ -178,26 +208,19 @@ async fn sandbox_mode_serves_and_stops_on_sigterm() {
     .await
     .expect("join");
     let stdout = child.stdout.take().expect("stdout");
-    let (addr, banner) = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let mut banner = String::new();
-        while let Some(Ok(line)) = lines.next() {
-            banner.push_str(&line);
-            banner.push('\n');
-            if let Some(rest) = line.strip_prefix("attachment-gateway (sandbox) serving gRPC on ") {
-                let addr: std::net::SocketAddr = rest.trim().parse().expect("addr");
-                // Keep reading the rest of the banner.
-                for l in lines.by_ref().take(5).flatten() {
-                    banner.push_str(&l);
-                    banner.push('\n');
-                }
-                return (addr, banner);
-            }
-        }
-        panic!("no banner: {banner}");
-    })
-    .await
-    .expect("join");
+    let (addr, banner) = tokio::task::spawn_blocking(move || read_banner(stdout))
+        .await
+        .expect("join");
+    let metrics_url = banner
+        .lines()
+        .find_map(|l| l.strip_prefix("metrics: "))
+        .unwrap_or_else(|| panic!("the banner names the metrics address: {banner}"));
+    assert!(
+        !metrics_url.contains(":9090/"),
+        "a free port, not the taken default: {banner}"
+    );
+    let metrics = http_get(metrics_url).await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     assert!(banner.contains("1003 (Rejected)"), "{banner}");
     assert!(banner.contains("grpcurl -plaintext"), "{banner}");
 
@@ -253,6 +276,84 @@ async fn sandbox_mode_serves_and_stops_on_sigterm() {
     assert_eq!(span["trace_id"].as_str().map(str::len), Some(32), "{line}");
     assert_eq!(v["code"], "Ok", "{line}");
     assert!(!exit.1.contains("sandbox-secret"), "no secret in logs");
+}
+
+/// A minimal HTTP/1.1 GET over loopback, answer as text.
+async fn http_get(url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest.split_once('/').expect("a path");
+    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
+    s.write_all(
+        format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
+}
+
+/// Runs the binary with `args` until it exits (it must, within 20 s).
+fn run_to_exit(args: &[&str]) -> (i32, String, String) {
+    let mut child = gateway()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    for _ in 0..400 {
+        if child.try_wait().expect("wait").is_some() {
+            let out = child.wait_with_output().expect("output");
+            return (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("the gateway kept running: {args:?}");
+}
+
+#[test]
+fn an_explicit_admin_address_that_is_taken_stops_the_gateway_before_any_banner() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let (code, out, err) = run_to_exit(&[
+        "--sandbox",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        &addr,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on the admin address {addr}")),
+        "{err}"
+    );
+    assert!(
+        err.contains("--admin-listen"),
+        "says how to change it: {err}"
+    );
+    assert!(!out.contains("serving"), "no banner: {out}");
+}
+
+#[test]
+fn a_taken_grpc_address_stops_the_gateway_before_any_banner() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let (code, out, err) = run_to_exit(&[
+        "--sandbox",
+        "--listen",
+        &addr,
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(!out.contains("serving"), "no banner: {out}");
 }
 
 #[tokio::test]
