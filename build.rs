@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The gateway's own server side: the same messages, identical on the wire, but
     // `google.protobuf.Struct` is carried as bytes already encoded (the list
-    // answer's JSON is written straight into them); see `upstream::struct_wire`.
+    // answer's JSON is written straight into them); see `proto::struct_wire`.
     let wire = out_dir.join("wire");
     fs::create_dir_all(&wire)?;
     tonic_prost_build::configure()
@@ -35,7 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".corrigopro.attachments.v1")
         .extern_path(
             ".google.protobuf.Struct",
-            "crate::upstream::struct_wire::RawStruct",
+            "crate::proto::struct_wire::RawStruct",
         )
         .out_dir(&wire)
         .compile_fds(fds)?;

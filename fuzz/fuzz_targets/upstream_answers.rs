@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use attachment_gateway::domain::ListView;
 use attachment_gateway::upstream::error::parse_retry_after;
-use attachment_gateway::upstream::model::{
+use attachment_gateway::upstream::answers::{
     parse_download_link, parse_list, parse_list_tree, parse_message_id, parse_upload_receipt,
 };
 use libfuzzer_sys::fuzz_target;

@@ -10,8 +10,9 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::error::{UpstreamError, get_ci, parse_error_body, value_str};
-use super::read_bounded;
+use super::body::read_bounded;
+use super::error::{UpstreamError, parse_error_body};
+use super::json::{get_ci, value_str};
 use crate::secret::Secret;
 
 /// Lifetime assumed when the token answer has no usable `expires_in` (the

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::json::{get_ci, value_str};
+
 /// The most bytes of an error body the gateway reads; the rest is dropped.
 pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 /// The longest upstream `Message` passed on (the upstream's own maximum is 1000).
@@ -92,26 +94,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
-}
-
-/// Looks a key up in a JSON object ignoring case, trying each name in turn.
-pub(crate) fn get_ci<'a>(
-    obj: &'a serde_json::Map<String, Value>,
-    names: &[&str],
-) -> Option<&'a Value> {
-    names.iter().find_map(|n| {
-        obj.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(n))
-            .map(|(_, v)| v)
-    })
-}
-
-pub(crate) fn value_str(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
 }
 
 fn truncate_chars(s: &str, max: usize) -> String {

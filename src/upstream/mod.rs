@@ -1,17 +1,20 @@
 //! The CorrigoPro Direct API client: one method per attachments call, bearer token
 //! from the cache, multipart bodies, bounded reads, and error decoding.
 
+pub mod answers;
 pub mod auth;
+mod body;
 pub mod error;
+mod json;
+mod list_reader;
 pub mod model;
 pub mod struct_json;
-pub mod struct_wire;
 
 use std::io;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::Stream;
 use reqwest::multipart::{Form, Part};
 use reqwest::{RequestBuilder, StatusCode, header};
@@ -20,6 +23,7 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 pub use self::auth::TokenCache;
+use self::body::{check_status, read_bounded};
 pub use self::error::{ApiError, UpstreamError, UpstreamViolation};
 pub use self::model::{DownloadLink, UploadReceipt, UpstreamAttachment};
 use crate::config::UpstreamSettings;
@@ -328,7 +332,7 @@ impl Upstream {
         let resp = self
             .with_read_retries(deadline, || self.send_replayable("list", &build))
             .await?;
-        model::parse_list(&self.ok_body(resp).await?, view)
+        answers::parse_list(&self.ok_body(resp).await?, view)
     }
 
     pub async fn download_link(
@@ -350,7 +354,7 @@ impl Upstream {
         let resp = self
             .with_read_retries(deadline, || self.send_replayable("download_url", &build))
             .await?;
-        model::parse_download_link(&self.ok_body(resp).await?, asked_at)
+        answers::parse_download_link(&self.ok_body(resp).await?, asked_at)
     }
 
     /// Opens the link's bytes, without the bearer token (the link is its own key).
@@ -388,7 +392,7 @@ impl Upstream {
                     .multipart(form)
             })
             .await?;
-        Ok(model::parse_message_id(&self.ok_body(resp).await?))
+        Ok(answers::parse_message_id(&self.ok_body(resp).await?))
     }
 
     pub async fn delete(&self, d: &AttachmentRemoval) -> Result<Option<String>, UpstreamError> {
@@ -405,7 +409,7 @@ impl Upstream {
                     .multipart(form)
             })
             .await?;
-        Ok(model::parse_message_id(&self.ok_body(resp).await?))
+        Ok(answers::parse_message_id(&self.ok_body(resp).await?))
     }
 
     /// Streams a file into `POST /api/attachments`. The body cannot be replayed, so a
@@ -457,7 +461,7 @@ impl Upstream {
             self.tokens.invalidate(&token);
             return Err(UpstreamError::TokenRejected);
         }
-        model::parse_upload_receipt(&self.ok_body(resp).await?)
+        answers::parse_upload_receipt(&self.ok_body(resp).await?)
     }
 }
 
@@ -469,60 +473,6 @@ fn optional_enums(mut form: Form, dt: Option<DocumentType>, vis: Option<Visibili
         form = form.text("MessageVisibility", vis.upstream_name());
     }
     form
-}
-
-/// Passes a 200 answer through; decodes any other into [`UpstreamError::Api`],
-/// reading at most [`error::MAX_ERROR_BODY_BYTES`] of its body.
-async fn check_status(resp: reqwest::Response) -> Result<reqwest::Response, UpstreamError> {
-    let status = resp.status();
-    if status == StatusCode::OK {
-        return Ok(resp);
-    }
-    let retry_after = resp
-        .headers()
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(error::parse_retry_after);
-    let body = read_prefix(resp, error::MAX_ERROR_BODY_BYTES).await;
-    Err(UpstreamError::Api(Box::new(error::parse_error_body(
-        status.as_u16(),
-        &body,
-        retry_after,
-    ))))
-}
-
-/// Reads a whole body of at most `max` bytes; a larger one is an error.
-pub(crate) async fn read_bounded(
-    mut resp: reqwest::Response,
-    max: usize,
-) -> Result<Bytes, UpstreamError> {
-    let too_large = || UpstreamError::Protocol(format!("the answer is larger than {max} bytes"));
-    if resp.content_length().is_some_and(|n| n > max as u64) {
-        return Err(too_large());
-    }
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = resp.chunk().await.map_err(UpstreamError::from_reqwest)? {
-        if buf.len() + chunk.len() > max {
-            return Err(too_large());
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
-}
-
-/// Reads at most `max` bytes of a body and drops the rest; never fails.
-async fn read_prefix(mut resp: reqwest::Response, max: usize) -> Bytes {
-    let mut buf = BytesMut::new();
-    while buf.len() < max {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => {
-                let take = chunk.len().min(max - buf.len());
-                buf.extend_from_slice(&chunk[..take]);
-            }
-            _ => break,
-        }
-    }
-    buf.freeze()
 }
 
 /// Helps callers that need a fresh message id for writes without one.

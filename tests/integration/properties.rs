@@ -6,10 +6,10 @@ use attachment_gateway::api::status::{Op, classify, from_upstream};
 use attachment_gateway::domain::{
     AttachmentName, ListView, MessageId, MimeType, PerformedBy, WorkOrderId,
 };
-use attachment_gateway::upstream::error::{parse_error_body, parse_retry_after};
-use attachment_gateway::upstream::model::{
+use attachment_gateway::upstream::answers::{
     parse_download_link, parse_list, parse_message_id, parse_upload_receipt,
 };
+use attachment_gateway::upstream::error::{parse_error_body, parse_retry_after};
 use attachment_gateway::upstream::{ApiError, UpstreamError};
 use proptest::prelude::*;
 use tonic::Code;

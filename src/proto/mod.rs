@@ -9,9 +9,12 @@ tonic::include_proto!("corrigopro.attachments.v1");
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("attachments_descriptor");
 
+#[cfg(feature = "server")]
+pub mod struct_wire;
+
 /// The same messages and service as the gateway's server handles them: identical
 /// on the wire, but `google.protobuf.Struct` fields (`Attachment.upstream`) hold
-/// bytes already encoded ([`crate::upstream::struct_wire::RawStruct`]). Callers
+/// bytes already encoded ([`struct_wire::RawStruct`]). Callers
 /// use the messages above.
 #[cfg(feature = "server")]
 pub mod wire {

@@ -1,328 +1,20 @@
-//! The list answer's JSON read straight into protobuf wire bytes.
-//!
-//! Each attachment object becomes the encoded body of a `google.protobuf.Struct`
-//! ([`RawStruct`]), written in one pass over the JSON text, while the few typed
-//! fields the gateway needs are picked up on the way. No map, no value tree, no
-//! allocation per field: building and then encoding `prost_types::Struct` maps was
-//! about a quarter of the gateway's CPU per `ListAttachments` call.
-//!
-//! The server's generated messages (`crate::proto::wire`) carry `RawStruct` where
-//! the contract says `google.protobuf.Struct`; the bytes on the wire are the same
-//! as prost would write for the equivalent `prost_types::Struct` (up to the order
-//! of map entries and the encoding of default map keys, which protobuf leaves
-//! free), so callers decode them with any protobuf library.
+//! The list answer (a bare JSON array of attachment objects) read in one pass: each
+//! object's entries written as a `Struct` body ([`crate::proto::struct_wire`]), the typed fields
+//! picked up on the way.
 
 use std::fmt;
 
-use bytes::{BufMut, Bytes};
-use prost::Message;
-use prost::encoding::{DecodeContext, WireType};
+use bytes::Bytes;
 use serde::Deserializer;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
-use super::model::UpstreamAttachment;
-
-/// A `google.protobuf.Struct`, kept as its encoded body (without tag or length).
-#[derive(Clone, PartialEq, Default)]
-pub struct RawStruct(Bytes);
-
-impl RawStruct {
-    /// The encoded body.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-
-    /// Decodes the bytes into a `prost_types::Struct`.
-    pub fn to_struct(&self) -> Result<prost_types::Struct, prost::DecodeError> {
-        prost_types::Struct::decode(self.0.clone())
-    }
-}
-
-impl From<&prost_types::Struct> for RawStruct {
-    fn from(s: &prost_types::Struct) -> Self {
-        Self(Bytes::from(s.encode_to_vec()))
-    }
-}
-
-impl fmt::Debug for RawStruct {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.to_struct() {
-            Ok(s) => f.debug_tuple("RawStruct").field(&s).finish(),
-            Err(_) => write!(f, "RawStruct(<{} undecodable bytes>)", self.0.len()),
-        }
-    }
-}
-
-impl Message for RawStruct {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.0);
-    }
-
-    /// Decoding keeps the bytes too: each field is read as a `Struct` field (which
-    /// checks it) and written back, so a decoded `RawStruct` encodes the same map.
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl bytes::Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        let mut field = prost_types::Struct::default();
-        field.merge_field(tag, wire_type, buf, ctx)?;
-        let mut bytes = Vec::with_capacity(self.0.len() + field.encoded_len());
-        bytes.extend_from_slice(&self.0);
-        field.encode_raw(&mut bytes);
-        self.0 = Bytes::from(bytes);
-        Ok(())
-    }
-
-    fn encoded_len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn clear(&mut self) {
-        self.0 = Bytes::new();
-    }
-}
-
-// ------------------------------------------------------------------ the writer
-
-// Field keys (field number << 3 | wire type) of the well-known types.
-const STRUCT_FIELDS: u8 = 0x0a; // Struct.fields = 1, map entries
-const ENTRY_KEY: u8 = 0x0a; // key = 1
-const ENTRY_VALUE: u8 = 0x12; // value = 2
-const NULL_VALUE: u8 = 0x08; // Value.null_value = 1, varint
-const NUMBER_VALUE: u8 = 0x11; // number_value = 2, fixed64
-const STRING_VALUE: u8 = 0x1a; // string_value = 3
-const BOOL_VALUE: u8 = 0x20; // bool_value = 4, varint
-const STRUCT_VALUE: u8 = 0x2a; // struct_value = 5
-const LIST_VALUE: u8 = 0x32; // list_value = 6
-const LIST_VALUES: u8 = 0x0a; // ListValue.values = 1
-
-/// Opens a length-delimited field: one byte is kept for the length, which is
-/// widened in [`close`] in the rare case the content reaches 128 bytes.
-fn open(buf: &mut Vec<u8>, key: u8) -> usize {
-    buf.push(key);
-    buf.push(0);
-    buf.len()
-}
-
-fn close(buf: &mut Vec<u8>, start: usize) {
-    let len = buf.len() - start;
-    if len < 0x80 {
-        buf[start - 1] = len as u8;
-    } else {
-        let mut prefix = Vec::with_capacity(10);
-        prost::encoding::encode_varint(len as u64, &mut prefix);
-        buf.splice(start - 1..start, prefix);
-    }
-}
-
-fn put_str(buf: &mut Vec<u8>, key: u8, s: &str) {
-    if s.len() < 0x80 {
-        buf.extend_from_slice(&[key, s.len() as u8]);
-    } else {
-        buf.push(key);
-        prost::encoding::encode_varint(s.len() as u64, buf);
-    }
-    buf.extend_from_slice(s.as_bytes());
-}
-
-/// What a value was, for the typed fields the gateway reads: strings are kept only
-/// when asked for.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Scalar {
-    Str(String),
-    Num(f64),
-    Other,
-}
-
-/// Writes one JSON value as the body of a `google.protobuf.Value`.
-struct ValueSeed<'b> {
-    buf: &'b mut Vec<u8>,
-    keep_string: bool,
-}
-
-impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
-    type Value = Scalar;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Scalar, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ValueSeed<'_> {
-    type Value = Scalar;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
-        self.buf.extend_from_slice(&[BOOL_VALUE, u8::from(v)]);
-        Ok(Scalar::Other)
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
-        self.visit_f64(v as f64)
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
-        self.visit_f64(v as f64)
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
-        self.buf.push(NUMBER_VALUE);
-        self.buf.extend_from_slice(&v.to_le_bytes());
-        Ok(Scalar::Num(v))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
-        put_str(self.buf, STRING_VALUE, v);
-        Ok(if self.keep_string {
-            Scalar::Str(v.to_string())
-        } else {
-            Scalar::Other
-        })
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
-        self.buf.extend_from_slice(&[NULL_VALUE, 0]);
-        Ok(Scalar::Other)
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<Scalar, E> {
-        self.visit_unit()
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
-        let list = open(self.buf, LIST_VALUE);
-        loop {
-            let item = open(self.buf, LIST_VALUES);
-            let seed = ValueSeed {
-                buf: &mut *self.buf,
-                keep_string: false,
-            };
-            if seq.next_element_seed(seed)?.is_none() {
-                // Take back the opened item: the list ended.
-                self.buf.truncate(item - 2);
-                break;
-            }
-            close(self.buf, item);
-        }
-        close(self.buf, list);
-        Ok(Scalar::Other)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scalar, A::Error> {
-        let body = open(self.buf, STRUCT_VALUE);
-        write_struct_body(self.buf, map, &mut NoPicks)?;
-        close(self.buf, body);
-        Ok(Scalar::Other)
-    }
-}
-
-/// A key that feeds a typed field: which one, how preferred its name is, and the
-/// key itself (a slot name's length, so at most [`KEY_MAX`] bytes).
-#[derive(Clone, Copy)]
-struct Candidate {
-    slot: u8,
-    rank: u8,
-    len: u8,
-    key: [u8; KEY_MAX],
-}
-
-impl Candidate {
-    fn key(&self) -> &[u8] {
-        &self.key[..usize::from(self.len)]
-    }
-}
-
-/// Writes a map key as the entry's `key` field, and says whether it feeds a slot.
-struct KeySeed<'b> {
-    buf: &'b mut Vec<u8>,
-    picks: &'b dyn Picks,
-}
-
-impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
-    type Value = Option<Candidate>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Candidate>, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for KeySeed<'_> {
-    type Value = Option<Candidate>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object key")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<Candidate>, E> {
-        put_str(self.buf, ENTRY_KEY, v);
-        Ok(self.picks.slot(v))
-    }
-}
-
-/// Which top-level keys of an object to pick values up from.
-trait Picks {
-    /// The slot a key feeds, if any.
-    fn slot(&self, key: &str) -> Option<Candidate>;
-    fn offer(&mut self, key: Candidate, value: Scalar);
-}
-
-struct NoPicks;
-
-impl Picks for NoPicks {
-    fn slot(&self, _: &str) -> Option<Candidate> {
-        None
-    }
-    fn offer(&mut self, _: Candidate, _: Scalar) {}
-}
-
-/// Writes a JSON object's entries as a `Struct` body, offering top-level values to
-/// `picks` as it goes.
-fn write_struct_body<'de, A: MapAccess<'de>>(
-    buf: &mut Vec<u8>,
-    mut map: A,
-    picks: &mut dyn Picks,
-) -> Result<(), A::Error> {
-    loop {
-        let entry = open(buf, STRUCT_FIELDS);
-        let seed = KeySeed {
-            buf: &mut *buf,
-            picks: &*picks,
-        };
-        let candidate = match map.next_key_seed(seed)? {
-            Some(c) => c,
-            None => {
-                buf.truncate(entry - 2);
-                return Ok(());
-            }
-        };
-        let value = open(buf, ENTRY_VALUE);
-        let scalar = map.next_value_seed(ValueSeed {
-            buf: &mut *buf,
-            keep_string: candidate.is_some(),
-        })?;
-        close(buf, value);
-        close(buf, entry);
-        if let Some(c) = candidate {
-            picks.offer(c, scalar);
-        }
-    }
-}
+use super::model::{UpstreamAttachment, fields};
+use super::struct_json;
+use crate::proto::struct_wire::{Discard, Picks, RawStruct, Scalar, write_struct_body};
 
 // ------------------------------------------------------------------ attachments
 
-/// The names each typed field may go by, case-insensitively, in order of preference.
-pub const ID: &[&str] = &["AttachmentId", "Id"];
-pub const NAME: &[&str] = &["Name", "FileName"];
-pub const MIME_TYPE: &[&str] = &["MimeType", "ContentType"];
-pub const SIZE: &[&str] = &["Size", "SizeBytes", "FileSize", "Length"];
-pub const DOCUMENT_TYPE: &[&str] = &["DocumentType"];
-pub const SUBTYPE: &[&str] = &["Subtype", "SubType"];
+use fields::{DOCUMENT_TYPE, ID, MIME_TYPE, NAME, SIZE, SUBTYPE};
 const SLOTS: [&[&str]; 6] = [ID, NAME, MIME_TYPE, SIZE, DOCUMENT_TYPE, SUBTYPE];
 /// The longest slot name ("AttachmentId").
 const KEY_MAX: usize = 12;
@@ -341,6 +33,22 @@ const SLOT_LENGTHS: u32 = {
     bits
 };
 
+/// A key that feeds a typed field: which one, how preferred its name is, and the
+/// key itself (a slot name's length, so at most [`KEY_MAX`] bytes).
+#[derive(Clone, Copy)]
+struct Candidate {
+    slot: u8,
+    rank: u8,
+    len: u8,
+    key: [u8; KEY_MAX],
+}
+
+impl Candidate {
+    fn key(&self) -> &[u8] {
+        &self.key[..usize::from(self.len)]
+    }
+}
+
 /// The best candidate so far for each slot: the earliest name in the slot's list
 /// wins; among keys matching the same name, the smallest key in byte order; a
 /// repeated key, its last value. The same choice as looking the key up in the
@@ -351,6 +59,8 @@ struct AttachmentPicks {
 }
 
 impl Picks for AttachmentPicks {
+    type Slot = Candidate;
+
     fn slot(&self, key: &str) -> Option<Candidate> {
         // Most keys are no slot's: rule them out by length first.
         if key.len() > KEY_MAX || SLOT_LENGTHS & (1 << key.len()) == 0 {
@@ -404,7 +114,6 @@ impl AttachmentPicks {
         })
     }
 }
-
 // ------------------------------------------------------------------ typed fields only
 
 /// Reads one attachment object for its typed fields alone (the BASIC view): the
@@ -495,70 +204,6 @@ impl<'de> Visitor<'de> for ScalarSeed {
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scalar, A::Error> {
         Discard.visit_map(map).map(|()| Scalar::Other)
-    }
-}
-
-/// Reads a value through and drops it. Unlike `IgnoredAny`, numbers are parsed,
-/// so a value the writer and the tree reader refuse (a number out of `f64`'s
-/// range) is refused here too.
-struct Discard;
-
-impl<'de> DeserializeSeed<'de> for Discard {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Discard {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_none<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Discard)?.is_some() {}
-        Ok(())
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_key_seed(DiscardKey)?.is_some() {
-            map.next_value_seed(Discard)?;
-        }
-        Ok(())
-    }
-}
-
-/// A key read through and dropped, read as [`KeySeed`] reads it.
-struct DiscardKey;
-
-impl<'de> DeserializeSeed<'de> for DiscardKey {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_str(Discard)
     }
 }
 
@@ -701,7 +346,7 @@ pub fn read_attachments(
     de.end()?;
     let bytes = Bytes::from(buf);
     for (item, range) in items.iter_mut().zip(ranges) {
-        item.raw = RawStruct(bytes.slice(range));
+        item.raw = RawStruct::from(bytes.slice(range));
     }
     Ok(items)
 }
@@ -711,7 +356,7 @@ pub fn read_attachments(
 pub fn scalar_string(v: Scalar) -> Option<String> {
     match v {
         Scalar::Str(s) => Some(s),
-        Scalar::Num(n) => Some(super::struct_json::number_text(n)),
+        Scalar::Num(n) => Some(struct_json::number_text(n)),
         Scalar::Other => None,
     }
 }
@@ -719,7 +364,7 @@ pub fn scalar_string(v: Scalar) -> Option<String> {
 /// A non-negative whole number, from a number or a numeric string.
 pub fn scalar_u64(v: &Scalar) -> Option<u64> {
     match v {
-        Scalar::Num(n) => super::struct_json::number_u64(*n),
+        Scalar::Num(n) => struct_json::number_u64(*n),
         Scalar::Str(s) => s.trim().parse().ok(),
         Scalar::Other => None,
     }
@@ -728,6 +373,7 @@ pub fn scalar_u64(v: &Scalar) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
     use prost_types::value::Kind;
 
     fn decoded(a: &UpstreamAttachment) -> prost_types::Struct {

@@ -1,0 +1,117 @@
+//! A token bucket per caller identity, shared by all of the caller's connections.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::RateLimiter;
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+
+use super::{Refusal, TokioClock, quota};
+use crate::config::{Rate, RateLimitSettings};
+
+type Keyed =
+    RateLimiter<Arc<str>, DefaultKeyedStateStore<Arc<str>>, TokioClock, NoOpMiddleware<Duration>>;
+type Direct = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
+
+/// A token bucket per caller identity.
+pub struct CallerLimits {
+    clock: TokioClock,
+    default_rate: Rate,
+    default: Keyed,
+    overrides: HashMap<String, (Rate, Direct)>,
+}
+
+impl CallerLimits {
+    pub fn new(s: &RateLimitSettings) -> Self {
+        let clock = TokioClock::default();
+        Self {
+            default_rate: s.per_caller,
+            default: RateLimiter::new(
+                quota(s.per_caller),
+                DefaultKeyedStateStore::default(),
+                clock.clone(),
+            ),
+            overrides: s
+                .overrides
+                .iter()
+                .map(|(k, r)| {
+                    (
+                        k.clone(),
+                        (*r, RateLimiter::direct_with_clock(quota(*r), clock.clone())),
+                    )
+                })
+                .collect(),
+            clock,
+        }
+    }
+
+    /// Takes one request from `caller`'s bucket (`id` is the bare identity, `key`
+    /// also names the auth method).
+    pub fn check(&self, id: &str, key: &Arc<str>) -> Result<(), Refusal> {
+        let (rate, result) = match self.overrides.get(id) {
+            Some((rate, limiter)) => (*rate, limiter.check()),
+            None => (self.default_rate, self.default.check_key(key)),
+        };
+        result.map_err(|not_until| Refusal {
+            limit: "per_caller_rate",
+            subject: format!("caller:{key}"),
+            description: format!(
+                "at most {} requests/s (bursts of {}) per caller",
+                rate.rps, rate.burst
+            ),
+            retry_after: not_until.wait_time_from(self.clock.now()),
+        })
+    }
+
+    /// Drops the buckets of callers that are full again (bounded memory).
+    pub fn forget_idle(&self) {
+        self.default.retain_recent();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> RateLimitSettings {
+        RateLimitSettings {
+            per_caller: Rate { rps: 2, burst: 2 },
+            upstream: Rate { rps: 10, burst: 1 },
+            upstream_max_wait: Duration::from_millis(150),
+            cool_down_after_503s: 2,
+            ..RateLimitSettings::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_caller_bucket_refills_with_time() {
+        let l = CallerLimits::new(&settings());
+        let a: Arc<str> = "api_key:a".into();
+        let b: Arc<str> = "api_key:b".into();
+        assert!(l.check("a", &a).is_ok());
+        assert!(l.check("a", &a).is_ok());
+        let r = l.check("a", &a).unwrap_err();
+        assert_eq!(r.limit, "per_caller_rate");
+        assert_eq!(r.retry_after, Duration::from_millis(500));
+        assert!(l.check("b", &b).is_ok(), "callers have separate buckets");
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(l.check("a", &a).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn overrides_replace_the_default_rate() {
+        let mut s = settings();
+        s.overrides
+            .insert("vip".into(), Rate { rps: 100, burst: 5 });
+        let l = CallerLimits::new(&s);
+        let k: Arc<str> = "jwt:vip".into();
+        for _ in 0..5 {
+            assert!(l.check("vip", &k).is_ok());
+        }
+        assert!(l.check("vip", &k).is_err());
+    }
+}

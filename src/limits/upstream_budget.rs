@@ -1,0 +1,157 @@
+//! The budget of requests toward the upstream, shared by every call, with a
+//! cool-down after a 429 or repeated 503s.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use governor::RateLimiter;
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use tokio::time::Instant;
+
+use super::{Refusal, TokioClock, quota};
+use crate::config::{Rate, RateLimitSettings};
+
+type Direct = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
+
+/// The budget of requests toward the upstream, shared by every call.
+pub struct UpstreamBudget {
+    clock: TokioClock,
+    rate: Rate,
+    limiter: Direct,
+    max_wait: Duration,
+    cool_until: std::sync::Mutex<Option<Instant>>,
+    consecutive_503: AtomicU32,
+    threshold_503: u32,
+}
+
+impl UpstreamBudget {
+    pub fn new(s: &RateLimitSettings) -> Self {
+        let clock = TokioClock::default();
+        Self {
+            rate: s.upstream,
+            limiter: RateLimiter::direct_with_clock(quota(s.upstream), clock.clone()),
+            clock,
+            max_wait: s.upstream_max_wait,
+            cool_until: std::sync::Mutex::new(None),
+            consecutive_503: AtomicU32::new(0),
+            threshold_503: s.cool_down_after_503s.max(1),
+        }
+    }
+
+    fn cooling(&self) -> Option<Duration> {
+        let until = (*self.cool_until.lock().ok()?)?;
+        let now = Instant::now();
+        (until > now).then(|| until - now)
+    }
+
+    /// Waits (at most `upstream_max_wait`) for a slot in the budget, or refuses.
+    pub async fn acquire(&self) -> Result<(), Refusal> {
+        if let Some(left) = self.cooling() {
+            return Err(Refusal {
+                limit: "upstream_cool_down",
+                subject: "upstream".into(),
+                description: "the upstream asked the gateway to slow down (429 or repeated 503); all calls wait".into(),
+                retry_after: left,
+            });
+        }
+        let deadline = Instant::now() + self.max_wait;
+        loop {
+            match self.limiter.check() {
+                Ok(()) => return Ok(()),
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(self.clock.now());
+                    if Instant::now() + wait > deadline {
+                        return Err(Refusal {
+                            limit: "upstream_rate",
+                            subject: "upstream".into(),
+                            description: format!(
+                                "at most {} upstream requests/s (bursts of {}) from this replica",
+                                self.rate.rps, self.rate.burst
+                            ),
+                            retry_after: wait,
+                        });
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Learns from an upstream answer: a 429 starts a cool-down at once (its
+    /// `Retry-After`, else 1 s); so do `cool_down_after_503s` 503s in a row.
+    pub fn observe(&self, status: u16, retry_after: Option<Duration>) {
+        let cool = |d: Duration| {
+            if let Ok(mut g) = self.cool_until.lock() {
+                let until = Instant::now() + d.min(Duration::from_secs(300));
+                if g.is_none_or(|u| u < until) {
+                    *g = Some(until);
+                }
+            }
+            tracing::warn!(status, cool_down = ?d, "the upstream asked to slow down: cooling down");
+        };
+        match status {
+            429 => cool(retry_after.unwrap_or(Duration::from_secs(1))),
+            503 => {
+                let n = self.consecutive_503.fetch_add(1, Ordering::Relaxed) + 1;
+                if n >= self.threshold_503 {
+                    self.consecutive_503.store(0, Ordering::Relaxed);
+                    cool(retry_after.unwrap_or(Duration::from_secs(1)));
+                }
+            }
+            _ => self.consecutive_503.store(0, Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> RateLimitSettings {
+        RateLimitSettings {
+            per_caller: Rate { rps: 2, burst: 2 },
+            upstream: Rate { rps: 10, burst: 1 },
+            upstream_max_wait: Duration::from_millis(150),
+            cool_down_after_503s: 2,
+            ..RateLimitSettings::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn upstream_budget_waits_briefly_then_refuses() {
+        let b = UpstreamBudget::new(&settings());
+        let t0 = Instant::now();
+        b.acquire().await.unwrap();
+        b.acquire().await.unwrap(); // waited 100 ms for the next slot
+        assert_eq!(t0.elapsed(), Duration::from_millis(100));
+        // Three at once: the third would wait 200 ms > 150 ms: refused.
+        let (x, y) = tokio::join!(b.acquire(), b.acquire());
+        let refused: Vec<_> = [x, y].into_iter().filter_map(Result::err).collect();
+        assert_eq!(refused.len(), 1, "one waits for its slot, one is refused");
+        assert_eq!(refused[0].limit, "upstream_rate");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_or_repeated_503s_cool_everyone_down() {
+        let b = UpstreamBudget::new(&settings());
+        b.observe(429, Some(Duration::from_secs(3)));
+        let r = b.acquire().await.unwrap_err();
+        assert_eq!(
+            (r.limit, r.retry_after),
+            ("upstream_cool_down", Duration::from_secs(3))
+        );
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(b.acquire().await.is_ok());
+        b.observe(503, None);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(b.acquire().await.is_ok(), "one 503 is not enough");
+        b.observe(503, None);
+        assert_eq!(b.acquire().await.unwrap_err().limit, "upstream_cool_down");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        b.observe(200, None);
+        b.observe(503, None);
+        assert!(b.acquire().await.is_ok(), "a success resets the 503 count");
+    }
+}
