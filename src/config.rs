@@ -695,7 +695,7 @@ impl Settings {
             .chain(a.mtls.default_scopes.iter())
             .chain(a.mtls.identities.values().flatten());
         for s in scopes {
-            if crate::auth::Scopes::parse(s).is_none() {
+            if crate::scopes::Scopes::parse(s).is_none() {
                 return Err(invalid(
                     "auth",
                     format!("unknown scope `{s}` (known: attachments.read, attachments.write)"),

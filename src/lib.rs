@@ -32,6 +32,8 @@ pub mod middleware;
 #[cfg(feature = "server")]
 pub mod sandbox;
 #[cfg(feature = "server")]
+pub mod scopes;
+#[cfg(feature = "server")]
 pub mod secret;
 #[cfg(feature = "server")]
 pub mod server;

@@ -14,7 +14,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::api::{ApiLimits, AttachmentApi};
-use crate::auth::Authenticator;
+use crate::auth::{AuthConfig, Authenticator};
 use crate::config::Settings;
 use crate::limits::{CallerLimits, UpstreamBudget};
 use crate::metrics::Metrics;
@@ -164,9 +164,14 @@ pub async fn serve_with(
         .saturating_add(MESSAGE_OVERHEAD);
     let service = AttachmentServiceServer::new(api).max_decoding_message_size(max_message);
     let authenticator = Arc::new(
-        Authenticator::from_settings(&settings)
-            .await
-            .map_err(ServeError::Auth)?,
+        Authenticator::start(AuthConfig {
+            settings: &settings.auth,
+            mtls: settings.tls.mtls(),
+            anonymous: settings.unauthenticated_allowed(),
+            public_reflection: settings.reflection_public(),
+        })
+        .await
+        .map_err(ServeError::Auth)?,
     );
     let caller_limits = Arc::new(CallerLimits::new(&settings.rate_limit));
     {

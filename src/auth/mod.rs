@@ -15,61 +15,8 @@ use http::HeaderMap;
 pub use self::api_keys::{ApiKeyStore, hash_key};
 pub use self::jwt::JwtVerifier;
 pub use self::mtls::identity_from_cert;
-use crate::config::Settings;
-
-/// The scopes a caller holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Scopes {
-    pub read: bool,
-    pub write: bool,
-}
-
-impl Scopes {
-    pub const READ: &'static str = "attachments.read";
-    pub const WRITE: &'static str = "attachments.write";
-
-    pub fn all() -> Self {
-        Self {
-            read: true,
-            write: true,
-        }
-    }
-
-    /// One scope name; `None` when unknown.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            Self::READ => Some(Self {
-                read: true,
-                write: false,
-            }),
-            Self::WRITE => Some(Self {
-                read: false,
-                write: true,
-            }),
-            _ => None,
-        }
-    }
-
-    /// The known scopes among `names`; unknown ones are ignored (tokens may carry
-    /// scopes meant for other services).
-    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
-        names
-            .into_iter()
-            .filter_map(Self::parse)
-            .fold(Self::default(), |a, b| Self {
-                read: a.read || b.read,
-                write: a.write || b.write,
-            })
-    }
-
-    pub fn allows(self, needed: Needed) -> bool {
-        match needed {
-            Needed::Read => self.read,
-            Needed::Write => self.write,
-            Needed::Authenticated | Needed::Nothing => true,
-        }
-    }
-}
+use crate::config::{AuthSettings, MtlsSettings};
+pub use crate::scopes::Scopes;
 
 /// How a caller proved who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +65,15 @@ pub enum Needed {
 }
 
 impl Needed {
+    /// Whether `scopes` are enough for this requirement.
+    pub fn allowed_by(self, scopes: Scopes) -> bool {
+        match self {
+            Self::Read => scopes.read,
+            Self::Write => scopes.write,
+            Self::Authenticated | Self::Nothing => true,
+        }
+    }
+
     pub fn scope_name(self) -> &'static str {
         match self {
             Self::Read => Scopes::READ,
@@ -182,35 +138,47 @@ impl AuthError {
 pub struct Authenticator {
     jwt: Option<Arc<JwtVerifier>>,
     keys: Option<Arc<ApiKeyStore>>,
-    mtls: Option<crate::config::MtlsSettings>,
+    mtls: Option<MtlsSettings>,
     anonymous: bool,
     public_reflection: bool,
 }
 
+/// What authentication is asked to do: its own settings section, and what the
+/// rest of the settings decide for it.
+pub struct AuthConfig<'a> {
+    pub settings: &'a AuthSettings,
+    /// Client certificates are required (mTLS), so they identify callers.
+    pub mtls: bool,
+    /// Callers without credentials are served, with every scope.
+    pub anonymous: bool,
+    /// Reflection is served without credentials.
+    pub public_reflection: bool,
+}
+
 impl Authenticator {
-    pub async fn from_settings(s: &Settings) -> Result<Self, String> {
-        let jwt = if s.auth.jwt.enabled {
-            Some(JwtVerifier::start(&s.auth.jwt).await?)
+    pub async fn start(c: AuthConfig<'_>) -> Result<Self, String> {
+        let s = c.settings;
+        let jwt = if s.jwt.enabled {
+            Some(JwtVerifier::start(&s.jwt).await?)
         } else {
             None
         };
-        let keys = match &s.auth.api_keys.file {
+        let keys = match &s.api_keys.file {
             Some(path) => Some(ApiKeyStore::start(
                 path.clone(),
-                s.auth.api_keys.reload_interval,
+                s.api_keys.reload_interval,
             )?),
             None => None,
         };
-        let anonymous = s.unauthenticated_allowed();
-        if anonymous {
+        if c.anonymous {
             tracing::warn!("authentication is off: every caller may read and write attachments");
         }
         Ok(Self {
             jwt,
             keys,
-            mtls: s.tls.mtls().then(|| s.auth.mtls.clone()),
-            anonymous,
-            public_reflection: s.reflection_public(),
+            mtls: c.mtls.then(|| s.mtls.clone()),
+            anonymous: c.anonymous,
+            public_reflection: c.public_reflection,
         })
     }
 
@@ -328,13 +296,6 @@ mod tests {
             ),
             Needed::Nothing
         );
-    }
-
-    #[test]
-    fn scopes_parse() {
-        let s = Scopes::from_names(["attachments.read", "other.thing"]);
-        assert!(s.read && !s.write);
-        assert_eq!(Scopes::parse("attachments.admin"), None);
     }
 
     #[test]

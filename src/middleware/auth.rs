@@ -92,7 +92,7 @@ where
                 .and_then(|certs| certs.first().map(|c| c.to_vec()));
             let result = auth.authenticate(req.headers(), cert.as_deref()).await;
             let caller = match result {
-                Ok(c) if c.scopes.allows(needed) => c,
+                Ok(c) if needed.allowed_by(c.scopes) => c,
                 Ok(c) => {
                     let e = AuthError::MissingScope {
                         caller: c.to_string(),
