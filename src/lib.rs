@@ -30,6 +30,8 @@ pub mod metrics;
 #[cfg(feature = "server")]
 pub mod middleware;
 #[cfg(feature = "server")]
+pub mod periodic;
+#[cfg(feature = "server")]
 pub mod sandbox;
 #[cfg(feature = "server")]
 pub mod scopes;

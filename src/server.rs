@@ -13,14 +13,16 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
-use crate::api::{ApiLimits, AttachmentApi};
+use crate::api::writes::Writes;
+use crate::api::{AttachmentApi, Bounds, Downloads, Timeouts, UploadLimits, Uploads};
 use crate::auth::{AuthConfig, Authenticator};
 use crate::config::Settings;
 use crate::limits::{CallerLimits, UpstreamBudget};
 use crate::metrics::Metrics;
-use crate::middleware::auth::AuthLayer;
+use crate::middleware::auth::Auth;
+use crate::middleware::gate::GateLayer;
 use crate::middleware::observe::ObserveLayer;
-use crate::middleware::rate_limit::RateLimitLayer;
+use crate::middleware::rate_limit::RateLimit;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::wire::attachment_service_server::AttachmentServiceServer;
 use crate::upstream::{Upstream, UpstreamError};
@@ -153,11 +155,40 @@ pub async fn serve_with(
         Arc::clone(&metrics),
     )?);
     let cut = CancellationToken::new();
+    let bounds = Bounds { cut: cut.clone() };
+    let writes = Writes::new(settings.upstream.idempotency_ttl);
+    let l = &settings.limits;
+    let uploads = Uploads::new(
+        Arc::clone(&upstream),
+        UploadLimits {
+            max_upload_bytes: l.max_upload_bytes,
+            max_chunk_bytes: usize::try_from(l.max_chunk_bytes).unwrap_or(usize::MAX),
+            max_concurrent_uploads: settings.rate_limit.max_concurrent_uploads as usize,
+            max_inflight_upload_bytes: usize::try_from(
+                settings.rate_limit.max_inflight_upload_bytes,
+            )
+            .unwrap_or(usize::MAX),
+        },
+        bounds.clone(),
+        writes.clone(),
+        Arc::clone(&metrics),
+    );
+    let downloads = Downloads::new(
+        Arc::clone(&upstream),
+        bounds.clone(),
+        Arc::clone(&metrics),
+        usize::try_from(l.download_chunk_bytes).unwrap_or(usize::MAX),
+    );
     let api = AttachmentApi::new(
         upstream,
-        ApiLimits::from_settings(&settings),
-        cut.clone(),
-        Arc::clone(&metrics),
+        Timeouts {
+            request: settings.upstream.request_timeout,
+            transfer: settings.upstream.transfer_timeout,
+        },
+        bounds,
+        writes,
+        uploads,
+        downloads,
     );
     let max_message = usize::try_from(settings.limits.max_chunk_bytes)
         .unwrap_or(usize::MAX)
@@ -174,20 +205,12 @@ pub async fn serve_with(
         .map_err(ServeError::Auth)?,
     );
     let caller_limits = Arc::new(CallerLimits::new(&settings.rate_limit));
-    {
-        // Forget the buckets of callers gone quiet, so memory stays bounded.
-        let weak = Arc::downgrade(&caller_limits);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
-            loop {
-                tick.tick().await;
-                match weak.upgrade() {
-                    Some(l) => l.forget_idle(),
-                    None => return,
-                }
-            }
-        });
-    }
+    // Forget the buckets of callers gone quiet, so memory stays bounded.
+    crate::periodic::every(
+        &caller_limits,
+        std::time::Duration::from_secs(60),
+        |l| async move { l.forget_idle() },
+    );
     if let Some(admin) = admin {
         if let Ok(addr) = admin.local_addr() {
             tracing::info!(%addr, "metrics on http://{addr}/metrics");
@@ -231,8 +254,14 @@ pub async fn serve_with(
     let s = &settings.server;
     let layers = tower::ServiceBuilder::new()
         .layer(ObserveLayer::new(Arc::clone(&metrics)))
-        .layer(AuthLayer::new(authenticator, Arc::clone(&metrics)))
-        .layer(RateLimitLayer::new(caller_limits, Arc::clone(&metrics)))
+        .layer(GateLayer::new(Auth::new(
+            authenticator,
+            Arc::clone(&metrics),
+        )))
+        .layer(GateLayer::new(RateLimit::new(
+            caller_limits,
+            Arc::clone(&metrics),
+        )))
         .into_inner();
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(s.http2_keepalive_interval))

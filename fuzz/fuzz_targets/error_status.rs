@@ -4,7 +4,7 @@
 //! upstream's message stays bounded.
 #![no_main]
 
-use attachment_gateway::api::status::{Op, classify, from_upstream};
+use attachment_gateway::api::error::{Error, Op, classify};
 use attachment_gateway::upstream::UpstreamError;
 use attachment_gateway::upstream::error::parse_error_body;
 use libfuzzer_sys::fuzz_target;
@@ -31,7 +31,7 @@ fuzz_target!(|input: &[u8]| {
     assert_ne!(code, Code::Ok);
     assert_ne!(code, Code::Unauthenticated);
     assert!(!reason.is_empty());
-    let s = from_upstream(&UpstreamError::Api(Box::new(api)), op);
+    let s = tonic::Status::from(Error::upstream(UpstreamError::Api(Box::new(api)), op));
     assert_eq!(s.code(), code);
     assert!(
         s.message().chars().count() <= 2000,

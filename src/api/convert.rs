@@ -1,9 +1,7 @@
 //! Wire messages to validated domain types (every bad field reported at once), and
 //! upstream answers back to wire messages.
 
-use tonic::Status;
-
-use super::status::invalid_argument;
+use super::error::Error;
 use crate::domain::{
     AttachmentId, AttachmentName, AttachmentRef, AttachmentRemoval, AttachmentUpdate, DocumentType,
     FieldError, ListView, MessageId, MimeType, NewAttachment, PerformedBy, Violations, Visibility,
@@ -60,10 +58,10 @@ fn document_type_to_proto(upstream: Option<&str>) -> i32 {
     p as i32
 }
 
-fn done<T>(v: Violations, value: Option<T>) -> Result<T, Status> {
+fn done<T>(v: Violations, value: Option<T>) -> Result<T, Error> {
     match value {
         Some(value) if v.is_empty() => Ok(value),
-        _ => Err(invalid_argument(v.into_vec())),
+        _ => Err(Error::Invalid(v.into_vec())),
     }
 }
 
@@ -71,7 +69,7 @@ fn done<T>(v: Violations, value: Option<T>) -> Result<T, Status> {
 pub fn new_attachment(
     m: proto::UploadMetadata,
     max_upload_bytes: u64,
-) -> Result<NewAttachment, Status> {
+) -> Result<NewAttachment, Error> {
     let mut v = Violations::new();
     let work_order_id = v.check("metadata.work_order_id", WorkOrderId::new(m.work_order_id));
     let name = v.check("metadata.name", AttachmentName::new(&m.name));
@@ -135,7 +133,7 @@ fn list_view(v: i32) -> Result<ListView, FieldError> {
 }
 
 /// Validates a list request (every bad field reported at once).
-pub fn list_request(r: &proto::ListAttachmentsRequest) -> Result<(WorkOrderId, ListView), Status> {
+pub fn list_request(r: &proto::ListAttachmentsRequest) -> Result<(WorkOrderId, ListView), Error> {
     let mut v = Violations::new();
     let wo = v.check("work_order_id", WorkOrderId::new(r.work_order_id));
     let view = v.check("view", list_view(r.view));
@@ -143,13 +141,13 @@ pub fn list_request(r: &proto::ListAttachmentsRequest) -> Result<(WorkOrderId, L
     done(v, value)
 }
 
-pub fn attachment_ref(work_order_id: i64, attachment_id: &str) -> Result<AttachmentRef, Status> {
+pub fn attachment_ref(work_order_id: i64, attachment_id: &str) -> Result<AttachmentRef, Error> {
     let mut v = Violations::new();
     let t = target(&mut v, work_order_id, attachment_id);
     done(v, t)
 }
 
-pub fn update(r: proto::UpdateAttachmentRequest) -> Result<AttachmentUpdate, Status> {
+pub fn update(r: proto::UpdateAttachmentRequest) -> Result<AttachmentUpdate, Error> {
     let mut v = Violations::new();
     let t = target(&mut v, r.work_order_id, &r.attachment_id);
     let name = v.check("name", AttachmentName::new(&r.name));
@@ -168,7 +166,7 @@ pub fn update(r: proto::UpdateAttachmentRequest) -> Result<AttachmentUpdate, Sta
     done(v, value)
 }
 
-pub fn removal(r: proto::DeleteAttachmentRequest) -> Result<AttachmentRemoval, Status> {
+pub fn removal(r: proto::DeleteAttachmentRequest) -> Result<AttachmentRemoval, Error> {
     let mut v = Violations::new();
     let t = target(&mut v, r.work_order_id, &r.attachment_id);
     let mid = v.check("message_id", MessageId::new_or_generate(&r.message_id));

@@ -2,9 +2,11 @@
 //! the bearer token, and streams the bytes on as they arrive (never the whole file
 //! in memory). A body that ends early ends the stream with an error status.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::Stream;
 use reqwest::header::{self, HeaderMap};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -12,12 +14,17 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tracing::Instrument;
 
-use super::status::{self, Op};
-use super::{AttachmentApi, DownloadStream};
+use super::deadline::Bounds;
+use super::error::{Error, Op};
 use crate::domain::AttachmentRef;
+use crate::metrics::Metrics;
 use crate::proto::wire::download_attachment_response::Payload;
 use crate::proto::wire::{Attachment, DownloadAttachmentResponse};
-use crate::upstream::UpstreamError;
+use crate::upstream::{Upstream, UpstreamError};
+
+/// The messages of a download as the caller receives them.
+pub type DownloadStream =
+    Pin<Box<dyn Stream<Item = Result<DownloadAttachmentResponse, Status>> + Send + 'static>>;
 
 /// Messages queued toward a slow caller before the upstream read waits.
 const QUEUED_MESSAGES: usize = 4;
@@ -87,14 +94,38 @@ fn chunk_message(b: Bytes) -> DownloadAttachmentResponse {
     }
 }
 
-impl AttachmentApi {
-    pub(super) async fn download(
+/// The download path: what `DownloadAttachment` needs, and nothing else.
+pub struct Downloads {
+    upstream: Arc<Upstream>,
+    bounds: Bounds,
+    metrics: Arc<Metrics>,
+    chunk_bytes: usize,
+}
+
+impl Downloads {
+    pub fn new(
+        upstream: Arc<Upstream>,
+        bounds: Bounds,
+        metrics: Arc<Metrics>,
+        chunk_bytes: usize,
+    ) -> Self {
+        Self {
+            upstream,
+            bounds,
+            metrics,
+            chunk_bytes,
+        }
+    }
+
+    /// Opens the download; its bytes then stream to the caller as they arrive.
+    pub async fn open(
         &self,
         target: AttachmentRef,
         deadline: Instant,
-    ) -> Result<DownloadStream, Status> {
+    ) -> Result<DownloadStream, Error> {
         let link = self
-            .call(
+            .bounds
+            .run(
                 deadline,
                 Op::Read,
                 "getting a download link",
@@ -102,7 +133,8 @@ impl AttachmentApi {
             )
             .await?;
         let mut resp = self
-            .call(
+            .bounds
+            .run(
                 deadline,
                 Op::Read,
                 "opening the download",
@@ -113,8 +145,8 @@ impl AttachmentApi {
         let first = DownloadAttachmentResponse {
             payload: Some(Payload::Metadata(metadata(&target, resp.headers(), length))),
         };
-        let chunk_size = self.limits.download_chunk_bytes;
-        let cut = self.cut.clone();
+        let chunk_size = self.chunk_bytes;
+        let cut = self.bounds.cut.clone();
         let metrics = Arc::clone(&self.metrics);
         let (tx, rx) = mpsc::channel::<Result<DownloadAttachmentResponse, Status>>(QUEUED_MESSAGES);
         // Capacity is at least one, and the queue is empty.
@@ -126,16 +158,20 @@ impl AttachmentApi {
                     let read = tokio::select! {
                         r = tokio::time::timeout_at(deadline, resp.chunk()) => r,
                         () = cut.cancelled() => {
-                            let _ = tx.send(Err(status::shutting_down(Op::Read, true))).await;
+                            let e = Error::ShuttingDown { op: Op::Read, nothing_applied: true };
+                            let _ = tx.send(Err(e.into())).await;
                             return;
                         }
                     };
                     let next = match read {
-                        Err(_) => Err(status::deadline_exceeded(Op::Read, "the download", true)),
-                        Ok(Err(e)) => Err(status::from_upstream(
-                            &UpstreamError::from_reqwest(e),
-                            Op::Read,
-                        )),
+                        Err(_) => Err(Error::Deadline {
+                            op: Op::Read,
+                            what: "the download",
+                            nothing_applied: true,
+                        }),
+                        Ok(Err(e)) => {
+                            Err(Error::upstream(UpstreamError::from_reqwest(e), Op::Read))
+                        }
                         Ok(Ok(next)) => Ok(next),
                     };
                     match next {
@@ -154,17 +190,17 @@ impl AttachmentApi {
                             if let Some(expected) = length
                                 && expected != sent
                             {
-                                let _ = tx
-                                    .send(Err(Status::data_loss(format!(
-                                        "the download ended after {sent} of {expected} bytes"
-                                    ))))
-                                    .await;
+                                let e = Error::DownloadTruncated {
+                                    received: sent,
+                                    expected,
+                                };
+                                let _ = tx.send(Err(e.into())).await;
                             }
                             return;
                         }
-                        Err(status) => {
-                            tracing::warn!(sent, code = ?status.code(), "download broke off");
-                            let _ = tx.send(Err(status)).await;
+                        Err(e) => {
+                            tracing::warn!(sent, code = ?e.code(), "download broke off");
+                            let _ = tx.send(Err(e.into())).await;
                             return;
                         }
                     }

@@ -12,17 +12,24 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
 use sha2::{Digest, Sha256};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
-use tonic::{Code, Status, Streaming};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
+use tonic::{Code, Streaming};
 
-use super::status::{self, Op, invalid_field};
-use super::{AttachmentApi, convert};
+use super::convert;
+use super::deadline::Bounds;
+use super::error::{Error, Op};
+use super::writes::{Answer, Start, Writes};
+use crate::limits::Refusal;
+use crate::metrics::Metrics;
 use crate::proto::wire::upload_attachment_request::Payload;
 use crate::proto::wire::{UploadAttachmentRequest, UploadAttachmentResponse};
+use crate::upstream::Upstream;
 
 /// Chunks queued between the caller's stream and the upstream body: memory per
 /// upload stays within a few chunks.
@@ -74,9 +81,9 @@ struct Progress {
 }
 
 impl Progress {
-    fn accept(&mut self, chunk: &[u8]) -> Result<(), Status> {
+    fn accept(&mut self, chunk: &[u8]) -> Result<(), Error> {
         if chunk.len() > self.max_chunk {
-            return Err(invalid_field(
+            return Err(Error::invalid(
                 "chunk",
                 "CHUNK_TOO_LARGE",
                 format!(
@@ -90,7 +97,7 @@ impl Progress {
         if let Some(declared) = self.declared
             && total > declared
         {
-            return Err(invalid_field(
+            return Err(Error::invalid(
                 "metadata.size_bytes",
                 "SIZE_MISMATCH",
                 format!(
@@ -100,7 +107,7 @@ impl Progress {
             ));
         }
         if total > self.limit {
-            return Err(invalid_field(
+            return Err(Error::invalid(
                 "chunk",
                 "FILE_TOO_LARGE",
                 format!(
@@ -115,11 +122,11 @@ impl Progress {
         Ok(())
     }
 
-    fn finish(self) -> Result<(u64, String), Status> {
+    fn finish(self) -> Result<(u64, String), Error> {
         if let Some(declared) = self.declared
             && declared != self.received
         {
-            return Err(invalid_field(
+            return Err(Error::invalid(
                 "metadata.size_bytes",
                 "SIZE_MISMATCH",
                 format!(
@@ -137,16 +144,16 @@ impl Progress {
 async fn next_payload(
     stream: &mut Streaming<UploadAttachmentRequest>,
     max_chunk: usize,
-) -> Result<Option<Payload>, Status> {
+) -> Result<Option<Payload>, Error> {
     match stream.message().await {
         Ok(Some(UploadAttachmentRequest { payload: Some(p) })) => Ok(Some(p)),
-        Ok(Some(UploadAttachmentRequest { payload: None })) => Err(invalid_field(
+        Ok(Some(UploadAttachmentRequest { payload: None })) => Err(Error::invalid(
             "payload",
             "REQUIRED",
             "a message carries neither metadata nor chunk",
         )),
         Ok(None) => Ok(None),
-        Err(s) if s.code() == Code::OutOfRange => Err(invalid_field(
+        Err(s) if s.code() == Code::OutOfRange => Err(Error::invalid(
             "chunk",
             "MESSAGE_TOO_LARGE",
             format!(
@@ -154,26 +161,120 @@ async fn next_payload(
                 s.message()
             ),
         )),
-        Err(s) => Err(s),
+        Err(s) => Err(Error::Stream(s)),
     }
 }
 
-fn late_metadata() -> Status {
-    invalid_field(
+fn late_metadata() -> Error {
+    Error::invalid(
         "metadata",
         "DUPLICATE_METADATA",
         "metadata must be sent once, as the first message",
     )
 }
 
-impl AttachmentApi {
+/// The limits an upload is held to.
+#[derive(Debug, Clone)]
+pub struct UploadLimits {
+    pub max_upload_bytes: u64,
+    pub max_chunk_bytes: usize,
+    pub max_concurrent_uploads: usize,
+    pub max_inflight_upload_bytes: usize,
+}
+
+/// Counts an upload in progress while alive.
+struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.uploads_in_flight.dec();
+    }
+}
+
+/// The upload path: what `UploadAttachment` needs, and nothing else.
+pub struct Uploads {
+    upstream: Arc<Upstream>,
+    limits: UploadLimits,
+    bounds: Bounds,
+    writes: Writes,
+    metrics: Arc<Metrics>,
+    /// One permit per upload in progress.
+    slots: Arc<Semaphore>,
+    /// One permit per upload byte held in memory.
+    bytes: Arc<Semaphore>,
+}
+
+impl Uploads {
+    pub fn new(
+        upstream: Arc<Upstream>,
+        limits: UploadLimits,
+        bounds: Bounds,
+        writes: Writes,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            upstream,
+            slots: Arc::new(Semaphore::new(limits.max_concurrent_uploads)),
+            bytes: Arc::new(Semaphore::new(
+                limits.max_inflight_upload_bytes.min(Semaphore::MAX_PERMITS),
+            )),
+            limits,
+            bounds,
+            writes,
+            metrics,
+        }
+    }
+
+    /// Runs one upload to its end: within `deadline` and the shutdown cut; a call
+    /// stopped by either aborts its upstream request mid-body unless the body was
+    /// complete.
+    pub async fn run(
+        &self,
+        stream: Streaming<UploadAttachmentRequest>,
+        deadline: Instant,
+    ) -> Result<UploadAttachmentResponse, Error> {
+        let Ok(_slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+            let refusal = Refusal {
+                limit: "concurrent_uploads",
+                subject: "gateway".into(),
+                description: format!(
+                    "at most {} uploads at once on this replica",
+                    self.limits.max_concurrent_uploads
+                ),
+                retry_after: Duration::from_secs(1),
+            };
+            self.metrics.refused(refusal.limit);
+            return Err(Error::Limited(refusal));
+        };
+        self.metrics.uploads_in_flight.inc();
+        let _in_flight = InFlight(&self.metrics);
+        // Set once the whole body went upstream: from then on, stopping the call
+        // cannot tell whether the attachment was stored.
+        let sent = AtomicBool::new(false);
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, self.upload(stream, &sent)) => match r {
+                Ok(r) => r,
+                Err(_) => Err(Error::Deadline {
+                    op: Op::Write,
+                    what: "the upload",
+                    nothing_applied: !sent.load(Ordering::Acquire),
+                }),
+            },
+            () = self.bounds.cut.cancelled() => Err(Error::ShuttingDown {
+                op: Op::Write,
+                nothing_applied: !sent.load(Ordering::Acquire),
+            }),
+        }
+    }
+
     /// Waits for room in the in-flight byte budget for `bytes`.
-    async fn hold(&self, bytes: Bytes) -> Result<Chunk, Status> {
+    async fn hold(&self, bytes: Bytes) -> Result<Chunk, Error> {
+        // A chunk is at most `max_chunk_bytes` (64 MiB at most), below u32::MAX.
         let n = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-        let permit = Arc::clone(&self.upload_bytes)
+        let permit = Arc::clone(&self.bytes)
             .acquire_many_owned(n)
             .await
-            .map_err(|_| Status::unavailable("the gateway is shutting down"))?;
+            .map_err(|_| Error::Internal("the upload byte budget was closed"))?;
         self.metrics.upload_bytes.inc_by(bytes.len() as u64);
         Ok(Chunk {
             bytes,
@@ -181,23 +282,23 @@ impl AttachmentApi {
         })
     }
 
-    pub(super) async fn upload(
+    async fn upload(
         &self,
         mut stream: Streaming<UploadAttachmentRequest>,
         sent: &AtomicBool,
-    ) -> Result<UploadAttachmentResponse, Status> {
+    ) -> Result<UploadAttachmentResponse, Error> {
         let max_chunk = self.limits.max_chunk_bytes;
         let meta = match next_payload(&mut stream, max_chunk).await? {
             Some(Payload::Metadata(m)) => m,
             Some(Payload::Chunk(_)) => {
-                return Err(invalid_field(
+                return Err(Error::invalid(
                     "metadata",
                     "MISSING_METADATA",
                     "the first message must carry the metadata, not a chunk",
                 ));
             }
             None => {
-                return Err(invalid_field(
+                return Err(Error::invalid(
                     "metadata",
                     "MISSING_METADATA",
                     "the stream ended before the metadata message",
@@ -206,14 +307,16 @@ impl AttachmentApi {
         };
         let caller_id = meta.message_id.clone();
         let attachment = convert::new_attachment(meta, self.limits.max_upload_bytes)?;
-        let guard = match self.begin_write("upload", attachment.work_order_id.get(), &caller_id)? {
-            Some(super::WriteStart::Replay(super::idempotency::Answer::Upload(r))) => {
+        let guard = match self
+            .writes
+            .begin("upload", attachment.work_order_id.get(), &caller_id)?
+        {
+            Start::Replay(Answer::Upload(r)) => {
                 tracing::info!("upload already done under this message_id: answering as before");
                 return Ok(r);
             }
-            Some(super::WriteStart::Replay(_)) => None,
-            Some(super::WriteStart::Go(g)) => Some(g),
-            None => None,
+            Start::Replay(Answer::MessageId(_)) => None,
+            Start::Go(g) => g,
         };
         tracing::Span::current().record("work_order_id", attachment.work_order_id.get());
         let mut progress = Progress {
@@ -234,7 +337,7 @@ impl AttachmentApi {
                 }
                 Some(Payload::Metadata(_)) => return Err(late_metadata()),
                 None => {
-                    return Err(invalid_field(
+                    return Err(Error::invalid(
                         "chunk",
                         "EMPTY_FILE",
                         "the file is empty: no bytes followed the metadata",
@@ -251,10 +354,8 @@ impl AttachmentApi {
             complete: Arc::clone(&complete),
             failed: false,
         };
-        // Capacity is at least one, and the queue is empty.
-        if tx.try_send(first).is_err() {
-            return Err(Status::internal("upload queue unavailable"));
-        }
+        // Capacity is at least one, and the queue is empty: this cannot fail.
+        let _ = tx.try_send(first);
         tracing::debug!(
             work_order_id = attachment.work_order_id.get(),
             declared = ?attachment.declared_size,
@@ -288,8 +389,8 @@ impl AttachmentApi {
             r = &mut upstream => {
                 // The upstream answered before the caller's stream ended.
                 return Err(match r {
-                    Err(e) => status::from_upstream(&e, Op::Write),
-                    Ok(_) => Status::internal("the upstream accepted the upload before its last byte; nothing can be confirmed"),
+                    Err(e) => Error::upstream(e, Op::Write),
+                    Ok(_) => Error::UploadUnconfirmed,
                 });
             }
         };
@@ -302,7 +403,7 @@ impl AttachmentApi {
                 drop(tx);
                 let receipt = upstream.await.map_err(|e| {
                     tracing::warn!(error = %e, "upload failed upstream");
-                    status::from_upstream(&e, Op::Write)
+                    Error::upstream(e, Op::Write)
                 })?;
                 let answer = UploadAttachmentResponse {
                     attachment_id: receipt.attachment_id,
@@ -314,24 +415,22 @@ impl AttachmentApi {
                     sha256: sha,
                 };
                 if let Some(g) = guard {
-                    g.complete(super::idempotency::Answer::Upload(answer.clone()));
+                    g.complete(Answer::Upload(answer.clone()));
                 }
                 Ok(answer)
             }
             Ok(false) => {
                 drop(tx);
                 match upstream.await {
-                    Err(e) => Err(status::from_upstream(&e, Op::Write)),
-                    Ok(_) => Err(Status::internal(
-                        "the upstream stopped reading the upload but accepted it",
-                    )),
+                    Err(e) => Err(Error::upstream(e, Op::Write)),
+                    Ok(_) => Err(Error::UploadUnconfirmed),
                 }
             }
             // `tx` drops without `complete`: the body fails and the upstream request
             // is aborted; dropping `upstream` closes its connection too.
-            Err(status) => {
-                tracing::info!(code = ?status.code(), "upload refused mid-stream; upstream request aborted");
-                Err(status)
+            Err(e) => {
+                tracing::info!(code = ?e.code(), "upload refused mid-stream; upstream request aborted");
+                Err(e)
             }
         }
     }

@@ -86,18 +86,15 @@ impl ApiKeyStore {
         });
         this.reload()
             .map_err(|e| format!("auth.api_keys.file: {e}"))?;
-        let weak = Arc::downgrade(&this);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(reload_interval.max(Duration::from_millis(100)));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(this) = weak.upgrade() else { return };
+        crate::periodic::every(
+            &this,
+            reload_interval.max(Duration::from_millis(100)),
+            |this| async move {
                 if let Err(e) = this.reload() {
                     tracing::warn!(error = %e, "API key file reload failed; keeping the current keys");
                 }
-            }
-        });
+            },
+        );
         Ok(this)
     }
 

@@ -173,20 +173,13 @@ impl JwtVerifier {
                 tracing::error!(error = %e, "cannot fetch the JWKS yet; retrying in the background")
             }
         }
-        let weak = Arc::downgrade(&this);
         let period = match this.source {
             Source::File(_) => s.jwks_refresh.min(Duration::from_secs(10)),
             Source::Url(_) => s.jwks_refresh,
         };
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(this) = weak.upgrade() else { return };
-                if let Err(e) = this.refresh().await {
-                    tracing::warn!(error = %e, "JWKS refresh failed; keeping the current keys");
-                }
+        crate::periodic::every(&this, period, |this| async move {
+            if let Err(e) = this.refresh().await {
+                tracing::warn!(error = %e, "JWKS refresh failed; keeping the current keys");
             }
         });
         Ok(this)

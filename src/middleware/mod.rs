@@ -6,10 +6,12 @@
 //!    scope; the caller goes into request extensions. Health is never behind it.
 //! 3. [`rate_limit`]: the caller's token bucket, keyed by the identity from `auth`.
 //!
-//! Each refuses with a gRPC status (rich details) as an HTTP response, without
-//! calling the service.
+//! Auth and rate limit are [`gate::Gate`]s: plain checks behind one generic
+//! service. Each refuses with an [`crate::api::Error`], made a gRPC status (rich
+//! details) as an HTTP response, without calling the service.
 
 pub mod auth;
+pub mod gate;
 pub mod observe;
 pub mod rate_limit;
 
@@ -17,10 +19,12 @@ use std::pin::Pin;
 
 use tonic::Status;
 
+use crate::api::Error;
+
 pub(crate) type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'static>>;
 pub(crate) type Response = http::Response<tonic::body::Body>;
 
-/// A status as a complete (trailers-only) gRPC response.
-pub(crate) fn refuse(status: Status) -> Response {
-    status.into_http()
+/// A refusal as a complete (trailers-only) gRPC response.
+pub(crate) fn refuse(e: Error) -> Response {
+    Status::from(e).into_http()
 }

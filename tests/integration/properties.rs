@@ -2,7 +2,7 @@
 //! mapping, over generated inputs (proptest). The coverage-guided counterparts
 //! of the parser properties are the cargo-fuzz targets in `fuzz/`.
 
-use attachment_gateway::api::status::{Op, classify, from_upstream};
+use attachment_gateway::api::error::{Error, Op, classify};
 use attachment_gateway::domain::{
     AttachmentName, ListView, MessageId, MimeType, PerformedBy, WorkOrderId,
 };
@@ -88,7 +88,7 @@ proptest! {
         prop_assert_ne!(grpc, Code::Ok);
         prop_assert_ne!(grpc, Code::Unauthenticated, "the caller's credentials are not the upstream's");
         prop_assert!(!reason.is_empty());
-        let s = from_upstream(&UpstreamError::Api(Box::new(api)), if write { Op::Write } else { Op::Read });
+        let s = tonic::Status::from(Error::upstream(UpstreamError::Api(Box::new(api)), if write { Op::Write } else { Op::Read }));
         prop_assert_eq!(s.code(), grpc);
     }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::common::*;
-use attachment_gateway::api::status::{BY_HTTP_STATUS, BY_UPSTREAM_CODE};
+use attachment_gateway::api::error::{BY_HTTP_STATUS, BY_UPSTREAM_CODE};
 use attachment_gateway::proto::download_attachment_response::Payload as Down;
 use attachment_gateway::proto::{
     DownloadAttachmentRequest, GetDownloadUrlRequest, ListAttachmentsRequest,

@@ -11,7 +11,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::deadline::Bounds;
+use super::error::{Error, Op};
+use crate::domain::MessageId;
 use crate::proto::wire::UploadAttachmentResponse;
+use crate::upstream::UpstreamError;
 
 /// The most writes remembered at once; the oldest go first.
 const CAPACITY: usize = 100_000;
@@ -114,6 +118,77 @@ impl WriteRecord {
             record: Arc::clone(self),
             key,
         })
+    }
+}
+
+/// How a remembered write starts.
+pub enum Start {
+    /// Done before: answer as then.
+    Replay(Answer),
+    /// Go ahead; complete the guard (when there is one) with the answer.
+    Go(Option<Guard>),
+}
+
+/// The writes of this gateway, remembered by the caller's message id.
+#[derive(Clone)]
+pub struct Writes {
+    record: Arc<WriteRecord>,
+}
+
+impl Writes {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            record: WriteRecord::new(ttl),
+        }
+    }
+
+    /// Starts a write, remembered by the caller's message id when it sent one.
+    pub fn begin(
+        &self,
+        call: &'static str,
+        work_order_id: i64,
+        caller_message_id: &str,
+    ) -> Result<Start, Error> {
+        if caller_message_id.is_empty() {
+            return Ok(Start::Go(None));
+        }
+        match self.record.begin(Key {
+            call,
+            work_order_id,
+            message_id: caller_message_id.to_string(),
+        }) {
+            Begin::Replay(answer) => Ok(Start::Replay(answer)),
+            Begin::Running => Err(Error::WriteInProgress),
+            Begin::Go(guard) => Ok(Start::Go(Some(guard))),
+        }
+    }
+
+    /// Runs a metadata write (update, delete) once per caller message id: a retry
+    /// of a completed write gets the first answer.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn once(
+        &self,
+        bounds: &Bounds,
+        call: &'static str,
+        work_order_id: i64,
+        caller_message_id: &str,
+        sent: &MessageId,
+        deadline: Instant,
+        what: &'static str,
+        fut: impl Future<Output = Result<Option<String>, UpstreamError>>,
+    ) -> Result<String, Error> {
+        let guard = match self.begin(call, work_order_id, caller_message_id)? {
+            Start::Replay(Answer::MessageId(m)) => return Ok(m),
+            Start::Replay(Answer::Upload(_)) => None,
+            Start::Go(g) => g,
+        };
+        let received = bounds.run(deadline, Op::Write, what, fut).await?;
+        // The upstream's message id when it answers one, else the one sent.
+        let message_id = received.unwrap_or_else(|| sent.as_str().to_string());
+        if let Some(g) = guard {
+            g.complete(Answer::MessageId(message_id.clone()));
+        }
+        Ok(message_id)
     }
 }
 

@@ -1,0 +1,531 @@
+//! The gateway's one error type, and the one place it becomes a `tonic::Status`.
+//!
+//! Every layer (validation, authentication, limits, the upstream client, the
+//! adapter's own checks) returns an [`Error`]; `impl From<Error> for Status` builds
+//! the status with its rich details: `BadRequest` (which field), `ErrorInfo`
+//! (reason, the upstream's code/message/message id, whether a retry is safe),
+//! `RetryInfo` (when to retry) and `QuotaFailure` (which limit). Every status
+//! carries `ErrorInfo` with `retry_safe`. The README's error tables are these.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, QuotaViolation, StatusExt};
+
+use crate::auth::AuthError;
+use crate::domain::{FieldError, Violation};
+use crate::limits::Refusal;
+use crate::upstream::{ApiError, UpstreamError};
+
+/// The `ErrorInfo.domain` of every status the gateway makes.
+pub const ERROR_DOMAIN: &str = "attachment-gateway.corrigopro.com";
+
+/// Whether the failed call changes upstream state, which decides whether an
+/// interrupted call is safe to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Read,
+    Write,
+}
+
+/// Everything that can end a call with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Fields of the request are not acceptable (every bad field, at once).
+    #[error("invalid request")]
+    Invalid(Vec<Violation>),
+    /// The caller is not authenticated, or lacks the method's scope.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// A limit refused the call before anything was done.
+    #[error("refused by the `{}` limit", .0.limit)]
+    Limited(Refusal),
+    /// The upstream call failed or was refused.
+    #[error("{error}")]
+    Upstream { error: UpstreamError, op: Op },
+    /// The caller's deadline (or the gateway's own timeout) passed.
+    /// `nothing_applied`: the call was stopped before the upstream could act on it.
+    #[error("the deadline passed before {what} finished")]
+    Deadline {
+        op: Op,
+        what: &'static str,
+        nothing_applied: bool,
+    },
+    /// The gateway is shutting down and its grace period ran out for this call.
+    #[error("the gateway is shutting down")]
+    ShuttingDown { op: Op, nothing_applied: bool },
+    /// A write with the same message id is running now.
+    #[error("a write with this message_id is in progress")]
+    WriteInProgress,
+    /// The upstream answered an upload before its last byte: it cannot have
+    /// stored the whole file, and whether it stored anything is unknown.
+    #[error("the upstream answered the upload before its last byte")]
+    UploadUnconfirmed,
+    /// A download ended before the length its headers announced.
+    #[error("the download ended after {received} of {expected} bytes")]
+    DownloadTruncated { received: u64, expected: u64 },
+    /// Something the gateway holds to be impossible happened.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+    /// The caller's own request stream failed (reset, protocol error): the status
+    /// the transport reported, passed on.
+    #[error("the request stream failed: {}", .0.message())]
+    Stream(Status),
+}
+
+impl Error {
+    /// `INVALID_ARGUMENT` for one field.
+    pub fn invalid(field: &str, reason: &'static str, description: impl Into<String>) -> Self {
+        Self::Invalid(vec![Violation {
+            field: field.to_string(),
+            error: FieldError::new(reason, description),
+        }])
+    }
+
+    /// An upstream failure of a read or a write.
+    pub fn upstream(error: UpstreamError, op: Op) -> Self {
+        match error {
+            // Refused before anything was sent: a limit like any other.
+            UpstreamError::Throttled(r) => Self::Limited(r),
+            error => Self::Upstream { error, op },
+        }
+    }
+
+    /// The gRPC code of this error, without building the status.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::Invalid(_) => Code::InvalidArgument,
+            Self::Auth(AuthError::MissingScope { .. }) => Code::PermissionDenied,
+            Self::Auth(_) => Code::Unauthenticated,
+            Self::Limited(_) => Code::ResourceExhausted,
+            Self::Upstream { error, .. } => upstream_code(error),
+            Self::Deadline { .. } => Code::DeadlineExceeded,
+            Self::ShuttingDown { .. } => Code::Unavailable,
+            Self::WriteInProgress => Code::Aborted,
+            Self::UploadUnconfirmed => Code::Internal,
+            Self::DownloadTruncated { .. } => Code::DataLoss,
+            Self::Internal(_) => Code::Internal,
+            Self::Stream(s) => s.code(),
+        }
+    }
+}
+
+/// Upstream error `Code`s, which win over the HTTP status.
+pub const BY_UPSTREAM_CODE: &[(i64, Code, &str)] = &[
+    (2100, Code::InvalidArgument, "UPSTREAM_VALIDATION_FAILED"),
+    (
+        3000,
+        Code::FailedPrecondition,
+        "UPSTREAM_BUSINESS_RULE_VIOLATED",
+    ),
+    (3001, Code::FailedPrecondition, "WORK_ORDER_STATE_INVALID"),
+    (3003, Code::NotFound, "RELATED_ENTITY_NOT_FOUND"),
+    (
+        3005,
+        Code::FailedPrecondition,
+        "WORK_ORDER_NOT_FOUND_OR_RECALLED",
+    ),
+];
+
+/// HTTP statuses, for answers whose body names no known `Code`.
+pub const BY_HTTP_STATUS: &[(u16, Code, &str)] = &[
+    (400, Code::InvalidArgument, "UPSTREAM_BAD_REQUEST"),
+    (401, Code::Internal, "GATEWAY_CREDENTIALS_REJECTED"),
+    (403, Code::PermissionDenied, "UPSTREAM_PERMISSION_DENIED"),
+    (404, Code::NotFound, "UPSTREAM_NOT_FOUND"),
+    (408, Code::DeadlineExceeded, "UPSTREAM_TIMEOUT"),
+    (409, Code::Aborted, "UPSTREAM_CONFLICT"),
+    (410, Code::NotFound, "UPSTREAM_GONE"),
+    (413, Code::InvalidArgument, "UPSTREAM_PAYLOAD_TOO_LARGE"),
+    (429, Code::ResourceExhausted, "UPSTREAM_RATE_LIMITED"),
+    (500, Code::Internal, "UPSTREAM_INTERNAL_ERROR"),
+    (501, Code::Unimplemented, "UPSTREAM_NOT_IMPLEMENTED"),
+    (502, Code::Unavailable, "UPSTREAM_BAD_GATEWAY"),
+    (503, Code::Unavailable, "UPSTREAM_UNAVAILABLE"),
+    (504, Code::DeadlineExceeded, "UPSTREAM_GATEWAY_TIMEOUT"),
+];
+
+/// The retry delay suggested when the upstream gives none.
+const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The gRPC code and reason for an upstream error answer.
+pub fn classify(e: &ApiError) -> (Code, &'static str) {
+    if let Some(code) = e.code
+        && let Some(&(_, grpc, reason)) = BY_UPSTREAM_CODE.iter().find(|(c, _, _)| *c == code)
+    {
+        return (grpc, reason);
+    }
+    if let Some(&(_, grpc, reason)) = BY_HTTP_STATUS.iter().find(|(s, _, _)| *s == e.http_status) {
+        return (grpc, reason);
+    }
+    match e.http_status {
+        400..=499 => (Code::FailedPrecondition, "UPSTREAM_REJECTED"),
+        500..=599 => (Code::Unavailable, "UPSTREAM_FAILED"),
+        _ => (Code::Internal, "UPSTREAM_UNEXPECTED_STATUS"),
+    }
+}
+
+fn upstream_code(e: &UpstreamError) -> Code {
+    match e {
+        UpstreamError::Api(api) => classify(api).0,
+        UpstreamError::Throttled(_) => Code::ResourceExhausted,
+        UpstreamError::CircuitOpen(_)
+        | UpstreamError::TokenRejected
+        | UpstreamError::Connect(_)
+        | UpstreamError::Transport(_) => Code::Unavailable,
+        UpstreamError::CredentialsRejected(_) | UpstreamError::Protocol(_) => Code::Internal,
+        UpstreamError::Timeout => Code::DeadlineExceeded,
+    }
+}
+
+/// Whether repeating the call cannot do harm. A write interrupted after it was sent
+/// may or may not have been applied upstream: "unknown".
+fn retry_safe(op: Op, nothing_applied: bool) -> &'static str {
+    match (op, nothing_applied) {
+        (Op::Read, _) | (Op::Write, true) => "true",
+        (Op::Write, false) => "unknown",
+    }
+}
+
+/// The parts of a status before it is built.
+struct Parts {
+    code: Code,
+    reason: &'static str,
+    message: String,
+    meta: HashMap<String, String>,
+    details: ErrorDetails,
+}
+
+impl Parts {
+    fn new(code: Code, reason: &'static str, message: impl Into<String>, retry_safe: &str) -> Self {
+        let mut meta = HashMap::new();
+        meta.insert("retry_safe".to_string(), retry_safe.to_string());
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            meta,
+            details: ErrorDetails::new(),
+        }
+    }
+
+    fn meta(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.meta.insert(key.to_string(), value.into());
+        self
+    }
+
+    fn retry_after(mut self, d: Duration) -> Self {
+        self.details.set_retry_info(Some(d));
+        self
+    }
+
+    fn build(mut self) -> Status {
+        self.details
+            .set_error_info(self.reason, ERROR_DOMAIN, self.meta);
+        Status::with_error_details(self.code, self.message, self.details)
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Invalid(violations) => invalid_argument(violations),
+            Error::Auth(e) => {
+                let code = match e {
+                    AuthError::MissingScope { .. } => Code::PermissionDenied,
+                    _ => Code::Unauthenticated,
+                };
+                let mut p = Parts::new(code, e.reason(), e.to_string(), "true");
+                if let AuthError::MissingScope { needed, .. } = &e {
+                    p = p.meta("required_scope", *needed);
+                }
+                p.build()
+            }
+            Error::Limited(r) => limited(&r),
+            Error::Upstream { error, op } => from_upstream(&error, op),
+            Error::Deadline {
+                op,
+                what,
+                nothing_applied,
+            } => Parts::new(
+                Code::DeadlineExceeded,
+                "DEADLINE_EXCEEDED",
+                format!("the deadline passed before {what} finished"),
+                retry_safe(op, nothing_applied),
+            )
+            .build(),
+            Error::ShuttingDown {
+                op,
+                nothing_applied,
+            } => Parts::new(
+                Code::Unavailable,
+                "GATEWAY_SHUTTING_DOWN",
+                "the gateway is shutting down and stopped this call; retry on another replica",
+                retry_safe(op, nothing_applied),
+            )
+            .retry_after(Duration::ZERO)
+            .build(),
+            Error::WriteInProgress => Parts::new(
+                Code::Aborted,
+                "WRITE_IN_PROGRESS",
+                "a write with this message_id is in progress; retry when it has finished to get its answer",
+                "true",
+            )
+            .retry_after(Duration::from_secs(1))
+            .build(),
+            Error::UploadUnconfirmed => Parts::new(
+                Code::Internal,
+                "UPSTREAM_ANSWERED_EARLY",
+                "the upstream answered the upload before its last byte; whether it stored anything is unknown",
+                "unknown",
+            )
+            .build(),
+            Error::DownloadTruncated { received, expected } => Parts::new(
+                Code::DataLoss,
+                "DOWNLOAD_TRUNCATED",
+                format!("the download ended after {received} of {expected} bytes"),
+                "true",
+            )
+            .meta("received_bytes", received.to_string())
+            .meta("expected_bytes", expected.to_string())
+            .build(),
+            Error::Internal(what) => Parts::new(
+                Code::Internal,
+                "GATEWAY_INTERNAL",
+                format!("internal error: {what}"),
+                "unknown",
+            )
+            .build(),
+            Error::Stream(s) => Parts::new(
+                s.code(),
+                "REQUEST_STREAM_FAILED",
+                format!("the request stream failed: {}", s.message()),
+                // The upstream request (if any) was aborted with the stream.
+                "true",
+            )
+            .build(),
+        }
+    }
+}
+
+/// `INVALID_ARGUMENT` naming every bad field.
+fn invalid_argument(violations: Vec<Violation>) -> Status {
+    let summary = violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.error.description))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let reason = violations
+        .first()
+        .map(|v| v.error.reason)
+        .unwrap_or("INVALID_ARGUMENT");
+    let mut p = Parts::new(
+        Code::InvalidArgument,
+        reason,
+        format!("invalid request: {summary}"),
+        // Nothing was done; the same request will be refused again.
+        "true",
+    );
+    p.details.set_bad_request(
+        violations
+            .into_iter()
+            .map(|v| {
+                let mut fv = FieldViolation::new(v.field, v.error.description);
+                fv.reason = v.error.reason.to_string();
+                fv
+            })
+            .collect::<Vec<_>>(),
+    );
+    p.build()
+}
+
+/// RESOURCE_EXHAUSTED for a limit: RetryInfo says when, QuotaFailure says which.
+/// Nothing went upstream, so a retry is safe.
+fn limited(r: &Refusal) -> Status {
+    let mut p = Parts::new(
+        Code::ResourceExhausted,
+        "RATE_LIMITED",
+        format!(
+            "refused by the `{}` limit: {}; retry in {} ms",
+            r.limit,
+            r.description,
+            r.retry_after.as_millis()
+        ),
+        "true",
+    )
+    .meta("limit", r.limit)
+    .retry_after(r.retry_after);
+    p.details.set_quota_failure(vec![QuotaViolation::new(
+        r.subject.clone(),
+        r.description.clone(),
+    )]);
+    p.build()
+}
+
+/// The status an upstream failure becomes.
+fn from_upstream(e: &UpstreamError, op: Op) -> Status {
+    match e {
+        UpstreamError::Api(api) => {
+            let (code, reason) = classify(api);
+            // A refused request changed nothing; a 5xx or timeout may have.
+            let applied_maybe = api.http_status >= 500 || api.http_status == 408;
+            let mut msg = format!("the upstream refused the call (HTTP {}", api.http_status);
+            if let Some(c) = api.code {
+                msg.push_str(&format!(", code {c}"));
+            }
+            msg.push(')');
+            if let Some(m) = &api.message {
+                msg.push_str(": ");
+                msg.push_str(m);
+            }
+            let mut p = Parts::new(code, reason, msg, retry_safe(op, !applied_maybe))
+                .meta("http_status", api.http_status.to_string());
+            if let Some(c) = api.code {
+                p = p.meta("upstream_code", c.to_string());
+            }
+            if let Some(m) = &api.message {
+                p = p.meta("upstream_message", m.clone());
+            }
+            if let Some(id) = &api.message_id {
+                p = p.meta("upstream_message_id", id.clone());
+            }
+            if !api.validation_errors.is_empty() {
+                p.details.set_bad_request(
+                    api.validation_errors
+                        .iter()
+                        .map(|v| {
+                            let mut fv =
+                                FieldViolation::new(proto_field(&v.field), v.message.clone());
+                            fv.reason = "UPSTREAM_VALIDATION_FAILED".into();
+                            fv
+                        })
+                        .collect::<Vec<_>>(),
+                );
+            }
+            if matches!(code, Code::ResourceExhausted | Code::Unavailable) {
+                p = p.retry_after(api.retry_after.unwrap_or(DEFAULT_RETRY_DELAY));
+            }
+            p.build()
+        }
+        UpstreamError::Throttled(r) => limited(r),
+        UpstreamError::CircuitOpen(r) => Parts::new(
+            Code::Unavailable,
+            "UPSTREAM_CIRCUIT_OPEN",
+            format!(
+                "the upstream is failing; not tried ({}); retry in {} ms",
+                r.description,
+                r.retry_after.as_millis()
+            ),
+            "true",
+        )
+        .meta("limit", r.limit)
+        .retry_after(r.retry_after)
+        .build(),
+        UpstreamError::CredentialsRejected(stage) => Parts::new(
+            Code::Internal,
+            "GATEWAY_CREDENTIALS_REJECTED",
+            "the upstream refused the gateway's own credentials; the gateway's operators must fix its client id/secret",
+            "true",
+        )
+        .meta("stage", *stage)
+        .build(),
+        UpstreamError::TokenRejected => Parts::new(
+            Code::Unavailable,
+            "UPSTREAM_TOKEN_REFRESHED",
+            "the upstream refused the gateway's access token and nothing was stored; a new token is being fetched: retry",
+            "true",
+        )
+        .retry_after(Duration::ZERO)
+        .build(),
+        UpstreamError::Timeout => Parts::new(
+            Code::DeadlineExceeded,
+            "UPSTREAM_TIMEOUT",
+            "the upstream did not answer in time",
+            retry_safe(op, false),
+        )
+        .build(),
+        UpstreamError::Connect(m) => Parts::new(
+            Code::Unavailable,
+            "UPSTREAM_UNREACHABLE",
+            format!("cannot reach the upstream: {m}"),
+            "true",
+        )
+        .retry_after(DEFAULT_RETRY_DELAY)
+        .build(),
+        UpstreamError::Transport(m) => {
+            let p = Parts::new(
+                Code::Unavailable,
+                "UPSTREAM_CONNECTION_FAILED",
+                format!("the connection to the upstream failed during the call: {m}"),
+                retry_safe(op, false),
+            );
+            if op == Op::Read {
+                p.retry_after(DEFAULT_RETRY_DELAY).build()
+            } else {
+                p.build()
+            }
+        }
+        UpstreamError::Protocol(m) => Parts::new(
+            Code::Internal,
+            "UPSTREAM_BAD_ANSWER",
+            format!("the upstream's answer is unreadable: {m}"),
+            retry_safe(op, false),
+        )
+        .build(),
+    }
+}
+
+/// The proto field an upstream form field corresponds to.
+fn proto_field(upstream: &str) -> String {
+    let known = [
+        ("WorkOrderId", "work_order_id"),
+        ("AttachmentId", "attachment_id"),
+        ("Name", "name"),
+        ("MimeType", "mime_type"),
+        ("DocumentType", "document_type"),
+        ("MessageVisibility", "message_visibility"),
+        ("PerformedBy.Name", "performed_by.name"),
+        ("PerformedBy.Phone", "performed_by.phone"),
+        ("MessageId", "message_id"),
+        ("File", "chunk"),
+    ];
+    known
+        .iter()
+        .find(|(u, _)| u.eq_ignore_ascii_case(upstream))
+        .map(|(_, p)| (*p).to_string())
+        .unwrap_or_else(|| upstream.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16, code: Option<i64>) -> ApiError {
+        ApiError {
+            http_status: status,
+            code,
+            ..ApiError::default()
+        }
+    }
+
+    #[test]
+    fn upstream_codes_win_over_http_status() {
+        assert_eq!(classify(&api(400, Some(3001))).0, Code::FailedPrecondition);
+        assert_eq!(classify(&api(400, Some(3003))).0, Code::NotFound);
+        assert_eq!(classify(&api(400, Some(9999))).0, Code::InvalidArgument);
+        assert_eq!(classify(&api(418, None)).0, Code::FailedPrecondition);
+        assert_eq!(classify(&api(599, None)).0, Code::Unavailable);
+        assert_eq!(classify(&api(302, None)).0, Code::Internal);
+    }
+
+    #[test]
+    fn tables_have_no_duplicates() {
+        for (i, (c, _, _)) in BY_UPSTREAM_CODE.iter().enumerate() {
+            assert!(BY_UPSTREAM_CODE[i + 1..].iter().all(|(d, _, _)| d != c));
+        }
+        for (i, (s, _, _)) in BY_HTTP_STATUS.iter().enumerate() {
+            assert!(BY_HTTP_STATUS[i + 1..].iter().all(|(t, _, _)| t != s));
+        }
+    }
+}
