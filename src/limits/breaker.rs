@@ -22,6 +22,14 @@ struct BreakerState {
     probing: bool,
 }
 
+/// A call the breaker let through; hand it back with its outcome, or release it.
+#[derive(Debug)]
+#[must_use]
+pub struct Permit {
+    /// The one call let through to probe a recovering upstream.
+    probe: bool,
+}
+
 impl CircuitBreaker {
     pub fn new(threshold: u32, open_for: Duration) -> Self {
         Self {
@@ -32,12 +40,13 @@ impl CircuitBreaker {
     }
 
     /// Whether a call may go now; `Err` carries when to try again.
-    pub fn allow(&self) -> Result<(), Refusal> {
+    pub fn allow(&self) -> Result<Permit, Refusal> {
+        let ordinary = Permit { probe: false };
         let Ok(mut s) = self.state.lock() else {
-            return Ok(());
+            return Ok(ordinary);
         };
         let Some(until) = s.open_until else {
-            return Ok(());
+            return Ok(ordinary);
         };
         let now = Instant::now();
         if now < until {
@@ -60,20 +69,26 @@ impl CircuitBreaker {
             });
         }
         s.probing = true;
-        Ok(())
+        Ok(Permit { probe: true })
     }
 
-    /// Forgets a call that ended without an outcome (it was cancelled).
-    pub fn release(&self) {
-        if let Ok(mut s) = self.state.lock() {
+    /// Forgets a call that ended without an outcome (it was cancelled). Only the
+    /// probe's release lets another probe through: an ordinary call that started
+    /// before the circuit opened must not.
+    pub fn release(&self, permit: Permit) {
+        if permit.probe
+            && let Ok(mut s) = self.state.lock()
+        {
             s.probing = false;
         }
     }
 
     /// Records a call's outcome.
-    pub fn record(&self, ok: bool) {
+    pub fn record(&self, permit: Permit, ok: bool) {
         let Ok(mut s) = self.state.lock() else { return };
-        s.probing = false;
+        if permit.probe {
+            s.probing = false;
+        }
         if ok {
             if s.open_until.is_some() {
                 tracing::info!("the upstream answered again: circuit closed");
@@ -99,14 +114,14 @@ mod tests {
     async fn opens_after_the_threshold_and_probes_its_way_back() {
         let b = CircuitBreaker::new(3, Duration::from_secs(5));
         for _ in 0..2 {
-            b.allow().unwrap();
-            b.record(false);
+            let p = b.allow().unwrap();
+            b.record(p, false);
         }
-        b.allow().unwrap();
-        b.record(true); // a success resets the count
+        let p = b.allow().unwrap();
+        b.record(p, true); // a success resets the count
         for _ in 0..3 {
-            b.allow().unwrap();
-            b.record(false);
+            let p = b.allow().unwrap();
+            b.record(p, false);
         }
         let r = b.allow().unwrap_err();
         assert_eq!(
@@ -114,14 +129,31 @@ mod tests {
             ("upstream_circuit_open", Duration::from_secs(5))
         );
         tokio::time::advance(Duration::from_secs(5)).await;
-        b.allow().unwrap(); // the probe
+        let probe = b.allow().unwrap();
         assert!(b.allow().is_err(), "one probe at a time");
-        b.record(false); // the probe failed: open again
+        b.record(probe, false); // the probe failed: open again
         assert!(b.allow().is_err());
         tokio::time::advance(Duration::from_secs(5)).await;
-        b.allow().unwrap();
-        b.record(true);
-        b.allow().unwrap();
-        b.allow().unwrap();
+        let probe = b.allow().unwrap();
+        b.record(probe, true);
+        let _ = b.allow().unwrap();
+        let _ = b.allow().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_ordinary_call_lets_no_second_probe_through() {
+        let b = CircuitBreaker::new(1, Duration::from_secs(5));
+        let early = b.allow().unwrap(); // under way before the circuit opens
+        let p = b.allow().unwrap();
+        b.record(p, false); // open
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let probe = b.allow().unwrap();
+        b.release(early); // the early call is cancelled
+        assert!(
+            b.allow().is_err(),
+            "still one probe at a time while the first probe runs"
+        );
+        b.release(probe); // the probe itself is cancelled: the next call probes
+        let _ = b.allow().unwrap();
     }
 }

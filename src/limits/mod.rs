@@ -22,7 +22,7 @@ use governor::Quota;
 use governor::clock::Clock;
 use tokio::time::Instant;
 
-pub use self::breaker::CircuitBreaker;
+pub use self::breaker::{CircuitBreaker, Permit};
 pub use self::caller::CallerLimits;
 pub use self::retry_budget::RetryBudget;
 pub use self::upstream_budget::UpstreamBudget;

@@ -31,7 +31,7 @@ use crate::domain::{
     AttachmentRef, AttachmentRemoval, AttachmentUpdate, DocumentType, ListView, MessageId,
     NewAttachment, Visibility, WorkOrderId,
 };
-use crate::limits::{CircuitBreaker, RetryBudget, UpstreamBudget};
+use crate::limits::{CircuitBreaker, Permit, RetryBudget, UpstreamBudget};
 use crate::metrics::{CallLabel, Metrics, UpstreamLabels};
 use crate::secret::Secret;
 
@@ -60,23 +60,25 @@ pub struct Upstream {
 /// the caller in RetryInfo instead).
 const MAX_RETRY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Clears the breaker's probe flag if a call is dropped before its outcome.
+/// A call the breaker let through: its outcome is recorded, or, if the call is
+/// dropped before it has one, the permit is released.
 struct BreakerCall<'a> {
     breaker: &'a CircuitBreaker,
-    done: bool,
+    permit: Option<Permit>,
 }
 
 impl BreakerCall<'_> {
     fn finish(mut self, ok: bool) {
-        self.done = true;
-        self.breaker.record(ok);
+        if let Some(p) = self.permit.take() {
+            self.breaker.record(p, ok);
+        }
     }
 }
 
 impl Drop for BreakerCall<'_> {
     fn drop(&mut self) {
-        if !self.done {
-            self.breaker.release();
+        if let Some(p) = self.permit.take() {
+            self.breaker.release(p);
         }
     }
 }
@@ -209,10 +211,10 @@ impl Upstream {
                 .map_err(UpstreamError::Throttled)?;
         }
         let breaker = if budgeted {
-            self.breaker.allow().map_err(UpstreamError::CircuitOpen)?;
+            let permit = self.breaker.allow().map_err(UpstreamError::CircuitOpen)?;
             Some(BreakerCall {
                 breaker: &self.breaker,
-                done: false,
+                permit: Some(permit),
             })
         } else {
             None

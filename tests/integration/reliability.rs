@@ -141,6 +141,79 @@ async fn the_circuit_opens_fails_fast_and_probes_its_way_back() {
     .expect("closed");
 }
 
+/// Half-open, one probe at a time: a call that started before the circuit opened
+/// and is cancelled while the probe runs must not let a second probe through.
+#[tokio::test]
+async fn a_cancelled_early_call_lets_no_second_probe_through() {
+    use wiremock::matchers::query_param;
+    let server = MockServer::start().await;
+    token(&server).await;
+    let list = |wo: &str| {
+        Mock::given(method("GET"))
+            .and(path("/Direct/api/attachments"))
+            .and(query_param("workOrderId", wo))
+    };
+    let slow = ResponseTemplate::new(200)
+        .set_body_json(json!([]))
+        .set_delay(Duration::from_secs(5));
+    list("1").respond_with(slow.clone()).mount(&server).await;
+    list("2")
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&server)
+        .await;
+    list("3").respond_with(slow).mount(&server).await;
+    list("4")
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .mount(&server)
+        .await;
+    let mut s = settings_for(&server.uri());
+    s.upstream.circuit_failure_threshold = 1;
+    s.upstream.circuit_open_for = Duration::from_millis(300);
+    let gw = Gateway::start(s).await;
+    let call = |wo: i64, timeout: Duration| {
+        let mut c = gw.client();
+        async move {
+            let mut req = tonic::Request::new(ListAttachmentsRequest {
+                work_order_id: wo,
+                ..Default::default()
+            });
+            req.set_timeout(timeout);
+            c.list_attachments(req).await
+        }
+    };
+    // An ordinary call under way, cut by its deadline once the probe runs.
+    let early = tokio::spawn(call(1, Duration::from_millis(1200)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        call(2, Duration::from_secs(5))
+            .await
+            .expect_err("500")
+            .code(),
+        Code::Internal
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let probe = tokio::spawn(call(3, Duration::from_secs(10)));
+    let early = early.await.expect("task").expect_err("cut by its deadline");
+    assert_eq!(early.code(), Code::DeadlineExceeded);
+    // The probe still runs: this call must fail fast, not become a second probe.
+    let err = call(4, Duration::from_secs(5))
+        .await
+        .expect_err("one probe at a time");
+    assert_eq!(error_reason(&err), "UPSTREAM_CIRCUIT_OPEN", "{err:?}");
+    let upstream_calls = server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.url.query() == Some("workOrderId=4"))
+        .count();
+    assert_eq!(
+        upstream_calls, 0,
+        "nothing went upstream for the refused call"
+    );
+    probe.abort();
+}
+
 #[tokio::test]
 async fn a_retried_write_with_the_same_message_id_happens_once() {
     let h = with_sandbox().await;
