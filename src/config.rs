@@ -193,7 +193,9 @@ pub struct Rate {
 pub struct RateLimitSettings {
     /// Each caller's request rate (all connections together).
     pub per_caller: Rate,
-    /// Rates for named callers, replacing `per_caller`.
+    /// Rates for named callers, replacing `per_caller`, keyed by the caller's kind
+    /// and name: `api_key:billing`, `jwt:system:serviceaccount:ns:sa`,
+    /// `mtls:spiffe://…`.
     pub overrides: BTreeMap<String, Rate>,
     /// All requests toward the upstream, from every caller, on this replica.
     pub upstream: Rate,
@@ -651,6 +653,19 @@ impl Settings {
         {
             if rate.rps == 0 || rate.burst == 0 {
                 return Err(invalid(name, "rps and burst must be greater than 0"));
+            }
+        }
+        for key in r.overrides.keys() {
+            let kind_ok = key.split_once(':').is_some_and(|(kind, name)| {
+                matches!(kind, "api_key" | "jwt" | "mtls") && !name.is_empty()
+            });
+            if !kind_ok {
+                return Err(invalid(
+                    "rate_limit.overrides",
+                    format!(
+                        "`{key}` must name the caller with its kind: `api_key:NAME`, `jwt:SUBJECT` or `mtls:IDENTITY` (callers of different kinds may share a name)"
+                    ),
+                ));
             }
         }
         if r.max_concurrent_uploads == 0 {

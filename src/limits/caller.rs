@@ -49,10 +49,11 @@ impl CallerLimits {
         }
     }
 
-    /// Takes one request from `caller`'s bucket (`id` is the bare identity, `key`
-    /// also names the auth method).
-    pub fn check(&self, id: &str, key: &Arc<str>) -> Result<(), Refusal> {
-        let (rate, result) = match self.overrides.get(id) {
+    /// Takes one request from a caller's bucket. `key` names the caller with its
+    /// kind (`api_key:billing`, `jwt:billing`, `mtls:…`), so callers of different
+    /// kinds that share a name never share a bucket or an override.
+    pub fn check(&self, key: &Arc<str>) -> Result<(), Refusal> {
+        let (rate, result) = match self.overrides.get(&**key) {
             Some((rate, limiter)) => (*rate, limiter.check()),
             None => (self.default_rate, self.default.check_key(key)),
         };
@@ -92,26 +93,30 @@ mod tests {
         let l = CallerLimits::new(&settings());
         let a: Arc<str> = "api_key:a".into();
         let b: Arc<str> = "api_key:b".into();
-        assert!(l.check("a", &a).is_ok());
-        assert!(l.check("a", &a).is_ok());
-        let r = l.check("a", &a).unwrap_err();
+        assert!(l.check(&a).is_ok());
+        assert!(l.check(&a).is_ok());
+        let r = l.check(&a).unwrap_err();
         assert_eq!(r.limit, "per_caller_rate");
         assert_eq!(r.retry_after, Duration::from_millis(500));
-        assert!(l.check("b", &b).is_ok(), "callers have separate buckets");
+        assert!(l.check(&b).is_ok(), "callers have separate buckets");
         tokio::time::advance(Duration::from_millis(500)).await;
-        assert!(l.check("a", &a).is_ok());
+        assert!(l.check(&a).is_ok());
     }
 
     #[tokio::test(start_paused = true)]
     async fn overrides_replace_the_default_rate() {
         let mut s = settings();
         s.overrides
-            .insert("vip".into(), Rate { rps: 100, burst: 5 });
+            .insert("jwt:vip".into(), Rate { rps: 100, burst: 5 });
         let l = CallerLimits::new(&s);
         let k: Arc<str> = "jwt:vip".into();
         for _ in 0..5 {
-            assert!(l.check("vip", &k).is_ok());
+            assert!(l.check(&k).is_ok());
         }
-        assert!(l.check("vip", &k).is_err());
+        assert!(l.check(&k).is_err());
+        // The same name of another kind is another caller, at the default rate.
+        let other: Arc<str> = "api_key:vip".into();
+        assert!(l.check(&other).is_ok() && l.check(&other).is_ok());
+        assert!(l.check(&other).is_err());
     }
 }

@@ -494,7 +494,7 @@ async fn per_caller_rate_limits_are_shared_across_connections() {
         s.rate_limit.per_caller = Rate { rps: 1, burst: 2 };
         s.rate_limit
             .overrides
-            .insert("vip".into(), Rate { rps: 1, burst: 5 });
+            .insert("api_key:vip".into(), Rate { rps: 1, burst: 5 });
     })
     .await;
     // Two separate connections of the same caller share one bucket.
@@ -548,6 +548,59 @@ async fn per_caller_rate_limits_are_shared_across_connections() {
         .await
         .expect("health");
     }
+}
+
+/// An API-key caller and a JWT subject that share a name are two callers: an
+/// override for one neither limits nor shares a bucket with the other.
+#[tokio::test]
+async fn rate_limit_overrides_name_the_callers_kind() {
+    let dir = scratch("rl-kind");
+    let file = dir.path().join("keys.toml");
+    write_keys(&file, &[("billing", "key-billing", &["attachments.read"])]);
+    let (_sb, gw) = gateway_with(move |s| {
+        s.auth.api_keys.file = Some(file);
+        jwt_settings(s);
+        s.auth.jwt.jwks_file = Some(format!("{FIXTURES}/jwks.json").into());
+        s.rate_limit.per_caller = Rate { rps: 1, burst: 3 };
+        s.rate_limit
+            .overrides
+            .insert("api_key:billing".into(), Rate { rps: 1, burst: 1 });
+    })
+    .await;
+    let mut c = gw.client();
+    let token = sign(
+        Algorithm::RS256,
+        "rsa-1",
+        claims("billing", "attachments.read"),
+    );
+    let bearer = format!("Bearer {token}");
+    c.list_attachments(list_req(Some(("x-api-key", "key-billing"))))
+        .await
+        .expect("the API key's one call");
+    let err = c
+        .list_attachments(list_req(Some(("x-api-key", "key-billing"))))
+        .await
+        .expect_err("the override (burst 1) applies to the API-key caller");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    for i in 0..3 {
+        c.list_attachments(list_req(Some(("authorization", &bearer))))
+            .await
+            .unwrap_or_else(|e| panic!("JWT `billing` call {i}: its own default bucket: {e:?}"));
+    }
+}
+
+#[test]
+fn rate_limit_override_keys_without_a_kind_are_refused() {
+    let mut s = Settings::default();
+    s.sandbox.enabled = true;
+    s.rate_limit
+        .overrides
+        .insert("billing".into(), Rate { rps: 1, burst: 1 });
+    let err = s.validate().expect_err("a bare name").to_string();
+    assert!(
+        err.contains("rate_limit.overrides") && err.contains("api_key:"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
