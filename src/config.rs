@@ -18,6 +18,10 @@ use crate::secret::Secret;
 /// The prefix of every environment variable the gateway reads.
 pub const ENV_PREFIX: &str = "ATTACHMENT_GATEWAY_";
 
+/// Settings read from the environment as plain strings, never parsed: credentials
+/// and identifiers whose every character counts (keys as figment names them).
+const VERBATIM_ENV: &[&str] = &["upstream__client_id", "upstream__client_secret"];
+
 /// The largest upload limit the gateway accepts as a setting (the upstream's is 20 MB).
 pub const MAX_UPLOAD_LIMIT: u64 = 1024 * 1024 * 1024;
 
@@ -480,7 +484,19 @@ impl Settings {
             }
             given = given.merge(Toml::file(path));
         }
-        given = given.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        // Strings taken verbatim from the environment: figment would read `0042` as
+        // the number 42 and `{a=1}` as a table (and a type error would print the
+        // value, a secret among them).
+        given = given.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(VERBATIM_ENV));
+        for key in VERBATIM_ENV {
+            let var = format!("{ENV_PREFIX}{}", key.to_ascii_uppercase());
+            if let Some(value) = std::env::var_os(&var) {
+                let Some(value) = value.to_str().map(str::to_string) else {
+                    return Err(invalid("environment", format!("{var} is not valid UTF-8")));
+                };
+                given = given.merge(Serialized::default(&key.replace("__", "."), value));
+            }
+        }
         if let Some(listen) = flags.listen {
             given = given.merge(Serialized::default("listen", listen));
         }
@@ -773,9 +789,16 @@ impl Settings {
         self.auth.public_reflection.unwrap_or(self.sandbox.enabled)
     }
 
-    /// The TOML the settings amount to, secrets redacted (`--check-config` prints it).
+    /// The TOML the settings amount to, secrets redacted (`--check-config` prints it):
+    /// secret values, and any credentials a URL carries.
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
-        toml::to_string_pretty(self)
+        let mut shown = self.clone();
+        shown.upstream.base_url = redact_url(&shown.upstream.base_url);
+        shown.upstream.token_url = redact_url(&shown.upstream.token_url);
+        if let Some(u) = &mut shown.auth.jwt.jwks_url {
+            *u = redact_url(u);
+        }
+        toml::to_string_pretty(&shown)
     }
 }
 

@@ -186,6 +186,120 @@ fn read_banner(stdout: std::process::ChildStdout) -> (std::net::SocketAddr, Stri
     panic!("no banner: {banner}");
 }
 
+#[test]
+fn a_digits_only_secret_from_the_environment_is_accepted_and_never_printed() {
+    let (code, out, err) = output(
+        gateway()
+            .arg("--check-config")
+            .env("ATTACHMENT_GATEWAY_UPSTREAM__CLIENT_ID", "0042")
+            .env("ATTACHMENT_GATEWAY_UPSTREAM__CLIENT_SECRET", "981273645501")
+            .env("ATTACHMENT_GATEWAY_AUTH__ALLOW_UNAUTHENTICATED", "true"),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("981273645501") && !err.contains("981273645501"));
+    assert!(out.contains(r#"client_id = "0042""#), "verbatim: {out}");
+    assert!(out.contains(r#"client_secret = "<redacted>""#), "{out}");
+}
+
+#[test]
+fn check_config_never_prints_credentials_in_urls() {
+    let (code, out, err) = output(
+        gateway()
+            .args(["--check-config", "--sandbox", "--upstream-base-url"])
+            .arg("https://svc:hunter2@api.example.test/Direct")
+            .env(
+                "ATTACHMENT_GATEWAY_UPSTREAM__TOKEN_URL",
+                "https://svc:hunter3@auth.example.test/OAuth/Token",
+            ),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains("hunter2") && !out.contains("hunter3"),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"base_url = "https://<redacted>@api.example.test/Direct""#),
+        "{out}"
+    );
+}
+
+/// Credentials from the environment reach the token endpoint exactly as written:
+/// not read as numbers (`0042` is not 42) or tables.
+#[tokio::test]
+async fn credentials_from_the_environment_reach_the_token_endpoint_verbatim() {
+    use wiremock::matchers::{body_string_contains, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/oauth/token"))
+        .and(body_string_contains("client_id=0042&"))
+        .and(body_string_contains("client_secret=%7Ba%3D1%7D"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"access_token": "t0k", "expires_in": 1199})),
+        )
+        .expect(1)
+        .mount(&upstream)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/Direct/api/attachments"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!([])))
+        .mount(&upstream)
+        .await;
+    let base = upstream.uri();
+    let mut child = gateway()
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--upstream-base-url", &format!("{base}/Direct")])
+        .env(
+            "ATTACHMENT_GATEWAY_UPSTREAM__TOKEN_URL",
+            format!("{base}/oauth/token"),
+        )
+        .env("ATTACHMENT_GATEWAY_UPSTREAM__CLIENT_ID", "0042")
+        .env("ATTACHMENT_GATEWAY_UPSTREAM__CLIENT_SECRET", "{a=1}")
+        .env("ATTACHMENT_GATEWAY_AUTH__ALLOW_UNAUTHENTICATED", "true")
+        .env("ATTACHMENT_GATEWAY_TELEMETRY__ADMIN_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let addr = listening_addr(&mut child).await;
+    let mut client = crate::common::connect(addr).await;
+    let list = client
+        .list_attachments(ListAttachmentsRequest {
+            work_order_id: 7,
+            ..Default::default()
+        })
+        .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    list.expect("the token endpoint got the credentials as written");
+    upstream.verify().await;
+}
+
+/// Reads a JSON-logging gateway's stderr until its `listening` line; keeps
+/// draining it afterwards.
+async fn listening_addr(child: &mut std::process::Child) -> std::net::SocketAddr {
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("attachment-gateway listening")
+                && let Some(tx) = tx.take()
+            {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
+            }
+        }
+    });
+    tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20)))
+        .await
+        .expect("join")
+        .expect("the gateway said where it listens")
+        .parse()
+        .expect("addr")
+}
+
 #[tokio::test]
 async fn sandbox_mode_serves_and_stops_on_sigterm() {
     // The default admin port is taken (9090 is Prometheus's default too): the
