@@ -519,6 +519,99 @@ mod tests {
         assert_eq!(classify(&api(302, None)).0, Code::Internal);
     }
 
+    /// One of each kind of error, so every path to a status is walked. The match
+    /// makes a new kind of error fail to compile here until it is added.
+    fn one_of_each() -> Vec<Error> {
+        let samples = vec![
+            Error::invalid("metadata.name", "REQUIRED", "must not be empty"),
+            Error::Auth(AuthError::Missing),
+            Error::Auth(AuthError::MissingScope {
+                caller: "api_key:x".into(),
+                needed: "attachments.write",
+            }),
+            Error::Limited(Refusal {
+                limit: "per_caller_rate",
+                subject: "caller:api_key:x".into(),
+                description: "at most 1 request/s".into(),
+                retry_after: Duration::from_millis(500),
+            }),
+            Error::upstream(UpstreamError::Api(Box::new(api(503, None))), Op::Write),
+            Error::upstream(UpstreamError::Timeout, Op::Read),
+            Error::upstream(UpstreamError::Connect("refused".into()), Op::Read),
+            Error::upstream(UpstreamError::Transport("reset".into()), Op::Write),
+            Error::upstream(UpstreamError::Protocol("not JSON".into()), Op::Read),
+            Error::upstream(UpstreamError::TokenRejected, Op::Write),
+            Error::upstream(
+                UpstreamError::CredentialsRejected("token endpoint"),
+                Op::Read,
+            ),
+            Error::Deadline {
+                op: Op::Write,
+                what: "the upload",
+                nothing_applied: true,
+            },
+            Error::ShuttingDown {
+                op: Op::Read,
+                nothing_applied: true,
+            },
+            Error::WriteInProgress,
+            Error::UploadUnconfirmed,
+            Error::DownloadTruncated {
+                received: 1,
+                expected: 2,
+            },
+            Error::Internal("a broken invariant"),
+            Error::Stream(Status::cancelled("reset by the caller")),
+        ];
+        for e in &samples {
+            match e {
+                Error::Invalid(_)
+                | Error::Auth(_)
+                | Error::Limited(_)
+                | Error::Upstream { .. }
+                | Error::Deadline { .. }
+                | Error::ShuttingDown { .. }
+                | Error::WriteInProgress
+                | Error::UploadUnconfirmed
+                | Error::DownloadTruncated { .. }
+                | Error::Internal(_)
+                | Error::Stream(_) => {}
+            }
+        }
+        samples
+    }
+
+    #[test]
+    fn every_error_becomes_a_status_with_error_info_and_retry_safe() {
+        for e in one_of_each() {
+            let code = e.code();
+            let text = format!("{e:?}");
+            let s = Status::from(e);
+            assert_eq!(s.code(), code, "{text}");
+            assert_ne!(s.code(), Code::Ok, "{text}");
+            let d = s.get_error_details();
+            let info = d
+                .error_info()
+                .unwrap_or_else(|| panic!("no ErrorInfo: {text}"));
+            assert_eq!(info.domain, ERROR_DOMAIN, "{text}");
+            assert!(!info.reason.is_empty(), "{text}");
+            assert!(
+                matches!(
+                    info.metadata.get("retry_safe").map(String::as_str),
+                    Some("true" | "unknown")
+                ),
+                "retry_safe on {text}: {:?}",
+                info.metadata
+            );
+            if matches!(s.code(), Code::ResourceExhausted) {
+                assert!(d.retry_info().is_some(), "RetryInfo on {text}");
+            }
+            if s.code() == Code::InvalidArgument {
+                assert!(d.bad_request().is_some(), "BadRequest on {text}");
+            }
+        }
+    }
+
     #[test]
     fn tables_have_no_duplicates() {
         for (i, (c, _, _)) in BY_UPSTREAM_CODE.iter().enumerate() {

@@ -244,3 +244,51 @@ pub async fn nothing_stored(sandbox: &Sandbox) {
     .await;
     assert_eq!(sandbox.stats().uploads_stored, 0, "{:?}", sandbox.stats());
 }
+
+/// A hand-rolled HTTP/1.1 server on loopback for answers no well-behaved server
+/// gives (an answer before the request body ended, a body cut short): each
+/// connection's request head is read, then `answer` is written as is and the
+/// connection closed. Returns the base URL.
+pub async fn raw_http_server(answer: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = sock.write_all(&answer).await;
+                let _ = sock.flush().await;
+                // Let the answer go before the close.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Asserts a status carries the gateway's ErrorInfo with `retry_safe`.
+#[track_caller]
+pub fn assert_details(s: &Status) {
+    let info = s
+        .get_error_details()
+        .error_info()
+        .cloned()
+        .unwrap_or_else(|| panic!("no ErrorInfo: {s:?}"));
+    assert_eq!(info.domain, "attachment-gateway.corrigopro.com", "{s:?}");
+    assert!(
+        matches!(
+            info.metadata.get("retry_safe").map(String::as_str),
+            Some("true" | "unknown")
+        ),
+        "{s:?}"
+    );
+}

@@ -588,6 +588,71 @@ async fn a_download_that_breaks_off_ends_with_an_error() {
     assert_eq!(err.code(), Code::NotFound);
 }
 
+/// The error paths of the two streaming calls end with a status that carries
+/// ErrorInfo and `retry_safe`, like every other.
+#[tokio::test]
+async fn streaming_error_paths_carry_details() {
+    // The upstream answers an upload before its last byte.
+    let tokens = MockServer::start().await;
+    mock_token(&tokens, "tok").await;
+    let early = raw_http_server(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 21\r\nconnection: close\r\n\r\n{\"AttachmentId\": \"x\"}"
+            .to_vec(),
+    )
+    .await;
+    let mut s = settings_for(&tokens.uri());
+    s.upstream.base_url = format!("{early}/Direct");
+    let gw = Gateway::start(s).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(meta_msg(metadata(1, "a.bin"))).await.expect("send");
+    tx.send(chunk_msg(vec![1u8; 1000])).await.expect("send");
+    let err = gw
+        .client()
+        .upload_attachment(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect_err("answered before the last byte");
+    drop(tx);
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    assert_eq!(error_reason(&err), "UPSTREAM_ANSWERED_EARLY");
+    assert_eq!(
+        error_metadata(&err).get("retry_safe").map(String::as_str),
+        Some("unknown")
+    );
+
+    // A download whose body breaks off after part of its bytes.
+    let server = MockServer::start().await;
+    mock_token(&server, "tok").await;
+    let mut cut = b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: 100000\r\n\r\n".to_vec();
+    cut.extend(std::iter::repeat_n(7u8, 1000));
+    let blob = raw_http_server(cut).await;
+    Mock::given(method("GET"))
+        .and(path("/Direct/api/attachments/downloadUrl"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"DownloadUrl": format!("{blob}/f")})),
+        )
+        .mount(&server)
+        .await;
+    let gw = Gateway::start(settings_for(&server.uri())).await;
+    let mut stream = gw
+        .client()
+        .download_attachment(DownloadAttachmentRequest {
+            work_order_id: 7,
+            attachment_id: "x".into(),
+        })
+        .await
+        .expect("the download starts")
+        .into_inner();
+    let err = loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("a download cut short must not end cleanly"),
+            Err(e) => break e,
+        }
+    };
+    assert_ne!(err.code(), Code::Ok);
+    assert_details(&err);
+}
+
 #[tokio::test]
 async fn an_upload_refused_for_its_token_says_retry_is_safe() {
     let server = MockServer::start().await;
