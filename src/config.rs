@@ -124,10 +124,17 @@ pub struct JwtSettings {
     /// How often the JWKS is fetched (or the file checked) again.
     #[serde(with = "humantime_serde")]
     pub jwks_refresh: Duration,
-    /// Accepted `iss` values; empty accepts any.
+    /// Accepted `iss` values. Required when JWT is on, unless `allow_any_issuer`.
     pub issuers: Vec<String>,
-    /// Accepted `aud` values; empty skips the audience check.
+    /// Accepted `aud` values. Required when JWT is on, unless `allow_any_audience`:
+    /// without it, any token the issuer minted for another service (say, any
+    /// service-account token of the cluster) would be accepted.
     pub audiences: Vec<String>,
+    /// Accept tokens of any issuer (no `iss` check). A warning is logged at start.
+    pub allow_any_issuer: bool,
+    /// Accept tokens minted for any audience (no `aud` check). A warning is logged
+    /// at start.
+    pub allow_any_audience: bool,
     /// Clock skew allowed on `exp` and `nbf`.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
@@ -149,6 +156,8 @@ impl Default for JwtSettings {
             jwks_refresh: Duration::from_secs(300),
             issuers: Vec::new(),
             audiences: Vec::new(),
+            allow_any_issuer: false,
+            allow_any_audience: false,
             leeway: Duration::from_secs(30),
             default_scopes: Vec::new(),
             subject_scopes: BTreeMap::new(),
@@ -763,6 +772,18 @@ impl Settings {
             }
             if a.jwt.jwks_refresh < Duration::from_secs(1) {
                 return Err(invalid("auth.jwt.jwks_refresh", "must be at least 1s"));
+            }
+            if a.jwt.issuers.is_empty() && !a.jwt.allow_any_issuer {
+                return Err(invalid(
+                    "auth.jwt.issuers",
+                    "JWT auth needs the accepted issuers (e.g. the cluster's service-account issuer); set auth.jwt.allow_any_issuer = true to accept any",
+                ));
+            }
+            if a.jwt.audiences.is_empty() && !a.jwt.allow_any_audience {
+                return Err(invalid(
+                    "auth.jwt.audiences",
+                    "JWT auth needs the accepted audiences (callers project tokens for this gateway's audience); set auth.jwt.allow_any_audience = true to accept tokens minted for any service",
+                ));
             }
         }
         let any_mode = a.jwt.enabled || a.api_keys.file.is_some() || self.tls.mtls();

@@ -143,6 +143,20 @@ impl JwtVerifier {
             (None, Some(u)) => Source::Url(u.clone()),
             (None, None) => return Err("JWT auth needs a JWKS file or URL".into()),
         };
+        if s.issuers.is_empty() && !s.allow_any_issuer {
+            return Err("auth.jwt.issuers: JWT auth needs the accepted issuers".into());
+        }
+        if s.audiences.is_empty() && !s.allow_any_audience {
+            return Err("auth.jwt.audiences: JWT auth needs the accepted audiences".into());
+        }
+        if s.allow_any_issuer && s.issuers.is_empty() {
+            tracing::warn!("auth.jwt.allow_any_issuer: JWT tokens of any issuer are accepted");
+        }
+        if s.allow_any_audience && s.audiences.is_empty() {
+            tracing::warn!(
+                "auth.jwt.allow_any_audience: JWT tokens minted for any audience are accepted"
+            );
+        }
         let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
         if let Some(ca) = &s.jwks_ca_file {
             let pem = std::fs::read(ca)

@@ -326,6 +326,43 @@ async fn jwt_from_a_jwks_file() {
     .expect("within leeway");
 }
 
+/// JWT without an audience check would accept any token the issuer minted for
+/// another service: it must be asked for by name.
+#[tokio::test]
+async fn jwt_needs_an_audience_and_an_issuer_unless_told_otherwise() {
+    let sandbox = Sandbox::start(Default::default()).await.expect("sandbox");
+    let mut s = base_settings();
+    s.auth.allow_unauthenticated = false;
+    s.upstream = sandbox.upstream_settings(&s.upstream);
+    s.auth.jwt.enabled = true;
+    s.auth.jwt.jwks_file = Some(format!("{FIXTURES}/jwks.json").into());
+    s.auth.jwt.issuers = vec!["https://issuer.test".into()];
+    let err = s.validate().expect_err("no audiences").to_string();
+    assert!(err.contains("auth.jwt.audiences"), "{err}");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let err = attachment_gateway::server::serve(s.clone(), listener, std::future::pending())
+        .await
+        .expect_err("the server refuses to start too");
+    assert!(err.to_string().contains("auth.jwt.audiences"), "{err}");
+
+    // Asked for by name: any audience goes.
+    s.auth.jwt.allow_any_audience = true;
+    s.validate().expect("explicit opt-out");
+    let gw = Gateway::start(s).await;
+    let mut other = claims("reports", "attachments.read");
+    other["aud"] = json!("some-other-service");
+    let token = sign(Algorithm::RS256, "rsa-1", other);
+    gw.client()
+        .list_attachments(list_req(Some((
+            "authorization",
+            &format!("Bearer {token}"),
+        ))))
+        .await
+        .expect("any audience, as configured");
+}
+
 #[tokio::test]
 async fn jwks_url_rotation_needs_no_restart() {
     use wiremock::matchers::{header, method, path};
