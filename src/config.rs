@@ -135,6 +135,10 @@ pub struct JwtSettings {
     /// Accept tokens minted for any audience (no `aud` check). A warning is logged
     /// at start.
     pub allow_any_audience: bool,
+    /// After a token names a key (`kid`) not in the set, the JWKS is fetched again
+    /// at once, but not sooner than this after the previous such fetch ended.
+    #[serde(with = "humantime_serde")]
+    pub unknown_kid_refresh_interval: Duration,
     /// Clock skew allowed on `exp` and `nbf`.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
@@ -158,6 +162,7 @@ impl Default for JwtSettings {
             audiences: Vec::new(),
             allow_any_issuer: false,
             allow_any_audience: false,
+            unknown_kid_refresh_interval: Duration::from_secs(30),
             leeway: Duration::from_secs(30),
             default_scopes: Vec::new(),
             subject_scopes: BTreeMap::new(),
@@ -772,6 +777,12 @@ impl Settings {
             }
             if a.jwt.jwks_refresh < Duration::from_secs(1) {
                 return Err(invalid("auth.jwt.jwks_refresh", "must be at least 1s"));
+            }
+            if a.jwt.unknown_kid_refresh_interval < Duration::from_secs(1) {
+                return Err(invalid(
+                    "auth.jwt.unknown_kid_refresh_interval",
+                    "must be at least 1s",
+                ));
             }
             if a.jwt.issuers.is_empty() && !a.jwt.allow_any_issuer {
                 return Err(invalid(

@@ -19,8 +19,8 @@ use tokio::time::Instant;
 use super::{AuthError, AuthMethod, Caller, Scopes};
 use crate::config::JwtSettings;
 
-/// The shortest time between two fetches caused by unknown `kid`s.
-const MIN_UNKNOWN_KID_REFRESH: Duration = Duration::from_secs(30);
+/// The largest JWKS answer read (a real set is a few KiB).
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
 struct Key {
     kid: Option<String>,
@@ -43,8 +43,11 @@ pub struct JwtVerifier {
     leeway: Duration,
     default_scopes: Vec<String>,
     subject_scopes: BTreeMap<String, Vec<String>>,
-    /// When the last fetch for an unknown `kid` happened.
+    /// When the last fetch for an unknown `kid` ended; held during such a fetch,
+    /// so concurrent unknown `kid`s wait for its result instead of fetching again.
     last_forced: Mutex<Option<Instant>>,
+    /// The shortest time from the end of one unknown-`kid` fetch to the next.
+    unknown_kid_interval: Duration,
     file_mtime: std::sync::Mutex<Option<SystemTime>>,
 }
 
@@ -157,7 +160,11 @@ impl JwtVerifier {
                 "auth.jwt.allow_any_audience: JWT tokens minted for any audience are accepted"
             );
         }
-        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        // No redirects: a JWKS that moved is a configuration to fix, and following
+        // one could leave https for plain http.
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = &s.jwks_ca_file {
             let pem = std::fs::read(ca)
                 .map_err(|e| format!("auth.jwt.jwks_ca_file: cannot read {}: {e}", ca.display()))?;
@@ -177,6 +184,7 @@ impl JwtVerifier {
             default_scopes: s.default_scopes.clone(),
             subject_scopes: s.subject_scopes.clone(),
             last_forced: Mutex::new(None),
+            unknown_kid_interval: s.unknown_kid_refresh_interval,
             file_mtime: std::sync::Mutex::new(None),
         });
         match (&this.source, this.refresh().await) {
@@ -226,17 +234,32 @@ impl JwtVerifier {
                         .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
                     req = req.bearer_auth(token.trim());
                 }
-                let resp = req.send().await.map_err(|e| e.without_url().to_string())?;
+                let mut resp = req.send().await.map_err(|e| e.without_url().to_string())?;
                 if !resp.status().is_success() {
                     return Err(format!(
-                        "the JWKS URL answered HTTP {}",
+                        "the JWKS URL answered HTTP {} (redirects are not followed)",
                         resp.status().as_u16()
                     ));
                 }
-                resp.bytes()
+                let too_large = || format!("the JWKS answer is larger than {MAX_JWKS_BYTES} bytes");
+                if resp
+                    .content_length()
+                    .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
+                {
+                    return Err(too_large());
+                }
+                let mut body = Vec::new();
+                while let Some(chunk) = resp
+                    .chunk()
                     .await
                     .map_err(|e| e.without_url().to_string())?
-                    .to_vec()
+                {
+                    if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                        return Err(too_large());
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                body
             }
         };
         let keys = parse_jwks(&bytes)?;
@@ -269,13 +292,15 @@ impl JwtVerifier {
         }
         let mut found = self.find(header.kid.as_deref(), header.alg);
         if found.is_none() && header.kid.is_some() {
-            // Perhaps the keys rotated: fetch again, at most every 30 s.
+            // Perhaps the keys rotated: fetch again, one fetch at a time, and not
+            // again until the interval has passed since the last one ended (a slow
+            // or failing JWKS endpoint must not be hit by every unknown kid).
             let mut last = self.last_forced.lock().await;
-            if last.is_none_or(|t| t.elapsed() >= MIN_UNKNOWN_KID_REFRESH) {
-                *last = Some(Instant::now());
+            if last.is_none_or(|t| t.elapsed() >= self.unknown_kid_interval) {
                 if let Err(e) = self.refresh().await {
                     tracing::warn!(error = %e, "JWKS refresh for an unknown kid failed");
                 }
+                *last = Some(Instant::now());
             }
             drop(last);
             found = self.find(header.kid.as_deref(), header.alg);

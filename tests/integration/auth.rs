@@ -413,6 +413,143 @@ async fn jwks_url_rotation_needs_no_restart() {
         .expect("rotated key");
 }
 
+/// The JWKS fetch follows no redirect (one could leave https for plain http) and
+/// reads a bounded answer.
+#[tokio::test]
+async fn jwks_fetches_follow_no_redirect_and_read_a_bounded_answer() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let jwks: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{FIXTURES}/jwks.json")).expect("jwks"))
+            .expect("json");
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/moved"))
+        .respond_with(
+            ResponseTemplate::new(302).insert_header("location", format!("{}/jwks", server.uri())),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/jwks"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(jwks.clone()))
+        .mount(&server)
+        .await;
+    // A valid set padded past 1 MiB.
+    let mut huge = serde_json::to_string(&jwks).expect("json");
+    huge.insert_str(1, &" ".repeat(2 * 1024 * 1024));
+    Mock::given(method("GET"))
+        .and(path("/huge"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(huge, "application/json"))
+        .mount(&server)
+        .await;
+    let token = sign(Algorithm::RS256, "rsa-1", claims("a", "attachments.read"));
+    for (route, accepted) in [("/jwks", true), ("/moved", false), ("/huge", false)] {
+        let url = format!("{}{route}", server.uri());
+        let (_sb, gw) = gateway_with(move |s| {
+            jwt_settings(s);
+            s.auth.jwt.jwks_url = Some(url);
+        })
+        .await;
+        let r = gw
+            .client()
+            .list_attachments(list_req(Some((
+                "authorization",
+                &format!("Bearer {token}"),
+            ))))
+            .await;
+        assert_eq!(r.is_ok(), accepted, "{route}: {r:?}");
+        if let Err(e) = r {
+            assert_eq!(e.code(), Code::Unauthenticated, "{route}");
+        }
+    }
+}
+
+/// An unknown `kid` fetches the JWKS again, one fetch at a time, and not again
+/// until the interval has passed since the last such fetch *ended*: a slow JWKS
+/// endpoint does not shorten the interval.
+#[tokio::test]
+async fn unknown_kid_fetches_are_spaced_from_the_end_of_the_last() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let first: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{FIXTURES}/jwks.json")).expect("jwks"))
+            .expect("json");
+    let rotated: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(format!("{FIXTURES}/rsa-2.jwks.json")).expect("jwks"),
+    )
+    .expect("json");
+    let server = MockServer::start().await;
+    // The set at start; then a slow endpoint still serving the old set; then the
+    // rotated one.
+    Mock::given(method("GET"))
+        .and(path("/jwks"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(first.clone()))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/jwks"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(first)
+                .set_delay(Duration::from_millis(1500)),
+        )
+        .up_to_n_times(1)
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/jwks"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(rotated))
+        .with_priority(3)
+        .mount(&server)
+        .await;
+    let url = format!("{}/jwks", server.uri());
+    let (_sb, gw) = gateway_with(move |s| {
+        jwt_settings(s);
+        s.auth.jwt.jwks_url = Some(url);
+        s.auth.jwt.unknown_kid_refresh_interval = Duration::from_secs(1);
+    })
+    .await;
+    let new = sign(Algorithm::RS256, "rsa-2", claims("a", "attachments.read"));
+    let bearer = format!("Bearer {new}");
+    // Five at once: one slow fetch (which still has the old set), all refused.
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let mut c = gw.client();
+            let b = bearer.clone();
+            tokio::spawn(async move {
+                c.list_attachments(list_req(Some(("authorization", &b))))
+                    .await
+            })
+        })
+        .collect();
+    for call in calls {
+        assert!(call.await.expect("task").is_err());
+    }
+    let fetches = || async { server.received_requests().await.unwrap_or_default().len() };
+    assert_eq!(fetches().await, 2, "the start, then one fetch for all five");
+    // 1.5 s after that fetch *started*, but only a moment after it ended: no fetch.
+    let mut c = gw.client();
+    assert!(
+        c.list_attachments(list_req(Some(("authorization", &bearer))))
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        fetches().await,
+        2,
+        "the interval counts from the end of a fetch"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.list_attachments(list_req(Some(("authorization", &bearer))))
+        .await
+        .expect("after the interval, the rotated set is fetched");
+    assert_eq!(fetches().await, 3);
+}
+
 #[tokio::test]
 async fn mtls_identity_from_the_client_certificate() {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
