@@ -284,6 +284,10 @@ pub struct UpstreamSettings {
     /// Refresh the access token this long before it expires.
     #[serde(with = "humantime_serde")]
     pub token_refresh_margin: Duration,
+    /// Bound of one token request (connect to last byte). Every call that needs a
+    /// new token waits for the one request under way, so it must end.
+    #[serde(with = "humantime_serde")]
+    pub token_timeout: Duration,
     /// The query parameter of `GET /api/attachments` that names the work order.
     pub work_order_query_param: String,
     /// The most bytes read from one upstream answer (list, link, token).
@@ -320,6 +324,7 @@ impl Default for UpstreamSettings {
             request_timeout: Duration::from_secs(30),
             transfer_timeout: Duration::from_secs(600),
             token_refresh_margin: Duration::from_secs(120),
+            token_timeout: Duration::from_secs(10),
             work_order_query_param: "workOrderId".into(),
             max_response_bytes: 16 * 1024 * 1024,
             pool_idle_timeout: Duration::from_secs(60),
@@ -594,6 +599,7 @@ impl Settings {
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("upstream.request_timeout", self.upstream.request_timeout),
             ("upstream.transfer_timeout", self.upstream.transfer_timeout),
+            ("upstream.token_timeout", self.upstream.token_timeout),
             (
                 "upstream.pool_idle_timeout",
                 self.upstream.pool_idle_timeout,

@@ -35,6 +35,9 @@ pub struct TokenCache {
     client_id: String,
     client_secret: Secret,
     refresh_margin: Duration,
+    /// Bound of one token request, connect to last byte: a token endpoint that
+    /// accepts and never answers must not hold every call (they wait on the fetch).
+    timeout: Duration,
     max_body: usize,
     current: RwLock<Option<CachedToken>>,
     /// Held by whoever is fetching a token: one request in flight at a time.
@@ -50,6 +53,7 @@ impl TokenCache {
         client_id: String,
         client_secret: Secret,
         refresh_margin: Duration,
+        timeout: Duration,
         max_body: usize,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
@@ -59,6 +63,7 @@ impl TokenCache {
             client_id,
             client_secret,
             refresh_margin,
+            timeout,
             max_body,
             current: RwLock::new(None),
             fetching: Arc::new(Mutex::new(())),
@@ -126,6 +131,16 @@ impl TokenCache {
     }
 
     async fn fetch(&self) -> Result<Secret, UpstreamError> {
+        match tokio::time::timeout(self.timeout, self.fetch_once()).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(timeout = ?self.timeout, "the token endpoint did not answer in time");
+                Err(UpstreamError::Timeout)
+            }
+        }
+    }
+
+    async fn fetch_once(&self) -> Result<Secret, UpstreamError> {
         self.fetches.fetch_add(1, Ordering::Relaxed);
         self.metrics.token_refreshes.inc();
         let started = Instant::now();

@@ -124,6 +124,7 @@ impl Upstream {
             s.client_id.clone(),
             s.client_secret.clone(),
             s.token_refresh_margin,
+            s.token_timeout,
             max_body,
             Arc::clone(&metrics),
         );

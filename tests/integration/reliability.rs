@@ -328,6 +328,74 @@ async fn a_slow_token_endpoint_is_bounded_by_the_callers_deadline() {
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
+/// A token endpoint that accepts the background refresh and never answers must
+/// not stall every call once the token expires: the request is bounded by
+/// `upstream.token_timeout`, and the next call fetches anew.
+#[tokio::test]
+async fn a_token_endpoint_that_never_answers_stalls_nothing_for_long() {
+    let server = MockServer::start().await;
+    let token = |t: &str| {
+        ResponseTemplate::new(200).set_body_json(json!({"access_token": t, "expires_in": 11}))
+    };
+    Mock::given(method("POST"))
+        .and(path("/oauth/token"))
+        .respond_with(token("t1"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/oauth/token"))
+        .respond_with(token("t2").set_delay(Duration::from_secs(3600)))
+        .up_to_n_times(1)
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/oauth/token"))
+        .respond_with(token("t3"))
+        .with_priority(3)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/Direct/api/attachments"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .mount(&server)
+        .await;
+    let mut s = settings_for(&server.uri());
+    s.upstream.token_timeout = Duration::from_secs(1);
+    let gw = Gateway::start(s).await;
+    let list = || {
+        let mut c = gw.client();
+        async move {
+            let mut req = tonic::Request::new(ListAttachmentsRequest {
+                work_order_id: 1,
+                ..Default::default()
+            });
+            req.set_timeout(Duration::from_secs(4));
+            c.list_attachments(req).await
+        }
+    };
+    let t0 = std::time::Instant::now();
+    list().await.expect("first token");
+    // An 11 s token is refreshed in the background from 5.5 s and expires at 6 s
+    // (5 s before its end). The refresh hangs.
+    tokio::time::sleep(Duration::from_millis(5700).saturating_sub(t0.elapsed())).await;
+    list()
+        .await
+        .expect("still the first token; the refresh goes on in the background");
+    tokio::time::sleep(Duration::from_millis(6300).saturating_sub(t0.elapsed())).await;
+    let started = std::time::Instant::now();
+    list()
+        .await
+        .expect("the hung refresh ends at its timeout and a new token is fetched");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn a_token_expiring_during_a_long_upload_does_not_cut_it() {
     let cfg = SandboxConfig {
