@@ -178,6 +178,10 @@ pub struct ApiKeySettings {
     /// How often the file is checked for changes.
     #[serde(with = "humantime_serde")]
     pub reload_interval: Duration,
+    /// When the file becomes unreadable or invalid, how long the last good keys
+    /// stay in force; then every API key is refused until the file is fixed.
+    #[serde(with = "humantime_serde")]
+    pub max_stale: Duration,
 }
 
 impl Default for ApiKeySettings {
@@ -185,6 +189,7 @@ impl Default for ApiKeySettings {
         Self {
             file: None,
             reload_interval: Duration::from_secs(10),
+            max_stale: Duration::from_secs(60),
         }
     }
 }

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub token_refreshes: Counter,
     pub refusals: Family<LimitLabel, Counter>,
     pub auth_failures: Family<ReasonLabel, Counter>,
+    pub api_key_reload_failures: Counter,
+    pub api_key_file_stale_seconds: Gauge,
 }
 
 impl Default for Metrics {
@@ -84,6 +86,8 @@ impl Metrics {
             token_refreshes: Counter::default(),
             refusals: Family::default(),
             auth_failures: Family::default(),
+            api_key_reload_failures: Counter::default(),
+            api_key_file_stale_seconds: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -135,6 +139,16 @@ impl Metrics {
             "auth_failures",
             "Calls refused by authentication or authorization, by reason",
             m.auth_failures.clone(),
+        );
+        registry.register(
+            "api_key_file_reload_failures",
+            "Failed reloads of the API key file (unreadable or invalid)",
+            m.api_key_reload_failures.clone(),
+        );
+        registry.register(
+            "api_key_file_stale_seconds",
+            "Seconds since the API key file was last loaded, while it fails to load (0 when it loads)",
+            m.api_key_file_stale_seconds.clone(),
         );
         Self { registry, ..m }
     }

@@ -200,6 +200,7 @@ pub async fn serve_with(
             mtls: settings.tls.mtls(),
             anonymous: settings.unauthenticated_allowed(),
             public_reflection: settings.reflection_public(),
+            metrics: Arc::clone(&metrics),
         })
         .await
         .map_err(ServeError::Auth)?,

@@ -16,7 +16,10 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use tokio::time::Instant;
+
 use super::{AuthError, AuthMethod, Caller, Scopes};
+use crate::metrics::Metrics;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +46,11 @@ pub struct ApiKeyStore {
     path: PathBuf,
     entries: RwLock<Arc<Vec<Loaded>>>,
     mtime: std::sync::Mutex<Option<SystemTime>>,
+    /// Since when the file cannot be read (or parsed); `None` while it can.
+    failing_since: std::sync::Mutex<Option<Instant>>,
+    /// How long the last good keys stay in force while the file is broken.
+    max_stale: Duration,
+    metrics: Arc<Metrics>,
 }
 
 /// The hex SHA-256 of a key, as the key file stores it.
@@ -77,25 +85,59 @@ fn parse(text: &str) -> Result<Vec<Loaded>, String> {
 }
 
 impl ApiKeyStore {
-    /// Loads the file (which must be valid now) and watches it for changes.
-    pub fn start(path: PathBuf, reload_interval: Duration) -> Result<Arc<Self>, String> {
+    /// Loads the file (which must be valid now) and watches it for changes. When
+    /// the file later becomes unreadable or invalid, the last good keys stay in
+    /// force for `max_stale`, then every API key is refused until it is fixed: a
+    /// broken file must not keep revoked keys alive.
+    pub fn start(
+        path: PathBuf,
+        reload_interval: Duration,
+        max_stale: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, String> {
         let this = Arc::new(Self {
             path,
             entries: RwLock::new(Arc::new(Vec::new())),
             mtime: std::sync::Mutex::new(None),
+            failing_since: std::sync::Mutex::new(None),
+            max_stale,
+            metrics,
         });
         this.reload()
             .map_err(|e| format!("auth.api_keys.file: {e}"))?;
         crate::periodic::every(
             &this,
             reload_interval.max(Duration::from_millis(100)),
-            |this| async move {
-                if let Err(e) = this.reload() {
-                    tracing::warn!(error = %e, "API key file reload failed; keeping the current keys");
-                }
-            },
+            |this| async move { this.reload_and_report() },
         );
         Ok(this)
+    }
+
+    /// One periodic reload, with its failure counted and logged.
+    fn reload_and_report(&self) {
+        let Err(e) = self.reload() else {
+            if let Ok(mut f) = self.failing_since.lock()
+                && f.take().is_some()
+            {
+                tracing::info!("the API key file is readable again");
+            }
+            self.metrics.api_key_file_stale_seconds.set(0);
+            return;
+        };
+        self.metrics.api_key_reload_failures.inc();
+        let since = match self.failing_since.lock() {
+            Ok(mut f) => *f.get_or_insert_with(Instant::now),
+            Err(_) => Instant::now(),
+        };
+        let stale = since.elapsed();
+        self.metrics
+            .api_key_file_stale_seconds
+            .set(i64::try_from(stale.as_secs()).unwrap_or(i64::MAX));
+        if stale < self.max_stale {
+            tracing::error!(error = %e, stale_s = stale.as_secs(), max_stale = ?self.max_stale, "the API key file cannot be loaded: the last good keys stay in force until max_stale, then API keys are refused");
+        } else {
+            tracing::error!(error = %e, stale_s = stale.as_secs(), "the API key file cannot be loaded: every API key is refused until it is fixed");
+        }
     }
 
     /// Reads the file again if it changed.
@@ -124,6 +166,14 @@ impl ApiKeyStore {
 
     /// The caller a key belongs to. Every stored hash is compared, in constant time.
     pub fn lookup(&self, key: &str) -> Result<Caller, AuthError> {
+        let stale_too_long = self
+            .failing_since
+            .lock()
+            .map(|f| f.is_some_and(|t| t.elapsed() >= self.max_stale))
+            .unwrap_or(true);
+        if stale_too_long {
+            return Err(AuthError::KeysUnavailable);
+        }
         let presented: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let entries = self
             .entries

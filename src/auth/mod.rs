@@ -112,6 +112,10 @@ pub enum AuthError {
     InvalidToken(String),
     #[error("the API key is not known")]
     UnknownKey,
+    #[error(
+        "API keys cannot be checked: the gateway's API key file is broken; its operators must fix it"
+    )]
+    KeysUnavailable,
     #[error("the client certificate names no usable identity")]
     NoCertIdentity,
     #[error("caller `{caller}` lacks the scope `{needed}`")]
@@ -128,6 +132,7 @@ impl AuthError {
             Self::Missing => "MISSING_CREDENTIALS",
             Self::InvalidToken(_) => "INVALID_TOKEN",
             Self::UnknownKey => "UNKNOWN_API_KEY",
+            Self::KeysUnavailable => "API_KEYS_UNAVAILABLE",
             Self::NoCertIdentity => "NO_CERTIFICATE_IDENTITY",
             Self::MissingScope { .. } => "MISSING_SCOPE",
         }
@@ -153,6 +158,7 @@ pub struct AuthConfig<'a> {
     pub anonymous: bool,
     /// Reflection is served without credentials.
     pub public_reflection: bool,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Authenticator {
@@ -167,6 +173,8 @@ impl Authenticator {
             Some(path) => Some(ApiKeyStore::start(
                 path.clone(),
                 s.api_keys.reload_interval,
+                s.api_keys.max_stale,
+                Arc::clone(&c.metrics),
             )?),
             None => None,
         };

@@ -724,6 +724,84 @@ async fn per_caller_rate_limits_are_shared_across_connections() {
     }
 }
 
+/// A broken API key file keeps the last good keys for `max_stale` only: then every
+/// API key is refused (a revoked key must not live on), visibly, until the file
+/// is fixed.
+#[tokio::test]
+async fn a_broken_api_key_file_stops_serving_old_keys_after_max_stale() {
+    let dir = scratch("broken-keys");
+    let file = dir.path().join("keys.toml");
+    write_keys(&file, &[("old", "key-old", &["attachments.read"])]);
+    let f = file.clone();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let admin_addr = admin.local_addr().expect("addr");
+    let sandbox = Sandbox::start(Default::default()).await.expect("sandbox");
+    let mut s = base_settings();
+    s.auth.allow_unauthenticated = false;
+    s.upstream = sandbox.upstream_settings(&s.upstream);
+    s.auth.api_keys.file = Some(f);
+    s.auth.api_keys.reload_interval = Duration::from_millis(100);
+    s.auth.api_keys.max_stale = Duration::from_secs(1);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let serving = tokio::spawn(attachment_gateway::server::serve_with(
+        s,
+        attachment_gateway::server::Listeners {
+            grpc: listener,
+            admin: Some(admin),
+        },
+        std::sync::Arc::new(attachment_gateway::metrics::Metrics::new()),
+        std::future::pending(),
+    ));
+    let mut c = connect(addr).await;
+    c.list_attachments(list_req(Some(("x-api-key", "key-old"))))
+        .await
+        .expect("the key works");
+    // The operator revokes `old` and breaks the file in the same edit.
+    std::fs::write(&file, "[[keys]]\ncaller = \"new\"\nsha256 = ").expect("write");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    c.list_attachments(list_req(Some(("x-api-key", "key-old"))))
+        .await
+        .expect("within max_stale, the last good keys hold");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let err = c
+        .list_attachments(list_req(Some(("x-api-key", "key-old"))))
+        .await
+        .expect_err("past max_stale, API keys are refused");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(error_reason(&err), "API_KEYS_UNAVAILABLE");
+    let metrics = reqwest::get(format!("http://{admin_addr}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("attachment_gateway_api_key_file_reload_failures_total "),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("attachment_gateway_api_key_file_stale_seconds 0\n"),
+        "{metrics}"
+    );
+    // Fixed: the new keys apply at once, and the revoked one stays out.
+    write_keys(&file, &[("new", "key-new", &["attachments.read"])]);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    c.list_attachments(list_req(Some(("x-api-key", "key-new"))))
+        .await
+        .expect("the fixed file's key");
+    let err = c
+        .list_attachments(list_req(Some(("x-api-key", "key-old"))))
+        .await
+        .expect_err("revoked");
+    assert_eq!(error_reason(&err), "UNKNOWN_API_KEY");
+    serving.abort();
+}
+
 /// An API-key caller and a JWT subject that share a name are two callers: an
 /// override for one neither limits nor shares a bucket with the other.
 #[tokio::test]
