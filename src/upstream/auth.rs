@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::body::read_bounded;
 use super::error::{UpstreamError, parse_error_body};
 use super::json::{get_ci, value_str};
+use crate::config::UpstreamSettings;
 use crate::secret::Secret;
 
 /// Lifetime assumed when the token answer has no usable `expires_in` (the
@@ -47,23 +48,20 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
+    /// A cache for the credentials and token settings of `s`.
     pub fn new(
         http: reqwest::Client,
-        token_url: String,
-        client_id: String,
-        client_secret: Secret,
-        refresh_margin: Duration,
-        timeout: Duration,
+        s: &UpstreamSettings,
         max_body: usize,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
             http,
-            token_url,
-            client_id,
-            client_secret,
-            refresh_margin,
-            timeout,
+            token_url: s.token_url.clone(),
+            client_id: s.client_id.clone(),
+            client_secret: s.client_secret.clone(),
+            refresh_margin: s.token_refresh_margin,
+            timeout: s.token_timeout,
             max_body,
             current: RwLock::new(None),
             fetching: Arc::new(Mutex::new(())),

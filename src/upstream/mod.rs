@@ -118,16 +118,7 @@ impl Upstream {
             .build()
             .map_err(build_err)?;
         let max_body = usize::try_from(s.max_response_bytes).unwrap_or(usize::MAX);
-        let tokens = TokenCache::new(
-            api.clone(),
-            s.token_url.clone(),
-            s.client_id.clone(),
-            s.client_secret.clone(),
-            s.token_refresh_margin,
-            s.token_timeout,
-            max_body,
-            Arc::clone(&metrics),
-        );
+        let tokens = TokenCache::new(api.clone(), s, max_body, Arc::clone(&metrics));
         Ok(Self {
             api,
             download,
