@@ -200,6 +200,9 @@ impl GatewayProcess {
             .env(e("RATE_LIMIT__UPSTREAM__RPS"), "1000000")
             .env(e("RATE_LIMIT__UPSTREAM__BURST"), "1000000")
             .env(e("RATE_LIMIT__MAX_CONCURRENT_UPLOADS"), "1024")
+            .env(e("RATE_LIMIT__MAX_CONCURRENT_UPLOADS_PER_CALLER"), "1024")
+            .env(e("RATE_LIMIT__MAX_CONCURRENT_DOWNLOADS"), "1024")
+            .env(e("RATE_LIMIT__MAX_CONCURRENT_DOWNLOADS_PER_CALLER"), "1024")
             .env(
                 e("RATE_LIMIT__MAX_INFLIGHT_UPLOAD_BYTES"),
                 (1024 * MIB).to_string(),

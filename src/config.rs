@@ -227,6 +227,12 @@ pub struct RateLimitSettings {
     pub upstream_max_wait: Duration,
     /// Uploads in progress at once; more are refused at once.
     pub max_concurrent_uploads: u32,
+    /// Uploads in progress at once for one caller.
+    pub max_concurrent_uploads_per_caller: u32,
+    /// Downloads in progress at once; more are refused at once.
+    pub max_concurrent_downloads: u32,
+    /// Downloads in progress at once for one caller.
+    pub max_concurrent_downloads_per_caller: u32,
     /// Upload bytes held in memory at once, over all uploads; a caller past it
     /// waits (HTTP/2 flow control holds it back).
     pub max_inflight_upload_bytes: u64,
@@ -245,6 +251,9 @@ impl Default for RateLimitSettings {
             upstream: Rate { rps: 50, burst: 50 },
             upstream_max_wait: Duration::from_millis(500),
             max_concurrent_uploads: 64,
+            max_concurrent_uploads_per_caller: 8,
+            max_concurrent_downloads: 256,
+            max_concurrent_downloads_per_caller: 16,
             max_inflight_upload_bytes: 256 * 1024 * 1024,
             cool_down_after_503s: 3,
         }
@@ -315,6 +324,12 @@ pub struct UpstreamSettings {
     /// so that a retry after a lost answer gets the same answer, not a second write.
     #[serde(with = "humantime_serde")]
     pub idempotency_ttl: Duration,
+    /// While a write with a caller message id runs, it holds its id for this long,
+    /// renewed as it goes; a replica that dies mid-write frees the id when the
+    /// lease expires (shared state only: in one process the lease lives with the
+    /// write).
+    #[serde(with = "humantime_serde")]
+    pub idempotency_lease: Duration,
 }
 
 impl Default for UpstreamSettings {
@@ -338,6 +353,7 @@ impl Default for UpstreamSettings {
             circuit_failure_threshold: 5,
             circuit_open_for: Duration::from_secs(5),
             idempotency_ttl: Duration::from_secs(600),
+            idempotency_lease: Duration::from_secs(30),
         }
     }
 }
@@ -351,6 +367,13 @@ pub struct LimitSettings {
     pub max_chunk_bytes: u64,
     /// The size of the `chunk` messages of a download, in bytes.
     pub download_chunk_bytes: u64,
+    /// How long an upload stream may take to send its metadata message; no slot
+    /// is held meanwhile.
+    #[serde(with = "humantime_serde")]
+    pub upload_first_message_timeout: Duration,
+    /// How long an upload stream may go without a message once it has started.
+    #[serde(with = "humantime_serde")]
+    pub upload_idle_timeout: Duration,
 }
 
 impl Default for LimitSettings {
@@ -359,6 +382,8 @@ impl Default for LimitSettings {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_chunk_bytes: 4 * 1024 * 1024,
             download_chunk_bytes: 256 * 1024,
+            upload_first_message_timeout: Duration::from_secs(10),
+            upload_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -606,6 +631,18 @@ impl Settings {
             ("upstream.transfer_timeout", self.upstream.transfer_timeout),
             ("upstream.token_timeout", self.upstream.token_timeout),
             (
+                "upstream.idempotency_lease",
+                self.upstream.idempotency_lease,
+            ),
+            (
+                "limits.upload_first_message_timeout",
+                self.limits.upload_first_message_timeout,
+            ),
+            (
+                "limits.upload_idle_timeout",
+                self.limits.upload_idle_timeout,
+            ),
+            (
                 "upstream.pool_idle_timeout",
                 self.upstream.pool_idle_timeout,
             ),
@@ -709,11 +746,27 @@ impl Settings {
                 ));
             }
         }
-        if r.max_concurrent_uploads == 0 {
-            return Err(invalid(
+        for (name, n) in [
+            (
                 "rate_limit.max_concurrent_uploads",
-                "must be greater than 0",
-            ));
+                r.max_concurrent_uploads,
+            ),
+            (
+                "rate_limit.max_concurrent_uploads_per_caller",
+                r.max_concurrent_uploads_per_caller,
+            ),
+            (
+                "rate_limit.max_concurrent_downloads",
+                r.max_concurrent_downloads,
+            ),
+            (
+                "rate_limit.max_concurrent_downloads_per_caller",
+                r.max_concurrent_downloads_per_caller,
+            ),
+        ] {
+            if n == 0 {
+                return Err(invalid(name, "must be greater than 0"));
+            }
         }
         if r.max_inflight_upload_bytes < l.max_chunk_bytes
             || r.max_inflight_upload_bytes > u64::from(u32::MAX)

@@ -17,7 +17,7 @@ use crate::api::writes::Writes;
 use crate::api::{AttachmentApi, Bounds, Downloads, Timeouts, UploadLimits, Uploads};
 use crate::auth::{AuthConfig, Authenticator};
 use crate::config::Settings;
-use crate::limits::{CallerLimits, UpstreamBudget};
+use crate::limits::{CallerLimits, Concurrency, UpstreamBudget};
 use crate::metrics::Metrics;
 use crate::middleware::auth::Auth;
 use crate::middleware::gate::GateLayer;
@@ -25,6 +25,7 @@ use crate::middleware::observe::ObserveLayer;
 use crate::middleware::rate_limit::RateLimit;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::wire::attachment_service_server::AttachmentServiceServer;
+use crate::store::writes::MemoryWrites;
 use crate::upstream::{Upstream, UpstreamError};
 
 /// The health service name that stays SERVING until the process exits, for
@@ -156,19 +157,29 @@ pub async fn serve_with(
     )?);
     let cut = CancellationToken::new();
     let bounds = Bounds { cut: cut.clone() };
-    let writes = Writes::new(settings.upstream.idempotency_ttl);
+    let writes = Writes::new(
+        Arc::new(MemoryWrites::new(settings.upstream.idempotency_ttl)),
+        settings.upstream.idempotency_ttl,
+        settings.upstream.idempotency_lease,
+    );
     let l = &settings.limits;
+    let r = &settings.rate_limit;
     let uploads = Uploads::new(
         Arc::clone(&upstream),
         UploadLimits {
             max_upload_bytes: l.max_upload_bytes,
             max_chunk_bytes: usize::try_from(l.max_chunk_bytes).unwrap_or(usize::MAX),
-            max_concurrent_uploads: settings.rate_limit.max_concurrent_uploads as usize,
-            max_inflight_upload_bytes: usize::try_from(
-                settings.rate_limit.max_inflight_upload_bytes,
-            )
-            .unwrap_or(usize::MAX),
+            max_inflight_upload_bytes: usize::try_from(r.max_inflight_upload_bytes)
+                .unwrap_or(usize::MAX),
+            first_message_timeout: l.upload_first_message_timeout,
+            idle_timeout: l.upload_idle_timeout,
         },
+        Concurrency::new(
+            "concurrent_uploads",
+            "concurrent_uploads_per_caller",
+            r.max_concurrent_uploads as usize,
+            r.max_concurrent_uploads_per_caller as usize,
+        ),
         bounds.clone(),
         writes.clone(),
         Arc::clone(&metrics),
@@ -178,6 +189,12 @@ pub async fn serve_with(
         bounds.clone(),
         Arc::clone(&metrics),
         usize::try_from(l.download_chunk_bytes).unwrap_or(usize::MAX),
+        Concurrency::new(
+            "concurrent_downloads",
+            "concurrent_downloads_per_caller",
+            r.max_concurrent_downloads as usize,
+            r.max_concurrent_downloads_per_caller as usize,
+        ),
     );
     let api = AttachmentApi::new(
         upstream,

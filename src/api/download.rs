@@ -17,6 +17,7 @@ use tracing::Instrument;
 use super::deadline::Bounds;
 use super::error::{Error, Op};
 use crate::domain::AttachmentRef;
+use crate::limits::Concurrency;
 use crate::metrics::Metrics;
 use crate::proto::wire::download_attachment_response::Payload;
 use crate::proto::wire::{Attachment, DownloadAttachmentResponse};
@@ -100,6 +101,8 @@ pub struct Downloads {
     bounds: Bounds,
     metrics: Arc<Metrics>,
     chunk_bytes: usize,
+    /// Downloads in progress, on this replica and per caller.
+    slots: Arc<Concurrency>,
 }
 
 impl Downloads {
@@ -108,21 +111,29 @@ impl Downloads {
         bounds: Bounds,
         metrics: Arc<Metrics>,
         chunk_bytes: usize,
+        slots: Arc<Concurrency>,
     ) -> Self {
         Self {
             upstream,
             bounds,
             metrics,
             chunk_bytes,
+            slots,
         }
     }
 
-    /// Opens the download; its bytes then stream to the caller as they arrive.
+    /// Opens the download for `caller`; its bytes then stream to the caller as
+    /// they arrive. The download holds a slot until its last byte.
     pub async fn open(
         &self,
+        caller: &Arc<str>,
         target: AttachmentRef,
         deadline: Instant,
     ) -> Result<DownloadStream, Error> {
+        let slot = self.slots.try_acquire(caller).map_err(|refusal| {
+            self.metrics.refused(refusal.limit);
+            Error::Limited(refusal)
+        })?;
         let link = self
             .bounds
             .run(
@@ -153,6 +164,7 @@ impl Downloads {
         let _ = tx.try_send(Ok(first));
         tokio::spawn(
             async move {
+                let _slot = slot;
                 let mut sent: u64 = 0;
                 loop {
                     let read = tokio::select! {

@@ -58,6 +58,14 @@ pub enum Error {
     /// A write with the same message id is running now.
     #[error("a write with this message_id is in progress")]
     WriteInProgress,
+    /// The caller reused a message id for a different request. `field` names the
+    /// message id in the request.
+    #[error("this message_id was used for a different request")]
+    MessageIdReused { field: &'static str },
+    /// The record of writes by message id cannot be reached: the write is not
+    /// run, since its retry could not be recognised.
+    #[error("the record of writes by message_id is unavailable")]
+    WriteRecordUnavailable,
     /// The upstream answered an upload before its last byte: it cannot have
     /// stored the whole file, and whether it stored anything is unknown.
     #[error("the upstream answered the upload before its last byte")]
@@ -65,6 +73,12 @@ pub enum Error {
     /// A download ended before the length its headers announced.
     #[error("the download ended after {received} of {expected} bytes")]
     DownloadTruncated { received: u64, expected: u64 },
+    /// The caller's stream sent nothing for too long.
+    #[error("waited {waited:?} for {what}")]
+    StreamIdle {
+        waited: std::time::Duration,
+        what: &'static str,
+    },
     /// Something the gateway holds to be impossible happened.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -103,8 +117,11 @@ impl Error {
             Self::Deadline { .. } => Code::DeadlineExceeded,
             Self::ShuttingDown { .. } => Code::Unavailable,
             Self::WriteInProgress => Code::Aborted,
+            Self::MessageIdReused { .. } => Code::InvalidArgument,
+            Self::WriteRecordUnavailable => Code::Unavailable,
             Self::UploadUnconfirmed => Code::Internal,
             Self::DownloadTruncated { .. } => Code::DataLoss,
+            Self::StreamIdle { .. } => Code::DeadlineExceeded,
             Self::Internal(_) => Code::Internal,
             Self::Stream(s) => s.code(),
         }
@@ -274,6 +291,22 @@ impl From<Error> for Status {
             )
             .retry_after(Duration::from_secs(1))
             .build(),
+            Error::MessageIdReused { field } => invalid_argument(vec![Violation {
+                field: field.to_string(),
+                error: FieldError::new(
+                    "MESSAGE_ID_REUSED",
+                    "this message_id was already used by this caller for a different request \
+                     (another file, attachment or change); a new request needs a new message_id",
+                ),
+            }]),
+            Error::WriteRecordUnavailable => Parts::new(
+                Code::Unavailable,
+                "WRITE_RECORD_UNAVAILABLE",
+                "the record of writes by message_id is unavailable, so a retry of this write could not be recognised; nothing was done: retry",
+                "true",
+            )
+            .retry_after(Duration::from_secs(1))
+            .build(),
             Error::UploadUnconfirmed => Parts::new(
                 Code::Internal,
                 "UPSTREAM_ANSWERED_EARLY",
@@ -289,6 +322,17 @@ impl From<Error> for Status {
             )
             .meta("received_bytes", received.to_string())
             .meta("expected_bytes", expected.to_string())
+            .build(),
+            Error::StreamIdle { waited, what } => Parts::new(
+                Code::DeadlineExceeded,
+                "STREAM_IDLE",
+                format!(
+                    "waited {} ms for {what}; the upload was stopped and nothing was stored",
+                    waited.as_millis()
+                ),
+                "true",
+            )
+            .meta("waited_ms", waited.as_millis().to_string())
             .build(),
             Error::Internal(what) => Parts::new(
                 Code::Internal,
@@ -555,10 +599,18 @@ mod tests {
                 nothing_applied: true,
             },
             Error::WriteInProgress,
+            Error::MessageIdReused {
+                field: "metadata.message_id",
+            },
+            Error::WriteRecordUnavailable,
             Error::UploadUnconfirmed,
             Error::DownloadTruncated {
                 received: 1,
                 expected: 2,
+            },
+            Error::StreamIdle {
+                waited: Duration::from_secs(10),
+                what: "the metadata message",
             },
             Error::Internal("a broken invariant"),
             Error::Stream(Status::cancelled("reset by the caller")),
@@ -572,8 +624,11 @@ mod tests {
                 | Error::Deadline { .. }
                 | Error::ShuttingDown { .. }
                 | Error::WriteInProgress
+                | Error::MessageIdReused { .. }
+                | Error::WriteRecordUnavailable
                 | Error::UploadUnconfirmed
                 | Error::DownloadTruncated { .. }
+                | Error::StreamIdle { .. }
                 | Error::Internal(_)
                 | Error::Stream(_) => {}
             }

@@ -21,6 +21,8 @@ pub use self::download::{DownloadStream, Downloads};
 pub use self::error::{Error, Op};
 pub use self::upload::{UploadLimits, Uploads};
 use self::writes::Writes;
+use crate::auth::Caller;
+use crate::domain::{AttachmentRemoval, AttachmentUpdate};
 use crate::proto::wire::attachment_service_server::AttachmentService;
 use crate::proto::wire::{
     DeleteAttachmentRequest, DeleteAttachmentResponse, DownloadAttachmentRequest,
@@ -28,6 +30,7 @@ use crate::proto::wire::{
     UpdateAttachmentRequest, UpdateAttachmentResponse, UploadAttachmentRequest,
     UploadAttachmentResponse,
 };
+use crate::store::writes::{Fingerprint, WriteKey};
 use crate::upstream::Upstream;
 
 /// The timeouts of calls that set no shorter deadline.
@@ -68,6 +71,53 @@ impl AttachmentApi {
     }
 }
 
+/// The caller of a request, with its kind (`api_key:billing`), as authentication
+/// put it in the request's extensions.
+fn caller<T>(request: &Request<T>) -> Arc<str> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map(|c| Arc::from(c.to_string()))
+        // Every attachment call passes authentication, which always sets it.
+        .unwrap_or_else(|| Arc::from("unknown:unknown"))
+}
+
+/// The record key of a write the caller named with a message id.
+fn write_key(
+    caller: Arc<str>,
+    call: &'static str,
+    work_order_id: i64,
+    caller_message_id: String,
+) -> Option<WriteKey> {
+    (!caller_message_id.is_empty()).then_some(WriteKey {
+        caller,
+        call,
+        work_order_id,
+        message_id: caller_message_id,
+    })
+}
+
+/// What makes an update this update.
+fn update_fingerprint(u: &AttachmentUpdate) -> Fingerprint {
+    Fingerprint::of(&[
+        u.target.attachment_id.as_str().as_bytes(),
+        u.name.as_str().as_bytes(),
+        u.document_type
+            .map(|d| d.upstream_name())
+            .unwrap_or("")
+            .as_bytes(),
+        u.visibility
+            .map(|v| v.upstream_name())
+            .unwrap_or("")
+            .as_bytes(),
+    ])
+}
+
+/// What makes a delete this delete.
+fn delete_fingerprint(d: &AttachmentRemoval) -> Fingerprint {
+    Fingerprint::of(&[d.target.attachment_id.as_str().as_bytes()])
+}
+
 /// Puts the work order on the call's span, so every log line of the call has it.
 fn record_work_order(id: i64) {
     tracing::Span::current().record("work_order_id", id);
@@ -80,7 +130,11 @@ impl AttachmentService for AttachmentApi {
         request: Request<Streaming<UploadAttachmentRequest>>,
     ) -> Result<Response<UploadAttachmentResponse>, Status> {
         let deadline = deadline(request.metadata(), self.timeouts.transfer);
-        let r = self.uploads.run(request.into_inner(), deadline).await?;
+        let caller = caller(&request);
+        let r = self
+            .uploads
+            .run(caller, request.into_inner(), deadline)
+            .await?;
         Ok(Response::new(r))
     }
 
@@ -138,10 +192,13 @@ impl AttachmentService for AttachmentApi {
         request: Request<DownloadAttachmentRequest>,
     ) -> Result<Response<Self::DownloadAttachmentStream>, Status> {
         let deadline = deadline(request.metadata(), self.timeouts.transfer);
+        let caller = caller(&request);
         let r = request.into_inner();
         let target = convert::attachment_ref(r.work_order_id, &r.attachment_id)?;
         record_work_order(r.work_order_id);
-        Ok(Response::new(self.downloads.open(target, deadline).await?))
+        Ok(Response::new(
+            self.downloads.open(&caller, target, deadline).await?,
+        ))
     }
 
     async fn update_attachment(
@@ -149,6 +206,7 @@ impl AttachmentService for AttachmentApi {
         request: Request<UpdateAttachmentRequest>,
     ) -> Result<Response<UpdateAttachmentResponse>, Status> {
         let deadline = deadline(request.metadata(), self.timeouts.request);
+        let caller = caller(&request);
         let r = request.into_inner();
         let caller_message_id = r.message_id.clone();
         let u = convert::update(r)?;
@@ -158,9 +216,8 @@ impl AttachmentService for AttachmentApi {
             .writes
             .once(
                 &self.bounds,
-                "update",
-                wo,
-                &caller_message_id,
+                write_key(caller, "update", wo, caller_message_id),
+                update_fingerprint(&u),
                 &u.message_id,
                 deadline,
                 "updating the attachment",
@@ -175,6 +232,7 @@ impl AttachmentService for AttachmentApi {
         request: Request<DeleteAttachmentRequest>,
     ) -> Result<Response<DeleteAttachmentResponse>, Status> {
         let deadline = deadline(request.metadata(), self.timeouts.request);
+        let caller = caller(&request);
         let r = request.into_inner();
         let caller_message_id = r.message_id.clone();
         let d = convert::removal(r)?;
@@ -184,9 +242,8 @@ impl AttachmentService for AttachmentApi {
             .writes
             .once(
                 &self.bounds,
-                "delete",
-                wo,
-                &caller_message_id,
+                write_key(caller, "delete", wo, caller_message_id),
+                delete_fingerprint(&d),
                 &d.message_id,
                 deadline,
                 "deleting the attachment",

@@ -19,16 +19,19 @@ use futures_util::Stream;
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
+use tokio::time::timeout;
 use tonic::{Code, Streaming};
 
 use super::convert;
 use super::deadline::Bounds;
 use super::error::{Error, Op};
-use super::writes::{Answer, Start, Writes};
-use crate::limits::Refusal;
+use super::writes::{Start, Writes};
+use crate::domain::NewAttachment;
+use crate::limits::Concurrency;
 use crate::metrics::Metrics;
 use crate::proto::wire::upload_attachment_request::Payload;
 use crate::proto::wire::{UploadAttachmentRequest, UploadAttachmentResponse};
+use crate::store::writes::{Fingerprint, Outcome, WriteKey};
 use crate::upstream::Upstream;
 
 /// Chunks queued between the caller's stream and the upstream body: memory per
@@ -178,8 +181,11 @@ fn late_metadata() -> Error {
 pub struct UploadLimits {
     pub max_upload_bytes: u64,
     pub max_chunk_bytes: usize,
-    pub max_concurrent_uploads: usize,
     pub max_inflight_upload_bytes: usize,
+    /// How long the metadata message may take to arrive.
+    pub first_message_timeout: Duration,
+    /// How long the stream may go without a message once the upload is under way.
+    pub idle_timeout: Duration,
 }
 
 /// Counts an upload in progress while alive.
@@ -198,26 +204,47 @@ pub struct Uploads {
     bounds: Bounds,
     writes: Writes,
     metrics: Arc<Metrics>,
-    /// One permit per upload in progress.
-    slots: Arc<Semaphore>,
+    /// Uploads in progress, on this replica and per caller.
+    slots: Arc<Concurrency>,
     /// One permit per upload byte held in memory.
     bytes: Arc<Semaphore>,
+}
+
+/// An upload's digest for the record of writes: every metadata field that makes
+/// it this upload (the bytes are compared separately, by their SHA-256).
+fn fingerprint(a: &NewAttachment) -> Fingerprint {
+    Fingerprint::of(&[
+        a.work_order_id.get().to_string().as_bytes(),
+        a.name.as_str().as_bytes(),
+        a.mime_type.as_str().as_bytes(),
+        a.document_type
+            .map(|d| d.upstream_name())
+            .unwrap_or("")
+            .as_bytes(),
+        a.visibility
+            .map(|v| v.upstream_name())
+            .unwrap_or("")
+            .as_bytes(),
+        a.performed_by.get_name().as_bytes(),
+        a.performed_by.get_phone().unwrap_or("").as_bytes(),
+    ])
 }
 
 impl Uploads {
     pub fn new(
         upstream: Arc<Upstream>,
         limits: UploadLimits,
+        slots: Arc<Concurrency>,
         bounds: Bounds,
         writes: Writes,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             upstream,
-            slots: Arc::new(Semaphore::new(limits.max_concurrent_uploads)),
             bytes: Arc::new(Semaphore::new(
                 limits.max_inflight_upload_bytes.min(Semaphore::MAX_PERMITS),
             )),
+            slots,
             limits,
             bounds,
             writes,
@@ -225,34 +252,20 @@ impl Uploads {
         }
     }
 
-    /// Runs one upload to its end: within `deadline` and the shutdown cut; a call
-    /// stopped by either aborts its upstream request mid-body unless the body was
-    /// complete.
+    /// Runs one upload for `caller` to its end: within `deadline` and the shutdown
+    /// cut; a call stopped by either aborts its upstream request mid-body unless
+    /// the body was complete.
     pub async fn run(
         &self,
+        caller: Arc<str>,
         stream: Streaming<UploadAttachmentRequest>,
         deadline: Instant,
     ) -> Result<UploadAttachmentResponse, Error> {
-        let Ok(_slot) = Arc::clone(&self.slots).try_acquire_owned() else {
-            let refusal = Refusal {
-                limit: "concurrent_uploads",
-                subject: "gateway".into(),
-                description: format!(
-                    "at most {} uploads at once on this replica",
-                    self.limits.max_concurrent_uploads
-                ),
-                retry_after: Duration::from_secs(1),
-            };
-            self.metrics.refused(refusal.limit);
-            return Err(Error::Limited(refusal));
-        };
-        self.metrics.uploads_in_flight.inc();
-        let _in_flight = InFlight(&self.metrics);
         // Set once the whole body went upstream: from then on, stopping the call
         // cannot tell whether the attachment was stored.
         let sent = AtomicBool::new(false);
         tokio::select! {
-            r = tokio::time::timeout_at(deadline, self.upload(stream, &sent)) => match r {
+            r = tokio::time::timeout_at(deadline, self.upload(caller, stream, &sent)) => match r {
                 Ok(r) => r,
                 Err(_) => Err(Error::Deadline {
                     op: Op::Write,
@@ -282,13 +295,40 @@ impl Uploads {
         })
     }
 
+    /// The next message, within the idle timeout.
+    async fn next(
+        &self,
+        stream: &mut Streaming<UploadAttachmentRequest>,
+    ) -> Result<Option<Payload>, Error> {
+        timeout(
+            self.limits.idle_timeout,
+            next_payload(stream, self.limits.max_chunk_bytes),
+        )
+        .await
+        .map_err(|_| Error::StreamIdle {
+            waited: self.limits.idle_timeout,
+            what: "the next upload message",
+        })?
+    }
+
     async fn upload(
         &self,
+        caller: Arc<str>,
         mut stream: Streaming<UploadAttachmentRequest>,
         sent: &AtomicBool,
     ) -> Result<UploadAttachmentResponse, Error> {
         let max_chunk = self.limits.max_chunk_bytes;
-        let meta = match next_payload(&mut stream, max_chunk).await? {
+        // No slot is held until the metadata arrives, and it must arrive soon.
+        let first = timeout(
+            self.limits.first_message_timeout,
+            next_payload(&mut stream, max_chunk),
+        )
+        .await
+        .map_err(|_| Error::StreamIdle {
+            waited: self.limits.first_message_timeout,
+            what: "the metadata message",
+        })??;
+        let meta = match first {
             Some(Payload::Metadata(m)) => m,
             Some(Payload::Chunk(_)) => {
                 return Err(Error::invalid(
@@ -305,20 +345,30 @@ impl Uploads {
                 ));
             }
         };
-        let caller_id = meta.message_id.clone();
+        let caller_message_id = meta.message_id.clone();
         let attachment = convert::new_attachment(meta, self.limits.max_upload_bytes)?;
+        tracing::Span::current().record("work_order_id", attachment.work_order_id.get());
+        let _slot = self.slots.try_acquire(&caller).map_err(|refusal| {
+            self.metrics.refused(refusal.limit);
+            Error::Limited(refusal)
+        })?;
+        self.metrics.uploads_in_flight.inc();
+        let _in_flight = InFlight(&self.metrics);
+
+        let key = (!caller_message_id.is_empty()).then(|| WriteKey {
+            caller,
+            call: "upload",
+            work_order_id: attachment.work_order_id.get(),
+            message_id: caller_message_id,
+        });
         let guard = match self
             .writes
-            .begin("upload", attachment.work_order_id.get(), &caller_id)?
+            .begin(key, fingerprint(&attachment), "metadata.message_id")
+            .await?
         {
-            Start::Replay(Answer::Upload(r)) => {
-                tracing::info!("upload already done under this message_id: answering as before");
-                return Ok(r);
-            }
-            Start::Replay(Answer::MessageId(_)) => None,
+            Start::Replay(outcome) => return self.replay(stream, &attachment, outcome).await,
             Start::Go(g) => g,
         };
-        tracing::Span::current().record("work_order_id", attachment.work_order_id.get());
         let mut progress = Progress {
             received: 0,
             hasher: Sha256::new(),
@@ -329,20 +379,14 @@ impl Uploads {
 
         // Nothing goes upstream before the first byte: an empty file is refused here.
         let first = loop {
-            match next_payload(&mut stream, max_chunk).await? {
+            match self.next(&mut stream).await? {
                 Some(Payload::Chunk(b)) if b.is_empty() => continue,
                 Some(Payload::Chunk(b)) => {
                     progress.accept(&b)?;
                     break b;
                 }
                 Some(Payload::Metadata(_)) => return Err(late_metadata()),
-                None => {
-                    return Err(Error::invalid(
-                        "chunk",
-                        "EMPTY_FILE",
-                        "the file is empty: no bytes followed the metadata",
-                    ));
-                }
+                None => return Err(empty_file()),
             }
         };
 
@@ -366,7 +410,7 @@ impl Uploads {
 
         let pump = async {
             loop {
-                match next_payload(&mut stream, max_chunk).await? {
+                match self.next(&mut stream).await? {
                     Some(Payload::Chunk(b)) => {
                         if b.is_empty() {
                             continue;
@@ -415,7 +459,13 @@ impl Uploads {
                     sha256: sha,
                 };
                 if let Some(g) = guard {
-                    g.complete(Answer::Upload(answer.clone()));
+                    g.complete(Outcome::Upload {
+                        attachment_id: answer.attachment_id.clone(),
+                        message_id: answer.message_id.clone(),
+                        size_bytes: answer.size_bytes,
+                        sha256: answer.sha256.clone(),
+                    })
+                    .await;
                 }
                 Ok(answer)
             }
@@ -434,4 +484,64 @@ impl Uploads {
             }
         }
     }
+
+    /// The same caller sent an upload with this message id and the same metadata
+    /// before, and it was stored. The bytes are read again (the caller sends them)
+    /// and compared with what was stored: the same file gets the first answer; a
+    /// different file under the same id is refused. Nothing goes upstream.
+    async fn replay(
+        &self,
+        mut stream: Streaming<UploadAttachmentRequest>,
+        attachment: &NewAttachment,
+        outcome: Outcome,
+    ) -> Result<UploadAttachmentResponse, Error> {
+        let Outcome::Upload {
+            attachment_id,
+            message_id,
+            size_bytes,
+            sha256,
+        } = outcome
+        else {
+            return Err(Error::Internal("the write record answered another call"));
+        };
+        let mut progress = Progress {
+            received: 0,
+            hasher: Sha256::new(),
+            limit: self.limits.max_upload_bytes,
+            declared: attachment.declared_size,
+            max_chunk: self.limits.max_chunk_bytes,
+        };
+        loop {
+            match self.next(&mut stream).await? {
+                Some(Payload::Chunk(b)) => progress.accept(&b)?,
+                Some(Payload::Metadata(_)) => return Err(late_metadata()),
+                None => break,
+            }
+        }
+        if progress.received == 0 {
+            return Err(empty_file());
+        }
+        let (size, sha) = progress.finish()?;
+        if (size, sha.as_str()) != (size_bytes, sha256.as_str()) {
+            tracing::info!("a message_id reused for another file: refused");
+            return Err(Error::MessageIdReused {
+                field: "metadata.message_id",
+            });
+        }
+        tracing::info!("upload already done under this message_id: answering as before");
+        Ok(UploadAttachmentResponse {
+            attachment_id,
+            message_id,
+            size_bytes,
+            sha256,
+        })
+    }
+}
+
+fn empty_file() -> Error {
+    Error::invalid(
+        "chunk",
+        "EMPTY_FILE",
+        "the file is empty: no bytes followed the metadata",
+    )
 }

@@ -6,12 +6,15 @@
 //!   every caller, with a cool-down after a 429 or repeated 503s;
 //! - [`breaker`]: the circuit breaker that fails calls fast while the upstream is
 //!   down;
-//! - [`retry_budget`]: the cap on retries as a fraction of requests.
+//! - [`retry_budget`]: the cap on retries as a fraction of requests;
+//! - [`concurrency`]: uploads and downloads in progress, per replica and per
+//!   caller.
 //!
 //! All of it runs on tokio's clock, so tests can pause time.
 
 mod breaker;
 mod caller;
+mod concurrency;
 mod retry_budget;
 mod upstream_budget;
 
@@ -24,6 +27,7 @@ use tokio::time::Instant;
 
 pub use self::breaker::{CircuitBreaker, Permit};
 pub use self::caller::CallerLimits;
+pub use self::concurrency::{Concurrency, Slot};
 pub use self::retry_budget::RetryBudget;
 pub use self::upstream_budget::UpstreamBudget;
 use crate::config::Rate;

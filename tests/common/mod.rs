@@ -89,6 +89,10 @@ pub fn base_settings() -> Settings {
     s.server.shutdown_grace = Duration::from_secs(5);
     // These tests are about the gateway's calls; auth has tests of its own.
     s.auth.allow_unauthenticated = true;
+    // One anonymous caller makes every call here: the per-caller bounds are the
+    // replica's (hostile::* tests them).
+    s.rate_limit.max_concurrent_uploads_per_caller = s.rate_limit.max_concurrent_uploads;
+    s.rate_limit.max_concurrent_downloads_per_caller = s.rate_limit.max_concurrent_downloads;
     s.telemetry.admin_listen = None;
     s
 }
@@ -291,4 +295,26 @@ pub fn assert_details(s: &Status) {
         ),
         "{s:?}"
     );
+}
+
+/// A scratch directory, removed when the returned guard drops.
+pub fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("ag-auth-{name}-"))
+        .tempdir()
+        .expect("scratch dir")
+}
+
+/// Writes an API key file: (caller, key, scopes) per key.
+pub fn write_keys(path: &std::path::Path, keys: &[(&str, &str, &[&str])]) {
+    let mut text = String::new();
+    for (caller, key, scopes) in keys {
+        let scopes: Vec<String> = scopes.iter().map(|s| format!("\"{s}\"")).collect();
+        text.push_str(&format!(
+            "[[keys]]\ncaller = \"{caller}\"\nsha256 = \"{}\"\nscopes = [{}]\n\n",
+            attachment_gateway::auth::hash_key(key),
+            scopes.join(", ")
+        ));
+    }
+    std::fs::write(path, text).expect("write keys");
 }

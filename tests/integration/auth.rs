@@ -4,7 +4,6 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::common::*;
-use attachment_gateway::auth::hash_key;
 use attachment_gateway::config::{Rate, Settings};
 use attachment_gateway::proto::attachment_service_client::AttachmentServiceClient;
 use attachment_gateway::proto::{ListAttachmentsRequest, UploadAttachmentRequest};
@@ -20,14 +19,6 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt");
-
-/// A scratch directory, removed when the returned guard drops.
-fn scratch(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("ag-auth-{name}-"))
-        .tempdir()
-        .expect("scratch dir")
-}
 
 fn list_req(token: Option<(&'static str, &str)>) -> Request<ListAttachmentsRequest> {
     let mut r = Request::new(ListAttachmentsRequest {
@@ -63,19 +54,6 @@ async fn gateway_with(tweak: impl FnOnce(&mut Settings)) -> (Sandbox, Gateway) {
     tweak(&mut s);
     let gw = Gateway::start(s).await;
     (sandbox, gw)
-}
-
-fn write_keys(path: &std::path::Path, keys: &[(&str, &str, &[&str])]) {
-    let mut text = String::new();
-    for (caller, key, scopes) in keys {
-        let scopes: Vec<String> = scopes.iter().map(|s| format!("\"{s}\"")).collect();
-        text.push_str(&format!(
-            "[[keys]]\ncaller = \"{caller}\"\nsha256 = \"{}\"\nscopes = [{}]\n\n",
-            hash_key(key),
-            scopes.join(", ")
-        ));
-    }
-    std::fs::write(path, text).expect("write keys");
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ mod common;
 
 mod auth;
 mod binary;
+mod callers;
 mod client_lib;
 mod grpcurl;
 mod hostile;

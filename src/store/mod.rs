@@ -1,0 +1,11 @@
+//! State that replicas must share to act as one gateway, behind one interface per
+//! use, each with an in-process backend (the default, for one replica).
+//!
+//! - [`writes`]: writes remembered by the caller's message id (idempotency).
+
+pub mod writes;
+
+/// A shared store could not be reached or answered something unusable.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the shared state store is unavailable: {0}")]
+pub struct StoreError(pub String);
