@@ -43,6 +43,34 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// An HTTP status as a label value, from a bounded set: the statuses the gateway
+/// tells apart, else the class (`4xx`). The upstream's answers are outside data.
+pub fn http_status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        408 => "408",
+        409 => "409",
+        410 => "410",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        501 => "501",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        100..=199 => "1xx",
+        201..=299 => "2xx",
+        300..=399 => "3xx",
+        402..=499 => "4xx",
+        505..=599 => "5xx",
+        _ => "other",
+    }
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {

@@ -16,6 +16,7 @@ pub use self::api_keys::{ApiKeyStore, hash_key};
 pub use self::jwt::JwtVerifier;
 pub use self::mtls::identity_from_cert;
 use crate::config::{AuthSettings, MtlsSettings};
+use crate::methods::{self, Access};
 pub use crate::scopes::Scopes;
 
 /// How a caller proved who they are.
@@ -85,21 +86,12 @@ impl Needed {
 
 /// The requirement of a request path `/package.Service/Method`.
 pub fn needed_for(path: &str, public_reflection: bool) -> Needed {
-    const SVC: &str = "/corrigopro.attachments.v1.AttachmentService/";
-    if path.starts_with("/grpc.health.v1.Health/") {
-        return Needed::Nothing;
-    }
-    if path.starts_with("/grpc.reflection.") {
-        return if public_reflection {
-            Needed::Nothing
-        } else {
-            Needed::Authenticated
-        };
-    }
-    match path.strip_prefix(SVC) {
-        Some("ListAttachments" | "GetDownloadUrl" | "DownloadAttachment") => Needed::Read,
-        Some("UploadAttachment" | "UpdateAttachment" | "DeleteAttachment") => Needed::Write,
-        _ => Needed::Authenticated,
+    match methods::method(path).access {
+        Access::Open => Needed::Nothing,
+        Access::Reflection if public_reflection => Needed::Nothing,
+        Access::Reflection | Access::Unknown => Needed::Authenticated,
+        Access::Read => Needed::Read,
+        Access::Write => Needed::Write,
     }
 }
 

@@ -4,6 +4,10 @@
 //! `rpc.method`, `rpc.grpc.status_code`); its parent is the caller's W3C
 //! `traceparent` when one came with the call. It lives until the last byte of the
 //! answer, so streaming calls are timed to the end and carry their final status.
+//!
+//! This layer runs before authentication: the path names a method from the fixed
+//! set in [`crate::methods`] (any other path is `unknown`), so no caller can add a
+//! label value, a span name or a metric series.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -52,7 +56,7 @@ pub struct ObserveService<S> {
 struct Finish {
     span: tracing::Span,
     start: Instant,
-    method: String,
+    method: &'static str,
     metrics: Arc<Metrics>,
 }
 
@@ -66,14 +70,14 @@ impl Finish {
         self.metrics
             .rpc_requests
             .get_or_create(&RpcLabels {
-                method: self.method.clone(),
+                method: self.method.to_string(),
                 code: format!("{code:?}"),
             })
             .inc();
         self.metrics
             .rpc_duration
             .get_or_create(&MethodLabel {
-                method: self.method,
+                method: self.method.to_string(),
             })
             .observe(elapsed.as_secs_f64());
         self.span.in_scope(|| {
@@ -156,23 +160,19 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let path = req.uri().path().to_string();
-        if path.starts_with("/grpc.health.v1.Health/") {
-            // Probes every few seconds: neither spans nor metrics.
+        let method = crate::methods::method(req.uri().path());
+        if method.access == crate::methods::Access::Open {
+            // Health probes every few seconds: neither spans nor metrics.
             return Box::pin(self.inner.call(req));
         }
-        let (service, method) = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .unwrap_or(("unknown", "unknown"));
         let span = tracing::info_span!(
             "grpc",
-            otel.name = %format!("{service}/{method}"),
+            otel.name = %format_args!("{}/{}", method.service, method.name),
             otel.kind = "server",
             otel.status_code = Empty,
             rpc.system = "grpc",
-            rpc.service = %service,
-            rpc.method = %method,
+            rpc.service = method.service,
+            rpc.method = method.name,
             rpc.grpc.status_code = Empty,
             caller = Empty,
             work_order_id = Empty,
@@ -185,7 +185,7 @@ where
         let finish = Finish {
             span: span.clone(),
             start: Instant::now(),
-            method: method.to_string(),
+            method: method.name,
             metrics: Arc::clone(&self.metrics),
         };
         let fut = self.inner.call(req).instrument(span);

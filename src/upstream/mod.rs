@@ -228,16 +228,16 @@ impl Upstream {
         let start = Instant::now();
         let result = client.execute(req).instrument(span.clone()).await;
         let status = match &result {
-            Ok(r) => r.status().as_u16().to_string(),
-            Err(e) if e.is_timeout() => "timeout".into(),
-            Err(e) if e.is_connect() => "connect_error".into(),
-            Err(_) => "error".into(),
+            Ok(r) => crate::metrics::http_status_label(r.status().as_u16()),
+            Err(e) if e.is_timeout() => "timeout",
+            Err(e) if e.is_connect() => "connect_error",
+            Err(_) => "error",
         };
         self.metrics
             .upstream_requests
             .get_or_create(&UpstreamLabels {
                 call: call.into(),
-                status,
+                status: status.into(),
             })
             .inc();
         self.metrics

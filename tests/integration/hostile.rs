@@ -140,3 +140,110 @@ async fn many_connections_at_once_do_not_starve_real_callers() {
     }
     drop(idle);
 }
+
+/// Calls `path` with an empty message, without credentials, on `channel`.
+async fn call_path(channel: tonic::transport::Channel, path: String) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    if let Err(e) = grpc.ready().await {
+        return tonic::Status::unavailable(e.to_string());
+    }
+    let path = http::uri::PathAndQuery::from_maybe_shared(path).expect("path");
+    let codec: tonic_prost::ProstCodec<ListAttachmentsRequest, ListAttachmentsRequest> =
+        tonic_prost::ProstCodec::default();
+    match grpc
+        .unary(
+            tonic::Request::new(ListAttachmentsRequest::default()),
+            path,
+            codec,
+        )
+        .await
+    {
+        Ok(_) => tonic::Status::ok(""),
+        Err(s) => s,
+    }
+}
+
+/// Unauthenticated calls to random paths add no label value, span name or series:
+/// the metrics page stays the same size however many arrive.
+#[tokio::test]
+async fn random_paths_before_auth_do_not_grow_the_metrics() {
+    let dir = scratch("labels");
+    let keys = dir.path().join("keys.toml");
+    write_keys(&keys, &[("svc", "key-svc", &["attachments.read"])]);
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let admin_addr = admin.local_addr().expect("addr");
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = grpc.local_addr().expect("addr");
+    let sandbox = attachment_gateway::sandbox::Sandbox::start(Default::default())
+        .await
+        .expect("sandbox");
+    let mut s = base_settings();
+    s.auth.allow_unauthenticated = false;
+    s.auth.api_keys.file = Some(keys);
+    s.upstream = sandbox.upstream_settings(&s.upstream);
+    let serving = tokio::spawn(attachment_gateway::server::serve_with(
+        s,
+        attachment_gateway::server::Listeners {
+            grpc,
+            admin: Some(admin),
+        },
+        std::sync::Arc::new(attachment_gateway::metrics::Metrics::new()),
+        std::future::pending(),
+    ));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let metrics = || async {
+        reqwest::get(format!("http://{admin_addr}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    };
+    let flood = |n: usize, seed: u64| {
+        let channel = channel.clone();
+        async move {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            for _ in 0..n {
+                let path = format!(
+                    "/x{}/{}",
+                    rng.u64(..),
+                    (0..12).map(|_| rng.alphanumeric()).collect::<String>()
+                );
+                let st = call_path(channel.clone(), path).await;
+                assert_eq!(st.code(), Code::Unauthenticated, "{st:?}");
+            }
+        }
+    };
+    flood(10, 1).await;
+    let before = metrics().await;
+    flood(2000, 2).await;
+    let after = metrics().await;
+    let series = |text: &str| {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                l.rsplit_once(' ')
+                    .map(|(k, _)| k.to_string())
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(series(&before), series(&after), "no new series");
+    assert!(
+        after.len() <= before.len() + 64,
+        "{} -> {} bytes",
+        before.len(),
+        after.len()
+    );
+    assert!(after.contains(r#"method="unknown""#), "{after}");
+    assert!(!after.contains("/x"), "no path reaches a label");
+    serving.abort();
+}

@@ -746,3 +746,56 @@ async fn upload_form_fields_are_the_upstreams() {
         "{body}"
     );
 }
+
+/// The upstream's answers are outside data too: an unusual HTTP status is
+/// counted by its class, not as a label value of its own.
+#[tokio::test]
+async fn odd_upstream_statuses_are_counted_by_class() {
+    let server = MockServer::start().await;
+    mock_token(&server, "tok").await;
+    for (wo, status) in [("1", 452u16), ("2", 499), ("3", 598)] {
+        Mock::given(method("GET"))
+            .and(path("/Direct/api/attachments"))
+            .and(wiremock::matchers::query_param("workOrderId", wo))
+            .respond_with(ResponseTemplate::new(status))
+            .mount(&server)
+            .await;
+    }
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let admin_addr = admin.local_addr().expect("addr");
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = grpc.local_addr().expect("addr");
+    let mut s = settings_for(&server.uri());
+    s.upstream.read_attempts = 1;
+    let serving = tokio::spawn(attachment_gateway::server::serve_with(
+        s,
+        attachment_gateway::server::Listeners {
+            grpc,
+            admin: Some(admin),
+        },
+        std::sync::Arc::new(attachment_gateway::metrics::Metrics::new()),
+        std::future::pending(),
+    ));
+    let mut c = connect(addr).await;
+    for wo in 1..=3 {
+        let _ = c.list_attachments(list(wo)).await;
+    }
+    let text = reqwest::get(format!("http://{admin_addr}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.contains(r#"status="4xx""#) && text.contains(r#"status="5xx""#),
+        "{text}"
+    );
+    for odd in ["452", "499", "598"] {
+        assert!(!text.contains(&format!(r#"status="{odd}""#)), "{text}");
+    }
+    serving.abort();
+}
