@@ -194,6 +194,9 @@ impl GatewayProcess {
             .env(e("UPSTREAM__CLIENT_ID"), "bench")
             .env(e("UPSTREAM__CLIENT_SECRET"), "bench-secret")
             .env(e("AUTH__ALLOW_UNAUTHENTICATED"), "true")
+            // The sink's download links are loopback http.
+            .env(e("UPSTREAM__ALLOW_PRIVATE_DOWNLOAD_ADDRESSES"), "true")
+            .env(e("UPSTREAM__ALLOW_HTTP_DOWNLOADS"), "true")
             .env(e("TELEMETRY__ADMIN_LISTEN"), "127.0.0.1:0")
             .env(e("RATE_LIMIT__PER_CALLER__RPS"), "1000000")
             .env(e("RATE_LIMIT__PER_CALLER__BURST"), "1000000")

@@ -306,6 +306,18 @@ pub struct UpstreamSettings {
     pub work_order_query_param: String,
     /// The most bytes read from one upstream answer (list, link, token).
     pub max_response_bytes: u64,
+    /// Hosts download links may lead to, exactly or as `*.suffix` (e.g.
+    /// `*.blob.core.windows.net`); empty: any host with a public address.
+    pub download_hosts: Vec<String>,
+    /// Let download links lead to loopback, private, link-local and other
+    /// non-public addresses. Off: such a link (or redirect, or DNS answer) is
+    /// refused. The sandbox turns it on for its own loopback storage.
+    pub allow_private_download_addresses: bool,
+    /// Let download links be plain http. The sandbox turns it on.
+    pub allow_http_downloads: bool,
+    /// Let `base_url` and `token_url` be plain http to a host other than loopback
+    /// (the client secret and tokens travel there). A warning is logged at start.
+    pub allow_plain_http: bool,
     /// Idle upstream connections are closed after this long.
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
@@ -347,6 +359,10 @@ impl Default for UpstreamSettings {
             token_timeout: Duration::from_secs(10),
             work_order_query_param: "workOrderId".into(),
             max_response_bytes: 16 * 1024 * 1024,
+            download_hosts: Vec::new(),
+            allow_private_download_addresses: false,
+            allow_http_downloads: false,
+            allow_plain_http: false,
             pool_idle_timeout: Duration::from_secs(60),
             read_attempts: 3,
             retry_budget_ratio: 0.2,
@@ -600,6 +616,26 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_url("upstream.base_url", &self.upstream.base_url)?;
         check_url("upstream.token_url", &self.upstream.token_url)?;
+        for (setting, value) in [
+            ("upstream.base_url", &self.upstream.base_url),
+            ("upstream.token_url", &self.upstream.token_url),
+        ] {
+            if !self.upstream.allow_plain_http && !secure_or_loopback(value) {
+                return Err(invalid(
+                    setting,
+                    "plain http to a host other than loopback: the client secret and tokens would travel in clear; use https, or set upstream.allow_plain_http = true",
+                ));
+            }
+        }
+        for h in &self.upstream.download_hosts {
+            let name = h.trim().strip_prefix("*.").unwrap_or(h.trim());
+            if name.is_empty() || name.contains(['/', ':', '*', ' ']) {
+                return Err(invalid(
+                    "upstream.download_hosts",
+                    format!("`{h}` is not a host name or `*.suffix`"),
+                ));
+            }
+        }
         if !self.sandbox.enabled {
             if self.upstream.client_id.trim().is_empty() {
                 return Err(invalid(
@@ -916,6 +952,23 @@ pub fn redact_url(value: &str) -> String {
         (true, Some((scheme, rest))) => format!("{scheme}://<redacted>@{rest}"),
         _ => text,
     }
+}
+
+/// Whether a URL is https, or http to a loopback host.
+fn secure_or_loopback(value: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(value) else {
+        return true; // check_url reports it
+    };
+    if url.scheme() != "http" {
+        return true;
+    }
+    let host = url.host_str().unwrap_or_default();
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn check_url(setting: &'static str, value: &str) -> Result<(), ConfigError> {

@@ -61,7 +61,7 @@ const fn rpc(
 }
 
 /// Every method served.
-pub const METHODS: &[Method] = &[
+pub static METHODS: &[Method] = &[
     rpc(
         "/corrigopro.attachments.v1.AttachmentService/UploadAttachment",
         SVC,
@@ -135,7 +135,7 @@ pub const METHODS: &[Method] = &[
 ];
 
 /// Any path that is not one of [`METHODS`].
-pub const UNKNOWN: Method = rpc(
+pub static UNKNOWN: Method = rpc(
     "",
     "unknown",
     "unknown",

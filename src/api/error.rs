@@ -192,6 +192,7 @@ fn upstream_code(e: &UpstreamError) -> Code {
         | UpstreamError::Connect(_)
         | UpstreamError::Transport(_) => Code::Unavailable,
         UpstreamError::CredentialsRejected(_) | UpstreamError::Protocol(_) => Code::Internal,
+        UpstreamError::LinkRefused(_) => Code::FailedPrecondition,
         UpstreamError::Timeout => Code::DeadlineExceeded,
     }
 }
@@ -510,6 +511,17 @@ fn from_upstream(e: &UpstreamError, op: Op) -> Status {
                 p.build()
             }
         }
+        UpstreamError::LinkRefused(r) => Parts::new(
+            Code::FailedPrecondition,
+            "DOWNLOAD_LINK_REFUSED",
+            format!(
+                "the upstream's download link leads where the gateway does not fetch from: {}",
+                r.rule
+            ),
+            "true",
+        )
+        .meta("host", r.host.clone())
+        .build(),
         UpstreamError::Protocol(m) => Parts::new(
             Code::Internal,
             "UPSTREAM_BAD_ANSWER",
@@ -584,6 +596,13 @@ mod tests {
             Error::upstream(UpstreamError::Connect("refused".into()), Op::Read),
             Error::upstream(UpstreamError::Transport("reset".into()), Op::Write),
             Error::upstream(UpstreamError::Protocol("not JSON".into()), Op::Read),
+            Error::upstream(
+                UpstreamError::LinkRefused(crate::upstream::link_guard::LinkRefused {
+                    rule: "private",
+                    host: "10.0.0.1".into(),
+                }),
+                Op::Read,
+            ),
             Error::upstream(UpstreamError::TokenRejected, Op::Write),
             Error::upstream(
                 UpstreamError::CredentialsRejected("token endpoint"),

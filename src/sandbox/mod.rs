@@ -268,6 +268,9 @@ impl Sandbox {
             client_id: CLIENT_ID.into(),
             client_secret: Secret::new(CLIENT_SECRET),
             client_secret_file: None,
+            // The sandbox's storage is its own loopback address, over http.
+            allow_private_download_addresses: true,
+            allow_http_downloads: true,
             ..base.clone()
         }
     }

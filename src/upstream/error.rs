@@ -40,6 +40,10 @@ pub enum UpstreamError {
     /// The circuit breaker is open: the upstream kept failing; nothing was sent.
     #[error("{}", .0.description)]
     CircuitOpen(crate::limits::Refusal),
+    /// The download link the upstream gave leads where the gateway does not fetch
+    /// from (a private address, a host outside the allowlist, plain http).
+    #[error("{0}")]
+    LinkRefused(super::link_guard::LinkRefused),
     /// The upstream answered 200 with a body the gateway cannot read.
     #[error("the upstream's answer is unreadable: {0}")]
     Protocol(String),
@@ -69,6 +73,10 @@ impl UpstreamError {
     /// Sorts a reqwest failure without keeping its URL (a download link's query
     /// string carries a signature).
     pub fn from_reqwest(e: reqwest::Error) -> Self {
+        if let Some(refused) = super::link_guard::refusal_in(&e) {
+            tracing::warn!(rule = refused.rule, host = %refused.host, "download link refused");
+            return Self::LinkRefused(refused);
+        }
         let timeout = e.is_timeout();
         let connect = e.is_connect();
         let text = error_chain(&e.without_url());

@@ -6,6 +6,7 @@ pub mod auth;
 mod body;
 pub mod error;
 mod json;
+pub mod link_guard;
 mod list_reader;
 pub mod model;
 pub mod struct_json;
@@ -25,6 +26,7 @@ use tracing::field::Empty;
 pub use self::auth::TokenCache;
 use self::body::{check_status, read_bounded};
 pub use self::error::{ApiError, UpstreamError, UpstreamViolation};
+use self::link_guard::{GuardedResolver, LinkPolicy};
 pub use self::model::{DownloadLink, UploadReceipt, UpstreamAttachment};
 use crate::config::UpstreamSettings;
 use crate::domain::{
@@ -43,6 +45,7 @@ pub fn install_crypto_provider() {
 pub struct Upstream {
     api: reqwest::Client,
     download: reqwest::Client,
+    links: Arc<LinkPolicy>,
     tokens: Arc<TokenCache>,
     // Parsed once: reqwest would parse a string on every request.
     attachments_url: reqwest::Url,
@@ -96,6 +99,15 @@ impl Upstream {
         metrics: Arc<Metrics>,
     ) -> Result<Self, UpstreamError> {
         install_crypto_provider();
+        if s.allow_plain_http
+            && [&s.base_url, &s.token_url]
+                .iter()
+                .any(|u| u.starts_with("http:"))
+        {
+            tracing::warn!(
+                "upstream.allow_plain_http: the client secret and tokens may travel in clear"
+            );
+        }
         let base = s.base_url.trim_end_matches('/');
         let builder = || {
             reqwest::Client::builder()
@@ -113,8 +125,16 @@ impl Upstream {
             .build()
             .map_err(build_err)?;
         // Download links are fetched without credentials; storage may redirect.
+        // Where a link may lead is held to the link policy at each hop and on
+        // every resolved address.
+        let links = Arc::new(LinkPolicy {
+            hosts: s.download_hosts.clone(),
+            allow_private: s.allow_private_download_addresses,
+            allow_http: s.allow_http_downloads,
+        });
         let download = builder()
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .redirect(link_guard::redirect_policy(Arc::clone(&links)))
+            .dns_resolver(GuardedResolver::new(Arc::clone(&links)))
             .build()
             .map_err(build_err)?;
         let max_body = usize::try_from(s.max_response_bytes).unwrap_or(usize::MAX);
@@ -122,6 +142,7 @@ impl Upstream {
         Ok(Self {
             api,
             download,
+            links,
             tokens,
             attachments_url: parse_url(&format!("{base}/api/attachments"))?,
             download_url_endpoint: parse_url(&format!("{base}/api/attachments/downloadUrl"))?,
@@ -357,6 +378,12 @@ impl Upstream {
         link: &DownloadLink,
         deadline: Instant,
     ) -> Result<reqwest::Response, UpstreamError> {
+        let url = reqwest::Url::parse(link.url.expose())
+            .map_err(|_| UpstreamError::Protocol("the download link is not a valid URL".into()))?;
+        self.links.check_url(&url).map_err(|e| {
+            tracing::warn!(rule = e.rule, host = %e.host, "download link refused");
+            UpstreamError::LinkRefused(e)
+        })?;
         let resp = self
             .with_read_retries(deadline, || {
                 self.send(

@@ -126,6 +126,9 @@ pub fn settings_for(uri: &str) -> Settings {
     s.upstream.token_url = format!("{uri}/oauth/token");
     s.upstream.client_id = "test-client".into();
     s.upstream.client_secret = Secret::new("test-secret-value");
+    // wiremock's download links are loopback http.
+    s.upstream.allow_private_download_addresses = true;
+    s.upstream.allow_http_downloads = true;
     s
 }
 

@@ -799,3 +799,118 @@ async fn odd_upstream_statuses_are_counted_by_class() {
     }
     serving.abort();
 }
+
+/// A download link is outside data: it must not lead the gateway to loopback,
+/// private or metadata addresses, to plain http, or outside the allowlist, on
+/// any hop; nothing is fetched from where it may not go.
+#[tokio::test]
+async fn download_links_are_held_to_the_link_policy() {
+    let server = MockServer::start().await;
+    mock_token(&server, "tok").await;
+    let port = server.address().port();
+    let link = |wo: &str, url: String| {
+        Mock::given(method("GET"))
+            .and(path("/Direct/api/attachments/downloadUrl"))
+            .and(wiremock::matchers::query_param("WorkOrderId", wo))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"DownloadUrl": url})))
+    };
+    link("1", format!("http://127.0.0.1:{port}/blob"))
+        .mount(&server)
+        .await;
+    link("2", format!("http://localhost:{port}/blob"))
+        .mount(&server)
+        .await;
+    link("3", format!("http://127.0.0.1:{port}/hop"))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/hop"))
+        .respond_with(
+            ResponseTemplate::new(302)
+                .insert_header("location", format!("http://localhost:{port}/blob")),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/blob"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(b"internal secrets".to_vec()))
+        .mount(&server)
+        .await;
+    let download = |gw: &Gateway, wo: i64| {
+        let mut c = gw.client();
+        async move {
+            let mut s = c
+                .download_attachment(DownloadAttachmentRequest {
+                    work_order_id: wo,
+                    attachment_id: "x".into(),
+                })
+                .await?
+                .into_inner();
+            let mut n = 0;
+            while let Some(m) = s.message().await? {
+                if let Some(
+                    attachment_gateway::proto::download_attachment_response::Payload::Chunk(b),
+                ) = m.payload
+                {
+                    n += b.len();
+                }
+            }
+            Ok::<usize, tonic::Status>(n)
+        }
+    };
+    let blob_fetches = || async {
+        server
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r.url.path() == "/blob")
+            .count()
+    };
+    let refused = |r: Result<usize, tonic::Status>, what: &str| {
+        let err = r.expect_err(what);
+        assert_eq!(err.code(), Code::FailedPrecondition, "{what}: {err:?}");
+        assert_eq!(error_reason(&err), "DOWNLOAD_LINK_REFUSED", "{what}");
+        assert!(!err.message().contains("/blob"), "the link is never quoted");
+    };
+
+    // The defaults: https to public addresses only.
+    let mut s = settings_for(&server.uri());
+    s.upstream.allow_private_download_addresses = false;
+    s.upstream.allow_http_downloads = false;
+    let gw = Gateway::start(s).await;
+    refused(download(&gw, 1).await, "plain http to loopback");
+    // Plain http allowed, private addresses not: a name that resolves to loopback.
+    let mut s = settings_for(&server.uri());
+    s.upstream.allow_private_download_addresses = false;
+    let gw = Gateway::start(s).await;
+    refused(download(&gw, 1).await, "a loopback literal");
+    refused(download(&gw, 2).await, "a name resolving to loopback");
+    assert_eq!(blob_fetches().await, 0, "nothing was fetched");
+    // An allowlist is held on every redirect hop.
+    let mut s = settings_for(&server.uri());
+    s.upstream.download_hosts = vec!["127.0.0.1".into()];
+    let gw = Gateway::start(s).await;
+    refused(download(&gw, 3).await, "a hop outside the allowlist");
+    assert_eq!(blob_fetches().await, 0, "the hop was not followed");
+    assert_eq!(download(&gw, 1).await.expect("an allowed host"), 16);
+}
+
+#[test]
+fn plain_http_upstreams_must_be_loopback_unless_allowed() {
+    let mut s = attachment_gateway::config::Settings::default();
+    s.sandbox.enabled = true;
+    s.upstream.base_url = "http://api.example.test/Direct".into();
+    let err = s.validate().expect_err("plain http").to_string();
+    assert!(
+        err.contains("upstream.base_url") && err.contains("allow_plain_http"),
+        "{err}"
+    );
+    s.upstream.base_url = "http://127.0.0.1:8080/Direct".into();
+    s.upstream.token_url = "http://[::1]:8080/token".into();
+    s.validate().expect("loopback");
+    s.upstream.token_url = "http://auth.example.test/token".into();
+    assert!(s.validate().is_err());
+    s.upstream.allow_plain_http = true;
+    s.validate().expect("said explicitly");
+}
