@@ -103,6 +103,30 @@ pub struct AuthSettings {
     pub jwt: JwtSettings,
     pub api_keys: ApiKeySettings,
     pub mtls: MtlsSettings,
+    pub failed_attempts: FailedAttemptSettings,
+}
+
+/// Budgets of failed authentications (bad tokens, unknown API keys). Past one,
+/// credentials that did not verify recently are refused without a check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FailedAttemptSettings {
+    /// From one source address.
+    pub per_source: Rate,
+    /// From everywhere, on this replica.
+    pub total: Rate,
+}
+
+impl Default for FailedAttemptSettings {
+    fn default() -> Self {
+        Self {
+            per_source: Rate { rps: 2, burst: 20 },
+            total: Rate {
+                rps: 50,
+                burst: 200,
+            },
+        }
+    }
 }
 
 /// JWT bearer tokens checked against a JWKS (e.g. Kubernetes projected
@@ -761,6 +785,14 @@ impl Settings {
         for (name, rate) in [
             ("rate_limit.per_caller", r.per_caller),
             ("rate_limit.upstream", r.upstream),
+            (
+                "auth.failed_attempts.per_source",
+                self.auth.failed_attempts.per_source,
+            ),
+            (
+                "auth.failed_attempts.total",
+                self.auth.failed_attempts.total,
+            ),
         ]
         .into_iter()
         .chain(r.overrides.values().map(|o| ("rate_limit.overrides", *o)))

@@ -43,6 +43,30 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// A bearer token or API key, checked (`checked`) or answered from the cache of
+/// recent outcomes (`cached`), with the outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabel {
+    pub how: String,
+    pub result: String,
+}
+
+impl CheckLabel {
+    pub fn checked(result: &str) -> Self {
+        Self {
+            how: "checked".into(),
+            result: result.into(),
+        }
+    }
+
+    pub fn cached(result: &str) -> Self {
+        Self {
+            how: "cached".into(),
+            result: result.into(),
+        }
+    }
+}
+
 /// An HTTP status as a label value, from a bounded set: the statuses the gateway
 /// tells apart, else the class (`4xx`). The upstream's answers are outside data.
 pub fn http_status_label(status: u16) -> &'static str {
@@ -90,6 +114,7 @@ pub struct Metrics {
     pub token_refreshes: Counter,
     pub refusals: Family<LimitLabel, Counter>,
     pub auth_failures: Family<ReasonLabel, Counter>,
+    pub credential_checks: Family<CheckLabel, Counter>,
     pub api_key_reload_failures: Counter,
     pub api_key_file_stale_seconds: Gauge,
 }
@@ -114,6 +139,7 @@ impl Metrics {
             token_refreshes: Counter::default(),
             refusals: Family::default(),
             auth_failures: Family::default(),
+            credential_checks: Family::default(),
             api_key_reload_failures: Counter::default(),
             api_key_file_stale_seconds: Gauge::default(),
             registry: Registry::default(),
@@ -167,6 +193,11 @@ impl Metrics {
             "auth_failures",
             "Calls refused by authentication or authorization, by reason",
             m.auth_failures.clone(),
+        );
+        registry.register(
+            "auth_credential_checks",
+            "Bearer tokens and API keys: checked, or answered from the cache of recent outcomes, by result",
+            m.credential_checks.clone(),
         );
         registry.register(
             "api_key_file_reload_failures",

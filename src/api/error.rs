@@ -111,6 +111,7 @@ impl Error {
         match self {
             Self::Invalid(_) => Code::InvalidArgument,
             Self::Auth(AuthError::MissingScope { .. }) => Code::PermissionDenied,
+            Self::Auth(AuthError::Throttled(_)) => Code::ResourceExhausted,
             Self::Auth(_) => Code::Unauthenticated,
             Self::Limited(_) => Code::ResourceExhausted,
             Self::Upstream { error, .. } => upstream_code(error),
@@ -249,6 +250,7 @@ impl From<Error> for Status {
     fn from(e: Error) -> Self {
         match e {
             Error::Invalid(violations) => invalid_argument(violations),
+            Error::Auth(AuthError::Throttled(r)) => limited(&r),
             Error::Auth(e) => {
                 let code = match e {
                     AuthError::MissingScope { .. } => Code::PermissionDenied,

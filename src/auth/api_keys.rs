@@ -51,6 +51,8 @@ pub struct ApiKeyStore {
     /// How long the last good keys stay in force while the file is broken.
     max_stale: Duration,
     metrics: Arc<Metrics>,
+    /// Bumped whenever the keys in force change.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// The hex SHA-256 of a key, as the key file stores it.
@@ -102,6 +104,7 @@ impl ApiKeyStore {
             failing_since: std::sync::Mutex::new(None),
             max_stale,
             metrics,
+            generation: std::sync::atomic::AtomicU64::new(0),
         });
         this.reload()
             .map_err(|e| format!("auth.api_keys.file: {e}"))?;
@@ -161,17 +164,28 @@ impl ApiKeyStore {
         if let Ok(mut g) = self.mtime.lock() {
             *g = mtime;
         }
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Changes whenever the keys in force change, or stop being in force (the
+    /// file broken for longer than `max_stale`).
+    pub fn generation(&self) -> u64 {
+        let g = self.generation.load(std::sync::atomic::Ordering::Relaxed);
+        g * 2 + u64::from(self.stale_too_long())
+    }
+
+    fn stale_too_long(&self) -> bool {
+        self.failing_since
+            .lock()
+            .map(|f| f.is_some_and(|t| t.elapsed() >= self.max_stale))
+            .unwrap_or(true)
     }
 
     /// The caller a key belongs to. Every stored hash is compared, in constant time.
     pub fn lookup(&self, key: &str) -> Result<Caller, AuthError> {
-        let stale_too_long = self
-            .failing_since
-            .lock()
-            .map(|f| f.is_some_and(|t| t.elapsed() >= self.max_stale))
-            .unwrap_or(true);
-        if stale_too_long {
+        if self.stale_too_long() {
             return Err(AuthError::KeysUnavailable);
         }
         let presented: [u8; 32] = Sha256::digest(key.as_bytes()).into();

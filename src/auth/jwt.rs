@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -13,6 +14,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 use serde_json::Value;
+use sha2::Digest;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -43,6 +45,10 @@ pub struct JwtVerifier {
     leeway: Duration,
     default_scopes: Vec<String>,
     subject_scopes: BTreeMap<String, Vec<String>>,
+    /// Bumped whenever the key set changes, so cached verifications are dropped.
+    generation: AtomicU64,
+    /// The SHA-256 of the JWKS last loaded, to tell a change from a refetch.
+    set_digest: std::sync::Mutex<Option<[u8; 32]>>,
     /// When the last fetch for an unknown `kid` ended; held during such a fetch,
     /// so concurrent unknown `kid`s wait for its result instead of fetching again.
     last_forced: Mutex<Option<Instant>>,
@@ -54,6 +60,7 @@ pub struct JwtVerifier {
 #[derive(Deserialize)]
 struct Claims {
     sub: Option<String>,
+    exp: Option<u64>,
     scope: Option<Value>,
     scp: Option<Value>,
 }
@@ -183,6 +190,8 @@ impl JwtVerifier {
             leeway: s.leeway,
             default_scopes: s.default_scopes.clone(),
             subject_scopes: s.subject_scopes.clone(),
+            generation: AtomicU64::new(0),
+            set_digest: std::sync::Mutex::new(None),
             last_forced: Mutex::new(None),
             unknown_kid_interval: s.unknown_kid_refresh_interval,
             file_mtime: std::sync::Mutex::new(None),
@@ -263,10 +272,19 @@ impl JwtVerifier {
             }
         };
         let keys = parse_jwks(&bytes)?;
+        let digest: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+        let changed = match self.set_digest.lock() {
+            Ok(mut d) => d.replace(digest) != Some(digest),
+            Err(_) => true,
+        };
+        if !changed {
+            return Ok(());
+        }
         tracing::info!(keys = keys.len(), "JWKS loaded");
         if let Ok(mut g) = self.keys.write() {
             *g = Arc::new(keys);
         }
+        self.generation.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -282,7 +300,13 @@ impl JwtVerifier {
             .map(|k| (k.key.clone(), alg))
     }
 
-    pub async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+    /// Changes whenever the key set does.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// The caller a token names, and how long the token stays valid.
+    pub async fn verify(&self, token: &str) -> Result<(Caller, Duration), AuthError> {
         let invalid = |why: &str| AuthError::InvalidToken(why.to_string());
         let header = decode_header(token).map_err(|_| invalid("malformed"))?;
         if !asymmetric(header.alg) {
@@ -305,7 +329,7 @@ impl JwtVerifier {
             drop(last);
             found = self.find(header.kid.as_deref(), header.alg);
         }
-        let (key, alg) = found.ok_or_else(|| invalid("signed by an unknown key"))?;
+        let (key, alg) = found.ok_or_else(|| invalid(super::UNKNOWN_KEY))?;
         let mut v = Validation::new(alg);
         v.leeway = self.leeway.as_secs();
         v.validate_nbf = true;
@@ -351,10 +375,22 @@ impl JwtVerifier {
                 }
             }
         };
-        Ok(Caller {
-            id: sub.into(),
-            method: AuthMethod::Jwt,
-            scopes,
-        })
+        let valid_for = c
+            .exp
+            .and_then(|exp| {
+                let now = SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()?;
+                Duration::from_secs(exp).checked_sub(now)
+            })
+            .unwrap_or(Duration::ZERO);
+        Ok((
+            Caller {
+                id: sub.into(),
+                method: AuthMethod::Jwt,
+                scopes,
+            },
+            valid_for,
+        ))
     }
 }

@@ -4,19 +4,25 @@
 //! Download) and `attachments.write` (Upload, Update, Delete).
 
 mod api_keys;
+mod cache;
 mod jwt;
 mod mtls;
+mod throttle;
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::HeaderMap;
 
 pub use self::api_keys::{ApiKeyStore, hash_key};
+use self::cache::CredentialCache;
 pub use self::jwt::JwtVerifier;
 pub use self::mtls::identity_from_cert;
+use self::throttle::FailureThrottle;
 use crate::config::{AuthSettings, MtlsSettings};
 use crate::methods::{self, Access};
+use crate::metrics::CheckLabel;
 pub use crate::scopes::Scopes;
 
 /// How a caller proved who they are.
@@ -115,6 +121,9 @@ pub enum AuthError {
         caller: String,
         needed: &'static str,
     },
+    /// Too many failed authentications: the credential was not checked.
+    #[error("{}", .0.description)]
+    Throttled(crate::limits::Refusal),
 }
 
 impl AuthError {
@@ -127,6 +136,7 @@ impl AuthError {
             Self::KeysUnavailable => "API_KEYS_UNAVAILABLE",
             Self::NoCertIdentity => "NO_CERTIFICATE_IDENTITY",
             Self::MissingScope { .. } => "MISSING_SCOPE",
+            Self::Throttled(_) => "TOO_MANY_FAILED_ATTEMPTS",
         }
     }
 }
@@ -135,6 +145,9 @@ impl AuthError {
 pub struct Authenticator {
     jwt: Option<Arc<JwtVerifier>>,
     keys: Option<Arc<ApiKeyStore>>,
+    cache: CredentialCache,
+    throttle: FailureThrottle,
+    metrics: Arc<crate::metrics::Metrics>,
     mtls: Option<MtlsSettings>,
     anonymous: bool,
     public_reflection: bool,
@@ -176,6 +189,9 @@ impl Authenticator {
         Ok(Self {
             jwt,
             keys,
+            cache: CredentialCache::default(),
+            metrics: Arc::clone(&c.metrics),
+            throttle: FailureThrottle::new(s.failed_attempts.per_source, s.failed_attempts.total),
             mtls: c.mtls.then(|| s.mtls.clone()),
             anonymous: c.anonymous,
             public_reflection: c.public_reflection,
@@ -186,22 +202,17 @@ impl Authenticator {
         self.public_reflection
     }
 
-    /// The caller of a request, from its headers and (for mTLS) its peer certificate.
+    /// The caller of a request, from its headers and (for mTLS) its peer
+    /// certificate; `peer` is the address the request came from.
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
         peer_cert: Option<&[u8]>,
+        peer: Option<IpAddr>,
     ) -> Result<Caller, AuthError> {
         if let Some(credential) = credential(headers) {
-            let looks_like_jwt = credential.bytes().filter(|b| *b == b'.').count() == 2;
-            if looks_like_jwt && let Some(jwt) = &self.jwt {
-                return jwt.verify(credential).await;
-            }
-            if let Some(keys) = &self.keys {
-                return keys.lookup(credential);
-            }
-            if let Some(jwt) = &self.jwt {
-                return jwt.verify(credential).await;
+            if self.jwt.is_some() || self.keys.is_some() {
+                return self.check_credential(credential, peer).await;
             }
             if !self.anonymous && self.mtls.is_none() {
                 return Err(AuthError::InvalidToken("no token mode is enabled".into()));
@@ -227,6 +238,81 @@ impl Authenticator {
             });
         }
         Err(AuthError::Missing)
+    }
+}
+
+/// The reason a JWT names a key not in the set.
+pub(crate) const UNKNOWN_KEY: &str = "signed by an unknown key";
+
+impl Authenticator {
+    fn count(&self, label: CheckLabel) {
+        self.metrics.credential_checks.get_or_create(&label).inc();
+    }
+
+    /// A version of the key sets: cached outcomes from another version are stale.
+    fn generation(&self) -> u64 {
+        let j = self.jwt.as_ref().map_or(0, |j| j.generation());
+        let k = self.keys.as_ref().map_or(0, |k| k.generation());
+        j.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ k
+    }
+
+    /// A bearer token or API key: from the cache when it was checked recently,
+    /// else checked (unless failures are throttled), the outcome remembered.
+    async fn check_credential(
+        &self,
+        credential: &str,
+        peer: Option<IpAddr>,
+    ) -> Result<Caller, AuthError> {
+        let key = cache::digest(credential);
+        let generation = self.generation();
+        if let Some(c) = self.cache.verified(&key, generation) {
+            self.count(CheckLabel::cached("verified"));
+            return Ok(c);
+        }
+        if let Some(e) = self.cache.refused(&key, generation) {
+            self.count(CheckLabel::cached("refused"));
+            self.throttle.failed(peer);
+            return Err(e);
+        }
+        self.throttle.check(peer).map_err(AuthError::Throttled)?;
+        let looks_like_jwt = credential.bytes().filter(|b| *b == b'.').count() == 2;
+        let checked = match (&self.jwt, &self.keys) {
+            (Some(jwt), _) if looks_like_jwt => jwt.verify(credential).await,
+            (_, Some(keys)) => keys.lookup(credential).map(|c| (c, cache::VERIFIED_FOR)),
+            (Some(jwt), None) => jwt.verify(credential).await,
+            (None, None) => Err(AuthError::InvalidToken("no token mode is enabled".into())),
+        };
+        self.count(CheckLabel::checked(if checked.is_ok() {
+            "verified"
+        } else {
+            "refused"
+        }));
+        // An outcome is remembered only if the key sets did not change during the
+        // check: it would belong to neither.
+        let remember = self.generation() == generation;
+        match checked {
+            Ok((caller, valid_for)) => {
+                if remember {
+                    self.cache
+                        .remember_verified(key, &caller, valid_for, generation);
+                }
+                Ok(caller)
+            }
+            Err(e) => {
+                // A key file past max_stale is not the caller's failure.
+                if e != AuthError::KeysUnavailable {
+                    // A token signed by a key not (yet) in the set may verify
+                    // once the set rotates: it is checked again each time (the
+                    // unknown-kid fetch has its own bound).
+                    let lasting = !matches!(&e, AuthError::InvalidToken(why) if why == UNKNOWN_KEY);
+                    if remember && lasting {
+                        self.cache.remember_refused(key, &e, generation);
+                    }
+                    self.throttle.failed(peer);
+                }
+                Err(e)
+            }
+        }
     }
 }
 

@@ -28,7 +28,14 @@ impl Auth {
             })
             .inc();
         tracing::info!(reason = e.reason(), error = %e, "call refused");
-        Error::Auth(e)
+        match e {
+            // Not checked at all: a limit, with its RetryInfo and QuotaFailure.
+            AuthError::Throttled(r) => {
+                self.metrics.refused(r.limit);
+                Error::Limited(r)
+            }
+            e => Error::Auth(e),
+        }
     }
 }
 
@@ -38,14 +45,18 @@ impl Gate for Auth {
         if needed == Needed::Nothing {
             return Ok(());
         }
-        let cert = head
-            .extensions
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
+        let tls = head.extensions.get::<TlsConnectInfo<TcpConnectInfo>>();
+        let cert = tls
             .and_then(|i| i.peer_certs())
             .and_then(|certs| certs.first().map(|c| c.to_vec()));
+        let peer = tls
+            .map(|i| i.get_ref())
+            .or_else(|| head.extensions.get::<TcpConnectInfo>())
+            .and_then(|i| i.remote_addr())
+            .map(|a| a.ip());
         let caller = self
             .auth
-            .authenticate(&head.headers, cert.as_deref())
+            .authenticate(&head.headers, cert.as_deref(), peer)
             .await
             .map_err(|e| self.refused(e))?;
         tracing::Span::current().record("caller", tracing::field::display(&caller));

@@ -780,6 +780,127 @@ async fn a_broken_api_key_file_stops_serving_old_keys_after_max_stale() {
     serving.abort();
 }
 
+/// Failed authentication is throttled per source address: past the budget, new
+/// credentials are refused without a check, while credentials that verified
+/// recently keep working (behind a mesh every caller shares one address).
+#[tokio::test]
+async fn failed_authentications_are_throttled_without_locking_out_known_callers() {
+    let dir = scratch("throttle");
+    let file = dir.path().join("keys.toml");
+    write_keys(
+        &file,
+        &[
+            ("known", "key-known", &["attachments.read"]),
+            ("later", "key-later", &["attachments.read"]),
+        ],
+    );
+    let (_sb, gw) = gateway_with(move |s| {
+        s.auth.api_keys.file = Some(file);
+        s.auth.failed_attempts.per_source = Rate { rps: 1, burst: 5 };
+    })
+    .await;
+    let mut c = gw.client();
+    c.list_attachments(list_req(Some(("x-api-key", "key-known"))))
+        .await
+        .expect("a caller known before the attack");
+    for i in 0..5 {
+        let err = c
+            .list_attachments(list_req(Some(("x-api-key", &format!("guess-{i}")))))
+            .await
+            .expect_err("a guess");
+        assert_eq!(error_reason(&err), "UNKNOWN_API_KEY");
+    }
+    let err = c
+        .list_attachments(list_req(Some(("x-api-key", "guess-5"))))
+        .await
+        .expect_err("past the budget");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(
+        error_metadata(&err).get("limit").map(String::as_str),
+        Some("failed_auth_per_source")
+    );
+    assert!(retry_delay(&err).is_some_and(|d| d <= Duration::from_secs(1)));
+    c.list_attachments(list_req(Some(("x-api-key", "key-known"))))
+        .await
+        .expect("the known caller is not locked out");
+    let err = c
+        .list_attachments(list_req(Some(("x-api-key", "key-later"))))
+        .await
+        .expect_err("a credential not seen before waits for the budget");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.list_attachments(list_req(Some(("x-api-key", "key-later"))))
+        .await
+        .expect("the budget refilled");
+}
+
+/// A token that failed for good (here, a bad signature) is refused again without
+/// the work of a check: the metrics count one check and the rest from the cache.
+#[tokio::test]
+async fn a_refused_token_is_refused_again_without_a_check() {
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let admin_addr = admin.local_addr().expect("addr");
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = grpc.local_addr().expect("addr");
+    let sandbox = Sandbox::start(Default::default()).await.expect("sandbox");
+    let mut s = base_settings();
+    s.auth.allow_unauthenticated = false;
+    s.upstream = sandbox.upstream_settings(&s.upstream);
+    jwt_settings(&mut s);
+    s.auth.jwt.jwks_file = Some(format!("{FIXTURES}/jwks.json").into());
+    let serving = tokio::spawn(attachment_gateway::server::serve_with(
+        s,
+        attachment_gateway::server::Listeners {
+            grpc,
+            admin: Some(admin),
+        },
+        std::sync::Arc::new(attachment_gateway::metrics::Metrics::new()),
+        std::future::pending(),
+    ));
+    // Signed with rsa-2's key, claiming rsa-1's: a bad signature.
+    let pem = std::fs::read(format!("{FIXTURES}/rsa-2.pem")).expect("key");
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("rsa-1".into());
+    let forged = jsonwebtoken::encode(
+        &header,
+        &claims("x", "attachments.read"),
+        &EncodingKey::from_rsa_pem(&pem).expect("key"),
+    )
+    .expect("sign");
+    let bearer = format!("Bearer {forged}");
+    let mut c = connect(addr).await;
+    for _ in 0..20 {
+        let err = c
+            .list_attachments(list_req(Some(("authorization", &bearer))))
+            .await
+            .expect_err("forged");
+        assert_eq!(error_reason(&err), "INVALID_TOKEN");
+    }
+    let text = reqwest::get(format!("http://{admin_addr}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let value = |how: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("attachment_gateway_auth_credential_checks_total")
+                    && l.contains(&format!(r#"how="{how}""#))
+                    && l.contains(r#"result="refused""#)
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert_eq!(value("checked"), Some(1), "{text}");
+    assert_eq!(value("cached"), Some(19), "{text}");
+    serving.abort();
+}
+
 /// An API-key caller and a JWT subject that share a name are two callers: an
 /// override for one neither limits nor shares a bucket with the other.
 #[tokio::test]
