@@ -407,6 +407,9 @@ pub struct LimitSettings {
     pub max_chunk_bytes: u64,
     /// The size of the `chunk` messages of a download, in bytes.
     pub download_chunk_bytes: u64,
+    /// The largest request message of every method, but upload chunks (unary
+    /// requests, health, an upload's metadata), in bytes.
+    pub max_request_message_bytes: u64,
     /// How long an upload stream may take to send its metadata message; no slot
     /// is held meanwhile.
     #[serde(with = "humantime_serde")]
@@ -422,6 +425,7 @@ impl Default for LimitSettings {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_chunk_bytes: 4 * 1024 * 1024,
             download_chunk_bytes: 256 * 1024,
+            max_request_message_bytes: 16 * 1024,
             upload_first_message_timeout: Duration::from_secs(10),
             upload_idle_timeout: Duration::from_secs(60),
         }
@@ -451,6 +455,24 @@ pub struct ServerSettings {
     pub http2_keepalive_timeout: Duration,
     /// Concurrent streams (calls) per client connection.
     pub max_concurrent_streams: u32,
+    /// Client connections open at once; more are closed as soon as accepted.
+    /// With `http2_connection_window`, it bounds the memory callers can fill
+    /// before the gateway has read a message: their product.
+    pub max_connections: u32,
+    /// Bytes a caller may send on one call before the gateway reads them (HTTP/2
+    /// stream window).
+    pub http2_stream_window: u32,
+    /// Bytes a caller may send on all calls of one connection before the gateway
+    /// reads them (HTTP/2 connection window).
+    pub http2_connection_window: u32,
+    /// A new connection must finish its TLS handshake and send its first bytes
+    /// within this (the admin port's request headers too).
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// A connection that reads and writes nothing for this long is closed
+    /// (HTTP/2 keepalive pings count: keep it above `http2_keepalive_interval`).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// Serve gRPC server reflection (v1 and v1alpha).
     pub reflection: bool,
     /// Runtime worker threads. 0: one per CPU the process may use (the cgroup's CPU
@@ -468,6 +490,11 @@ impl Default for ServerSettings {
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
             max_concurrent_streams: 256,
+            max_connections: 256,
+            http2_stream_window: 1024 * 1024,
+            http2_connection_window: 2 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
             reflection: true,
             worker_threads: 0,
         }
@@ -702,6 +729,7 @@ impl Settings {
                 "limits.upload_idle_timeout",
                 self.limits.upload_idle_timeout,
             ),
+            ("server.handshake_timeout", self.server.handshake_timeout),
             (
                 "upstream.pool_idle_timeout",
                 self.upstream.pool_idle_timeout,
@@ -766,6 +794,34 @@ impl Settings {
             return Err(invalid(
                 "server.worker_threads",
                 format!("must be at most {MAX_WORKER_THREADS} (0: one per available CPU)"),
+            ));
+        }
+        if !(1024..=1024 * 1024).contains(&l.max_request_message_bytes) {
+            return Err(invalid(
+                "limits.max_request_message_bytes",
+                "must be between 1 KiB and 1 MiB",
+            ));
+        }
+        if self.server.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be greater than 0"));
+        }
+        let s = &self.server;
+        if !(65_535..=16 * 1024 * 1024).contains(&s.http2_stream_window) {
+            return Err(invalid(
+                "server.http2_stream_window",
+                "must be between 65535 and 16 MiB",
+            ));
+        }
+        if !(s.http2_stream_window..=64 * 1024 * 1024).contains(&s.http2_connection_window) {
+            return Err(invalid(
+                "server.http2_connection_window",
+                "must be at least server.http2_stream_window and at most 64 MiB",
+            ));
+        }
+        if self.server.idle_timeout <= self.server.http2_keepalive_interval {
+            return Err(invalid(
+                "server.idle_timeout",
+                "must be longer than server.http2_keepalive_interval (keepalive pings keep live connections from idling)",
             ));
         }
         if self.server.max_concurrent_streams == 0 {

@@ -26,6 +26,8 @@ pub mod domain;
 #[cfg(feature = "server")]
 pub mod limits;
 #[cfg(feature = "server")]
+pub mod listener;
+#[cfg(feature = "server")]
 pub mod methods;
 #[cfg(feature = "server")]
 pub mod metrics;
@@ -45,5 +47,7 @@ pub mod server;
 pub mod store;
 #[cfg(feature = "server")]
 pub mod telemetry;
+#[cfg(feature = "server")]
+pub mod tls;
 #[cfg(feature = "server")]
 pub mod upstream;

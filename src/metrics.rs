@@ -1,6 +1,5 @@
 //! Prometheus metrics, served on the admin HTTP port at `/metrics`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -36,6 +35,11 @@ pub struct CallLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabel {
     pub limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -115,6 +119,8 @@ pub struct Metrics {
     pub refusals: Family<LimitLabel, Counter>,
     pub auth_failures: Family<ReasonLabel, Counter>,
     pub credential_checks: Family<CheckLabel, Counter>,
+    pub connections_refused: Family<ListenerLabel, Counter>,
+    pub connections_timed_out: Family<ListenerLabel, Counter>,
     pub api_key_reload_failures: Counter,
     pub api_key_file_stale_seconds: Gauge,
 }
@@ -140,6 +146,8 @@ impl Metrics {
             refusals: Family::default(),
             auth_failures: Family::default(),
             credential_checks: Family::default(),
+            connections_refused: Family::default(),
+            connections_timed_out: Family::default(),
             api_key_reload_failures: Counter::default(),
             api_key_file_stale_seconds: Gauge::default(),
             registry: Registry::default(),
@@ -195,6 +203,16 @@ impl Metrics {
             m.auth_failures.clone(),
         );
         registry.register(
+            "connections_refused",
+            "Connections closed at once because the listener's cap was reached",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "connections_timed_out",
+            "Connections closed for saying nothing: no TLS handshake, no first bytes, or idle",
+            m.connections_timed_out.clone(),
+        );
+        registry.register(
             "auth_credential_checks",
             "Bearer tokens and API keys: checked, or answered from the cache of recent outcomes, by result",
             m.credential_checks.clone(),
@@ -221,6 +239,22 @@ impl Metrics {
         out
     }
 
+    pub fn connection_refused(&self, listener: &str) {
+        self.connections_refused
+            .get_or_create(&ListenerLabel {
+                listener: listener.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn connection_timed_out(&self, listener: &str) {
+        self.connections_timed_out
+            .get_or_create(&ListenerLabel {
+                listener: listener.to_string(),
+            })
+            .inc();
+    }
+
     pub fn refused(&self, limit: &str) {
         self.refusals
             .get_or_create(&LimitLabel {
@@ -231,13 +265,18 @@ impl Metrics {
 }
 
 /// Serves `/metrics` (and `/healthz`) on the admin listener until the process ends.
-pub fn serve_admin(listener: TcpListener, metrics: Arc<Metrics>) {
+pub fn serve_admin(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    limits: crate::listener::ConnLimits,
+) {
     use axum::routing::get;
+    let m = Arc::clone(&metrics);
     let app = axum::Router::new()
         .route(
             "/metrics",
             get(move || {
-                let m = Arc::clone(&metrics);
+                let m = Arc::clone(&m);
                 async move {
                     (
                         [(
@@ -250,14 +289,5 @@ pub fn serve_admin(listener: TcpListener, metrics: Arc<Metrics>) {
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }));
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the admin server failed");
-        }
-    });
-}
-
-/// Binds the admin listener.
-pub async fn bind_admin(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+    crate::listener::serve_http("admin", listener, app, limits, metrics);
 }

@@ -10,7 +10,6 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::api::writes::Writes;
@@ -18,9 +17,11 @@ use crate::api::{AttachmentApi, Bounds, Downloads, Timeouts, UploadLimits, Uploa
 use crate::auth::{AuthConfig, Authenticator};
 use crate::config::Settings;
 use crate::limits::{CallerLimits, Concurrency, UpstreamBudget};
+use crate::listener::ConnLimits;
 use crate::metrics::Metrics;
 use crate::middleware::auth::Auth;
 use crate::middleware::gate::GateLayer;
+use crate::middleware::message_limit::{MessageLimitLayer, MessageLimits};
 use crate::middleware::observe::ObserveLayer;
 use crate::middleware::rate_limit::RateLimit;
 use crate::proto::FILE_DESCRIPTOR_SET;
@@ -44,6 +45,9 @@ const MAX_FRAME_SIZE: u32 = 512 * 1024;
 /// Room in a decoded message beyond the chunk itself (field tags, metadata).
 const MESSAGE_OVERHEAD: usize = 64 * 1024;
 
+/// Connections to the admin port at once (Prometheus and the kubelet's probes).
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot set up the upstream client: {0}")]
@@ -64,12 +68,6 @@ pub enum ServeError {
         "cannot listen on the admin address {0}: {1} (choose another with --admin-listen or ATTACHMENT_GATEWAY_TELEMETRY__ADMIN_LISTEN; port 0 picks a free one)"
     )]
     Admin(std::net::SocketAddr, std::io::Error),
-}
-
-/// Reads a PEM file for TLS, naming the setting on failure.
-fn read_pem(setting: &str, path: &std::path::Path) -> Result<Vec<u8>, ServeError> {
-    std::fs::read(path)
-        .map_err(|e| ServeError::Tls(format!("{setting}: cannot read {}: {e}", path.display())))
 }
 
 /// The sockets the gateway serves on. All of them are bound before anything says
@@ -233,7 +231,15 @@ pub async fn serve_with(
         if let Ok(addr) = admin.local_addr() {
             tracing::info!(%addr, "metrics on http://{addr}/metrics");
         }
-        crate::metrics::serve_admin(admin, Arc::clone(&metrics));
+        crate::metrics::serve_admin(
+            admin,
+            Arc::clone(&metrics),
+            ConnLimits {
+                max_connections: ADMIN_MAX_CONNECTIONS,
+                handshake_timeout: settings.server.handshake_timeout,
+                idle_timeout: settings.server.idle_timeout,
+            },
+        );
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -272,6 +278,10 @@ pub async fn serve_with(
     let s = &settings.server;
     let layers = tower::ServiceBuilder::new()
         .layer(ObserveLayer::new(Arc::clone(&metrics)))
+        .layer(MessageLimitLayer::new(MessageLimits {
+            small: usize::try_from(settings.limits.max_request_message_bytes).unwrap_or(usize::MAX),
+            chunk: max_message,
+        }))
         .layer(GateLayer::new(Auth::new(
             authenticator,
             Arc::clone(&metrics),
@@ -286,29 +296,11 @@ pub async fn serve_with(
         .http2_keepalive_timeout(Some(s.http2_keepalive_timeout))
         .max_concurrent_streams(s.max_concurrent_streams)
         .http2_max_header_list_size(16 * 1024)
-        .initial_stream_window_size(1024 * 1024)
-        .initial_connection_window_size(4 * 1024 * 1024)
+        .initial_stream_window_size(s.http2_stream_window)
+        .initial_connection_window_size(s.http2_connection_window)
         .max_frame_size(MAX_FRAME_SIZE);
     if let Some(age) = s.max_connection_age {
         builder = builder.max_connection_age(age);
-    }
-    if let (Some(cert), Some(key)) = (&settings.tls.cert_file, &settings.tls.key_file) {
-        let identity = tonic::transport::Identity::from_pem(
-            read_pem("tls.cert_file", cert)?,
-            read_pem("tls.key_file", key)?,
-        );
-        let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
-        if let Some(ca) = &settings.tls.client_ca_file {
-            tls = tls
-                .client_ca_root(tonic::transport::Certificate::from_pem(read_pem(
-                    "tls.client_ca_file",
-                    ca,
-                )?))
-                .client_auth_optional(false);
-        }
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| ServeError::Tls(e.to_string()))?;
     }
     let router = builder
         .layer(layers)
@@ -317,7 +309,18 @@ pub async fn serve_with(
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha);
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let tls = crate::tls::acceptor(&settings.tls).map_err(ServeError::Tls)?;
+    let incoming = crate::listener::accept(
+        "grpc",
+        listener,
+        tls,
+        ConnLimits {
+            max_connections: s.max_connections as usize,
+            handshake_timeout: s.handshake_timeout,
+            idle_timeout: s.idle_timeout,
+        },
+        Arc::clone(&metrics),
+    );
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;

@@ -344,6 +344,16 @@ impl From<Error> for Status {
                 "unknown",
             )
             .build(),
+            // A status the gateway made itself (a limit on the request's messages)
+            // is passed on as it is.
+            Error::Stream(s)
+                if s
+                    .get_error_details()
+                    .error_info()
+                    .is_some_and(|i| i.domain == ERROR_DOMAIN) =>
+            {
+                s
+            }
             Error::Stream(s) => Parts::new(
                 s.code(),
                 "REQUEST_STREAM_FAILED",

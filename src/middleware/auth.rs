@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use crate::listener::PeerInfo;
 
 use super::gate::Gate;
 use crate::api::Error;
@@ -45,18 +45,14 @@ impl Gate for Auth {
         if needed == Needed::Nothing {
             return Ok(());
         }
-        let tls = head.extensions.get::<TlsConnectInfo<TcpConnectInfo>>();
-        let cert = tls
-            .and_then(|i| i.peer_certs())
-            .and_then(|certs| certs.first().map(|c| c.to_vec()));
-        let peer = tls
-            .map(|i| i.get_ref())
-            .or_else(|| head.extensions.get::<TcpConnectInfo>())
-            .and_then(|i| i.remote_addr())
-            .map(|a| a.ip());
+        let peer = head
+            .extensions
+            .get::<PeerInfo>()
+            .cloned()
+            .unwrap_or_default();
         let caller = self
             .auth
-            .authenticate(&head.headers, cert.as_deref(), peer)
+            .authenticate(&head.headers, peer.leaf_cert(), peer.remote.map(|a| a.ip()))
             .await
             .map_err(|e| self.refused(e))?;
         tracing::Span::current().record("caller", tracing::field::display(&caller));

@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod gate;
+pub mod message_limit;
 pub mod observe;
 pub mod rate_limit;
 

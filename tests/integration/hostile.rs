@@ -247,3 +247,366 @@ async fn random_paths_before_auth_do_not_grow_the_metrics() {
     assert!(!after.contains("/x"), "no path reaches a label");
     serving.abort();
 }
+
+/// A ListAttachments request padded with an unknown field.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PaddedList {
+    #[prost(int64, tag = "1")]
+    work_order_id: i64,
+    #[prost(bytes = "vec", tag = "99")]
+    pad: Vec<u8>,
+}
+
+/// Health and unary requests are small: a 1 MiB one is refused, not decoded.
+#[tokio::test]
+async fn large_unary_and_health_requests_are_refused() {
+    let h = with_sandbox().await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", h.gateway.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .max_encoding_message_size(8 * 1024 * 1024);
+    let err = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "x".repeat(1024 * 1024),
+        })
+        .await
+        .expect_err("a 1 MiB health check");
+    assert_invalid(&err, "request", "MESSAGE_TOO_LARGE");
+    let mut grpc =
+        tonic::client::Grpc::new(channel.clone()).max_encoding_message_size(8 * 1024 * 1024);
+    grpc.ready().await.expect("ready");
+    let codec: tonic_prost::ProstCodec<
+        PaddedList,
+        attachment_gateway::proto::ListAttachmentsResponse,
+    > = tonic_prost::ProstCodec::default();
+    let err = grpc
+        .unary(
+            tonic::Request::new(PaddedList {
+                work_order_id: 1001,
+                pad: vec![0; 1024 * 1024],
+            }),
+            http::uri::PathAndQuery::from_static(
+                "/corrigopro.attachments.v1.AttachmentService/ListAttachments",
+            ),
+            codec,
+        )
+        .await
+        .expect_err("a 1 MiB list request");
+    assert_invalid(&err, "request", "MESSAGE_TOO_LARGE");
+    assert_details(&err);
+    assert_eq!(h.sandbox.stats().api_requests, 0, "nothing went upstream");
+    // A small one is served.
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health");
+}
+
+/// Opens `streams` HTTP/2 streams to `path` on one connection, each declaring a
+/// 4 MiB message (after `first`, when given) and sending 900 KiB of it, then
+/// holding still. Returns what keeps them open.
+async fn stall(
+    addr: std::net::SocketAddr,
+    path: &str,
+    first: Option<Vec<u8>>,
+    streams: usize,
+) -> Vec<Box<dyn std::any::Any + Send>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(4 * 1024 * 1024)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .expect("h2 handshake");
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut held: Vec<Box<dyn std::any::Any + Send>> = vec![Box::new(AbortOnDrop(conn))];
+    for _ in 0..streams {
+        let mut client = match client.clone().ready().await {
+            Ok(c) => c,
+            Err(_) => break,
+        };
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{addr}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("request");
+        let Ok((resp, mut send)) = client.send_request(req, false) else {
+            break;
+        };
+        let mut body = Vec::new();
+        if let Some(m) = &first {
+            body.push(0u8);
+            body.extend_from_slice(&(m.len() as u32).to_be_bytes());
+            body.extend_from_slice(m);
+        }
+        body.push(0u8);
+        body.extend_from_slice(&(4u32 * 1024 * 1024).to_be_bytes());
+        body.extend(std::iter::repeat_n(7u8, 900 * 1024));
+        send.reserve_capacity(body.len());
+        let _ = send.send_data(bytes::Bytes::from(body), false);
+        held.push(Box::new((resp, send)));
+    }
+    held
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The gateway process's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Many streams that declare large messages, send part of them and stall, from a
+/// caller the gateway has not even authenticated: memory stays bounded (each is
+/// refused at its prefix, or holds one of a few upload slots) and other callers
+/// are served.
+#[tokio::test]
+async fn stalled_streams_declaring_large_messages_pin_no_memory() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_attachment-gateway"))
+        .args([
+            "--sandbox",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("RUST_LOG")
+        .env("ATTACHMENT_GATEWAY_LOG__LEVEL", "error")
+        // As the container image and the chart run it.
+        .env("MIMALLOC_ARENA_EAGER_COMMIT", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let addr: std::net::SocketAddr = tokio::task::spawn_blocking(move || {
+        let lines = BufReader::new(stdout).lines();
+        for line in lines.map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("attachment-gateway (sandbox) serving gRPC on ") {
+                return rest.trim().parse().expect("addr");
+            }
+        }
+        panic!("no banner");
+    })
+    .await
+    .expect("join");
+    let pid = child.id();
+    let mut c = connect(addr).await;
+    let list = || ListAttachmentsRequest {
+        work_order_id: 1001,
+        ..Default::default()
+    };
+    c.list_attachments(list()).await.expect("warm up");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_kib(pid);
+    let svc = "/corrigopro.attachments.v1.AttachmentService";
+    let meta = {
+        use prost::Message;
+        attachment_gateway::proto::UploadAttachmentRequest {
+            payload: Some(
+                attachment_gateway::proto::upload_attachment_request::Payload::Metadata(metadata(
+                    1001,
+                    "stall.bin",
+                )),
+            ),
+        }
+        .encode_to_vec()
+    };
+    // Four connections of 100 streams each: what a connection can hold before the
+    // gateway reads it is its HTTP/2 window (2 MiB by default), so the bound is
+    // server.max_connections x server.http2_connection_window.
+    let mut held = Vec::new();
+    held.extend(stall(addr, &format!("{svc}/ListAttachments"), None, 100).await);
+    held.extend(stall(addr, "/grpc.health.v1.Health/Check", None, 100).await);
+    held.extend(stall(addr, &format!("{svc}/UploadAttachment"), None, 100).await);
+    held.extend(
+        stall(
+            addr,
+            &format!("{svc}/UploadAttachment"),
+            Some(meta.clone()),
+            100,
+        )
+        .await,
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.list_attachments(list())
+        .await
+        .expect("other callers are served");
+    let after = rss_kib(pid);
+    let _ = child.kill();
+    let _ = child.wait();
+    let grown_mib = after.saturating_sub(before) / 1024;
+    println!("RSS {before} KiB -> {after} KiB (+{grown_mib} MiB) with 400 stalled streams");
+    // 400 streams x 900 KiB sent would be ~350 MiB held (the decoder reserved
+    // each declared 4 MiB). Now the refused ones hold nothing but what their
+    // connection's window let through, and the uploads past their metadata hold
+    // at most 8 slots (the anonymous caller's) x one chunk (measured: +29 MiB).
+    assert!(grown_mib < 40, "RSS grew by {grown_mib} MiB");
+    drop(held);
+}
+
+/// Reads from `s` until it is closed (EOF or error), for at most `within`.
+async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(until, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Connections are capped, and one that says nothing (no TLS handshake, no
+/// HTTP/2 preface, no request headers on the admin port) is closed after the
+/// handshake timeout; real callers are served afterwards.
+#[tokio::test]
+async fn silent_connections_are_capped_and_timed_out_on_every_port() {
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let admin_addr = admin.local_addr().expect("addr");
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = grpc.local_addr().expect("addr");
+    let sandbox = attachment_gateway::sandbox::Sandbox::start(Default::default())
+        .await
+        .expect("sandbox");
+    let mut s = base_settings();
+    s.upstream = sandbox.upstream_settings(&s.upstream);
+    s.server.max_connections = 20;
+    s.server.handshake_timeout = Duration::from_millis(700);
+    let serving = tokio::spawn(attachment_gateway::server::serve_with(
+        s,
+        attachment_gateway::server::Listeners {
+            grpc,
+            admin: Some(admin),
+        },
+        std::sync::Arc::new(attachment_gateway::metrics::Metrics::new()),
+        std::future::pending(),
+    ));
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut over = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    assert!(
+        closed_within(&mut over, Duration::from_millis(300)).await,
+        "past the cap, a connection is closed at once"
+    );
+    for s in &mut silent {
+        assert!(
+            closed_within(s, Duration::from_secs(2)).await,
+            "a silent connection is closed after the handshake timeout"
+        );
+    }
+    // The admin port: request headers that never end.
+    let mut slow = tokio::net::TcpStream::connect(admin_addr)
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut slow, b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(2)).await,
+        "headers that never end are cut"
+    );
+    connect(addr)
+        .await
+        .list_attachments(ListAttachmentsRequest {
+            work_order_id: 1001,
+            ..Default::default()
+        })
+        .await
+        .expect("a real caller is served");
+    let text = reqwest::get(format!("http://{admin_addr}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.contains(r#"attachment_gateway_connections_refused_total{listener="grpc"} 1"#),
+        "{text}"
+    );
+    serving.abort();
+}
+
+/// With TLS on, a connection that never completes its handshake is closed after
+/// the handshake timeout, and a real TLS caller is served.
+#[tokio::test]
+async fn a_tls_handshake_that_never_ends_is_cut() {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let dir = scratch("tls-hs");
+    let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_file, cert.pem()).expect("write");
+    std::fs::write(&key_file, key.serialize_pem()).expect("write");
+    let sandbox = attachment_gateway::sandbox::Sandbox::start(Default::default())
+        .await
+        .expect("sandbox");
+    let mut s = base_settings();
+    s.upstream = sandbox.upstream_settings(&s.upstream);
+    s.tls.cert_file = Some(cert_file);
+    s.tls.key_file = Some(key_file);
+    s.server.handshake_timeout = Duration::from_millis(700);
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = grpc.local_addr().expect("addr");
+    let serving = tokio::spawn(attachment_gateway::server::serve(
+        s,
+        grpc,
+        std::future::pending(),
+    ));
+    let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // Half a record header, then nothing.
+    tokio::io::AsyncWriteExt::write_all(&mut silent, &[0x16, 0x03])
+        .await
+        .expect("write");
+    assert!(closed_within(&mut silent, Duration::from_secs(2)).await);
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(cert.pem()))
+        .domain_name("localhost");
+    let channel = tonic::transport::Channel::from_shared(format!("https://{addr}"))
+        .expect("uri")
+        .tls_config(tls)
+        .expect("tls")
+        .connect()
+        .await
+        .expect("a real TLS caller connects");
+    attachment_gateway::proto::attachment_service_client::AttachmentServiceClient::new(channel)
+        .list_attachments(ListAttachmentsRequest {
+            work_order_id: 1001,
+            ..Default::default()
+        })
+        .await
+        .expect("and is served");
+    serving.abort();
+}

@@ -1,0 +1,205 @@
+//! The size of each request message, bounded per method before the gRPC decoder
+//! sees it. The decoder reserves a message's declared length as soon as its
+//! 5-byte prefix arrives; a caller (authenticated or not) that declares 4 MiB and
+//! sends part of it would pin that memory per stream. This layer reads the prefix
+//! of every message as the body passes and fails the body, with a status saying
+//! which limit, when a declared length is over the method's limit: the decoder
+//! never sees the prefix. Unary requests, health and the upload's first message
+//! (its metadata) are small; only upload chunks get the chunk limit.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http_body::{Body, Frame, SizeHint};
+use tonic::Status;
+use tower::{Layer, Service};
+
+use crate::api::Error;
+use crate::methods::{self, RequestSize};
+
+/// The largest messages accepted.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageLimits {
+    /// Every message of every method, but upload chunks.
+    pub small: usize,
+    /// An upload chunk message (the chunk and its framing).
+    pub chunk: usize,
+}
+
+#[derive(Clone)]
+pub struct MessageLimitLayer {
+    limits: MessageLimits,
+}
+
+impl MessageLimitLayer {
+    pub fn new(limits: MessageLimits) -> Self {
+        Self { limits }
+    }
+}
+
+impl<S> Layer<S> for MessageLimitLayer {
+    type Service = MessageLimitService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MessageLimitService {
+            inner,
+            limits: self.limits,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct MessageLimitService<S> {
+    inner: S,
+    limits: MessageLimits,
+}
+
+impl<S, B> Service<http::Request<B>> for MessageLimitService<S>
+where
+    S: Service<http::Request<tonic::body::Body>>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = methods::method(req.uri().path());
+        let (first, rest) = match method.request {
+            RequestSize::Small => (self.limits.small, self.limits.small),
+            RequestSize::Upload => (self.limits.small, self.limits.chunk),
+        };
+        let upload = method.request == RequestSize::Upload;
+        self.inner.call(req.map(|inner| {
+            tonic::body::Body::new(Checked {
+                inner: Box::pin(inner),
+                first,
+                rest,
+                upload,
+                messages: 0,
+                prefix: [0; 5],
+                have: 0,
+                remaining: 0,
+                failed: false,
+            })
+        }))
+    }
+}
+
+/// A request body whose messages' declared lengths are checked as it passes.
+struct Checked<B> {
+    inner: Pin<Box<B>>,
+    first: usize,
+    rest: usize,
+    upload: bool,
+    /// Messages whose prefix was read.
+    messages: u64,
+    prefix: [u8; 5],
+    /// Bytes of the current prefix read so far.
+    have: usize,
+    /// Bytes of the current message still to come.
+    remaining: u64,
+    failed: bool,
+}
+
+impl<B> Checked<B> {
+    /// Walks `data` through the framing; an error once a prefix declares too much.
+    fn check(&mut self, mut data: &[u8]) -> Result<(), Status> {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let skip = (self.remaining.min(data.len() as u64)) as usize;
+                self.remaining -= skip as u64;
+                data.advance(skip);
+                continue;
+            }
+            let take = (5 - self.have).min(data.len());
+            self.prefix[self.have..self.have + take].copy_from_slice(&data[..take]);
+            self.have += take;
+            data.advance(take);
+            if self.have < 5 {
+                break;
+            }
+            self.have = 0;
+            let len = u32::from_be_bytes([
+                self.prefix[1],
+                self.prefix[2],
+                self.prefix[3],
+                self.prefix[4],
+            ]) as usize;
+            let limit = if self.messages == 0 {
+                self.first
+            } else {
+                self.rest
+            };
+            if len > limit {
+                let field = match (self.upload, self.messages) {
+                    (true, 0) => "metadata",
+                    (true, _) => "chunk",
+                    (false, _) => "request",
+                };
+                return Err(Error::invalid(
+                    field,
+                    "MESSAGE_TOO_LARGE",
+                    format!(
+                        "a message of {len} bytes exceeds this method's limit of {limit} bytes{}",
+                        if self.upload && self.messages > 0 {
+                            "; send smaller chunks"
+                        } else {
+                            ""
+                        }
+                    ),
+                )
+                .into());
+            }
+            self.messages += 1;
+            self.remaining = len as u64;
+        }
+        Ok(())
+    }
+}
+
+impl<B> Body for Checked<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    type Data = Bytes;
+    type Error = tonic::codegen::StdError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.failed {
+            return Poll::Ready(None);
+        }
+        let polled = self.inner.as_mut().poll_frame(cx);
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref()
+                    && let Err(status) = self.check(data)
+                {
+                    self.failed = true;
+                    return Poll::Ready(Some(Err(Box::new(status))));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            other => other.map(|o| o.map(|r| r.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
