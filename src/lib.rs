@@ -16,6 +16,8 @@ pub mod client;
 pub mod proto;
 
 #[cfg(feature = "server")]
+pub mod admin;
+#[cfg(feature = "server")]
 pub mod api;
 #[cfg(feature = "server")]
 pub mod auth;

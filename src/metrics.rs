@@ -1,6 +1,4 @@
-//! Prometheus metrics, served on the admin HTTP port at `/metrics`.
-
-use std::sync::Arc;
+//! Prometheus metrics, served on the admin HTTP port at `/metrics` (see [`crate::admin`]).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -8,7 +6,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
@@ -262,32 +259,4 @@ impl Metrics {
             })
             .inc();
     }
-}
-
-/// Serves `/metrics` (and `/healthz`) on the admin listener until the process ends.
-pub fn serve_admin(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    limits: crate::listener::ConnLimits,
-) {
-    use axum::routing::get;
-    let m = Arc::clone(&metrics);
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let m = Arc::clone(&m);
-                async move {
-                    (
-                        [(
-                            http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        m.render(),
-                    )
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }));
-    crate::listener::serve_http("admin", listener, app, limits, metrics);
 }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
+use crate::admin::Readiness;
 use crate::api::writes::Writes;
 use crate::api::{AttachmentApi, Bounds, Downloads, Timeouts, UploadLimits, Uploads};
 use crate::auth::{AuthConfig, Authenticator};
@@ -227,13 +228,15 @@ pub async fn serve_with(
         std::time::Duration::from_secs(60),
         |l| async move { l.forget_idle() },
     );
+    let readiness = Arc::new(Readiness::default());
     if let Some(admin) = admin {
         if let Ok(addr) = admin.local_addr() {
             tracing::info!(%addr, "metrics on http://{addr}/metrics");
         }
-        crate::metrics::serve_admin(
+        crate::admin::serve(
             admin,
             Arc::clone(&metrics),
+            Arc::clone(&readiness),
             ConnLimits {
                 max_connections: ADMIN_MAX_CONNECTIONS,
                 handshake_timeout: settings.server.handshake_timeout,
@@ -247,6 +250,7 @@ pub async fn serve_with(
         .set_serving::<AttachmentServiceServer<AttachmentApi>>()
         .await;
     health.set_service_status("", ServingStatus::Serving).await;
+    readiness.set(true);
     // For liveness probes: stays SERVING while draining (the process is alive).
     health
         .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
@@ -339,6 +343,7 @@ pub async fn serve_with(
     health
         .set_service_status("", ServingStatus::NotServing)
         .await;
+    readiness.set(false);
     if !s.drain_delay.is_zero() {
         tokio::select! {
             r = &mut server => return r.map_err(Into::into),

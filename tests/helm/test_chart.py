@@ -26,7 +26,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "attachment-gateway"
 CI = CHART / "ci"
 VALUE_SETS = sorted(p.stem.removesuffix("-values") for p in CI.glob("*-values.yaml"))
-# The chart's kubeVersion floor (native gRPC probes are GA from 1.27) and the newest schemas.
+# The chart's kubeVersion floor and the newest schemas.
 KUBE_VERSIONS = ["1.27.0", "1.37.0"]
 GATEWAY_BIN = os.environ.get("GATEWAY_BIN", str(ROOT / "target" / "debug" / "attachment-gateway"))
 
@@ -116,11 +116,11 @@ def test_deployment_is_production_shaped():
     (c,) = spec["containers"]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"grpc": 50051, "admin": 9090}
-    # Native gRPC probes on the gRPC port.
+    # Plain HTTP probes on the admin port (they work whatever TLS the gRPC port asks).
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert c[probe]["grpc"]["port"] == ports["grpc"], probe
-    assert c["livenessProbe"]["grpc"]["service"] == "liveness"
-    assert c["readinessProbe"]["grpc"]["service"] == ""
+        assert c[probe]["httpGet"]["port"] == "admin", probe
+    assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     # A pinned image.
     assert not c["image"].endswith(":latest") and ":" in c["image"]
     assert c["image"] == "attachment-gateway:0.1.0"
@@ -234,6 +234,19 @@ def test_servicemonitor_only_when_asked_or_available():
     sm = one(render(values("servicemonitor")), "ServiceMonitor")
     assert sm["spec"]["endpoints"][0]["port"] == "admin"
     assert sm["metadata"]["labels"]["release"] == "prometheus"
+
+
+def test_probes_never_need_the_grpc_ports_tls():
+    # With the chart's own mTLS values, no probe speaks gRPC (the kubelet's gRPC
+    # probe has no client certificate) and every probe targets the admin port,
+    # which the configuration binds in plain HTTP.
+    docs = render(values("mtls"))
+    c = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert "grpc" not in c[probe], probe
+        assert c[probe]["httpGet"]["port"] == "admin", probe
+    toml = gateway_toml(docs)
+    assert "client_ca_file" in toml and 'admin_listen = "0.0.0.0:9090"' in toml
 
 
 def test_mtls_mounts_the_tls_secret():

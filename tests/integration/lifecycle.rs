@@ -218,3 +218,72 @@ async fn an_upload_past_its_deadline_is_aborted_upstream() {
     nothing_stored(&h.sandbox).await;
     drop(tx);
 }
+
+/// The probes are plain HTTP on the admin port, so they work whatever the gRPC
+/// port asks (here mTLS, which the kubelet's gRPC probe cannot speak): `/livez`
+/// stays 200 while draining, `/readyz` turns 503 as soon as the drain starts.
+#[tokio::test]
+async fn probes_on_the_admin_port_work_with_mtls_and_follow_the_drain() {
+    attachment_gateway::upstream::install_crypto_provider();
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().expect("key");
+    let server_cert = CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .signed_by(&server_key, &issuer)
+        .expect("cert");
+    let dir = scratch("probes");
+    let file = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    };
+    let sandbox = attachment_gateway::sandbox::Sandbox::start(Default::default())
+        .await
+        .expect("sandbox");
+    let mut s = base_settings();
+    s.upstream = sandbox.upstream_settings(&s.upstream);
+    s.tls.cert_file = Some(file("tls.crt", server_cert.pem()));
+    s.tls.key_file = Some(file("tls.key", server_key.serialize_pem()));
+    s.tls.client_ca_file = Some(file("ca.crt", ca.pem()));
+    s.server.drain_delay = Duration::from_millis(1500);
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let admin_addr = admin.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(attachment_gateway::server::serve_with(
+        s,
+        attachment_gateway::server::Listeners {
+            grpc,
+            admin: Some(admin),
+        },
+        std::sync::Arc::new(attachment_gateway::metrics::Metrics::new()),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let status = |path: &'static str| async move {
+        for _ in 0..50 {
+            if let Ok(r) = reqwest::get(format!("http://{admin_addr}{path}")).await {
+                return r.status().as_u16();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no answer on {path}");
+    };
+    assert_eq!(status("/livez").await, 200);
+    assert_eq!(status("/readyz").await, 200);
+    let _ = stop.send(());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status("/readyz").await, 503, "draining: not ready");
+    assert_eq!(status("/livez").await, 200, "draining: still alive");
+    serving.abort();
+}
