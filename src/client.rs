@@ -280,30 +280,13 @@ impl NewUpload {
     }
 }
 
-/// The media type of a file name, by its extension.
-pub fn guess_mime(name: &str) -> &'static str {
-    let ext = name
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
-    match ext.as_str() {
-        "jpg" | "jpeg" => "image/jpeg",
-        "png" => "image/png",
-        "gif" => "image/gif",
-        "webp" => "image/webp",
-        "heic" => "image/heic",
-        "pdf" => "application/pdf",
-        "txt" | "log" => "text/plain",
-        "csv" => "text/csv",
-        "json" => "application/json",
-        "doc" => "application/msword",
-        "docx" => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-        "xls" => "application/vnd.ms-excel",
-        "xlsx" => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-        "mp4" => "video/mp4",
-        "zip" => "application/zip",
-        _ => "application/octet-stream",
-    }
+/// The media type of a file name, by its extension (the shared MIME-info
+/// table); `application/octet-stream` when unknown.
+pub fn guess_mime(name: &str) -> String {
+    mime_guess::from_path(name)
+        .first_or_octet_stream()
+        .essence_str()
+        .to_string()
 }
 
 /// Progress of a transfer: bytes done so far and the total when known.
@@ -325,34 +308,44 @@ fn with_deadline<T>(msg: T, t: Duration) -> Request<T> {
 }
 
 /// Reads `reader` in chunks as the upload stream is polled (back-pressure: the
-/// next read happens only when HTTP/2 flow control lets the last chunk go).
+/// next read happens only when HTTP/2 flow control lets the last chunk go). A read
+/// error is sent on `failed` and the stream then never ends: a stream that ends
+/// is a complete file to the gateway, so the call must be cancelled instead.
 fn chunks<R: AsyncRead + Unpin + Send + 'static>(
     reader: R,
     chunk: usize,
+    failed: tokio::sync::oneshot::Sender<std::io::Error>,
 ) -> impl Stream<Item = UploadAttachmentRequest> + Send {
-    futures_util::stream::unfold((reader, false), move |(mut r, ended)| async move {
-        if ended {
-            return None;
-        }
-        let mut buf = BytesMut::with_capacity(chunk);
-        while buf.len() < chunk {
-            match r.read_buf(&mut buf).await {
-                Ok(0) => break,
-                Ok(_) => {}
-                // A read error ends the stream early; the declared size (when
-                // known) makes the gateway refuse the short upload.
-                Err(_) => return None,
+    futures_util::stream::unfold(
+        (reader, false, Some(failed)),
+        move |(mut r, ended, mut failed)| async move {
+            if ended {
+                return None;
             }
-        }
-        if buf.is_empty() {
-            return None;
-        }
-        let ended = buf.len() < chunk;
-        let msg = UploadAttachmentRequest {
-            payload: Some(Up::Chunk(buf.freeze())),
-        };
-        Some((msg, (r, ended)))
-    })
+            let mut buf = BytesMut::with_capacity(chunk);
+            while buf.len() < chunk {
+                match r.read_buf(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        if let Some(tx) = failed.take() {
+                            let _ = tx.send(e);
+                        }
+                        // Never end: the caller cancels the call.
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+            if buf.is_empty() {
+                return None;
+            }
+            let ended = buf.len() < chunk;
+            let msg = UploadAttachmentRequest {
+                payload: Some(Up::Chunk(buf.freeze())),
+            };
+            Some((msg, (r, ended, failed)))
+        },
+    )
 }
 
 impl GatewayClient {
@@ -514,7 +507,7 @@ impl GatewayClient {
             ));
         }
         let mime = if meta.mime_type.is_empty() {
-            guess_mime(&meta.name).to_string()
+            guess_mime(&meta.name)
         } else {
             meta.mime_type.clone()
         };
@@ -535,8 +528,9 @@ impl GatewayClient {
         };
         let mut progress = progress;
         let mut sent = 0u64;
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
         let body = futures_util::stream::once(async move { first }).chain(
-            chunks(reader, self.chunk_bytes).map(move |m| {
+            chunks(reader, self.chunk_bytes, failed_tx).map(move |m| {
                 if let (Some(p), Some(Up::Chunk(b))) = (progress.as_mut(), m.payload.as_ref()) {
                     sent += b.len() as u64;
                     p(sent, size);
@@ -546,18 +540,45 @@ impl GatewayClient {
         );
         let mut c = self.inner.clone();
         let req = with_deadline(body, self.timeout * 10);
-        Ok(c.upload_attachment(req).await?.into_inner())
+        // A read error cancels the call (dropping it resets the stream), so the
+        // gateway aborts its upstream request and stores nothing.
+        tokio::select! {
+            r = c.upload_attachment(req) => Ok(r?.into_inner()),
+            Ok(e) = failed_rx => Err(ClientError::local(
+                Code::Aborted,
+                format!("reading the file failed, so the upload was cancelled and nothing was stored: {e}"),
+            )),
+        }
     }
 
     /// Uploads a file. The name defaults to the file's, the media type to its
     /// extension's; the size is declared. Retried (the file is read again) when
-    /// the gateway says nothing was stored.
+    /// the gateway says nothing was stored, with one message id for every try.
     pub async fn upload_file(
         &self,
         path: impl AsRef<Path>,
-        mut meta: NewUpload,
+        meta: NewUpload,
     ) -> Result<UploadAttachmentResponse, ClientError> {
-        let path = path.as_ref().to_path_buf();
+        self.upload_file_inner(path.as_ref(), meta, None).await
+    }
+
+    /// [`Self::upload_file`], reporting progress (from zero again on a retry).
+    pub async fn upload_file_with_progress(
+        &self,
+        path: impl AsRef<Path>,
+        meta: NewUpload,
+        progress: Progress,
+    ) -> Result<UploadAttachmentResponse, ClientError> {
+        self.upload_file_inner(path.as_ref(), meta, Some(progress))
+            .await
+    }
+
+    async fn upload_file_inner(
+        &self,
+        path: &Path,
+        mut meta: NewUpload,
+        progress: Option<Progress>,
+    ) -> Result<UploadAttachmentResponse, ClientError> {
         if meta.name.is_empty() {
             meta.name = path
                 .file_name()
@@ -568,34 +589,22 @@ impl GatewayClient {
         if meta.message_id.is_empty() {
             meta.message_id = uuid::Uuid::new_v4().to_string();
         }
+        let progress = progress.map(|p| std::sync::Arc::new(std::sync::Mutex::new(p)));
         self.retrying(|| {
-            let (path, meta) = (path.clone(), meta.clone());
+            let meta = meta.clone();
+            let progress = progress.clone().map(|shared| -> Progress {
+                Box::new(move |done, total| {
+                    if let Ok(mut p) = shared.lock() {
+                        p(done, total);
+                    }
+                })
+            });
             async move {
-                let (file, size) = open_file(&path).await?;
-                self.upload_reader(file, Some(size), meta, None).await
+                let (file, size) = open_file(path).await?;
+                self.upload_reader(file, Some(size), meta, progress).await
             }
         })
         .await
-    }
-
-    /// Uploads a file, reporting progress.
-    pub async fn upload_file_with_progress(
-        &self,
-        path: impl AsRef<Path>,
-        mut meta: NewUpload,
-        progress: Progress,
-    ) -> Result<UploadAttachmentResponse, ClientError> {
-        let path = path.as_ref();
-        if meta.name.is_empty() {
-            meta.name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_string();
-        }
-        let (file, size) = open_file(path).await?;
-        self.upload_reader(file, Some(size), meta, Some(progress))
-            .await
     }
 
     /// Streams an attachment into `writer`; returns its metadata (from the first

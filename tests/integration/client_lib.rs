@@ -127,3 +127,133 @@ async fn retries_only_what_the_gateway_calls_safe() {
     assert!(!err.is_retryable());
     server.verify().await; // exactly one DELETE reached the upstream
 }
+
+/// A reader that yields `good` bytes, then fails.
+struct FailsAfter {
+    good: usize,
+    done: usize,
+}
+
+impl tokio::io::AsyncRead for FailsAfter {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.done >= self.good {
+            return std::task::Poll::Ready(Err(std::io::Error::other("disk read error")));
+        }
+        let n = (self.good - self.done).min(buf.remaining()).min(10_000);
+        buf.put_slice(&vec![9u8; n]);
+        self.done += n;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A read error mid-upload cancels the call: the gateway stores nothing, and the
+/// caller gets the error, never a receipt for the prefix.
+#[tokio::test]
+async fn a_read_error_aborts_the_upload_and_stores_nothing() {
+    let h = with_sandbox().await;
+    let client = GatewayClient::builder(format!("http://{}", h.gateway.addr))
+        .chunk_bytes(16 * 1024)
+        .connect()
+        .await
+        .expect("connect");
+    let mut meta = NewUpload::new(1002, "Reader");
+    meta.name = "half.bin".into();
+    let err = client
+        .upload_reader(
+            FailsAfter {
+                good: 100_000,
+                done: 0,
+            },
+            None,
+            meta,
+            None,
+        )
+        .await
+        .expect_err("a read error is not a complete file");
+    assert!(err.message.contains("disk read error"), "{err:?}");
+    assert!(!err.is_retryable());
+    nothing_stored(&h.sandbox).await;
+    assert!(h.sandbox.attachments(1002).is_empty());
+}
+
+/// Uploading with progress retries like `upload_file`, with one message id for
+/// every try (the CLI behaves the same whether stderr is a terminal or not).
+#[tokio::test]
+async fn upload_with_progress_retries_with_one_message_id() {
+    // The upstream answers the first upload 429 (nothing stored, safe to retry),
+    // then accepts it.
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/oauth/token"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": "t", "expires_in": 1199})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/Direct/api/attachments"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "0"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/Direct/api/attachments"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"AttachmentId": "a-1", "MessageId": "m"})),
+        )
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    let gw = Gateway::start(settings_for(&server.uri())).await;
+    let client = GatewayClient::builder(format!("http://{}", gw.addr))
+        .connect()
+        .await
+        .expect("connect");
+    let dir = scratch("progress");
+    let file = dir.path().join("p.bin");
+    std::fs::write(&file, pattern(50_000, 1)).expect("write");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = std::sync::Arc::clone(&seen);
+    let r = client
+        .upload_file_with_progress(
+            &file,
+            NewUpload::new(1, "P"),
+            Box::new(move |done, total| s.lock().unwrap().push((done, total))),
+        )
+        .await
+        .expect("retried after the 429");
+    assert_eq!(r.attachment_id, "a-1");
+    let ids: Vec<String> = server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.url.path() == "/Direct/api/attachments")
+        .map(|r| {
+            let body = String::from_utf8_lossy(&r.body).to_string();
+            let i = body.find("name=\"MessageId\"").expect("MessageId field");
+            body[i..]
+                .lines()
+                .nth(2)
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 2, "two tries");
+    assert_eq!(ids[0], ids[1], "one message id for both tries");
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|(d, t)| *d == 50_000 && *t == Some(50_000)),
+        "progress reached the end"
+    );
+}
