@@ -235,8 +235,9 @@ def test_cli_shows_progress_on_a_terminal_only(gateway, tmp_path):
     # `script` runs the command on a pseudo-terminal.
     tty = run("script", "-q", "-e", "-c", cmd, "/dev/null")
     assert tty.returncode == 0, tty.stdout + tty.stderr
-    assert "3.0 MiB / 3.0 MiB 100%" in tty.stdout, tty.stdout
-    assert "\x1b[K" in tty.stdout, "the line is redrawn in place"
+    assert "3.00 MiB/3.00 MiB 100%" in tty.stdout, tty.stdout
+    assert "\x1b[2K" in tty.stdout, "the line is redrawn in place"
+    assert "/s" in tty.stdout and "left" in tty.stdout, "rate and time left"
     plain = run(*cmd.split())
     assert plain.returncode == 0
     assert "%" not in plain.stderr, "no progress line when stderr is not a terminal"

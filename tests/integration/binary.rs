@@ -729,3 +729,144 @@ async fn without_an_exporter_the_callers_trace_reaches_logs_and_upstream() {
     assert_eq!(trace_of(1001).as_deref(), Some(caller_trace), "{logs}");
     assert_eq!(trace_of(1002).as_deref(), Some(own[1]), "{logs}");
 }
+
+/// A gateway whose upstream serves one attachment (id `x`, work order 7) with
+/// `disposition` as its Content-Disposition, the bytes delayed by `delay`.
+async fn hostile_download_upstream(
+    disposition: &str,
+    delay: Duration,
+) -> (wiremock::MockServer, crate::common::Gateway) {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/oauth/token"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"access_token": "t", "expires_in": 1199})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/Direct/api/attachments/downloadUrl"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(
+                serde_json::json!({"DownloadUrl": format!("{}/blob", server.uri())}),
+            ),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/blob"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-disposition", disposition)
+                .set_body_bytes(b"the bytes".to_vec())
+                .set_delay(delay),
+        )
+        .mount(&server)
+        .await;
+    let gw = crate::common::Gateway::start(crate::common::settings_for(&server.uri())).await;
+    (server, gw)
+}
+
+fn cli(gw: &crate::common::Gateway, args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
+    output(
+        gateway()
+            .arg("download")
+            .args(["--addr", &format!("http://{}", gw.addr)])
+            .args(["--work-order", "7", "x"])
+            .args(args)
+            .current_dir(dir),
+    )
+}
+
+/// The CLI never replaces a file silently (the name may come from the storage),
+/// shows names from the wire escaped, and keeps them inside the folder.
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_downloads_refuse_to_overwrite_and_print_names_safely() {
+    let (_server, gw) = hostile_download_upstream(
+        "attachment; filename*=UTF-8''..%2F..%2Fx%1B%5B2J%1B%5D0%3Bpwned%07.txt",
+        Duration::ZERO,
+    )
+    .await;
+    let dir = crate::common::scratch("cli-dl");
+    let d = dir.path();
+    let (code, out, err) = cli(&gw, &[], d);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+    let files: Vec<String> = std::fs::read_dir(d)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(
+        !files[0].contains('\u{1b}') && !files[0].contains('/'),
+        "{files:?}"
+    );
+    // Again into the same place: refused, the file untouched.
+    std::fs::write(d.join(&files[0]), b"mine").expect("write");
+    let (code, _, err) = cli(&gw, &[], d);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(d.join(&files[0])).expect("read"), b"mine");
+    let leftovers = std::fs::read_dir(d).expect("dir").count();
+    assert_eq!(leftovers, 1, "no temporary file left behind");
+    // With --force it is replaced.
+    let (code, _, err) = cli(&gw, &["--force", "--out", &files[0]], d);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read(d.join(&files[0])).expect("read"),
+        b"the bytes"
+    );
+}
+
+/// Ctrl-C during a download removes the temporary file.
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_download_interrupted_leaves_nothing_behind() {
+    let (_server, gw) =
+        hostile_download_upstream("attachment; filename=\"slow.txt\"", Duration::from_secs(10))
+            .await;
+    let dir = crate::common::scratch("cli-int");
+    let child = gateway()
+        .arg("download")
+        .args(["--addr", &format!("http://{}", gw.addr)])
+        .args(["--work-order", "7", "x"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Wait for the temporary file, then interrupt.
+    let d = dir.path().to_path_buf();
+    for _ in 0..100 {
+        if std::fs::read_dir(&d).expect("dir").count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        std::fs::read_dir(&d).expect("dir").count(),
+        1,
+        "a .part file"
+    );
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_dir(&d).expect("dir").count(),
+        0,
+        "the temporary file is gone"
+    );
+}
