@@ -5,10 +5,10 @@
 use std::time::{Duration, SystemTime};
 
 use attachment_gateway::domain::ListView;
-use attachment_gateway::upstream::error::parse_retry_after;
 use attachment_gateway::upstream::answers::{
     parse_download_link, parse_list, parse_list_tree, parse_message_id, parse_upload_receipt,
 };
+use attachment_gateway::upstream::error::parse_retry_after;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {
