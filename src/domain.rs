@@ -219,38 +219,36 @@ impl AttachmentName {
     }
 }
 
-/// A media type such as `image/jpeg` (parameters after `;` allowed).
+/// A media type such as `image/jpeg` (parameters after `;` allowed), parsed once.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MimeType(String);
+pub struct MimeType(mime::Mime);
 
 impl MimeType {
     pub fn new(v: &str) -> Result<Self, FieldError> {
         required(v)?;
         at_most(v, MAX_MIME_TYPE_CHARS)?;
         no_control(v)?;
-        let essence = v.split(';').next().unwrap_or_default().trim();
-        let valid = match essence.split_once('/') {
-            Some((ty, sub)) => {
-                let token = |s: &str| {
-                    !s.is_empty()
-                        && s.chars()
-                            .all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c))
-                };
-                token(ty) && token(sub)
-            }
-            None => false,
-        };
-        if !valid {
-            return Err(FieldError::new(
+        let invalid = || {
+            FieldError::new(
                 "INVALID_FORMAT",
                 "must be a media type `type/subtype`, e.g. `image/jpeg`",
-            ));
+            )
+        };
+        let m: mime::Mime = v.trim().parse().map_err(|_| invalid())?;
+        // `*` is a wildcard in an Accept header, not a file's type; the parser
+        // lets an empty subtype through.
+        if m.type_() == mime::STAR
+            || m.subtype() == mime::STAR
+            || m.type_().as_str().is_empty()
+            || m.subtype().as_str().is_empty()
+        {
+            return Err(invalid());
         }
-        Ok(Self(v.trim().to_string()))
+        Ok(Self(m))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_ref()
     }
 }
 
@@ -320,85 +318,77 @@ impl MessageId {
     }
 }
 
-/// The upstream's `DocumentType` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DocumentType {
-    Document,
-    Picture,
-    Signature,
-    InvoicePrintout,
-    ServiceContract,
-    Misc,
-}
+pub use crate::proto::{DocumentType, MessageVisibility as Visibility};
 
-impl DocumentType {
-    pub const ALL: [DocumentType; 6] = [
-        Self::Document,
-        Self::Picture,
-        Self::Signature,
-        Self::InvoicePrintout,
-        Self::ServiceContract,
-        Self::Misc,
-    ];
-
-    /// The spelling the upstream expects and returns.
-    pub fn upstream_name(self) -> &'static str {
-        match self {
-            Self::Document => "Document",
-            Self::Picture => "Picture",
-            Self::Signature => "Signature",
-            Self::InvoicePrintout => "InvoicePrintout",
-            Self::ServiceContract => "ServiceContract",
-            Self::Misc => "Misc",
-        }
-    }
-
+/// The upstream's spelling of a document type or visibility. The proto's enums
+/// are the one list of values; the upstream spells each as its name without the
+/// enum's prefix, in PascalCase (`DOCUMENT_TYPE_INVOICE_PRINTOUT` is
+/// `InvoicePrintout`, `MESSAGE_VISIBILITY_CRU_ONLY` is `CruOnly`).
+pub trait UpstreamName: Sized + Copy + PartialEq + 'static {
+    /// The spelling the upstream expects and returns; empty for UNSPECIFIED,
+    /// which is never sent (the field is left out).
+    fn upstream_name(self) -> &'static str;
     /// Reads the upstream's spelling, ignoring case.
-    pub fn from_upstream(s: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.upstream_name().eq_ignore_ascii_case(s.trim()))
-    }
+    fn from_upstream(s: &str) -> Option<Self>;
 }
 
-/// The upstream's `MessageVisibility` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Visibility {
-    None,
-    CruOnly,
-    CruSubs,
-    CruLeads,
-    CruLead,
-    All,
+fn pascal(screaming: &str) -> String {
+    screaming
+        .split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            match c.next() {
+                Some(f) => f.to_ascii_uppercase().to_string() + &c.as_str().to_ascii_lowercase(),
+                None => String::new(),
+            }
+        })
+        .collect()
 }
 
-impl Visibility {
-    pub const ALL: [Visibility; 6] = [
-        Self::None,
-        Self::CruOnly,
-        Self::CruSubs,
-        Self::CruLeads,
-        Self::CruLead,
-        Self::All,
-    ];
+/// Every specified value of an enum with its upstream spelling.
+fn upstream_names<T: Copy>(
+    prefix: &str,
+    value: impl Fn(i32) -> Option<T>,
+    name: impl Fn(T) -> &'static str,
+) -> Vec<(T, String)> {
+    (1..64)
+        .filter_map(value)
+        .map(|v| (v, pascal(name(v).trim_start_matches(prefix))))
+        .collect()
+}
 
-    pub fn upstream_name(self) -> &'static str {
-        match self {
-            Self::None => "None",
-            Self::CruOnly => "CruOnly",
-            Self::CruSubs => "CruSubs",
-            Self::CruLeads => "CruLeads",
-            Self::CruLead => "CruLead",
-            Self::All => "All",
+macro_rules! upstream_name {
+    ($ty:ty, $prefix:literal) => {
+        impl UpstreamName for $ty {
+            fn upstream_name(self) -> &'static str {
+                Self::table()
+                    .iter()
+                    .find(|(v, _)| *v == self)
+                    .map_or("", |(_, n)| n.as_str())
+            }
+
+            fn from_upstream(s: &str) -> Option<Self> {
+                Self::table()
+                    .iter()
+                    .find(|(_, n)| n.eq_ignore_ascii_case(s.trim()))
+                    .map(|(v, _)| *v)
+            }
         }
-    }
 
-    pub fn from_upstream(s: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.upstream_name().eq_ignore_ascii_case(s.trim()))
-    }
+        impl $ty {
+            fn table() -> &'static [($ty, String)] {
+                static TABLE: std::sync::LazyLock<Vec<($ty, String)>> =
+                    std::sync::LazyLock::new(|| {
+                        upstream_names($prefix, |i| <$ty>::try_from(i).ok(), |v| v.as_str_name())
+                    });
+                &TABLE
+            }
+        }
+    };
 }
+
+upstream_name!(DocumentType, "DOCUMENT_TYPE_");
+upstream_name!(Visibility, "MESSAGE_VISIBILITY_");
 
 /// How much of each attachment a list returns: the typed fields alone, or with
 /// the upstream's whole object (`Attachment.upstream`) too.
@@ -514,17 +504,36 @@ mod tests {
     }
 
     #[test]
-    fn enums_round_trip_upstream_spellings() {
-        for t in DocumentType::ALL {
-            assert_eq!(DocumentType::from_upstream(t.upstream_name()), Some(t));
-        }
+    fn enums_spell_the_upstreams_values() {
+        // The upstream's lists, as its guide gives them.
+        let docs = [
+            "Document",
+            "Picture",
+            "Signature",
+            "InvoicePrintout",
+            "ServiceContract",
+            "Misc",
+        ];
+        let names: Vec<&str> = DocumentType::table()
+            .iter()
+            .map(|(_, n)| n.as_str())
+            .collect();
+        assert_eq!(names, docs);
+        let vis = ["None", "CruOnly", "CruSubs", "CruLeads", "CruLead", "All"];
+        let names: Vec<&str> = Visibility::table()
+            .iter()
+            .map(|(_, n)| n.as_str())
+            .collect();
+        assert_eq!(names, vis);
         assert_eq!(
             DocumentType::from_upstream("invoiceprintout"),
             Some(DocumentType::InvoicePrintout)
         );
-        for v in Visibility::ALL {
-            assert_eq!(Visibility::from_upstream(v.upstream_name()), Some(v));
-        }
+        assert_eq!(DocumentType::Unspecified.upstream_name(), "");
         assert_eq!(DocumentType::from_upstream("Blueprint"), None);
+        assert_eq!(
+            Visibility::from_upstream("cruonly"),
+            Some(Visibility::CruOnly)
+        );
     }
 }

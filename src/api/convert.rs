@@ -4,22 +4,16 @@
 use super::error::Error;
 use crate::domain::{
     AttachmentId, AttachmentName, AttachmentRef, AttachmentRemoval, AttachmentUpdate, DocumentType,
-    FieldError, ListView, MessageId, MimeType, NewAttachment, PerformedBy, Violations, Visibility,
-    WorkOrderId, declared_size,
+    FieldError, ListView, MessageId, MimeType, NewAttachment, PerformedBy, UpstreamName,
+    Violations, Visibility, WorkOrderId, declared_size,
 };
 use crate::proto::wire as proto;
 use crate::upstream::UpstreamAttachment;
 
 fn document_type(v: i32) -> Result<Option<DocumentType>, FieldError> {
-    use proto::DocumentType as P;
-    match P::try_from(v) {
-        Ok(P::Unspecified) => Ok(None),
-        Ok(P::Document) => Ok(Some(DocumentType::Document)),
-        Ok(P::Picture) => Ok(Some(DocumentType::Picture)),
-        Ok(P::Signature) => Ok(Some(DocumentType::Signature)),
-        Ok(P::InvoicePrintout) => Ok(Some(DocumentType::InvoicePrintout)),
-        Ok(P::ServiceContract) => Ok(Some(DocumentType::ServiceContract)),
-        Ok(P::Misc) => Ok(Some(DocumentType::Misc)),
+    match DocumentType::try_from(v) {
+        Ok(DocumentType::Unspecified) => Ok(None),
+        Ok(d) => Ok(Some(d)),
         Err(_) => Err(FieldError::new(
             "UNKNOWN_ENUM_VALUE",
             format!("{v} is not a DocumentType value"),
@@ -28,15 +22,9 @@ fn document_type(v: i32) -> Result<Option<DocumentType>, FieldError> {
 }
 
 fn visibility(v: i32) -> Result<Option<Visibility>, FieldError> {
-    use proto::MessageVisibility as P;
-    match P::try_from(v) {
-        Ok(P::Unspecified) => Ok(None),
-        Ok(P::None) => Ok(Some(Visibility::None)),
-        Ok(P::CruOnly) => Ok(Some(Visibility::CruOnly)),
-        Ok(P::CruSubs) => Ok(Some(Visibility::CruSubs)),
-        Ok(P::CruLeads) => Ok(Some(Visibility::CruLeads)),
-        Ok(P::CruLead) => Ok(Some(Visibility::CruLead)),
-        Ok(P::All) => Ok(Some(Visibility::All)),
+    match Visibility::try_from(v) {
+        Ok(Visibility::Unspecified) => Ok(None),
+        Ok(x) => Ok(Some(x)),
         Err(_) => Err(FieldError::new(
             "UNKNOWN_ENUM_VALUE",
             format!("{v} is not a MessageVisibility value"),
@@ -44,18 +32,12 @@ fn visibility(v: i32) -> Result<Option<Visibility>, FieldError> {
     }
 }
 
+/// The proto value of the upstream's `DocumentType` spelling (UNSPECIFIED for one
+/// this API does not know; the raw value stays in `Attachment.upstream`).
 fn document_type_to_proto(upstream: Option<&str>) -> i32 {
-    use proto::DocumentType as P;
-    let p = match upstream.and_then(DocumentType::from_upstream) {
-        None => P::Unspecified,
-        Some(DocumentType::Document) => P::Document,
-        Some(DocumentType::Picture) => P::Picture,
-        Some(DocumentType::Signature) => P::Signature,
-        Some(DocumentType::InvoicePrintout) => P::InvoicePrintout,
-        Some(DocumentType::ServiceContract) => P::ServiceContract,
-        Some(DocumentType::Misc) => P::Misc,
-    };
-    p as i32
+    upstream
+        .and_then(DocumentType::from_upstream)
+        .unwrap_or(DocumentType::Unspecified) as i32
 }
 
 fn done<T>(v: Violations, value: Option<T>) -> Result<T, Error> {

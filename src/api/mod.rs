@@ -22,7 +22,7 @@ pub use self::error::{Error, Op};
 pub use self::upload::{UploadLimits, Uploads};
 use self::writes::Writes;
 use crate::auth::Caller;
-use crate::domain::{AttachmentRemoval, AttachmentUpdate};
+use crate::domain::{AttachmentRemoval, AttachmentUpdate, UpstreamName};
 use crate::proto::wire::attachment_service_server::AttachmentService;
 use crate::proto::wire::{
     DeleteAttachmentRequest, DeleteAttachmentResponse, DownloadAttachmentRequest,

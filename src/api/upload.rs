@@ -26,7 +26,7 @@ use super::convert;
 use super::deadline::Bounds;
 use super::error::{Error, Op};
 use super::writes::{Start, Writes};
-use crate::domain::NewAttachment;
+use crate::domain::{NewAttachment, UpstreamName};
 use crate::limits::Concurrency;
 use crate::metrics::Metrics;
 use crate::proto::wire::upload_attachment_request::Payload;

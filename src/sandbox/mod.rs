@@ -6,6 +6,7 @@
 //! It is what `attachment-gateway --sandbox` talks to, and the upstream the
 //! integration tests use. It listens on loopback only.
 
+mod contract;
 mod routes;
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,7 +20,6 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::config::UpstreamSettings;
-use crate::domain::{DEFAULT_MAX_UPLOAD_BYTES, DOWNLOAD_LINK_TTL};
 use crate::secret::Secret;
 
 /// The sandbox's client id; any other is refused.
@@ -58,9 +58,9 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            token_ttl: Duration::from_secs(1199),
-            link_ttl: DOWNLOAD_LINK_TTL,
-            max_file_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            token_ttl: contract::TOKEN_TTL,
+            link_ttl: contract::LINK_TTL,
+            max_file_bytes: contract::MAX_FILE_BYTES,
             seed: true,
             faults: None,
         }
@@ -299,32 +299,6 @@ impl Sandbox {
             .get(&work_order_id)
             .map(|w| w.attachments.clone())
             .unwrap_or_default()
-    }
-
-    /// Every stored attachment of every work order.
-    pub fn all_attachments(&self) -> Vec<StoredAttachment> {
-        self.state
-            .orders()
-            .values()
-            .flat_map(|w| w.attachments.iter().cloned())
-            .collect()
-    }
-
-    /// Adds (or resets) a work order in the given status.
-    pub fn put_work_order(&self, id: i64, status: &str) {
-        self.state.orders().insert(
-            id,
-            WorkOrder {
-                id,
-                status: status.to_string(),
-                attachments: Vec::new(),
-            },
-        );
-    }
-
-    /// Forgets every issued access token, as if they all expired.
-    pub fn revoke_tokens(&self) {
-        self.state.tokens().clear();
     }
 }
 

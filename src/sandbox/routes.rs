@@ -19,8 +19,8 @@ use bytes::{Bytes, BytesMut};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::contract::{self, DOCUMENT_TYPES, VISIBILITIES, canonical};
 use super::{API_PREFIX, CLIENT_ID, CLIENT_SECRET, State, StoredAttachment};
-use crate::domain::{DocumentType, Visibility};
 
 type St = AxState<Arc<State>>;
 
@@ -248,7 +248,7 @@ fn check_name(v: Option<&String>, out: &mut Vec<(String, String)>) {
 
 fn check_enums(f: &HashMap<String, String>, out: &mut Vec<(String, String)>) {
     if let Some(dt) = f.get("documenttype")
-        && DocumentType::from_upstream(dt).is_none()
+        && canonical(&DOCUMENT_TYPES, dt).is_none()
     {
         out.push((
             "DocumentType".into(),
@@ -256,7 +256,7 @@ fn check_enums(f: &HashMap<String, String>, out: &mut Vec<(String, String)>) {
         ));
     }
     if let Some(mv) = f.get("messagevisibility")
-        && Visibility::from_upstream(mv).is_none()
+        && canonical(&VISIBILITIES, mv).is_none()
     {
         out.push((
             "MessageVisibility".into(),
@@ -275,7 +275,7 @@ fn check_message_id(v: Option<&String>, out: &mut Vec<(String, String)>) {
             "MessageId".into(),
             "The MessageId field is required.".into(),
         )),
-        Some(m) if m.chars().count() > 36 => out.push((
+        Some(m) if m.chars().count() > contract::MAX_MESSAGE_ID_CHARS => out.push((
             "MessageId".into(),
             "The MessageId must be at most 36 characters.".into(),
         )),
@@ -398,7 +398,8 @@ async fn upload(AxState(st): St, headers: HeaderMap, mut multipart: Multipart) -
         v.push(("MimeType".into(), "The MimeType field is required.".into()));
     }
     match fields.get("performedby.name") {
-        Some(n) if !n.trim().is_empty() && n.chars().count() <= 100 => {}
+        Some(n) if !n.trim().is_empty() && n.chars().count() <= contract::MAX_PERSON_NAME_CHARS => {
+        }
         Some(n) if !n.trim().is_empty() => v.push((
             "PerformedBy.Name".into(),
             "The PerformedBy.Name must be at most 100 characters.".into(),
@@ -424,7 +425,7 @@ async fn upload(AxState(st): St, headers: HeaderMap, mut multipart: Multipart) -
         guard.settle(&st.counters.uploads_rejected);
         return wo_not_found(wo_id);
     };
-    if matches!(wo.status.as_str(), "Rejected" | "Recalled") {
+    if contract::NO_UPLOADS_IN.contains(&wo.status.as_str()) {
         guard.settle(&st.counters.uploads_rejected);
         return error(
             StatusCode::BAD_REQUEST,
@@ -446,13 +447,9 @@ async fn upload(AxState(st): St, headers: HeaderMap, mut multipart: Multipart) -
         work_order_id: wo_id,
         name: fields.get("name").cloned().unwrap_or_default(),
         mime_type: fields.get("mimetype").cloned().unwrap_or_default(),
-        document_type: norm("documenttype", |s| {
-            DocumentType::from_upstream(s).map(DocumentType::upstream_name)
-        }),
-        visibility: norm("messagevisibility", |s| {
-            Visibility::from_upstream(s).map(Visibility::upstream_name)
-        })
-        .unwrap_or_else(|| "All".into()),
+        document_type: norm("documenttype", |s| canonical(&DOCUMENT_TYPES, s)),
+        visibility: norm("messagevisibility", |s| canonical(&VISIBILITIES, s))
+            .unwrap_or_else(|| "All".into()),
         performed_by_name: fields.get("performedby.name").cloned().unwrap_or_default(),
         performed_by_phone: fields.get("performedby.phone").cloned(),
         message_id: message_id.clone(),
@@ -555,15 +552,15 @@ async fn update(AxState(st): St, req: Request) -> Response {
     }
     if let Some(dt) = f
         .get("documenttype")
-        .and_then(|s| DocumentType::from_upstream(s))
+        .and_then(|s| canonical(&DOCUMENT_TYPES, s))
     {
-        a.document_type = Some(dt.upstream_name().into());
+        a.document_type = Some(dt.into());
     }
     if let Some(mv) = f
         .get("messagevisibility")
-        .and_then(|s| Visibility::from_upstream(s))
+        .and_then(|s| canonical(&VISIBILITIES, s))
     {
-        a.visibility = mv.upstream_name().into();
+        a.visibility = mv.into();
     }
     axum::Json(json!({"MessageId": f.get("messageid")})).into_response()
 }

@@ -2,7 +2,6 @@
 //! refreshed ahead of expiry in the background, fetched by a single request however
 //! many calls wait for it, and dropped when the upstream refuses it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -43,7 +42,6 @@ pub struct TokenCache {
     current: RwLock<Option<CachedToken>>,
     /// Held by whoever is fetching a token: one request in flight at a time.
     fetching: Arc<Mutex<()>>,
-    fetches: AtomicU64,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -65,14 +63,8 @@ impl TokenCache {
             max_body,
             current: RwLock::new(None),
             fetching: Arc::new(Mutex::new(())),
-            fetches: AtomicU64::new(0),
             metrics,
         })
-    }
-
-    /// How many token requests were made (for metrics and tests).
-    pub fn fetch_count(&self) -> u64 {
-        self.fetches.load(Ordering::Relaxed)
     }
 
     fn cached(&self) -> Option<CachedToken> {
@@ -139,7 +131,6 @@ impl TokenCache {
     }
 
     async fn fetch_once(&self) -> Result<Secret, UpstreamError> {
-        self.fetches.fetch_add(1, Ordering::Relaxed);
         self.metrics.token_refreshes.inc();
         let started = Instant::now();
         let resp = self

@@ -30,8 +30,8 @@ use self::link_guard::{GuardedResolver, LinkPolicy};
 pub use self::model::{DownloadLink, UploadReceipt, UpstreamAttachment};
 use crate::config::UpstreamSettings;
 use crate::domain::{
-    AttachmentRef, AttachmentRemoval, AttachmentUpdate, DocumentType, ListView, MessageId,
-    NewAttachment, Visibility, WorkOrderId,
+    AttachmentRef, AttachmentRemoval, AttachmentUpdate, DocumentType, ListView, NewAttachment,
+    UpstreamName, Visibility, WorkOrderId,
 };
 use crate::limits::{CircuitBreaker, Permit, RetryBudget, UpstreamBudget};
 use crate::metrics::{CallLabel, Metrics, UpstreamLabels};
@@ -295,10 +295,6 @@ impl Upstream {
         result.map_err(UpstreamError::from_reqwest)
     }
 
-    pub fn tokens(&self) -> &Arc<TokenCache> {
-        &self.tokens
-    }
-
     /// Sends a request that can be built again: on a 401 the token is dropped, a new
     /// one fetched, and the request sent once more.
     async fn send_replayable(
@@ -452,13 +448,11 @@ impl Upstream {
             None => Part::stream(body),
         }
         .file_name(a.name.as_str().to_string());
-        // The media type was validated; the upstream also gets it as `MimeType`.
-        let part = match a.mime_type.as_str().parse::<mime::Mime>() {
-            Ok(m) => part
-                .mime_str(m.as_ref())
-                .map_err(UpstreamError::from_reqwest)?,
-            Err(_) => part,
-        };
+        // The media type was parsed and checked; the upstream also gets it as
+        // `MimeType`.
+        let part = part
+            .mime_str(a.mime_type.as_str())
+            .map_err(UpstreamError::from_reqwest)?;
         let mut form = Form::new()
             .percent_encode_attr_chars()
             .text("WorkOrderId", a.work_order_id.to_string())
@@ -494,9 +488,4 @@ fn optional_enums(mut form: Form, dt: Option<DocumentType>, vis: Option<Visibili
         form = form.text("MessageVisibility", vis.upstream_name());
     }
     form
-}
-
-/// Helps callers that need a fresh message id for writes without one.
-pub fn message_id_or(received: Option<String>, sent: &MessageId) -> String {
-    received.unwrap_or_else(|| sent.as_str().to_string())
 }
