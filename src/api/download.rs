@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::Stream;
+use percent_encoding::percent_decode_str;
 use reqwest::header::{self, HeaderMap};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -30,9 +31,11 @@ pub type DownloadStream =
 /// Messages queued toward a slow caller before the upstream read waits.
 const QUEUED_MESSAGES: usize = 4;
 
-/// The file name a `Content-Disposition` header gives, if any.
+/// The file name a `Content-Disposition` header gives, if any: `filename*`
+/// (RFC 5987, percent-encoded UTF-8) when it reads well, else `filename`.
 pub fn content_disposition_filename(value: &str) -> Option<String> {
     let mut plain = None;
+    let mut extended = None;
     for param in value.split(';').map(str::trim) {
         let Some((key, val)) = param.split_once('=') else {
             continue;
@@ -40,35 +43,17 @@ pub fn content_disposition_filename(value: &str) -> Option<String> {
         let key = key.trim().to_ascii_lowercase();
         let val = val.trim();
         if key == "filename*" {
-            // RFC 5987: charset'lang'percent-encoded
-            let encoded = val.splitn(3, '\'').nth(2)?;
-            return Some(percent_decode(encoded)).filter(|s| !s.is_empty());
-        }
-        if key == "filename" {
+            // charset'lang'percent-encoded; a malformed one is ignored.
+            extended = val
+                .splitn(3, '\'')
+                .nth(2)
+                .map(|encoded| percent_decode_str(encoded).decode_utf8_lossy().into_owned())
+                .filter(|s| !s.is_empty());
+        } else if key == "filename" {
             plain = Some(val.trim_matches('"').to_string()).filter(|s| !s.is_empty());
         }
     }
-    plain
-}
-
-fn percent_decode(s: &str) -> String {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            out.push(hi << 4 | lo);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    extended.or(plain)
 }
 
 fn metadata(target: &AttachmentRef, headers: &HeaderMap, length: Option<u64>) -> Attachment {
@@ -245,6 +230,12 @@ mod tests {
         assert_eq!(
             content_disposition_filename("attachment; filename*=bad"),
             None
+        );
+        // A malformed filename* does not throw away a good filename before it.
+        assert_eq!(
+            content_disposition_filename("attachment; filename=\"ok.pdf\"; filename*=bad")
+                .as_deref(),
+            Some("ok.pdf")
         );
     }
 }

@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::{Bytes, BytesMut};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -651,18 +652,21 @@ async fn download_url(
     axum::Json(json!({"Url": url})).into_response()
 }
 
-/// RFC 5987 encoding of a file name for `Content-Disposition`.
-fn encode_filename(name: &str) -> String {
-    let mut out = String::new();
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+/// What RFC 5987 leaves unencoded in a `filename*` value: letters, digits and
+/// `!#$&+-.^_`|~`.
+const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
 
 async fn file(
     AxState(st): St,
@@ -709,7 +713,7 @@ async fn file(
     }
     if let Ok(v) = HeaderValue::from_str(&format!(
         "attachment; filename*=UTF-8''{}",
-        encode_filename(&a.name)
+        utf8_percent_encode(&a.name, ATTR_CHAR)
     )) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
