@@ -14,7 +14,7 @@
 
 use std::fmt;
 
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use prost::encoding::{DecodeContext, WireType};
 use serde::Deserializer;
@@ -74,10 +74,14 @@ impl Message for RawStruct {
     ) -> Result<(), prost::DecodeError> {
         let mut field = prost_types::Struct::default();
         field.merge_field(tag, wire_type, buf, ctx)?;
-        let mut bytes = Vec::with_capacity(self.0.len() + field.encoded_len());
-        bytes.extend_from_slice(&self.0);
+        // Appended in place when the bytes are this value's alone (as they are
+        // while it is decoded), so decoding a map is linear, not quadratic.
+        let mut bytes = match std::mem::take(&mut self.0).try_into_mut() {
+            Ok(owned) => owned,
+            Err(shared) => BytesMut::from(&shared[..]),
+        };
         field.encode_raw(&mut bytes);
-        self.0 = Bytes::from(bytes);
+        self.0 = bytes.freeze();
         Ok(())
     }
 
@@ -103,22 +107,111 @@ const STRUCT_VALUE: u8 = 0x2a; // struct_value = 5
 const LIST_VALUE: u8 = 0x32; // list_value = 6
 const LIST_VALUES: u8 = 0x0a; // ListValue.values = 1
 
-/// Opens a length-delimited field: one byte is kept for the length, which is
-/// widened in [`close`] in the rare case the content reaches 128 bytes.
-fn open(buf: &mut Vec<u8>, key: u8) -> usize {
-    buf.push(key);
-    buf.push(0);
-    buf.len()
+/// A buffer of protobuf wire bytes written front to back, whose length-delimited
+/// fields are opened before their length is known. Each gets one byte for its
+/// length; the few whose content reaches 128 bytes are noted and widened in one
+/// pass at the end ([`Wire::finish`]), so no byte is moved more than once however
+/// deep the nesting (widening each as it closed shifted its content once per
+/// enclosing level).
+pub struct Wire {
+    buf: Vec<u8>,
+    /// Fields whose length needs more than one byte: the position of their
+    /// one-byte placeholder, and their length once widened.
+    wide: Vec<(usize, usize)>,
+    /// The bytes the widening will add, over every field closed so far.
+    extra: usize,
 }
 
-fn close(buf: &mut Vec<u8>, start: usize) {
-    let len = buf.len() - start;
-    if len < 0x80 {
-        buf[start - 1] = len as u8;
-    } else {
-        let mut prefix = Vec::with_capacity(10);
-        prost::encoding::encode_varint(len as u64, &mut prefix);
-        buf.splice(start - 1..start, prefix);
+/// An open field: where its content starts, and the widening noted before it.
+#[derive(Clone, Copy)]
+struct Open {
+    start: usize,
+    extra: usize,
+}
+
+impl Wire {
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(n),
+            wide: Vec::new(),
+            extra: 0,
+        }
+    }
+
+    /// The write position, before widening.
+    pub fn position(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn open(&mut self, key: u8) -> Open {
+        self.buf.push(key);
+        self.buf.push(0);
+        Open {
+            start: self.buf.len(),
+            extra: self.extra,
+        }
+    }
+
+    fn close(&mut self, o: Open) {
+        // The content's length once the fields inside it are widened.
+        let len = self.buf.len() - o.start + (self.extra - o.extra);
+        if len < 0x80 {
+            self.buf[o.start - 1] = len as u8;
+        } else {
+            self.wide.push((o.start - 1, len));
+            self.extra += prost::encoding::encoded_len_varint(len as u64) - 1;
+        }
+    }
+
+    /// Takes back a field just opened, with nothing closed inside it.
+    fn cancel(&mut self, o: Open) {
+        self.buf.truncate(o.start - 2);
+    }
+
+    /// Drops everything written from `position` on.
+    pub fn truncate(&mut self, position: usize) {
+        while let Some(&(at, len)) = self.wide.last() {
+            if at < position {
+                break;
+            }
+            self.wide.pop();
+            self.extra -= prost::encoding::encoded_len_varint(len as u64) - 1;
+        }
+        self.buf.truncate(position);
+    }
+
+    /// The finished bytes. `positions` (ascending, from [`Wire::position`]) are
+    /// moved to where their bytes end up.
+    pub fn finish(self, positions: &mut [usize]) -> Vec<u8> {
+        let Self {
+            buf,
+            mut wide,
+            extra,
+        } = self;
+        if wide.is_empty() {
+            return buf;
+        }
+        // Noted as they closed (inner fields first): in position order now.
+        wide.sort_unstable_by_key(|&(at, _)| at);
+        let mut out = Vec::with_capacity(buf.len() + extra);
+        let mut from = 0;
+        let mut p = positions.iter_mut().peekable();
+        for (at, len) in wide {
+            // How far the bytes from `from` up to this placeholder move.
+            let shift = out.len() - from;
+            while let Some(pos) = p.next_if(|pos| **pos <= at) {
+                *pos += shift;
+            }
+            out.extend_from_slice(&buf[from..at]);
+            prost::encoding::encode_varint(len as u64, &mut out);
+            from = at + 1;
+        }
+        let shift = out.len() - from;
+        for pos in p {
+            *pos += shift;
+        }
+        out.extend_from_slice(&buf[from..]);
+        out
     }
 }
 
@@ -143,7 +236,7 @@ pub enum Scalar {
 
 /// Writes one JSON value as the body of a `google.protobuf.Value`.
 struct ValueSeed<'b> {
-    buf: &'b mut Vec<u8>,
+    w: &'b mut Wire,
     keep_string: bool,
 }
 
@@ -163,7 +256,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
-        self.buf.extend_from_slice(&[BOOL_VALUE, u8::from(v)]);
+        self.w.buf.extend_from_slice(&[BOOL_VALUE, u8::from(v)]);
         Ok(Scalar::Other)
     }
 
@@ -176,13 +269,13 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
-        self.buf.push(NUMBER_VALUE);
-        self.buf.extend_from_slice(&v.to_le_bytes());
+        self.w.buf.push(NUMBER_VALUE);
+        self.w.buf.extend_from_slice(&v.to_le_bytes());
         Ok(Scalar::Num(v))
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
-        put_str(self.buf, STRING_VALUE, v);
+        put_str(&mut self.w.buf, STRING_VALUE, v);
         Ok(if self.keep_string {
             Scalar::Str(v.to_string())
         } else {
@@ -191,7 +284,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
-        self.buf.extend_from_slice(&[NULL_VALUE, 0]);
+        self.w.buf.extend_from_slice(&[NULL_VALUE, 0]);
         Ok(Scalar::Other)
     }
 
@@ -200,28 +293,28 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
-        let list = open(self.buf, LIST_VALUE);
+        let list = self.w.open(LIST_VALUE);
         loop {
-            let item = open(self.buf, LIST_VALUES);
+            let item = self.w.open(LIST_VALUES);
             let seed = ValueSeed {
-                buf: &mut *self.buf,
+                w: &mut *self.w,
                 keep_string: false,
             };
             if seq.next_element_seed(seed)?.is_none() {
                 // Take back the opened item: the list ended.
-                self.buf.truncate(item - 2);
+                self.w.cancel(item);
                 break;
             }
-            close(self.buf, item);
+            self.w.close(item);
         }
-        close(self.buf, list);
+        self.w.close(list);
         Ok(Scalar::Other)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scalar, A::Error> {
-        let body = open(self.buf, STRUCT_VALUE);
-        write_struct_body(self.buf, map, &mut NoPicks)?;
-        close(self.buf, body);
+        let body = self.w.open(STRUCT_VALUE);
+        write_struct_body(self.w, map, &mut NoPicks)?;
+        self.w.close(body);
         Ok(Scalar::Other)
     }
 }
@@ -278,30 +371,30 @@ impl Picks for NoPicks {
 /// Writes a JSON object's entries as a `Struct` body, offering top-level values to
 /// `picks` as it goes.
 pub fn write_struct_body<'de, A: MapAccess<'de>, P: Picks>(
-    buf: &mut Vec<u8>,
+    w: &mut Wire,
     mut map: A,
     picks: &mut P,
 ) -> Result<(), A::Error> {
     loop {
-        let entry = open(buf, STRUCT_FIELDS);
+        let entry = w.open(STRUCT_FIELDS);
         let seed = KeySeed {
-            buf: &mut *buf,
+            buf: &mut w.buf,
             picks: &*picks,
         };
         let candidate = match map.next_key_seed(seed)? {
             Some(c) => c,
             None => {
-                buf.truncate(entry - 2);
+                w.cancel(entry);
                 return Ok(());
             }
         };
-        let value = open(buf, ENTRY_VALUE);
+        let value = w.open(ENTRY_VALUE);
         let scalar = map.next_value_seed(ValueSeed {
-            buf: &mut *buf,
+            w: &mut *w,
             keep_string: candidate.is_some(),
         })?;
-        close(buf, value);
-        close(buf, entry);
+        w.close(value);
+        w.close(entry);
         if let Some(c) = candidate {
             picks.offer(c, scalar);
         }

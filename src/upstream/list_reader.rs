@@ -10,7 +10,7 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
 use super::model::{UpstreamAttachment, fields};
 use super::struct_json;
-use crate::proto::struct_wire::{Discard, Picks, RawStruct, Scalar, write_struct_body};
+use crate::proto::struct_wire::{Discard, Picks, RawStruct, Scalar, Wire, write_struct_body};
 
 // ------------------------------------------------------------------ attachments
 
@@ -212,7 +212,7 @@ impl<'de> Visitor<'de> for ScalarSeed {
 /// Where the attachments read so far go: the typed fields, and the range of the
 /// shared buffer that holds each one's `Struct` body.
 struct Sink<'b> {
-    buf: &'b mut Vec<u8>,
+    wire: &'b mut Wire,
     /// Whether each object's `Struct` body is written; when not, only the typed
     /// fields are read.
     keep_raw: bool,
@@ -248,14 +248,14 @@ impl<'de> Visitor<'de> for ElementSeed<'_, '_> {
             self.sink.items.extend(picks.finish());
             return Ok(());
         }
-        let start = self.sink.buf.len();
-        write_struct_body(self.sink.buf, map, &mut picks)?;
+        let start = self.sink.wire.position();
+        write_struct_body(self.sink.wire, map, &mut picks)?;
         match picks.finish() {
             Some(a) => {
                 self.sink.items.push(a);
-                self.sink.ranges.push(start..self.sink.buf.len());
+                self.sink.ranges.push(start..self.sink.wire.position());
             }
-            None => self.sink.buf.truncate(start),
+            None => self.sink.wire.truncate(start),
         }
         Ok(())
     }
@@ -320,14 +320,14 @@ pub fn read_attachments(
     body: &[u8],
     keep_raw: bool,
 ) -> Result<Vec<UpstreamAttachment>, serde_json::Error> {
-    let mut buf = Vec::with_capacity(if keep_raw {
+    let mut wire = Wire::with_capacity(if keep_raw {
         body.len() + body.len() / 4
     } else {
         0
     });
     let (mut items, mut ranges) = (Vec::new(), Vec::new());
     let mut sink = Sink {
-        buf: &mut buf,
+        wire: &mut wire,
         keep_raw,
         items: &mut items,
         ranges: &mut ranges,
@@ -344,9 +344,10 @@ pub fn read_attachments(
     let mut de = serde_json::Deserializer::from_str(text);
     de.deserialize_seq(ArrayVisitor { sink: &mut sink })?;
     de.end()?;
-    let bytes = Bytes::from(buf);
-    for (item, range) in items.iter_mut().zip(ranges) {
-        item.raw = RawStruct::from(bytes.slice(range));
+    let mut bounds: Vec<usize> = ranges.iter().flat_map(|r| [r.start, r.end]).collect();
+    let bytes = Bytes::from(wire.finish(&mut bounds));
+    for (item, b) in items.iter_mut().zip(bounds.chunks_exact(2)) {
+        item.raw = RawStruct::from(bytes.slice(b[0]..b[1]));
     }
     Ok(items)
 }
@@ -474,6 +475,30 @@ mod tests {
         // Found by the fuzz target: a bad string inside an element that is skipped.
         assert!(read_attachments_full(b"[[\"m\xa2[\"\r\r\r]]").is_err());
         assert!(read_attachments(b"[7, \"\xff\"]", false).is_err());
+    }
+
+    #[test]
+    fn deep_nesting_and_long_values_write_what_the_tree_reader_reads() {
+        // Lists 40 deep, each holding a 150-byte string: every level's length
+        // needs two bytes, and each is widened once, at the end.
+        let mut nested = String::from("\"deepest\"");
+        for i in 0..40 {
+            nested = format!("[\"{}\", {nested}]", "x".repeat(150 + i));
+        }
+        let long = "y".repeat(20_000);
+        let body = format!(
+            r#"[{{"Id": "a", "deep": {nested}, "Name": "n.txt"}}, {{"nothing": 1}}, {{"Id": "b", "long": "{long}", "o": {{"p": {{"q": "{long}"}}}}}}]"#
+        );
+        let fast = read_attachments_full(body.as_bytes()).expect("one pass");
+        let tree = crate::upstream::answers::parse_list_tree(body.as_bytes()).expect("tree");
+        assert_eq!(fast.len(), 2);
+        for (f, t) in fast.iter().zip(&tree) {
+            assert_eq!(decoded(f), decoded(t));
+            assert_eq!((&f.attachment_id, &f.name), (&t.attachment_id, &t.name));
+            // Entries keep the JSON's order (prost's sorts them), but every length
+            // is written in as few bytes as prost writes it.
+            assert_eq!(f.raw.as_bytes().len(), decoded(f).encoded_len());
+        }
     }
 
     #[test]
