@@ -383,7 +383,8 @@ pub struct UpstreamSettings {
     #[garde(custom(nonzero))]
     pub pool_idle_timeout: Duration,
     /// Tries of a read (list, link, the link's bytes) on a transient failure:
-    /// connection errors, 502/503/504, 429. 1 turns retries off.
+    /// connection errors, 502/503/504 (a 429 goes back to the caller with its
+    /// Retry-After, and cools every call down). 1 turns retries off.
     #[garde(range(min = 1, max = 10))]
     pub read_attempts: u32,
     /// Retries may add at most this fraction of the requests (retry budget).

@@ -1,10 +1,13 @@
 //! attachment-gateway: a gRPC `AttachmentService` in front of the CorrigoPro Direct
 //! API's attachments endpoints.
 //!
-//! Layers, each knowing only the one below: [`server`] (tonic, health, reflection,
-//! shutdown) -> [`api`] (proto <-> domain, the one error table) -> [`domain`]
-//! (validated types, limits) -> [`upstream`] (the REST client: tokens, multipart,
-//! error decoding). [`sandbox`] is an embedded emulator of the upstream.
+//! One request goes down a straight path: [`server`] (listeners, layers, health,
+//! shutdown) -> [`middleware`] (spans, message limits, auth, rate limits) ->
+//! [`api`] (proto <-> domain, the one error table) -> [`upstream`] (the REST
+//! client), with [`auth`], [`limits`] and [`store`] beside it and [`domain`],
+//! [`proto`] and a few leaves below. No module imports one above it; the README's
+//! Architecture section says what may import what. [`sandbox`] is an embedded
+//! emulator of the upstream.
 
 //!
 //! With `default-features = false, features = ["client"]`, only [`proto`] (the

@@ -311,17 +311,58 @@ impl Uploads {
         })?
     }
 
+    /// The upload, start to end: its metadata, a slot, the record of writes, then
+    /// the bytes (or, for a write already done, the comparison of its bytes).
     async fn upload(
         &self,
         caller: Arc<str>,
         mut stream: Streaming<UploadAttachmentRequest>,
         sent: &AtomicBool,
     ) -> Result<UploadAttachmentResponse, Error> {
-        let max_chunk = self.limits.max_chunk_bytes;
-        // No slot is held until the metadata arrives, and it must arrive soon.
+        let (attachment, caller_message_id) = self.metadata(&mut stream).await?;
+        tracing::Span::current().record("work_order_id", attachment.work_order_id.get());
+        let _slot = self.slots.try_acquire(&caller).map_err(|refusal| {
+            self.metrics.refused(refusal.limit);
+            Error::Limited(refusal)
+        })?;
+        self.metrics.uploads_in_flight.inc();
+        let _in_flight = InFlight(&self.metrics);
+        let key = (!caller_message_id.is_empty()).then(|| WriteKey {
+            caller,
+            call: "upload",
+            work_order_id: attachment.work_order_id.get(),
+            message_id: caller_message_id,
+        });
+        let guard = match self
+            .writes
+            .begin(key, fingerprint(&attachment), "metadata.message_id")
+            .await?
+        {
+            Start::Replay(outcome) => return self.replay(stream, &attachment, outcome).await,
+            Start::Go(g) => g,
+        };
+        let answer = self.forward(stream, &attachment, sent).await?;
+        if let Some(g) = guard {
+            g.complete(Outcome::Upload {
+                attachment_id: answer.attachment_id.clone(),
+                message_id: answer.message_id.clone(),
+                size_bytes: answer.size_bytes,
+                sha256: answer.sha256.clone(),
+            })
+            .await;
+        }
+        Ok(answer)
+    }
+
+    /// The first message, which must be the metadata and arrive soon (no slot is
+    /// held meanwhile), validated; with the message id the caller gave, if any.
+    async fn metadata(
+        &self,
+        stream: &mut Streaming<UploadAttachmentRequest>,
+    ) -> Result<(NewAttachment, String), Error> {
         let first = timeout(
             self.limits.first_message_timeout,
-            next_payload(&mut stream, max_chunk),
+            next_payload(stream, self.limits.max_chunk_bytes),
         )
         .await
         .map_err(|_| Error::StreamIdle {
@@ -347,28 +388,18 @@ impl Uploads {
         };
         let caller_message_id = meta.message_id.clone();
         let attachment = convert::new_attachment(meta, self.limits.max_upload_bytes)?;
-        tracing::Span::current().record("work_order_id", attachment.work_order_id.get());
-        let _slot = self.slots.try_acquire(&caller).map_err(|refusal| {
-            self.metrics.refused(refusal.limit);
-            Error::Limited(refusal)
-        })?;
-        self.metrics.uploads_in_flight.inc();
-        let _in_flight = InFlight(&self.metrics);
+        Ok((attachment, caller_message_id))
+    }
 
-        let key = (!caller_message_id.is_empty()).then(|| WriteKey {
-            caller,
-            call: "upload",
-            work_order_id: attachment.work_order_id.get(),
-            message_id: caller_message_id,
-        });
-        let guard = match self
-            .writes
-            .begin(key, fingerprint(&attachment), "metadata.message_id")
-            .await?
-        {
-            Start::Replay(outcome) => return self.replay(stream, &attachment, outcome).await,
-            Start::Go(g) => g,
-        };
+    /// Streams the bytes into the upstream's multipart body as they arrive, and
+    /// answers with the upstream's receipt, the size and the SHA-256.
+    async fn forward(
+        &self,
+        mut stream: Streaming<UploadAttachmentRequest>,
+        attachment: &NewAttachment,
+        sent: &AtomicBool,
+    ) -> Result<UploadAttachmentResponse, Error> {
+        let max_chunk = self.limits.max_chunk_bytes;
         let mut progress = Progress {
             received: 0,
             hasher: Sha256::new(),
@@ -405,7 +436,7 @@ impl Uploads {
             declared = ?attachment.declared_size,
             "upload: streaming to the upstream"
         );
-        let upstream = self.upstream.upload(&attachment, body);
+        let upstream = self.upstream.upload(attachment, body);
         tokio::pin!(upstream);
 
         let pump = async {
@@ -449,7 +480,7 @@ impl Uploads {
                     tracing::warn!(error = %e, "upload failed upstream");
                     Error::upstream(e, Op::Write)
                 })?;
-                let answer = UploadAttachmentResponse {
+                Ok(UploadAttachmentResponse {
                     attachment_id: receipt.attachment_id,
                     message_id: receipt
                         .message_id
@@ -457,17 +488,7 @@ impl Uploads {
                         .unwrap_or_else(|| attachment.message_id.as_str().to_string()),
                     size_bytes: size,
                     sha256: sha,
-                };
-                if let Some(g) = guard {
-                    g.complete(Outcome::Upload {
-                        attachment_id: answer.attachment_id.clone(),
-                        message_id: answer.message_id.clone(),
-                        size_bytes: answer.size_bytes,
-                        sha256: answer.sha256.clone(),
-                    })
-                    .await;
-                }
-                Ok(answer)
+                })
             }
             Ok(false) => {
                 drop(tx);

@@ -1,6 +1,7 @@
-//! JSON read straight into `google.protobuf.Struct` values, in one pass: the list
-//! answer's objects become the `Attachment.upstream` field without an
-//! intermediate JSON tree (which cost a third of a list call's CPU).
+//! JSON read into `google.protobuf.Struct` values (a `prost_types` tree): the
+//! reader for list answers of any shape other than a bare array (which
+//! `list_reader` writes straight into wire bytes), and the reference the fuzz
+//! target and a proptest hold that one-pass reader to.
 
 use std::collections::BTreeMap;
 use std::fmt;
