@@ -37,6 +37,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".google.protobuf.Struct",
             "crate::proto::struct_wire::RawStruct",
         )
+        // Events go out as the log recorded them; see `proto::raw_event`.
+        .extern_path(
+            ".corrigopro.attachments.v1.AttachmentEvent",
+            "crate::proto::raw_event::RawEvent",
+        )
         .out_dir(&wire)
         .compile_fds(fds)?;
     Ok(())

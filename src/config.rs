@@ -45,6 +45,10 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub log: LogSettings,
     pub sandbox: SandboxSettings,
+    #[garde(dive)]
+    pub events: EventSettings,
+    #[garde(dive)]
+    pub webhooks: WebhookSettings,
     /// Which settings were given explicitly (file, environment or flag) rather
     /// than left at their defaults. Not a setting itself.
     #[serde(skip)]
@@ -57,6 +61,9 @@ pub struct Explicit {
     /// `telemetry.admin_listen`: with `--sandbox`, a default address that is
     /// taken gives way to a free port; an explicit one must be bound.
     pub admin_listen: bool,
+    /// Any `webhooks.*` setting other than `listen`: with `--sandbox`, the
+    /// emulator's certificate is trusted only when none was given.
+    pub webhooks_verification: bool,
 }
 
 impl Default for Settings {
@@ -72,6 +79,8 @@ impl Default for Settings {
             telemetry: TelemetrySettings::default(),
             log: LogSettings::default(),
             sandbox: SandboxSettings::default(),
+            events: EventSettings::default(),
+            webhooks: WebhookSettings::default(),
             explicit: Explicit::default(),
         }
     }
@@ -597,6 +606,10 @@ pub struct SandboxSettings {
     /// How long the emulator's access tokens live.
     #[serde(with = "humantime_serde")]
     pub token_ttl: Duration,
+    /// How long a "minute" of the emulator's notification retry schedule (5, 10,
+    /// 20, 40, 60 minutes, then hourly) lasts.
+    #[serde(with = "humantime_serde")]
+    pub notification_retry_minute: Duration,
 }
 
 impl Default for SandboxSettings {
@@ -606,6 +619,165 @@ impl Default for SandboxSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             link_ttl: crate::domain::DOWNLOAD_LINK_TTL,
             token_ttl: Duration::from_secs(1199),
+            notification_retry_minute: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The event log and `WatchAttachments` subscribers.
+#[derive(Debug, Clone, Serialize, Deserialize, garde::Validate)]
+#[serde(default, deny_unknown_fields)]
+#[garde(allow_unvalidated)]
+pub struct EventSettings {
+    /// Events the in-process log keeps at most (the oldest go first).
+    #[garde(range(min = 1, max = 10_000_000))]
+    pub max_events: u32,
+    /// Events older than this are dropped from the in-process log.
+    #[serde(with = "humantime_serde")]
+    #[garde(custom(nonzero))]
+    pub max_age: Duration,
+    /// A watch with no event for this long gets a heartbeat (keeps idle streams
+    /// alive through proxies, and carries the cursor).
+    #[serde(with = "humantime_serde")]
+    #[garde(custom(at_least_a_second))]
+    pub heartbeat_interval: Duration,
+    /// Messages buffered toward one subscriber.
+    #[garde(range(min = 1, max = 4096))]
+    pub subscriber_buffer: u32,
+    /// A subscriber whose buffer stays full this long is ended (ABORTED, with the
+    /// event id to resume after).
+    #[serde(with = "humantime_serde")]
+    #[garde(custom(nonzero))]
+    pub subscriber_stall_timeout: Duration,
+    /// Open watches at most, in all.
+    #[garde(range(min = 1))]
+    pub max_subscribers: u32,
+    /// Open watches at most, per caller.
+    #[garde(range(min = 1))]
+    pub max_subscribers_per_caller: u32,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            max_events: 100_000,
+            max_age: Duration::from_secs(24 * 3600),
+            heartbeat_interval: Duration::from_secs(15),
+            subscriber_buffer: 64,
+            subscriber_stall_timeout: Duration::from_secs(30),
+            max_subscribers: 10_000,
+            max_subscribers_per_caller: 1_000,
+        }
+    }
+}
+
+/// How webhook requests prove they come from CorrigoPro.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WebhookVerify {
+    /// CorrigoPro's signed token, checked against `webhooks.certificate_file`.
+    SignedToken,
+    /// The bearer value equals the content of `webhooks.shared_secret_file`
+    /// (for a proxy of the operator's in front).
+    SharedSecret,
+    /// No check at all (warned at start): only behind something that checks.
+    None,
+}
+
+/// What a signed token's signature covers (unconfirmed upstream; see README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignedPart {
+    /// The `<data>` part as sent (its base64url text).
+    DataText,
+    /// The bytes `<data>` decodes to.
+    DataBytes,
+}
+
+/// The signature algorithm of signed tokens (unconfirmed upstream; see README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignatureAlgorithm {
+    RsaSha256,
+    RsaSha512,
+    /// Legacy; only if CorrigoPro turns out to use it.
+    RsaSha1,
+}
+
+/// The webhook listener: CorrigoPro's notifications in.
+#[derive(Debug, Clone, Serialize, Deserialize, garde::Validate)]
+#[serde(default, deny_unknown_fields)]
+#[garde(allow_unvalidated)]
+pub struct WebhookSettings {
+    /// Where the webhook listener listens (path `/webhooks/corrigopro`); off when unset.
+    pub listen: Option<SocketAddr>,
+    pub verify: WebhookVerify,
+    /// CorrigoPro's certificate (PEM), for `verify = "signed-token"`.
+    pub certificate_file: Option<PathBuf>,
+    /// The expected bearer value, for `verify = "shared-secret"`.
+    pub shared_secret_file: Option<PathBuf>,
+    /// The audience (`Aud` claim) a signed token must name.
+    pub audience: String,
+    pub signed_part: SignedPart,
+    pub signature_algorithm: SignatureAlgorithm,
+    /// Tolerance on `.issued` / `.expires`, for clocks that disagree.
+    #[serde(with = "humantime_serde")]
+    pub clock_skew: Duration,
+    /// A request body larger than this is refused (413).
+    #[garde(range(min = 1024, max = 16 * 1024 * 1024))]
+    pub max_body_bytes: u64,
+    /// Headers must arrive within this.
+    #[serde(with = "humantime_serde")]
+    #[garde(custom(nonzero))]
+    pub header_timeout: Duration,
+    /// The whole request (body included) must arrive within this.
+    #[serde(with = "humantime_serde")]
+    #[garde(custom(nonzero))]
+    pub body_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed.
+    #[serde(with = "humantime_serde")]
+    #[garde(custom(nonzero))]
+    pub idle_timeout: Duration,
+    /// Open connections at most; more wait in the kernel's backlog.
+    #[garde(range(min = 1))]
+    pub max_connections: u32,
+    /// Where notifications that are not about attachments go, unchanged (their
+    /// outcome is CorrigoPro's answer). Unset: they are acknowledged and counted.
+    pub forward_url: Option<String>,
+    /// How long a forward may take.
+    #[serde(with = "humantime_serde")]
+    #[garde(custom(nonzero))]
+    pub forward_timeout: Duration,
+    /// A redelivered notification (same `Header.MessageId`) within this is
+    /// acknowledged and recorded once. Covers CorrigoPro's retries (~8.3 days).
+    #[serde(with = "humantime_serde")]
+    #[garde(custom(nonzero))]
+    pub dedupe_ttl: Duration,
+    /// Message ids remembered at most (the oldest go first).
+    #[garde(range(min = 1))]
+    pub max_dedupe_keys: u32,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            verify: WebhookVerify::SignedToken,
+            certificate_file: None,
+            shared_secret_file: None,
+            audience: "CorrigoProDirect".into(),
+            signed_part: SignedPart::DataText,
+            signature_algorithm: SignatureAlgorithm::RsaSha256,
+            clock_skew: Duration::from_secs(300),
+            max_body_bytes: 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+            max_connections: 256,
+            forward_url: None,
+            forward_timeout: Duration::from_secs(10),
+            dedupe_ttl: Duration::from_secs(9 * 24 * 3600),
+            max_dedupe_keys: 200_000,
         }
     }
 }
@@ -656,6 +828,8 @@ pub struct FlagOverrides {
     pub log_format: Option<LogFormat>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_listen: Option<SocketAddr>,
     pub sandbox: bool,
 }
 
@@ -696,6 +870,9 @@ impl Settings {
         if let Some(admin) = flags.admin_listen {
             given = given.merge(Serialized::default("telemetry.admin_listen", admin));
         }
+        if let Some(addr) = flags.webhook_listen {
+            given = given.merge(Serialized::default("webhooks.listen", addr));
+        }
         if let Some(format) = flags.log_format {
             given = given.merge(Serialized::default("log.format", format));
         }
@@ -704,6 +881,13 @@ impl Settings {
         }
         let explicit = Explicit {
             admin_listen: given.contains("telemetry.admin_listen"),
+            webhooks_verification: [
+                "webhooks.verify",
+                "webhooks.certificate_file",
+                "webhooks.shared_secret_file",
+            ]
+            .iter()
+            .any(|k| given.contains(k)),
         };
         let fig = Figment::from(Serialized::defaults(Settings::default())).merge(given);
         let mut settings: Settings = fig.extract().map_err(Box::new)?;
@@ -845,10 +1029,52 @@ impl Settings {
                 "mTLS needs tls.cert_file and tls.key_file",
             ));
         }
+        self.validate_webhooks()?;
+        if self.events.max_subscribers_per_caller > self.events.max_subscribers {
+            return Err(invalid(
+                "events.max_subscribers_per_caller",
+                "must be at most events.max_subscribers",
+            ));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", e.to_string()));
         }
         Ok(())
+    }
+
+    fn validate_webhooks(&self) -> Result<(), ConfigError> {
+        let w = &self.webhooks;
+        if let Some(url) = &w.forward_url {
+            let u = reqwest::Url::parse(url)
+                .map_err(|e| invalid("webhooks.forward_url", e.to_string()))?;
+            if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+                return Err(invalid(
+                    "webhooks.forward_url",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
+        if w.audience.trim().is_empty() {
+            return Err(invalid("webhooks.audience", "must not be empty"));
+        }
+        if w.listen.is_none() && !self.sandbox.enabled {
+            return Ok(());
+        }
+        // The sandbox trusts its own emulator unless told how to verify.
+        let sandbox_trust = self.sandbox.enabled && !self.explicit.webhooks_verification;
+        match w.verify {
+            WebhookVerify::SignedToken if w.certificate_file.is_none() && !sandbox_trust => {
+                Err(invalid(
+                    "webhooks.certificate_file",
+                    "webhooks.verify = \"signed-token\" needs CorrigoPro's certificate (PEM), downloaded from the integration's settings page",
+                ))
+            }
+            WebhookVerify::SharedSecret if w.shared_secret_file.is_none() => Err(invalid(
+                "webhooks.shared_secret_file",
+                "webhooks.verify = \"shared-secret\" needs the file that holds the secret",
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn validate_auth(&self) -> Result<(), ConfigError> {

@@ -29,6 +29,8 @@ pub mod config;
 #[cfg(feature = "server")]
 pub mod domain;
 #[cfg(feature = "server")]
+pub mod events;
+#[cfg(feature = "server")]
 pub mod limits;
 #[cfg(feature = "server")]
 pub mod listener;
@@ -56,3 +58,5 @@ pub mod telemetry;
 pub mod tls;
 #[cfg(feature = "server")]
 pub mod upstream;
+#[cfg(feature = "server")]
+pub mod webhooks;

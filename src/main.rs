@@ -53,6 +53,10 @@ struct Cli {
     /// Where the admin (metrics) server listens (setting `telemetry.admin_listen`).
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<SocketAddr>,
+    /// Where the webhook listener (CorrigoPro's notifications) listens (setting
+    /// `webhooks.listen`; off when unset, except with --sandbox).
+    #[arg(long, value_name = "ADDR")]
+    webhook_listen: Option<SocketAddr>,
     /// The upstream Direct API base URL (setting `upstream.base_url`).
     #[arg(long, value_name = "URL")]
     upstream_base_url: Option<String>,
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
         upstream_base_url: cli.upstream_base_url.clone(),
         log_format: cli.log_format,
         admin_listen: cli.admin_listen,
+        webhook_listen: cli.webhook_listen,
         sandbox: cli.sandbox,
     };
     let settings = match Settings::load(cli.config.as_deref(), &flags) {
@@ -149,6 +154,7 @@ async fn run(mut settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
             max_file_bytes: settings.limits.max_upload_bytes,
             seed: true,
             faults: None,
+            notification_retry_minute: settings.sandbox.notification_retry_minute,
         })
         .await
         .map_err(|e| {
@@ -166,6 +172,10 @@ async fn run(mut settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     let listeners = server::Listeners::bind(&settings).await?;
     let addr = listeners.grpc.local_addr()?;
     let admin = listeners.admin.as_ref().and_then(|l| l.local_addr().ok());
+    let webhooks = listeners
+        .webhooks
+        .as_ref()
+        .and_then(|l| l.local_addr().ok());
     tracing::info!(%addr, upstream = %redact_url(&settings.upstream.base_url), "attachment-gateway listening");
     if let Some(sandbox) = &_sandbox {
         let auth = if settings.unauthenticated_allowed() {
@@ -173,7 +183,10 @@ async fn run(mut settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
         } else {
             "on (see the auth.* settings)"
         };
-        print_sandbox_banner(addr, admin, sandbox, auth);
+        if let Some(w) = webhooks {
+            sandbox.deliver_to(format!("http://{w}{}", attachment_gateway::webhooks::PATH));
+        }
+        print_sandbox_banner(addr, admin, webhooks, sandbox, auth);
     }
     server::serve_with(
         settings,
@@ -189,6 +202,7 @@ async fn run(mut settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
 fn print_sandbox_banner(
     addr: SocketAddr,
     admin: Option<SocketAddr>,
+    webhooks: Option<SocketAddr>,
     sandbox: &Sandbox,
     auth: &str,
 ) {
@@ -201,15 +215,26 @@ fn print_sandbox_banner(
         Some(a) => format!("http://{a}/metrics"),
         None => "off".to_string(),
     };
+    let webhooks = match webhooks {
+        Some(w) => format!(
+            "http://{w}{} (the emulator delivers its notifications here)",
+            attachment_gateway::webhooks::PATH
+        ),
+        None => "off".to_string(),
+    };
+    let emulator = sandbox.addr();
     // Never fatal: stdout may be closed (piped to `head`, a finished reader).
     let _ = writeln!(
         std::io::stdout(),
         "attachment-gateway (sandbox) serving gRPC on {addr}\n\
          metrics: {admin}\n\
+         webhooks: {webhooks}\n\
          sandbox upstream (CorrigoPro emulator): {}\n\
          work orders: {work_orders}\n\
          authentication: {auth}\n\
          try:\n  grpcurl -plaintext -d '{{\"work_order_id\": 1001}}' {addr} corrigopro.attachments.v1.AttachmentService/ListAttachments\n\
+         watch events (in another terminal):\n  attachment-gateway watch --addr http://{addr}\n\
+         act as the customer (CorrigoPro notifies the gateway):\n  curl -X POST --data-binary 'hello' 'http://{emulator}/sandbox/customer/work-orders/1001/attachments?name=hello.txt'\n\
          stop with Ctrl-C",
         sandbox.base_url()
     );

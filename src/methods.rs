@@ -105,6 +105,13 @@ pub static METHODS: &[Method] = &[
         RequestSize::Small,
     ),
     rpc(
+        "/corrigopro.attachments.v1.AttachmentService/WatchAttachments",
+        SVC,
+        "WatchAttachments",
+        Access::Read,
+        RequestSize::Small,
+    ),
+    rpc(
         "/grpc.health.v1.Health/Check",
         "grpc.health.v1.Health",
         "Check",

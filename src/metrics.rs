@@ -35,6 +35,16 @@ pub struct LimitLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabel {
     pub listener: String,
 }
@@ -117,6 +127,11 @@ pub struct Metrics {
     pub auth_failures: Family<ReasonLabel, Counter>,
     pub credential_checks: Family<CheckLabel, Counter>,
     pub connections_refused: Family<ListenerLabel, Counter>,
+    pub events_recorded: Family<SourceLabel, Counter>,
+    pub event_record_failures: Family<SourceLabel, Counter>,
+    pub event_subscribers: Gauge,
+    pub event_subscriber_lag: Histogram,
+    pub webhook_requests: Family<OutcomeLabel, Counter>,
     pub connections_timed_out: Family<ListenerLabel, Counter>,
     pub api_key_reload_failures: Counter,
     pub api_key_file_stale_seconds: Gauge,
@@ -144,6 +159,11 @@ impl Metrics {
             auth_failures: Family::default(),
             credential_checks: Family::default(),
             connections_refused: Family::default(),
+            events_recorded: Family::default(),
+            event_record_failures: Family::default(),
+            event_subscribers: Gauge::default(),
+            event_subscriber_lag: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
+            webhook_requests: Family::default(),
             connections_timed_out: Family::default(),
             api_key_reload_failures: Counter::default(),
             api_key_file_stale_seconds: Gauge::default(),
@@ -205,6 +225,31 @@ impl Metrics {
             m.connections_refused.clone(),
         );
         registry.register(
+            "events_recorded",
+            "Attachment events recorded in the event log, by source (gateway, corrigopro)",
+            m.events_recorded.clone(),
+        );
+        registry.register(
+            "event_record_failures",
+            "Attachment events the event log could not take, by source",
+            m.event_record_failures.clone(),
+        );
+        registry.register(
+            "event_subscribers",
+            "WatchAttachments streams open",
+            m.event_subscribers.clone(),
+        );
+        registry.register(
+            "event_subscriber_lag_events",
+            "How many events a watch was behind the log's head when it read",
+            m.event_subscriber_lag.clone(),
+        );
+        registry.register(
+            "webhook_requests",
+            "Requests to the webhook listener, by outcome",
+            m.webhook_requests.clone(),
+        );
+        registry.register(
             "connections_timed_out",
             "Connections closed for saying nothing: no TLS handshake, no first bytes, or idle",
             m.connections_timed_out.clone(),
@@ -234,6 +279,31 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    pub fn events_recorded(&self, source: &str, n: u64) {
+        self.events_recorded
+            .get_or_create(&SourceLabel {
+                source: source.to_string(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn event_record_failed(&self, source: &str) {
+        self.event_record_failures
+            .get_or_create(&SourceLabel {
+                source: source.to_string(),
+            })
+            .inc();
+    }
+
+    /// A webhook request's outcome (one of a fixed set of names).
+    pub fn webhook(&self, outcome: &'static str) {
+        self.webhook_requests
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
     }
 
     pub fn connection_refused(&self, listener: &str) {

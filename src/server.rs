@@ -14,9 +14,12 @@ use tonic_health::ServingStatus;
 
 use crate::admin::Readiness;
 use crate::api::writes::Writes;
-use crate::api::{AttachmentApi, Bounds, Downloads, Timeouts, UploadLimits, Uploads};
+use crate::api::{
+    AttachmentApi, Bounds, Downloads, Paths, Timeouts, UploadLimits, Uploads, WatchLimits, Watches,
+};
 use crate::auth::{AuthConfig, Authenticator};
 use crate::config::Settings;
+use crate::events::Recorder;
 use crate::limits::{CallerLimits, Concurrency, UpstreamBudget};
 use crate::listener::ConnLimits;
 use crate::metrics::Metrics;
@@ -27,8 +30,10 @@ use crate::middleware::observe::ObserveLayer;
 use crate::middleware::rate_limit::RateLimit;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::wire::attachment_service_server::AttachmentServiceServer;
+use crate::store::events::{MemoryEventLog, Retention, SharedLog};
 use crate::store::writes::MemoryWrites;
 use crate::upstream::{Upstream, UpstreamError};
+use crate::webhooks::Webhooks;
 
 /// The health service name that stays SERVING until the process exits, for
 /// liveness probes; `""` and the AttachmentService turn NOT_SERVING on shutdown.
@@ -69,6 +74,12 @@ pub enum ServeError {
         "cannot listen on the admin address {0}: {1} (choose another with --admin-listen or ATTACHMENT_GATEWAY_TELEMETRY__ADMIN_LISTEN; port 0 picks a free one)"
     )]
     Admin(std::net::SocketAddr, std::io::Error),
+    #[error(
+        "cannot listen on the webhook address {0}: {1} (choose another with --webhook-listen or ATTACHMENT_GATEWAY_WEBHOOKS__LISTEN; port 0 picks a free one)"
+    )]
+    Webhooks(std::net::SocketAddr, std::io::Error),
+    #[error("webhooks: {0}")]
+    WebhookSetup(String),
 }
 
 /// The sockets the gateway serves on. All of them are bound before anything says
@@ -77,6 +88,8 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// The admin HTTP port (`/metrics`, probes); none when turned off.
     pub admin: Option<TcpListener>,
+    /// CorrigoPro's notifications (`/webhooks/corrigopro`); none when turned off.
+    pub webhooks: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -93,8 +106,23 @@ impl Listeners {
         Ok(Self {
             grpc,
             admin: bind_admin(settings).await?,
+            webhooks: bind_webhooks(settings).await?,
         })
     }
+}
+
+/// The webhook listener: `webhooks.listen`; with `--sandbox` and none set, a free
+/// loopback port (the emulator delivers its notifications there).
+async fn bind_webhooks(settings: &Settings) -> Result<Option<TcpListener>, ServeError> {
+    let addr = match settings.webhooks.listen {
+        Some(a) => a,
+        None if settings.sandbox.enabled => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        None => return Ok(None),
+    };
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|e| ServeError::Webhooks(addr, e))
 }
 
 /// The admin listener. An address set explicitly must be bound. With `--sandbox`,
@@ -146,6 +174,7 @@ pub async fn serve_with(
     let Listeners {
         grpc: listener,
         admin,
+        webhooks,
     } = listeners;
     crate::upstream::install_crypto_provider();
     let budget = Arc::new(UpstreamBudget::new(&settings.rate_limit));
@@ -160,6 +189,30 @@ pub async fn serve_with(
         Arc::new(MemoryWrites::new(settings.upstream.idempotency_ttl)),
         settings.upstream.idempotency_ttl,
         settings.upstream.idempotency_lease,
+    );
+    let ev = &settings.events;
+    let log: SharedLog = Arc::new(MemoryEventLog::new(Retention {
+        max_events: ev.max_events as usize,
+        max_age: ev.max_age,
+        dedupe_ttl: settings.webhooks.dedupe_ttl,
+        max_dedupe_keys: settings.webhooks.max_dedupe_keys as usize,
+    }));
+    let recorder = Recorder::new(Arc::clone(&log), Arc::clone(&metrics));
+    let watches = Watches::new(
+        Arc::clone(&log),
+        WatchLimits {
+            heartbeat: ev.heartbeat_interval,
+            buffer: ev.subscriber_buffer as usize,
+            stall_timeout: ev.subscriber_stall_timeout,
+        },
+        Concurrency::new(
+            "concurrent_watches",
+            "concurrent_watches_per_caller",
+            ev.max_subscribers as usize,
+            ev.max_subscribers_per_caller as usize,
+        ),
+        Arc::clone(&metrics),
+        cut.clone(),
     );
     let l = &settings.limits;
     let r = &settings.rate_limit;
@@ -181,6 +234,7 @@ pub async fn serve_with(
         ),
         bounds.clone(),
         writes.clone(),
+        recorder.clone(),
         Arc::clone(&metrics),
     );
     let downloads = Downloads::new(
@@ -202,10 +256,29 @@ pub async fn serve_with(
             transfer: settings.upstream.transfer_timeout,
         },
         bounds,
-        writes,
-        uploads,
-        downloads,
+        Paths {
+            writes,
+            uploads,
+            downloads,
+            watches,
+            events: recorder.clone(),
+        },
     );
+    if let Some(listener) = webhooks {
+        let trusted_pem = (settings.sandbox.enabled && !settings.explicit.webhooks_verification)
+            .then_some(crate::sandbox::NOTIFIER_CERT_PEM);
+        let hooks = Webhooks::new(
+            &settings.webhooks,
+            trusted_pem,
+            recorder,
+            Arc::clone(&metrics),
+        )
+        .map_err(ServeError::WebhookSetup)?;
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, path = crate::webhooks::PATH, "webhooks on http://{addr}{}", crate::webhooks::PATH);
+        }
+        hooks.serve(listener);
+    }
     let max_message = usize::try_from(settings.limits.max_chunk_bytes)
         .unwrap_or(usize::MAX)
         .saturating_add(MESSAGE_OVERHEAD);

@@ -117,6 +117,7 @@ async fn spans_reach_an_otlp_receiver_and_metrics_count_calls() {
         server::Listeners {
             grpc: listener,
             admin: Some(admin),
+            webhooks: None,
         },
         Arc::new(Metrics::new()),
         async move {

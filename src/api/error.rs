@@ -73,6 +73,19 @@ pub enum Error {
     /// A download ended before the length its headers announced.
     #[error("the download ended after {received} of {expected} bytes")]
     DownloadTruncated { received: u64, expected: u64 },
+    /// A watch's cursor is older than the events retained (or from a log that lost
+    /// its events): the subscriber must resync.
+    #[error("the cursor is older than the events the gateway retains")]
+    CursorExpired,
+    /// The event log could not be read or written.
+    #[error("the event log is unavailable: {0}")]
+    EventLogUnavailable(String),
+    /// A watch under way could not read on; resume after `resume_after`.
+    #[error("the watch was interrupted: {why}")]
+    WatchInterrupted { resume_after: String, why: String },
+    /// A watch's subscriber stopped reading; resume after `resume_after`.
+    #[error("the subscriber stopped reading")]
+    SubscriberStalled { resume_after: String },
     /// The caller's stream sent nothing for too long.
     #[error("waited {waited:?} for {what}")]
     StreamIdle {
@@ -123,6 +136,9 @@ impl Error {
             Self::UploadUnconfirmed => Code::Internal,
             Self::DownloadTruncated { .. } => Code::DataLoss,
             Self::StreamIdle { .. } => Code::DeadlineExceeded,
+            Self::CursorExpired => Code::OutOfRange,
+            Self::EventLogUnavailable(_) | Self::WatchInterrupted { .. } => Code::Unavailable,
+            Self::SubscriberStalled { .. } => Code::Aborted,
             Self::Internal(_) => Code::Internal,
             Self::Stream(s) => s.code(),
         }
@@ -325,6 +341,39 @@ impl From<Error> for Status {
             )
             .meta("received_bytes", received.to_string())
             .meta("expected_bytes", expected.to_string())
+            .build(),
+            Error::CursorExpired => Parts::new(
+                Code::OutOfRange,
+                "CURSOR_EXPIRED",
+                "after_event_id is older than the events the gateway retains: list the work orders again (ListAttachments), then watch from now (no after_event_id)",
+                "true",
+            )
+            .build(),
+            Error::EventLogUnavailable(why) => Parts::new(
+                Code::Unavailable,
+                "EVENT_LOG_UNAVAILABLE",
+                format!("the event log is unavailable: {why}"),
+                "true",
+            )
+            .retry_after(Duration::from_secs(1))
+            .build(),
+            Error::WatchInterrupted { resume_after, why } => Parts::new(
+                Code::Unavailable,
+                "EVENT_LOG_UNAVAILABLE",
+                format!("the watch was interrupted ({why}); resume after resume_after_event_id"),
+                "true",
+            )
+            .meta("resume_after_event_id", resume_after)
+            .retry_after(Duration::from_secs(1))
+            .build(),
+            Error::SubscriberStalled { resume_after } => Parts::new(
+                Code::Aborted,
+                "SUBSCRIBER_STALLED",
+                "the watch stopped reading for too long and was ended; resume after resume_after_event_id",
+                "true",
+            )
+            .meta("resume_after_event_id", resume_after)
+            .retry_after(Duration::ZERO)
             .build(),
             Error::StreamIdle { waited, what } => Parts::new(
                 Code::DeadlineExceeded,
@@ -643,6 +692,15 @@ mod tests {
                 waited: Duration::from_secs(10),
                 what: "the metadata message",
             },
+            Error::CursorExpired,
+            Error::EventLogUnavailable("down".into()),
+            Error::WatchInterrupted {
+                resume_after: "ab-1".into(),
+                why: "down".into(),
+            },
+            Error::SubscriberStalled {
+                resume_after: "ab-1".into(),
+            },
             Error::Internal("a broken invariant"),
             Error::Stream(Status::cancelled("reset by the caller")),
         ];
@@ -660,6 +718,10 @@ mod tests {
                 | Error::UploadUnconfirmed
                 | Error::DownloadTruncated { .. }
                 | Error::StreamIdle { .. }
+                | Error::CursorExpired
+                | Error::EventLogUnavailable(_)
+                | Error::WatchInterrupted { .. }
+                | Error::SubscriberStalled { .. }
                 | Error::Internal(_)
                 | Error::Stream(_) => {}
             }

@@ -9,6 +9,7 @@ pub mod deadline;
 mod download;
 pub mod error;
 mod upload;
+mod watch;
 pub mod writes;
 
 use std::sync::Arc;
@@ -20,16 +21,19 @@ use self::deadline::deadline;
 pub use self::download::{DownloadStream, Downloads};
 pub use self::error::{Error, Op};
 pub use self::upload::{UploadLimits, Uploads};
+pub use self::watch::{WatchLimits, WatchStream, Watches};
 use self::writes::Writes;
 use crate::auth::Caller;
 use crate::domain::{AttachmentRemoval, AttachmentUpdate, UpstreamName};
+use crate::events::Recorder;
 use crate::proto::wire::attachment_service_server::AttachmentService;
 use crate::proto::wire::{
     DeleteAttachmentRequest, DeleteAttachmentResponse, DownloadAttachmentRequest,
     GetDownloadUrlRequest, GetDownloadUrlResponse, ListAttachmentsRequest, ListAttachmentsResponse,
     UpdateAttachmentRequest, UpdateAttachmentResponse, UploadAttachmentRequest,
-    UploadAttachmentResponse,
+    UploadAttachmentResponse, WatchAttachmentsRequest,
 };
+use crate::proto::{Attachment, AttachmentEventType};
 use crate::store::writes::{Fingerprint, WriteKey};
 use crate::upstream::Upstream;
 
@@ -42,31 +46,30 @@ pub struct Timeouts {
     pub transfer: std::time::Duration,
 }
 
+/// The paths of the service, each with what it needs.
+pub struct Paths {
+    pub writes: Writes,
+    pub uploads: Uploads,
+    pub downloads: Downloads,
+    pub watches: Watches,
+    /// Records the gateway's own writes as events.
+    pub events: Recorder,
+}
+
 pub struct AttachmentApi {
     upstream: Arc<Upstream>,
     timeouts: Timeouts,
     bounds: Bounds,
-    writes: Writes,
-    uploads: Uploads,
-    downloads: Downloads,
+    paths: Paths,
 }
 
 impl AttachmentApi {
-    pub fn new(
-        upstream: Arc<Upstream>,
-        timeouts: Timeouts,
-        bounds: Bounds,
-        writes: Writes,
-        uploads: Uploads,
-        downloads: Downloads,
-    ) -> Self {
+    pub fn new(upstream: Arc<Upstream>, timeouts: Timeouts, bounds: Bounds, paths: Paths) -> Self {
         Self {
             upstream,
             timeouts,
             bounds,
-            writes,
-            uploads,
-            downloads,
+            paths,
         }
     }
 }
@@ -132,6 +135,7 @@ impl AttachmentService for AttachmentApi {
         let deadline = deadline(request.metadata(), self.timeouts.transfer);
         let caller = caller(&request);
         let r = self
+            .paths
             .uploads
             .run(caller, request.into_inner(), deadline)
             .await?;
@@ -197,7 +201,7 @@ impl AttachmentService for AttachmentApi {
         let target = convert::attachment_ref(r.work_order_id, &r.attachment_id)?;
         record_work_order(r.work_order_id);
         Ok(Response::new(
-            self.downloads.open(&caller, target, deadline).await?,
+            self.paths.downloads.open(&caller, target, deadline).await?,
         ))
     }
 
@@ -212,11 +216,12 @@ impl AttachmentService for AttachmentApi {
         let u = convert::update(r)?;
         let wo = u.target.work_order_id.get();
         record_work_order(wo);
-        let message_id = self
+        let (message_id, replayed) = self
+            .paths
             .writes
             .once(
                 &self.bounds,
-                write_key(caller, "update", wo, caller_message_id),
+                write_key(Arc::clone(&caller), "update", wo, caller_message_id),
                 update_fingerprint(&u),
                 &u.message_id,
                 deadline,
@@ -224,6 +229,24 @@ impl AttachmentService for AttachmentApi {
                 self.upstream.update(&u),
             )
             .await?;
+        if !replayed {
+            let changed = Attachment {
+                attachment_id: u.target.attachment_id.as_str().to_string(),
+                name: u.name.as_str().to_string(),
+                document_type: u.document_type.map_or(0, |d| d as i32),
+                ..Attachment::default()
+            };
+            self.paths
+                .events
+                .gateway_write(
+                    AttachmentEventType::Updated,
+                    wo,
+                    changed,
+                    &caller,
+                    &message_id,
+                )
+                .await;
+        }
         Ok(Response::new(UpdateAttachmentResponse { message_id }))
     }
 
@@ -238,11 +261,12 @@ impl AttachmentService for AttachmentApi {
         let d = convert::removal(r)?;
         let wo = d.target.work_order_id.get();
         record_work_order(wo);
-        let message_id = self
+        let (message_id, replayed) = self
+            .paths
             .writes
             .once(
                 &self.bounds,
-                write_key(caller, "delete", wo, caller_message_id),
+                write_key(Arc::clone(&caller), "delete", wo, caller_message_id),
                 delete_fingerprint(&d),
                 &d.message_id,
                 deadline,
@@ -250,6 +274,37 @@ impl AttachmentService for AttachmentApi {
                 self.upstream.delete(&d),
             )
             .await?;
+        if !replayed {
+            let removed = Attachment {
+                attachment_id: d.target.attachment_id.as_str().to_string(),
+                ..Attachment::default()
+            };
+            self.paths
+                .events
+                .gateway_write(
+                    AttachmentEventType::Removed,
+                    wo,
+                    removed,
+                    &caller,
+                    &message_id,
+                )
+                .await;
+        }
         Ok(Response::new(DeleteAttachmentResponse { message_id }))
+    }
+
+    type WatchAttachmentsStream = WatchStream;
+
+    async fn watch_attachments(
+        &self,
+        request: Request<WatchAttachmentsRequest>,
+    ) -> Result<Response<Self::WatchAttachmentsStream>, Status> {
+        let caller = caller(&request);
+        let stream = self
+            .paths
+            .watches
+            .open(&caller, request.into_inner())
+            .await?;
+        Ok(Response::new(stream))
     }
 }

@@ -27,6 +27,7 @@ use super::deadline::Bounds;
 use super::error::{Error, Op};
 use super::writes::{Start, Writes};
 use crate::domain::{NewAttachment, UpstreamName};
+use crate::events::Recorder;
 use crate::limits::Concurrency;
 use crate::metrics::Metrics;
 use crate::proto::wire::upload_attachment_request::Payload;
@@ -208,6 +209,8 @@ pub struct Uploads {
     slots: Arc<Concurrency>,
     /// One permit per upload byte held in memory.
     bytes: Arc<Semaphore>,
+    /// Records each upload as an event.
+    events: Recorder,
 }
 
 /// An upload's digest for the record of writes: every metadata field that makes
@@ -237,10 +240,12 @@ impl Uploads {
         slots: Arc<Concurrency>,
         bounds: Bounds,
         writes: Writes,
+        events: Recorder,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             upstream,
+            events,
             bytes: Arc::new(Semaphore::new(
                 limits.max_inflight_upload_bytes.min(Semaphore::MAX_PERMITS),
             )),
@@ -327,6 +332,7 @@ impl Uploads {
         })?;
         self.metrics.uploads_in_flight.inc();
         let _in_flight = InFlight(&self.metrics);
+        let caller_id = caller.to_string();
         let key = (!caller_message_id.is_empty()).then(|| WriteKey {
             caller,
             call: "upload",
@@ -342,6 +348,23 @@ impl Uploads {
             Start::Go(g) => g,
         };
         let answer = self.forward(stream, &attachment, sent).await?;
+        let added = crate::proto::Attachment {
+            attachment_id: answer.attachment_id.clone(),
+            name: attachment.name.as_str().to_string(),
+            mime_type: attachment.mime_type.as_str().to_string(),
+            size_bytes: answer.size_bytes,
+            document_type: attachment.document_type.map_or(0, |d| d as i32),
+            ..Default::default()
+        };
+        self.events
+            .gateway_write(
+                crate::proto::AttachmentEventType::Added,
+                attachment.work_order_id.get(),
+                added,
+                &caller_id,
+                &answer.message_id,
+            )
+            .await;
         if let Some(g) = guard {
             g.complete(Outcome::Upload {
                 attachment_id: answer.attachment_id.clone(),

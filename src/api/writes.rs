@@ -16,6 +16,9 @@ use crate::domain::MessageId;
 use crate::store::writes::{Begin, Fingerprint, LeaseToken, Outcome, WriteKey, WriteStore};
 use crate::upstream::UpstreamError;
 
+/// Whether a write was answered from the record (done before) rather than run.
+pub type Replayed = bool;
+
 /// How a remembered write starts.
 pub enum Start {
     /// Done before, by the same caller with the same request: answer as then.
@@ -96,9 +99,9 @@ impl Writes {
         deadline: Instant,
         what: &'static str,
         fut: impl Future<Output = Result<Option<String>, UpstreamError>>,
-    ) -> Result<String, Error> {
+    ) -> Result<(String, Replayed), Error> {
         let guard = match self.begin(key, fingerprint, "message_id").await? {
-            Start::Replay(Outcome::MessageId(m)) => return Ok(m),
+            Start::Replay(Outcome::MessageId(m)) => return Ok((m, true)),
             // Another call's outcome under this key: the call is part of the key,
             // so the store gave back something it was not asked for.
             Start::Replay(Outcome::Upload { .. }) => {
@@ -112,7 +115,7 @@ impl Writes {
         if let Some(g) = guard {
             g.complete(Outcome::MessageId(message_id.clone())).await;
         }
-        Ok(message_id)
+        Ok((message_id, false))
     }
 }
 

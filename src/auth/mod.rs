@@ -7,7 +7,7 @@ mod api_keys;
 mod cache;
 mod jwt;
 mod mtls;
-mod throttle;
+pub(crate) mod throttle;
 
 use std::fmt;
 use std::net::IpAddr;

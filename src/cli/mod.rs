@@ -11,6 +11,7 @@
 mod commands;
 mod download;
 mod output;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -170,6 +171,19 @@ pub enum Command {
         #[arg(long, value_parser = visibility_arg())]
         visibility: Option<MessageVisibility>,
     },
+    /// Print attachment events as they happen (customers' changes and this
+    /// gateway's writes); resumes by itself after a dropped connection.
+    Watch {
+        #[command(flatten)]
+        conn: Conn,
+        /// Only this work order's events (repeat for several; default: all).
+        #[arg(long = "work-order", value_name = "ID")]
+        work_orders: Vec<i64>,
+        /// Start after this event id (a printed `[…]` id, or the one printed at
+        /// Ctrl-C); default: from now.
+        #[arg(long, value_name = "EVENT_ID")]
+        from: Option<String>,
+    },
     /// Delete an attachment.
     Delete {
         #[command(flatten)]
@@ -237,6 +251,11 @@ async fn connect(c: &Conn) -> Result<GatewayClient, ClientError> {
 /// Runs one subcommand; its output goes to stdout, errors to stderr.
 pub async fn run(cmd: Command) -> ExitCode {
     let (conn, result) = match cmd {
+        Command::Watch {
+            conn,
+            work_orders,
+            from,
+        } => return watch::run(&conn, work_orders, from).await,
         Command::Upload {
             conn,
             work_order,

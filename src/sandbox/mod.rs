@@ -7,6 +7,8 @@
 //! integration tests use. It listens on loopback only.
 
 mod contract;
+mod customer;
+pub mod notifier;
 mod routes;
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +28,11 @@ use crate::secret::Secret;
 pub const CLIENT_ID: &str = "sandbox-client";
 /// The sandbox's client secret.
 pub const CLIENT_SECRET: &str = "sandbox-secret";
+/// The certificate of the key the sandbox signs its notifications with: trusted
+/// by the gateway in sandbox mode. Public; protects nothing outside the sandbox.
+pub const NOTIFIER_CERT_PEM: &str = include_str!("keys/notifier-cert.pem");
+/// The sandbox's notification signing key (PKCS#8). Public on purpose.
+pub const NOTIFIER_KEY_PEM: &str = include_str!("keys/notifier-key.pem");
 /// The path prefix of the API, as in the production base URL (`…/Direct`).
 pub const API_PREFIX: &str = "/Direct";
 
@@ -39,6 +46,8 @@ pub struct SandboxConfig {
     pub seed: bool,
     /// Faults to inject (tests); none by default.
     pub faults: Option<Faults>,
+    /// How long a "minute" of the notification retry schedule lasts.
+    pub notification_retry_minute: Duration,
 }
 
 /// Seeded, reproducible faults for reliability tests.
@@ -63,6 +72,7 @@ impl Default for SandboxConfig {
             max_file_bytes: contract::MAX_FILE_BYTES,
             seed: true,
             faults: None,
+            notification_retry_minute: Duration::from_secs(1),
         }
     }
 }
@@ -132,6 +142,9 @@ pub(crate) struct State {
     tokens: Mutex<HashMap<String, tokio::time::Instant>>,
     counters: Counters,
     rng: Mutex<fastrand::Rng>,
+    notifier: Arc<notifier::Notifier>,
+    /// The id of the next work order the customer creates.
+    next_work_order: std::sync::atomic::AtomicI64,
 }
 
 impl State {
@@ -219,6 +232,10 @@ impl Sandbox {
                 });
             }
         }
+        let notifier = Arc::new(
+            notifier::Notifier::new(NOTIFIER_KEY_PEM, cfg.notification_retry_minute)
+                .map_err(std::io::Error::other)?,
+        );
         let state = Arc::new(State {
             base_url: format!("http://{addr}"),
             link_key: uuid::Uuid::new_v4().to_string(),
@@ -229,6 +246,8 @@ impl Sandbox {
             work_orders: Mutex::new(orders),
             tokens: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            notifier,
+            next_work_order: std::sync::atomic::AtomicI64::new(2001),
         });
         let app = routes::router(Arc::clone(&state));
         let (stop, stopped) = oneshot::channel::<()>();
@@ -290,6 +309,16 @@ impl Sandbox {
             downloads_with_credentials: g(&c.downloads_with_credentials),
             faults_injected: g(&c.faults_injected),
         }
+    }
+
+    /// Sends the emulator's notifications to `url` (the gateway's webhook URL).
+    pub fn deliver_to(&self, url: String) {
+        self.state.notifier.deliver_to(url);
+    }
+
+    /// The notifications sent so far and their outcomes.
+    pub fn deliveries(&self) -> Vec<notifier::Delivery> {
+        self.state.notifier.deliveries()
     }
 
     /// The attachments of a work order (empty when it does not exist).

@@ -38,6 +38,7 @@ pub(super) fn router(state: Arc<State>) -> Router {
         )
         .route("/files/{id}", get(file))
         .layer(DefaultBodyLimit::disable())
+        .merge(super::customer::routes(state.cfg.max_file_bytes))
         .with_state(state)
 }
 

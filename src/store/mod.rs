@@ -1,8 +1,10 @@
 //! State that replicas must share to act as one gateway, behind one interface per
 //! use, each with an in-process backend (the default, for one replica).
 //!
-//! - [`writes`]: writes remembered by the caller's message id (idempotency).
+//! - [`writes`]: writes remembered by the caller's message id (idempotency);
+//! - [`events`]: the log of attachment events that watches read.
 
+pub mod events;
 pub mod writes;
 
 /// A shared store could not be reached or answered something unusable.

@@ -5,7 +5,7 @@ pub mod answers;
 pub mod auth;
 mod body;
 pub mod error;
-mod json;
+pub(crate) mod json;
 pub mod link_guard;
 mod list_reader;
 pub mod model;

@@ -47,6 +47,31 @@ impl Gateway {
         }
     }
 
+    /// Starts a gateway on the listeners given, with these metrics.
+    pub async fn start_with(
+        settings: Settings,
+        listeners: server::Listeners,
+        metrics: std::sync::Arc<attachment_gateway::metrics::Metrics>,
+    ) -> Self {
+        let addr = listeners.grpc.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let join = tokio::spawn(server::serve_with(
+            settings,
+            listeners,
+            metrics,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let client = connect(addr).await;
+        Self {
+            addr,
+            client,
+            stop: Some(stop),
+            join: Some(join),
+        }
+    }
+
     /// Sends the shutdown signal (as SIGTERM would).
     pub fn shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -117,6 +142,55 @@ pub async fn with_sandbox_and(
     tweak(&mut s);
     let gateway = Gateway::start(s).await;
     SandboxedGateway { sandbox, gateway }
+}
+
+/// A sandbox upstream, a gateway with its webhook listener, the sandbox
+/// delivering its notifications there, and the gateway's metrics.
+pub struct Hooked {
+    pub sandbox: Sandbox,
+    pub gateway: Gateway,
+    /// The webhook URL (`http://…/webhooks/corrigopro`).
+    pub webhook_url: String,
+    pub metrics: std::sync::Arc<attachment_gateway::metrics::Metrics>,
+}
+
+pub async fn with_webhooks(tweak: impl FnOnce(&mut Settings)) -> Hooked {
+    with_webhooks_and(SandboxConfig::default(), tweak).await
+}
+
+pub async fn with_webhooks_and(cfg: SandboxConfig, tweak: impl FnOnce(&mut Settings)) -> Hooked {
+    attachment_gateway::upstream::install_crypto_provider();
+    let sandbox = Sandbox::start(cfg).await.expect("sandbox");
+    let mut s = base_settings();
+    s.upstream = sandbox.upstream_settings(&s.upstream);
+    // Sandbox mode's defaults: the emulator's certificate is trusted.
+    s.sandbox.enabled = true;
+    tweak(&mut s);
+    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let hooks = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let webhook_url = format!(
+        "http://{}{}",
+        hooks.local_addr().expect("addr"),
+        attachment_gateway::webhooks::PATH
+    );
+    sandbox.deliver_to(webhook_url.clone());
+    let metrics = std::sync::Arc::new(attachment_gateway::metrics::Metrics::new());
+    let gateway = Gateway::start_with(
+        s,
+        server::Listeners {
+            grpc,
+            admin: None,
+            webhooks: Some(hooks),
+        },
+        std::sync::Arc::clone(&metrics),
+    )
+    .await;
+    Hooked {
+        sandbox,
+        gateway,
+        webhook_url,
+        metrics,
+    }
 }
 
 /// Settings pointing at a wiremock server (`/Direct` API, `/oauth/token`).

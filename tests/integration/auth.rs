@@ -731,6 +731,7 @@ async fn a_broken_api_key_file_stops_serving_old_keys_after_max_stale() {
         attachment_gateway::server::Listeners {
             grpc: listener,
             admin: Some(admin),
+            webhooks: None,
         },
         std::sync::Arc::new(attachment_gateway::metrics::Metrics::new()),
         std::future::pending(),
@@ -857,6 +858,7 @@ async fn a_refused_token_is_refused_again_without_a_check() {
         attachment_gateway::server::Listeners {
             grpc,
             admin: Some(admin),
+            webhooks: None,
         },
         std::sync::Arc::new(attachment_gateway::metrics::Metrics::new()),
         std::future::pending(),

@@ -175,10 +175,13 @@ fn read_banner(stdout: std::process::ChildStdout) -> (std::net::SocketAddr, Stri
         banner.push('\n');
         if let Some(rest) = line.strip_prefix("attachment-gateway (sandbox) serving gRPC on ") {
             let addr: std::net::SocketAddr = rest.trim().parse().expect("addr");
-            // Keep reading the rest of the banner.
-            for l in lines.by_ref().take(6).flatten() {
+            // Keep reading the rest of the banner, to its last line.
+            for l in lines.by_ref().map_while(Result::ok) {
                 banner.push_str(&l);
                 banner.push('\n');
+                if l.starts_with("stop with Ctrl-C") {
+                    break;
+                }
             }
             return (addr, banner);
         }

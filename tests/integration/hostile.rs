@@ -190,6 +190,7 @@ async fn random_paths_before_auth_do_not_grow_the_metrics() {
         attachment_gateway::server::Listeners {
             grpc,
             admin: Some(admin),
+            webhooks: None,
         },
         std::sync::Arc::new(attachment_gateway::metrics::Metrics::new()),
         std::future::pending(),
@@ -503,6 +504,7 @@ async fn silent_connections_are_capped_and_timed_out_on_every_port() {
         attachment_gateway::server::Listeners {
             grpc,
             admin: Some(admin),
+            webhooks: None,
         },
         std::sync::Arc::new(attachment_gateway::metrics::Metrics::new()),
         std::future::pending(),

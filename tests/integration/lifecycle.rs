@@ -264,6 +264,7 @@ async fn probes_on_the_admin_port_work_with_mtls_and_follow_the_drain() {
         attachment_gateway::server::Listeners {
             grpc,
             admin: Some(admin),
+            webhooks: None,
         },
         std::sync::Arc::new(attachment_gateway::metrics::Metrics::new()),
         async move {

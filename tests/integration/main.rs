@@ -16,6 +16,7 @@ mod auth;
 mod binary;
 mod callers;
 mod client_lib;
+mod events;
 mod grpcurl;
 mod hostile;
 mod lifecycle;

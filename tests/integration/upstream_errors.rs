@@ -776,6 +776,7 @@ async fn odd_upstream_statuses_are_counted_by_class() {
         attachment_gateway::server::Listeners {
             grpc,
             admin: Some(admin),
+            webhooks: None,
         },
         std::sync::Arc::new(attachment_gateway::metrics::Metrics::new()),
         std::future::pending(),

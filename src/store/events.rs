@@ -1,0 +1,356 @@
+//! The log of attachment events: CorrigoPro's notifications and the gateway's own
+//! writes, in the order they were recorded, read by subscribers from a cursor.
+//!
+//! The log holds each event as its encoded protobuf body (without its id, which
+//! the log assigns), so a backend stores bytes and a subscriber sends them on as
+//! they are. Appends carry an optional dedupe key (a notification's
+//! `Header.MessageId`): a key seen within its TTL appends nothing, so a
+//! redelivered notification is recorded once.
+//!
+//! An event id is opaque to callers and ordered. It names the log's epoch too: a
+//! log that lost its events (the in-process one after a restart) has another
+//! epoch, so an old cursor is refused (OUT_OF_RANGE: resync) instead of silently
+//! skipping what was lost.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::StoreError;
+
+/// An event to append: its work order (for subscribers' filters) and its body.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub work_order_id: i64,
+    pub body: Bytes,
+}
+
+/// An event as recorded.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub id: String,
+    pub work_order_id: i64,
+    pub body: Bytes,
+}
+
+/// A position in the log: after this event (or before the first, `None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub epoch: String,
+    /// The last event passed: its sequence number in the log (0: none yet).
+    pub seq: u64,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Recorded, under these ids.
+    New(Vec<String>),
+    /// The dedupe key was seen within its TTL: nothing recorded.
+    Duplicate,
+}
+
+/// Why a read gave no events.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    /// The cursor is older than what the log retains, or from a log that lost its
+    /// events: the subscriber must resync.
+    #[error("the cursor is older than the events retained")]
+    OutOfRange,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A cursor that is not one of this log's.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("not an event id of this gateway")]
+pub struct BadCursor;
+
+#[tonic::async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Appends `events` together (all or none), unless `dedupe` was seen within
+    /// the dedupe TTL.
+    async fn append(
+        &self,
+        events: Vec<NewEvent>,
+        dedupe: Option<&str>,
+    ) -> Result<Appended, StoreError>;
+
+    /// At most `max` events after `after`, oldest first.
+    async fn read(&self, after: &Cursor, max: usize) -> Result<Vec<Recorded>, ReadError>;
+
+    /// Where "now" is: after the newest event.
+    async fn head(&self) -> Result<Cursor, StoreError>;
+
+    /// Changes (to a counter) whenever events are appended: subscribers wait on it.
+    fn changes(&self) -> watch::Receiver<u64>;
+
+    /// The cursor an event id names.
+    fn cursor(&self, event_id: &str) -> Result<Cursor, BadCursor>;
+
+    /// The event id a cursor names.
+    fn event_id(&self, cursor: &Cursor) -> String;
+}
+
+/// How much the in-process log keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Events kept at most; the oldest go first.
+    pub max_events: usize,
+    /// Events older than this go.
+    pub max_age: Duration,
+    /// How long a dedupe key is remembered (the upstream's redelivery horizon).
+    pub dedupe_ttl: Duration,
+    /// Dedupe keys kept at most; the oldest go first.
+    pub max_dedupe_keys: usize,
+}
+
+struct Entry {
+    seq: u64,
+    at: Instant,
+    work_order_id: i64,
+    body: Bytes,
+}
+
+struct Inner {
+    events: VecDeque<Entry>,
+    /// The sequence number the next event gets (the first is 1).
+    next_seq: u64,
+    dedupe: HashMap<String, Instant>,
+    dedupe_order: VecDeque<(Instant, String)>,
+}
+
+/// The in-process log: the default, for one replica. A restart loses it (and
+/// starts a new epoch, so old cursors are refused, not misread).
+pub struct MemoryEventLog {
+    epoch: String,
+    retention: Retention,
+    inner: Mutex<Inner>,
+    notify: watch::Sender<u64>,
+}
+
+impl MemoryEventLog {
+    pub fn new(retention: Retention) -> Self {
+        Self {
+            epoch: format!("{:x}", uuid::Uuid::new_v4().as_u128() as u64),
+            retention,
+            inner: Mutex::new(Inner {
+                events: VecDeque::new(),
+                next_seq: 1,
+                dedupe: HashMap::new(),
+                dedupe_order: VecDeque::new(),
+            }),
+            notify: watch::channel(0).0,
+        }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, StoreError> {
+        self.inner
+            .lock()
+            .map_err(|_| StoreError("the in-process event log is poisoned".into()))
+    }
+
+    fn trim(&self, g: &mut Inner) {
+        let now = Instant::now();
+        while g.events.len() > self.retention.max_events
+            || g.events
+                .front()
+                .is_some_and(|e| now.duration_since(e.at) > self.retention.max_age)
+        {
+            g.events.pop_front();
+        }
+        while g.dedupe_order.len() > self.retention.max_dedupe_keys
+            || g.dedupe_order
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > self.retention.dedupe_ttl)
+        {
+            if let Some((t, k)) = g.dedupe_order.pop_front()
+                && g.dedupe.get(&k) == Some(&t)
+            {
+                g.dedupe.remove(&k);
+            }
+        }
+    }
+
+    /// Events held now (for metrics and tests).
+    pub fn len(&self) -> usize {
+        self.lock().map(|g| g.events.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[tonic::async_trait]
+impl EventLog for MemoryEventLog {
+    async fn append(
+        &self,
+        events: Vec<NewEvent>,
+        dedupe: Option<&str>,
+    ) -> Result<Appended, StoreError> {
+        let ids = {
+            let mut g = self.lock()?;
+            self.trim(&mut g);
+            let now = Instant::now();
+            if let Some(key) = dedupe {
+                if g.dedupe.contains_key(key) {
+                    return Ok(Appended::Duplicate);
+                }
+                g.dedupe.insert(key.to_string(), now);
+                g.dedupe_order.push_back((now, key.to_string()));
+            }
+            let mut ids = Vec::with_capacity(events.len());
+            for e in events {
+                let seq = g.next_seq;
+                g.next_seq += 1;
+                ids.push(self.event_id(&Cursor {
+                    epoch: self.epoch.clone(),
+                    seq,
+                }));
+                g.events.push_back(Entry {
+                    seq,
+                    at: now,
+                    work_order_id: e.work_order_id,
+                    body: e.body,
+                });
+            }
+            self.trim(&mut g);
+            ids
+        };
+        self.notify.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(Appended::New(ids))
+    }
+
+    async fn read(&self, after: &Cursor, max: usize) -> Result<Vec<Recorded>, ReadError> {
+        if after.epoch != self.epoch {
+            return Err(ReadError::OutOfRange);
+        }
+        let mut g = self.lock()?;
+        self.trim(&mut g);
+        let first = g.events.front().map_or(g.next_seq, |e| e.seq);
+        if after.seq + 1 < first || after.seq >= g.next_seq {
+            // Events after the cursor were dropped; or a cursor from the future.
+            if after.seq + 1 < first {
+                return Err(ReadError::OutOfRange);
+            }
+            return Ok(Vec::new());
+        }
+        let from = (after.seq + 1 - first) as usize;
+        Ok(g.events
+            .iter()
+            .skip(from)
+            .take(max)
+            .map(|e| Recorded {
+                id: format!("{}-{}", self.epoch, e.seq),
+                work_order_id: e.work_order_id,
+                body: e.body.clone(),
+            })
+            .collect())
+    }
+
+    async fn head(&self) -> Result<Cursor, StoreError> {
+        let g = self.lock()?;
+        Ok(Cursor {
+            epoch: self.epoch.clone(),
+            seq: g.next_seq - 1,
+        })
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.notify.subscribe()
+    }
+
+    fn cursor(&self, event_id: &str) -> Result<Cursor, BadCursor> {
+        let (epoch, seq) = event_id.rsplit_once('-').ok_or(BadCursor)?;
+        if epoch.is_empty() || epoch.len() > 32 || !epoch.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(BadCursor);
+        }
+        Ok(Cursor {
+            epoch: epoch.to_string(),
+            seq: seq.parse().map_err(|_| BadCursor)?,
+        })
+    }
+
+    fn event_id(&self, cursor: &Cursor) -> String {
+        format!("{}-{}", cursor.epoch, cursor.seq)
+    }
+}
+
+/// Shared ownership of any log.
+pub type SharedLog = Arc<dyn EventLog>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(max_events: usize) -> MemoryEventLog {
+        MemoryEventLog::new(Retention {
+            max_events,
+            max_age: Duration::from_secs(3600),
+            dedupe_ttl: Duration::from_secs(60),
+            max_dedupe_keys: 100,
+        })
+    }
+
+    fn ev(wo: i64) -> NewEvent {
+        NewEvent {
+            work_order_id: wo,
+            body: Bytes::from(format!("event of {wo}")),
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_after_a_cursor_in_order_and_dedupes() {
+        let l = log(100);
+        let start = l.head().await.unwrap();
+        let Appended::New(ids) = l.append(vec![ev(1), ev(2)], Some("m1")).await.unwrap() else {
+            panic!("new")
+        };
+        assert_eq!(ids.len(), 2);
+        assert_eq!(
+            l.append(vec![ev(9)], Some("m1")).await.unwrap(),
+            Appended::Duplicate
+        );
+        l.append(vec![ev(3)], None).await.unwrap();
+        let all = l.read(&start, 10).await.unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.work_order_id).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        let after_first = l.cursor(&all[0].id).unwrap();
+        let rest = l.read(&after_first, 10).await.unwrap();
+        assert_eq!(rest.len(), 2);
+        assert!(
+            l.read(&l.head().await.unwrap(), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cursor_past_retention_or_of_another_epoch_is_out_of_range() {
+        let l = log(2);
+        let start = l.head().await.unwrap();
+        for wo in 1..=5 {
+            l.append(vec![ev(wo)], None).await.unwrap();
+        }
+        assert!(matches!(
+            l.read(&start, 10).await,
+            Err(ReadError::OutOfRange)
+        ));
+        let other = log(2);
+        let foreign = other.head().await.unwrap();
+        assert!(matches!(
+            l.read(&foreign, 10).await,
+            Err(ReadError::OutOfRange)
+        ));
+        assert!(l.cursor("nonsense").is_err());
+        assert!(l.cursor("zz-1").is_err());
+    }
+}

@@ -1,0 +1,92 @@
+//! Notifications that are not about attachments, sent on unchanged to
+//! `webhooks.forward_url`: the same body bytes, `Content-Type` and `Event-Type`,
+//! and CorrigoPro's own token when it was verified as one (so a receiver that
+//! checks it still can); never the operator's shared secret. The forward's
+//! outcome is CorrigoPro's answer: a receiver that is down gets the notification
+//! again on CorrigoPro's retry schedule.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+
+use super::answer;
+use crate::config::WebhookVerify;
+use crate::metrics::Metrics;
+
+pub struct Forwarder {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    pass_token: bool,
+}
+
+impl Forwarder {
+    pub fn new(url: &str, timeout: Duration, verify: WebhookVerify) -> Result<Self, String> {
+        let url = reqwest::Url::parse(url).map_err(|e| format!("webhooks.forward_url: {e}"))?;
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            // The target is the operator's; a redirect elsewhere is not followed.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("webhooks.forward_url: {e}"))?;
+        Ok(Self {
+            client,
+            url,
+            pass_token: verify == WebhookVerify::SignedToken,
+        })
+    }
+
+    pub async fn forward(&self, m: &Metrics, headers: &HeaderMap, body: Bytes) -> Response {
+        let mut req = self.client.post(self.url.clone()).body(body);
+        let mut pass = vec![header::CONTENT_TYPE];
+        if self.pass_token {
+            pass.push(header::AUTHORIZATION);
+        }
+        for name in pass {
+            if let Some(v) = headers.get(&name) {
+                req = req.header(name, v.clone());
+            }
+        }
+        if let Some(v) = headers.get("event-type") {
+            req = req.header("event-type", v.clone());
+        }
+        match req.send().await {
+            Ok(r) if r.status().is_success() => answer(m, StatusCode::OK, "forwarded", "forwarded"),
+            Ok(r) => {
+                let status = r.status();
+                tracing::warn!(%status, "the forward target refused a notification: CorrigoPro will deliver it again");
+                let code = StatusCode::from_u16(status.as_u16())
+                    .ok()
+                    .filter(|s| s.is_client_error() || s.is_server_error())
+                    .unwrap_or(StatusCode::BAD_GATEWAY);
+                answer(
+                    m,
+                    code,
+                    "forward_refused",
+                    &format!("the forward target answered {}", status.as_u16()),
+                )
+            }
+            Err(e) => {
+                let timeout = e.is_timeout();
+                tracing::warn!(error = %e, "the forward target cannot be reached: CorrigoPro will deliver it again");
+                if timeout {
+                    answer(
+                        m,
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "forward_failed",
+                        "the forward target did not answer in time",
+                    )
+                } else {
+                    answer(
+                        m,
+                        StatusCode::BAD_GATEWAY,
+                        "forward_failed",
+                        "the forward target cannot be reached",
+                    )
+                }
+            }
+        }
+    }
+}

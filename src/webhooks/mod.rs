@@ -1,0 +1,309 @@
+//! The webhook listener: CorrigoPro's notifications in, on a port of its own (the
+//! only one to expose to the internet), path [`PATH`].
+//!
+//! A request is checked in this order, and refused at the first failure, before
+//! its body is read (so a refused `Expect: 100-continue` request never sends it):
+//! the source's budget of failed checks (429), the credential (401, counted by
+//! reason, the token never logged), the declared length (413). Then the body is
+//! read, bounded in size (413) and time (408), and:
+//!
+//! - a notification about attachments becomes events, recorded together and once
+//!   per `Header.MessageId` (a redelivery is acknowledged and records nothing);
+//!   the answer is 2xx only once they are recorded, 503 when they cannot be, so
+//!   CorrigoPro delivers again;
+//! - any other notification is not the gateway's: it goes unchanged to
+//!   `webhooks.forward_url` when set, and CorrigoPro gets the forward's outcome
+//!   (so its retries cover a downstream outage); else it is acknowledged and
+//!   counted. The work-order-received notification is both: its attachments are
+//!   recorded, then it is forwarded.
+
+mod forward;
+pub mod notification;
+pub mod verify;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use sha2::Digest;
+use tokio::net::TcpListener;
+
+use self::forward::Forwarder;
+use self::notification::Notification;
+use self::verify::Verifier;
+use crate::auth::throttle::FailureThrottle;
+use crate::config::{Rate, WebhookSettings, WebhookVerify};
+use crate::events::Recorder;
+use crate::listener::{ConnLimits, PeerInfo};
+use crate::metrics::Metrics;
+use crate::store::events::Appended;
+
+/// The path CorrigoPro posts to.
+pub const PATH: &str = "/webhooks/corrigopro";
+
+/// How long recording a notification's events may take before CorrigoPro is told
+/// to deliver again.
+const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the certificate or secret file is read again (rotation).
+const RELOAD_EVERY: Duration = Duration::from_secs(60);
+
+/// Failed credential checks from one address: past this budget its requests are
+/// refused (429) without a check. In all: a flood from many addresses cannot make
+/// the checks (~0.05 ms of CPU each) cost more than a fraction of a core.
+const FAILED_PER_SOURCE: Rate = Rate { rps: 2, burst: 20 };
+const FAILED_TOTAL: Rate = Rate {
+    rps: 2000,
+    burst: 4000,
+};
+
+/// The webhook side of the gateway: what it needs and nothing of the gRPC side
+/// but the event log's recorder.
+pub struct Webhooks {
+    verifier: Arc<Verifier>,
+    throttle: FailureThrottle,
+    recorder: Recorder,
+    forward: Option<Forwarder>,
+    metrics: Arc<Metrics>,
+    max_body: u64,
+    body_timeout: Duration,
+    limits: ConnLimits,
+}
+
+impl Webhooks {
+    /// From the settings; `trusted_pem` is a certificate trusted when the settings
+    /// name none (the sandbox's).
+    pub fn new(
+        w: &WebhookSettings,
+        trusted_pem: Option<&str>,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let verifier = Arc::new(Verifier::new(w, trusted_pem)?);
+        if w.verify != WebhookVerify::None {
+            crate::periodic::every(&verifier, RELOAD_EVERY, |v| async move { v.reload() });
+        }
+        let forward = match &w.forward_url {
+            Some(url) => Some(Forwarder::new(url, w.forward_timeout, w.verify)?),
+            None => None,
+        };
+        Ok(Self {
+            verifier,
+            throttle: FailureThrottle::new(FAILED_PER_SOURCE, FAILED_TOTAL),
+            recorder,
+            forward,
+            metrics,
+            max_body: w.max_body_bytes,
+            body_timeout: w.body_timeout,
+            limits: ConnLimits {
+                max_connections: w.max_connections as usize,
+                handshake_timeout: w.header_timeout,
+                idle_timeout: w.idle_timeout,
+            },
+        })
+    }
+
+    /// Serves on `listener` until the process ends.
+    pub fn serve(self, listener: TcpListener) {
+        let limits = self.limits;
+        let metrics = Arc::clone(&self.metrics);
+        crate::listener::serve_http("webhooks", listener, self.router(), limits, metrics);
+    }
+
+    /// The routes: [`PATH`] (POST), and 404 for the rest.
+    pub fn router(self) -> axum::Router {
+        let metrics = Arc::clone(&self.metrics);
+        axum::Router::new()
+            .route(PATH, axum::routing::post(handle))
+            .fallback(move || {
+                let metrics = Arc::clone(&metrics);
+                async move {
+                    metrics.webhook("not_found");
+                    (StatusCode::NOT_FOUND, "not found\n")
+                }
+            })
+            .with_state(Arc::new(self))
+    }
+}
+
+/// The answer to CorrigoPro: a status, a short JSON body, and the outcome counted.
+fn answer(m: &Metrics, status: StatusCode, outcome: &'static str, detail: &str) -> Response {
+    m.webhook(outcome);
+    let body = serde_json::json!({"outcome": outcome, "detail": detail}).to_string();
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn handle(
+    State(h): State<Arc<Webhooks>>,
+    peer: Option<axum::Extension<PeerInfo>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let m = &h.metrics;
+    let ip: Option<IpAddr> = peer.and_then(|p| p.0.remote).map(|a| a.ip());
+    if let Err(r) = h.throttle.check(ip) {
+        let mut resp = answer(
+            m,
+            StatusCode::TOO_MANY_REQUESTS,
+            "throttled",
+            &r.description,
+        );
+        if let Ok(v) = HeaderValue::from_str(&r.retry_after.as_secs().max(1).to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return resp;
+    }
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    if let Err(refused) = h.verifier.check(auth, SystemTime::now()) {
+        h.throttle.failed(ip);
+        tracing::info!(reason = refused.label(), remote = ?ip, "webhook request refused");
+        let mut resp = answer(
+            m,
+            StatusCode::UNAUTHORIZED,
+            refused.label(),
+            &refused.to_string(),
+        );
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return resp;
+    }
+    let too_large = format!("the body is larger than {} bytes", h.max_body);
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > h.max_body) {
+        return answer(m, StatusCode::PAYLOAD_TOO_LARGE, "too_large", &too_large);
+    }
+    let body = match tokio::time::timeout(h.body_timeout, read_body(body, h.max_body)).await {
+        Err(_) => {
+            return answer(
+                m,
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the body did not arrive in time",
+            );
+        }
+        Ok(Err(ReadBody::TooLarge)) => {
+            return answer(m, StatusCode::PAYLOAD_TOO_LARGE, "too_large", &too_large);
+        }
+        Ok(Err(ReadBody::Broken)) => {
+            return answer(
+                m,
+                StatusCode::BAD_REQUEST,
+                "broken_body",
+                "the body ended early",
+            );
+        }
+        Ok(Ok(b)) => b,
+    };
+    let event_type = headers
+        .get("event-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    let json = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Object(o)) => o,
+        _ => {
+            return answer(
+                m,
+                StatusCode::BAD_REQUEST,
+                "not_json",
+                "the body is not a JSON object",
+            );
+        }
+    };
+    let hash = hex::encode(sha2::Sha256::digest(&body));
+    let now = SystemTime::now();
+    match notification::classify(&json, event_type, &hash, now) {
+        Err(e) => {
+            tracing::warn!(error = %e, "an attachment notification that cannot be read: refused (CorrigoPro will deliver it again)");
+            answer(m, StatusCode::BAD_REQUEST, "malformed", &e.0)
+        }
+        Ok(Notification::Other) => match &h.forward {
+            Some(f) => f.forward(m, &headers, body).await,
+            None => answer(
+                m,
+                StatusCode::OK,
+                "ignored",
+                "not about attachments; no forward target set",
+            ),
+        },
+        Ok(Notification::Attachments {
+            dedupe,
+            events,
+            also_other,
+        }) => {
+            let n = events.len();
+            let recorded =
+                tokio::time::timeout(RECORD_TIMEOUT, h.recorder.record(events, Some(&dedupe)))
+                    .await;
+            let (outcome, detail) = match recorded {
+                Ok(Ok(Appended::New(_))) => ("recorded", format!("{n} event(s) recorded")),
+                Ok(Ok(Appended::Duplicate)) => ("duplicate", "already recorded".to_string()),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "a notification's events could not be recorded: CorrigoPro will deliver it again");
+                    return answer(
+                        m,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "record_failed",
+                        "the event could not be recorded; deliver again",
+                    );
+                }
+                Err(_) => {
+                    h.metrics.event_record_failed("corrigopro");
+                    tracing::error!(
+                        "recording a notification's events timed out: CorrigoPro will deliver it again"
+                    );
+                    return answer(
+                        m,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "record_failed",
+                        "recording the event timed out; deliver again",
+                    );
+                }
+            };
+            match (&h.forward, also_other) {
+                (Some(f), true) => {
+                    tracing::debug!(outcome, "{detail}; forwarding the notification too");
+                    f.forward(m, &headers, body).await
+                }
+                _ => answer(m, StatusCode::OK, outcome, &detail),
+            }
+        }
+    }
+}
+
+enum ReadBody {
+    TooLarge,
+    Broken,
+}
+
+/// The body, at most `max` bytes.
+async fn read_body(body: Body, max: u64) -> Result<Bytes, ReadBody> {
+    let mut stream = body.into_data_stream();
+    let mut out = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| ReadBody::Broken)?;
+        if (out.len() + chunk.len()) as u64 > max {
+            return Err(ReadBody::TooLarge);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
+}
