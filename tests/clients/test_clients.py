@@ -37,12 +37,13 @@ def free_port() -> int:
 def gateway(tmp_path_factory):
     """The gateway binary with its sandbox upstream, on a free loopback port."""
     port = free_port()
-    log = tmp_path_factory.mktemp("gw") / "gateway.log"
+    logs = tmp_path_factory.mktemp("gw")
+    log = logs / "gateway.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATTACHMENT_GATEWAY_")}
     env["ATTACHMENT_GATEWAY_TELEMETRY__ADMIN_LISTEN"] = "127.0.0.1:0"
-    with open(log, "w") as f:
+    with open(log, "w") as f, open(logs / "banner.txt", "w") as banner:
         proc = subprocess.Popen([GATEWAY_BIN, "--sandbox", "--listen", f"127.0.0.1:{port}"],
-                                env=env, stdout=subprocess.DEVNULL, stderr=f)
+                                env=env, stdout=banner, stderr=f)
     deadline = time.time() + 30
     while time.time() < deadline:
         with socket.socket() as s:
@@ -52,6 +53,19 @@ def gateway(tmp_path_factory):
     yield f"127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def emulator(gateway, tmp_path_factory):
+    """The sandbox emulator's base URL, from the gateway's banner."""
+    banner = next(pathlib.Path(tmp_path_factory.getbasetemp()).glob("gw*/banner.txt"))
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        for line in banner.read_text().splitlines():
+            if line.startswith("sandbox upstream (CorrigoPro emulator): "):
+                return line.split(": ", 1)[1].removesuffix("/Direct")
+        time.sleep(0.05)
+    raise AssertionError(f"no emulator address in the banner: {banner.read_text()}")
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +255,54 @@ def test_cli_shows_progress_on_a_terminal_only(gateway, tmp_path):
     plain = run(*cmd.split())
     assert plain.returncode == 0
     assert "%" not in plain.stderr, "no progress line when stderr is not a terminal"
+
+
+def customer_adds(emulator: str, work_order: int, name: str, content: bytes) -> str:
+    """Acts as the customer in the sandbox: adds an attachment, which CorrigoPro notifies."""
+    import urllib.request
+
+    req = urllib.request.Request(f"{emulator}/sandbox/customer/work-orders/{work_order}/attachments?name={name}",
+                                 data=content, method="POST", headers={"Content-Type": "text/plain"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)["attachment_id"]
+
+
+def test_python_watch_sees_a_customers_attachment_and_the_cli_resumes_from_a_cursor(gateway, emulator, stubs):
+    import grpc
+
+    pb2, pb2_grpc = stubs
+    with grpc.insecure_channel(gateway) as channel:
+        stub = pb2_grpc.AttachmentServiceStub(channel)
+        # As in the README: watch one work order; the first message is a heartbeat
+        # with the cursor to resume from.
+        watch = stub.WatchAttachments(pb2.WatchAttachmentsRequest(work_order_ids=[1005]), timeout=30)
+        first = next(watch)
+        assert first.WhichOneof("payload") == "heartbeat"
+        cursor = first.heartbeat.last_event_id
+        assert cursor
+        added = customer_adds(emulator, 1005, "from-customer.txt", b"hello")
+        for msg in watch:
+            if msg.WhichOneof("payload") == "event":
+                e = msg.event
+                break
+        watch.cancel()
+        assert e.type == pb2.ATTACHMENT_EVENT_TYPE_ADDED
+        assert e.source == pb2.EVENT_SOURCE_CORRIGOPRO
+        assert (e.work_order_id, e.attachment.attachment_id, e.attachment.name) == (1005, added, "from-customer.txt")
+
+    # The CLI, from the cursor taken before the change: it prints that event.
+    proc = subprocess.Popen([GATEWAY_BIN, "watch", "--addr", f"http://{gateway}", "--work-order", "1005",
+                             "--from", cursor, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        event = json.loads(line)
+        assert event["type"] == "ADDED" and event["source"] == "EVENT_SOURCE_CORRIGOPRO"
+        assert event["attachment"]["attachment_id"] == added
+        assert event["event_id"] == e.event_id
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    # A cursor of another gateway's log (or one that restarted): OUT_OF_RANGE, exit 2.
+    r = run(GATEWAY_BIN, "watch", "--addr", f"http://{gateway}", "--from", "abcdef-1", timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert "OutOfRange" in r.stderr and "ListAttachments" in r.stderr, r.stderr

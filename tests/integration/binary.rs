@@ -340,6 +340,11 @@ async fn sandbox_mode_serves_and_stops_on_sigterm() {
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     assert!(banner.contains("1003 (Rejected)"), "{banner}");
     assert!(banner.contains("grpcurl -plaintext"), "{banner}");
+    assert!(banner.contains("webhooks: http://127.0.0.1:"), "{banner}");
+    assert!(
+        banner.contains("/sandbox/customer/work-orders/1001/attachments"),
+        "{banner}"
+    );
 
     let mut client = crate::common::connect(addr).await;
     let list = client
@@ -871,5 +876,55 @@ async fn cli_download_interrupted_leaves_nothing_behind() {
         std::fs::read_dir(&d).expect("dir").count(),
         0,
         "the temporary file is gone"
+    );
+}
+
+#[test]
+fn webhook_settings_say_what_verification_needs() {
+    let creds = [
+        ("ATTACHMENT_GATEWAY_UPSTREAM__CLIENT_ID", "id"),
+        ("ATTACHMENT_GATEWAY_UPSTREAM__CLIENT_SECRET", "secret"),
+        ("ATTACHMENT_GATEWAY_AUTH__ALLOW_UNAUTHENTICATED", "true"),
+    ];
+    // A webhook port without CorrigoPro's certificate: refused, naming the setting.
+    let (code, _, err) = output(
+        gateway()
+            .args(["--check-config", "--webhook-listen", "127.0.0.1:0"])
+            .envs(creds),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("webhooks.certificate_file"), "{err}");
+    // The environment variable the contract names, and shared-secret without its file.
+    let (code, _, err) = output(
+        gateway()
+            .arg("--check-config")
+            .envs(creds)
+            .env("ATTACHMENT_GATEWAY_WEBHOOKS__LISTEN", "127.0.0.1:0")
+            .env("ATTACHMENT_GATEWAY_WEBHOOKS__VERIFY", "shared-secret"),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("webhooks.shared_secret_file"), "{err}");
+    // The sandbox trusts its emulator unless told how to verify.
+    let (code, out, err) = output(gateway().args(["--check-config", "--sandbox"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("[webhooks]"), "{out}");
+    let (code, _, err) = output(
+        gateway()
+            .args(["--check-config", "--sandbox"])
+            .env("ATTACHMENT_GATEWAY_WEBHOOKS__VERIFY", "signed-token"),
+    );
+    assert_eq!(
+        code, 2,
+        "explicit verification needs its certificate: {err}"
+    );
+    let (code, _, err) = output(
+        gateway()
+            .args(["--check-config", "--sandbox"])
+            .env("ATTACHMENT_GATEWAY_WEBHOOKS__VERIFY", "sometimes"),
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("webhooks.verify") || err.contains("sometimes"),
+        "{err}"
     );
 }

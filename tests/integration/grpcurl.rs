@@ -112,6 +112,22 @@ async fn grpcurl_lists_describes_checks_health_and_calls() {
     );
     assert!(out.contains("DOCUMENT_TYPE_PICTURE"), "{out}");
 
+    // A watch (server streaming), open while the upload below happens: grpcurl
+    // prints its heartbeat and the upload's event, then stops at its -max-time.
+    let watch = tokio::spawn(run(
+        vec![
+            "-plaintext".to_string(),
+            "-max-time".into(),
+            "5".into(),
+            "-d".into(),
+            r#"{"work_order_ids": [1005]}"#.into(),
+            addr.clone(),
+            format!("{svc}/WatchAttachments"),
+        ],
+        None,
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+
     // A client-streaming upload from stdin: metadata, then two base64 chunks.
     let input = r#"{"metadata": {"work_order_id": 1005, "name": "hello.txt", "mime_type": "text/plain", "performed_by": {"name": "grpcurl"}}}
 {"chunk": "aGVsbG8g"}
@@ -131,6 +147,11 @@ async fn grpcurl_lists_describes_checks_health_and_calls() {
         out.contains("b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"),
         "{out}"
     );
+    let (_, out) = watch.await.expect("join");
+    assert!(out.contains("\"heartbeat\""), "{out}");
+    assert!(out.contains("\"ATTACHMENT_EVENT_TYPE_ADDED\""), "{out}");
+    assert!(out.contains("\"EVENT_SOURCE_GATEWAY\""), "{out}");
+    assert!(out.contains("\"hello.txt\""), "{out}");
     let stored = h.sandbox.attachments(1005);
     assert_eq!(stored.len(), 1);
     assert_eq!(&stored[0].bytes[..], b"hello world");
