@@ -381,3 +381,102 @@ def test_dockerfile_builds_from_what_it_copies(tmp_path):
         capture_output=True, text=True, timeout=1200,
     )
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_webhooks_have_their_own_port_service_ingress_path_and_secret():
+    default = render(values("default"))
+    assert not [s for s in of_kind(default, "Service") if s["metadata"]["name"].endswith("-webhooks")]
+    assert "listen" not in gateway_toml(default).split("[webhooks]")[1].split("[")[0]
+    docs = render(values("webhooks"))
+    svc = {s["metadata"]["name"]: s for s in of_kind(docs, "Service")}
+    hooks = svc["ag-attachment-gateway-webhooks"]
+    assert [p["targetPort"] for p in hooks["spec"]["ports"]] == ["webhooks"]
+    # The main Service does not carry the webhook port, nor the webhook one the gRPC port.
+    assert "webhooks" not in [p["name"] for p in svc["ag-attachment-gateway"]["spec"]["ports"]]
+    ing = one(docs, "Ingress")
+    paths = ing["spec"]["rules"][0]["http"]["paths"]
+    assert [(p["path"], p["pathType"]) for p in paths] == [("/webhooks/corrigopro", "Exact")]
+    assert paths[0]["backend"]["service"]["name"] == "ag-attachment-gateway-webhooks"
+    dep = one(docs, "Deployment")
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "webhooks", "containerPort": 8081, "protocol": "TCP"} in c["ports"]
+    assert any(m["mountPath"] == "/etc/attachment-gateway/webhooks" for m in c["volumeMounts"])
+    secret = [s for s in of_kind(docs, "Secret") if s["metadata"]["name"] == "ag-attachment-gateway-webhooks"]
+    assert "BEGIN CERTIFICATE" in secret[0]["stringData"]["corrigopro.crt"]
+    toml = gateway_toml(docs)
+    assert 'listen = "0.0.0.0:8081"' in toml
+    assert 'certificate_file = "/etc/attachment-gateway/webhooks/corrigopro.crt"' in toml
+    assert "BEGIN CERTIFICATE" not in toml
+    netpol = one(docs, "NetworkPolicy")
+    assert any(r["ports"][0]["port"] == "webhooks" and "from" not in r for r in netpol["spec"]["ingress"])
+
+
+def test_webhooks_without_a_certificate_or_secret_are_refused():
+    vals = values("webhooks")
+    vals["webhooks"]["certificate"] = ""
+    with pytest.raises(Exception, match="webhooks.certificate"):
+        render(vals)
+    vals["webhooks"]["verify"] = "shared-secret"
+    with pytest.raises(Exception, match="webhooks.sharedSecret"):
+        render(vals)
+    vals["webhooks"]["existingSecret"] = "hooks"
+    docs = render(vals)
+    vols = {v["name"]: v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert vols["webhooks"]["secret"]["secretName"] == "hooks"
+
+
+def test_rendered_webhook_config_verifies_the_sandboxs_notifications(tmp_path):
+    """The rendered config, served by the binary (sandbox upstream): a notification
+    signed by the sandbox's key is recorded; an unsigned one is refused."""
+    docs = render(values("webhooks"))
+    mounts = tmp_path / "etc" / "attachment-gateway"
+    (mounts / "config").mkdir(parents=True)
+    (mounts / "webhooks").mkdir()
+    hooks_port, port = free_port(), free_port()
+    toml = gateway_toml(docs).replace("/etc/attachment-gateway/", f"{mounts}/")
+    toml = toml.replace('listen = "0.0.0.0:8081"', f'listen = "127.0.0.1:{hooks_port}"')
+    toml = "\n".join(l for l in toml.splitlines() if not l.startswith("forward_url"))
+    (mounts / "config" / "gateway.toml").write_text(toml)
+    for s in of_kind(docs, "Secret"):
+        if s["metadata"]["name"].endswith("-webhooks"):
+            (mounts / "webhooks" / "corrigopro.crt").write_text(s["stringData"]["corrigopro.crt"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATTACHMENT_GATEWAY_")}
+    env["ATTACHMENT_GATEWAY_TELEMETRY__ADMIN_LISTEN"] = "127.0.0.1:0"
+    env["ATTACHMENT_GATEWAY_AUTH__ALLOW_UNAUTHENTICATED"] = "true"
+    env["ATTACHMENT_GATEWAY_AUTH__JWT__ENABLED"] = "false"
+    log = tmp_path / "gateway.log"
+    with open(log, "w") as log_file, open(tmp_path / "banner.txt", "w") as banner:
+        proc = subprocess.Popen([GATEWAY_BIN, "--config", str(mounts / "config" / "gateway.toml"), "--sandbox",
+                                 "--listen", f"127.0.0.1:{port}"], env=env, stdout=banner, stderr=log_file)
+    import urllib.error
+    import urllib.request
+
+    try:
+        url = f"http://127.0.0.1:{hooks_port}/webhooks/corrigopro"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST"), timeout=5)
+            except urllib.error.HTTPError as e:
+                status = e.code
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert status == 401, "an unsigned notification is refused"
+        # The emulator signs with the key of the certificate the chart mounted.
+        emulator = next(l.split(": ", 1)[1].removesuffix("/Direct") for l in (tmp_path / "banner.txt").read_text().splitlines()
+                        if l.startswith("sandbox upstream"))
+        req = urllib.request.Request(f"{emulator}/sandbox/customer/work-orders/1001/attachments?name=x.txt",
+                                     data=b"x", method="POST")
+        urllib.request.urlopen(req, timeout=5)
+        import json as _json
+        for _ in range(100):
+            with urllib.request.urlopen(f"{emulator}/sandbox/notifications", timeout=5) as r:
+                d = _json.load(r)
+            if d and d[0]["delivered"]:
+                break
+            time.sleep(0.1)
+        assert d[0]["delivered"] and d[0]["last_outcome"] == "200", d
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert proc.returncode == 0, log.read_text()

@@ -77,3 +77,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $a := int (index . 0) }}{{- $b := int (index . 1) }}
 {{- max 1 (div (add $a (sub $b 1)) $b) }}
 {{- end }}
+
+{{/*
+Whether the pod mounts a webhook certificate or secret.
+*/}}
+{{- define "attachment-gateway.webhookSecretNeeded" -}}
+{{- if and .Values.webhooks.enabled (ne .Values.webhooks.verify "none") -}}true{{- end -}}
+{{- end }}
+
+{{/*
+The Secret holding the webhook certificate or shared secret.
+*/}}
+{{- define "attachment-gateway.webhookSecret" -}}
+{{- default (printf "%s-webhooks" (include "attachment-gateway.fullname" .)) .Values.webhooks.existingSecret -}}
+{{- end }}
