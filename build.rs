@@ -42,6 +42,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".corrigopro.attachments.v1.AttachmentEvent",
             "crate::proto::raw_event::RawEvent",
         )
+        // Small first buffers: an idle watch should not hold 8 KiB; see `proto::codec`.
+        .codec_path("crate::proto::codec::SmallBuffers")
         .out_dir(&wire)
         .compile_fds(fds)?;
     Ok(())

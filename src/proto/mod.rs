@@ -10,6 +10,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("attachments_descriptor");
 
 #[cfg(feature = "server")]
+pub mod codec;
+#[cfg(feature = "server")]
 pub mod raw_event;
 #[cfg(feature = "server")]
 pub mod struct_wire;

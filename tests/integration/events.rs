@@ -883,3 +883,30 @@ async fn an_attachment_notification_missing_its_work_order_is_refused_not_droppe
     assert_eq!(http().post(other).send().await.expect("post").status(), 404);
     let _ = Arc::clone(&h.metrics);
 }
+
+#[tokio::test]
+async fn failed_checks_from_one_address_are_throttled_before_any_check() {
+    let h = with_webhooks(|_| {}).await;
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        let r = post(
+            &h.webhook_url,
+            bearer("forged<---->AAAA"),
+            &added(1001, "x", &format!("t{i}")),
+        )
+        .await;
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            let wait: u64 = r.headers()["retry-after"]
+                .to_str()
+                .expect("ascii")
+                .parse()
+                .expect("seconds");
+            assert!((1..=60).contains(&wait), "{wait}");
+        }
+    }
+    // A burst of 20 failures is checked; past it the address waits.
+    assert!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(statuses[21..].iter().all(|s| *s == 429), "{statuses:?}");
+    assert!(metric(&h, "webhook_requests_total{outcome=\"throttled\"}") >= 9);
+}
