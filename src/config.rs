@@ -632,6 +632,10 @@ pub struct EventSettings {
     /// Events the in-process log keeps at most (the oldest go first).
     #[garde(range(min = 1, max = 10_000_000))]
     pub max_events: u32,
+    /// Bytes of recorded events the in-process log keeps at most (the oldest go
+    /// first): bounds the log whatever the notifications' size.
+    #[garde(range(min = 1024 * 1024))]
+    pub max_bytes: u64,
     /// Events older than this are dropped from the in-process log.
     #[serde(with = "humantime_serde")]
     #[garde(custom(nonzero))]
@@ -661,6 +665,7 @@ impl Default for EventSettings {
     fn default() -> Self {
         Self {
             max_events: 100_000,
+            max_bytes: 128 * 1024 * 1024,
             max_age: Duration::from_secs(24 * 3600),
             heartbeat_interval: Duration::from_secs(15),
             subscriber_buffer: 64,
@@ -720,9 +725,14 @@ pub struct WebhookSettings {
     pub audience: String,
     pub signed_part: SignedPart,
     pub signature_algorithm: SignatureAlgorithm,
-    /// Tolerance on `.issued` / `.expires`, for clocks that disagree.
+    /// Tolerance on `.issued` / `.expires`, for clocks that disagree (at most 1h).
     #[serde(with = "humantime_serde")]
+    #[garde(custom(at_most_an_hour))]
     pub clock_skew: Duration,
+    /// Failed credential checks allowed (per source address and in all) before
+    /// requests are refused (429) without a check.
+    #[garde(dive)]
+    pub failed_checks: Rate,
     /// A request body larger than this is refused (413).
     #[garde(range(min = 1024, max = 16 * 1024 * 1024))]
     pub max_body_bytes: u64,
@@ -769,6 +779,10 @@ impl Default for WebhookSettings {
             signed_part: SignedPart::DataText,
             signature_algorithm: SignatureAlgorithm::RsaSha256,
             clock_skew: Duration::from_secs(300),
+            failed_checks: Rate {
+                rps: 1000,
+                burst: 2000,
+            },
             max_body_bytes: 1024 * 1024,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
@@ -805,6 +819,14 @@ fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
 fn nonzero(d: &Duration, _: &()) -> garde::Result {
     if d.is_zero() {
         return Err(garde::Error::new("must be greater than 0"));
+    }
+    Ok(())
+}
+
+/// A duration of at most one hour.
+fn at_most_an_hour(d: &Duration, _: &()) -> garde::Result {
+    if *d > Duration::from_secs(3600) {
+        return Err(garde::Error::new("must be at most 1h"));
     }
     Ok(())
 }

@@ -193,6 +193,7 @@ pub async fn serve_with(
     let ev = &settings.events;
     let log: SharedLog = Arc::new(MemoryEventLog::new(Retention {
         max_events: ev.max_events as usize,
+        max_bytes: usize::try_from(ev.max_bytes).unwrap_or(usize::MAX),
         max_age: ev.max_age,
         dedupe_ttl: settings.webhooks.dedupe_ttl,
         max_dedupe_keys: settings.webhooks.max_dedupe_keys as usize,
@@ -265,8 +266,12 @@ pub async fn serve_with(
         },
     );
     if let Some(listener) = webhooks {
-        let trusted_pem = (settings.sandbox.enabled && !settings.explicit.webhooks_verification)
-            .then_some(crate::sandbox::NOTIFIER_CERT_PEM);
+        // The sandbox's key is public: its certificate is trusted only on a
+        // loopback listener, never on an address others can reach.
+        let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+        let trusted_pem =
+            (settings.sandbox.enabled && !settings.explicit.webhooks_verification && loopback)
+                .then_some(crate::sandbox::NOTIFIER_CERT_PEM);
         let hooks = Webhooks::new(
             &settings.webhooks,
             trusted_pem,

@@ -133,7 +133,27 @@ impl Watches {
             Some(c) => {
                 // Refuse a cursor past retention now, not after the stream began.
                 match self.log.read(&c, 0).await {
-                    Ok(_) => c,
+                    Ok(_) => {
+                        // A cursor past the head was never given out: reading
+                        // from it would skip the events up to it.
+                        let head = self
+                            .log
+                            .head()
+                            .await
+                            .map_err(|e| Error::EventLogUnavailable(e.0))?;
+                        if c.seq > head.seq {
+                            let mut v = crate::domain::Violations::new();
+                            v.push(
+                                "after_event_id",
+                                FieldError::new(
+                                    "OUT_OF_RANGE",
+                                    "after the newest event: not an event id this gateway gave",
+                                ),
+                            );
+                            return Err(Error::Invalid(v.into_vec()));
+                        }
+                        c
+                    }
                     Err(ReadError::OutOfRange) => {
                         return Err(Error::CursorExpired);
                     }
@@ -164,10 +184,11 @@ impl Watches {
             last: Arc::clone(&last),
             cut: self.cut.clone(),
         };
-        tokio::spawn(feed.run(open));
+        tokio::spawn(feed.run());
         Ok(Box::pin(Buffered {
             rx: ReceiverStream::new(rx),
             last,
+            _open: open,
         }))
     }
 }
@@ -191,6 +212,9 @@ struct Feed {
 struct Buffered {
     rx: ReceiverStream<Result<WatchAttachmentsResponse, Status>>,
     last: Arc<std::sync::Mutex<Option<Status>>>,
+    /// The watch's slot and count: held until the caller's stream ends, not
+    /// only while the feed runs (a stalled caller still holds its buffer).
+    _open: Open,
 }
 
 impl Stream for Buffered {
@@ -219,10 +243,14 @@ enum Sent {
 
 impl Feed {
     async fn send(&self, msg: Result<WatchAttachmentsResponse, Status>) -> Sent {
-        match tokio::time::timeout(self.limits.stall_timeout, self.tx.send(msg)).await {
-            Ok(Ok(())) => Sent::Yes,
-            Ok(Err(_)) => Sent::Gone,
-            Err(_) => Sent::Stalled,
+        tokio::select! {
+            sent = tokio::time::timeout(self.limits.stall_timeout, self.tx.send(msg)) => match sent {
+                Ok(Ok(())) => Sent::Yes,
+                Ok(Err(_)) => Sent::Gone,
+                Err(_) => Sent::Stalled,
+            },
+            // Shutdown does not wait for a caller that stopped reading.
+            () = self.cut.cancelled() => Sent::Gone,
         }
     }
 
@@ -244,7 +272,7 @@ impl Feed {
         }
     }
 
-    async fn run(mut self, _open: Open) {
+    async fn run(mut self) {
         let mut changes = self.log.changes();
         // The first message says where the watch starts.
         match self.send(Ok(self.heartbeat())).await {

@@ -101,6 +101,8 @@ pub trait EventLog: Send + Sync + 'static {
 pub struct Retention {
     /// Events kept at most; the oldest go first.
     pub max_events: usize,
+    /// Bytes of event bodies kept at most; the oldest go first.
+    pub max_bytes: usize,
     /// Events older than this go.
     pub max_age: Duration,
     /// How long a dedupe key is remembered (the upstream's redelivery horizon).
@@ -118,6 +120,8 @@ struct Entry {
 
 struct Inner {
     events: VecDeque<Entry>,
+    /// The bytes of the bodies in `events`.
+    bytes: usize,
     /// The sequence number the next event gets (the first is 1).
     next_seq: u64,
     dedupe: HashMap<String, Instant>,
@@ -140,6 +144,7 @@ impl MemoryEventLog {
             retention,
             inner: Mutex::new(Inner {
                 events: VecDeque::new(),
+                bytes: 0,
                 next_seq: 1,
                 dedupe: HashMap::new(),
                 dedupe_order: VecDeque::new(),
@@ -157,11 +162,15 @@ impl MemoryEventLog {
     fn trim(&self, g: &mut Inner) {
         let now = Instant::now();
         while g.events.len() > self.retention.max_events
+            || g.bytes > self.retention.max_bytes
             || g.events
                 .front()
                 .is_some_and(|e| now.duration_since(e.at) > self.retention.max_age)
         {
-            g.events.pop_front();
+            match g.events.pop_front() {
+                Some(e) => g.bytes = g.bytes.saturating_sub(e.body.len()),
+                None => break,
+            }
         }
         while g.dedupe_order.len() > self.retention.max_dedupe_keys
             || g.dedupe_order
@@ -212,6 +221,7 @@ impl EventLog for MemoryEventLog {
                     epoch: self.epoch.clone(),
                     seq,
                 }));
+                g.bytes = g.bytes.saturating_add(e.body.len());
                 g.events.push_back(Entry {
                     seq,
                     at: now,
@@ -233,14 +243,17 @@ impl EventLog for MemoryEventLog {
         let mut g = self.lock()?;
         self.trim(&mut g);
         let first = g.events.front().map_or(g.next_seq, |e| e.seq);
-        if after.seq + 1 < first || after.seq >= g.next_seq {
-            // Events after the cursor were dropped; or a cursor from the future.
-            if after.seq + 1 < first {
-                return Err(ReadError::OutOfRange);
-            }
+        // A cursor is outside data: no arithmetic on it may overflow.
+        let next = after.seq.saturating_add(1);
+        if next < first {
+            // Events after the cursor were dropped.
+            return Err(ReadError::OutOfRange);
+        }
+        if after.seq >= g.next_seq {
+            // A cursor from the future: nothing yet.
             return Ok(Vec::new());
         }
-        let from = (after.seq + 1 - first) as usize;
+        let from = usize::try_from(next - first).unwrap_or(usize::MAX);
         Ok(g.events
             .iter()
             .skip(from)
@@ -291,6 +304,7 @@ mod tests {
     fn log(max_events: usize) -> MemoryEventLog {
         MemoryEventLog::new(Retention {
             max_events,
+            max_bytes: usize::MAX,
             max_age: Duration::from_secs(3600),
             dedupe_ttl: Duration::from_secs(60),
             max_dedupe_keys: 100,
@@ -351,6 +365,9 @@ mod tests {
             Err(ReadError::OutOfRange)
         ));
         assert!(l.cursor("nonsense").is_err());
+        // The largest cursor parses and reads as "nothing yet", without overflow.
+        let far = l.cursor(&format!("{}-{}", start.epoch, u64::MAX)).unwrap();
+        assert!(l.read(&far, 10).await.unwrap().is_empty());
         assert!(l.cursor("zz-1").is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! Notifications that are not about attachments, sent on unchanged to
-//! `webhooks.forward_url`: the same body bytes, `Content-Type` and `Event-Type`,
-//! and CorrigoPro's own token when it was verified as one (so a receiver that
-//! checks it still can); never the operator's shared secret. The forward's
+//! `webhooks.forward_url`: the same body bytes, `Content-Type` and `Event-Type`.
+//! Never a credential: CorrigoPro's token does not cover the body and stays valid
+//! for its 20 minutes, so whoever holds it could post notifications of their own;
+//! the receiver trusts the gateway (its network path) instead. The forward's
 //! outcome is CorrigoPro's answer: a receiver that is down gets the notification
 //! again on CorrigoPro's retry schedule.
 
@@ -12,17 +13,15 @@ use axum::response::Response;
 use bytes::Bytes;
 
 use super::answer;
-use crate::config::WebhookVerify;
 use crate::metrics::Metrics;
 
 pub struct Forwarder {
     client: reqwest::Client,
     url: reqwest::Url,
-    pass_token: bool,
 }
 
 impl Forwarder {
-    pub fn new(url: &str, timeout: Duration, verify: WebhookVerify) -> Result<Self, String> {
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
         let url = reqwest::Url::parse(url).map_err(|e| format!("webhooks.forward_url: {e}"))?;
         let client = reqwest::Client::builder()
             .timeout(timeout)
@@ -31,23 +30,13 @@ impl Forwarder {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("webhooks.forward_url: {e}"))?;
-        Ok(Self {
-            client,
-            url,
-            pass_token: verify == WebhookVerify::SignedToken,
-        })
+        Ok(Self { client, url })
     }
 
     pub async fn forward(&self, m: &Metrics, headers: &HeaderMap, body: Bytes) -> Response {
         let mut req = self.client.post(self.url.clone()).body(body);
-        let mut pass = vec![header::CONTENT_TYPE];
-        if self.pass_token {
-            pass.push(header::AUTHORIZATION);
-        }
-        for name in pass {
-            if let Some(v) = headers.get(&name) {
-                req = req.header(name, v.clone());
-            }
+        if let Some(v) = headers.get(header::CONTENT_TYPE) {
+            req = req.header(header::CONTENT_TYPE, v.clone());
         }
         if let Some(v) = headers.get("event-type") {
             req = req.header("event-type", v.clone());
@@ -70,6 +59,8 @@ impl Forwarder {
             }
             Err(e) => {
                 let timeout = e.is_timeout();
+                // The URL may carry a credential in its query: never logged.
+                let e = e.without_url();
                 tracing::warn!(error = %e, "the forward target cannot be reached: CorrigoPro will deliver it again");
                 if timeout {
                     answer(

@@ -38,7 +38,7 @@ use self::forward::Forwarder;
 use self::notification::Notification;
 use self::verify::Verifier;
 use crate::auth::throttle::FailureThrottle;
-use crate::config::{Rate, WebhookSettings, WebhookVerify};
+use crate::config::{WebhookSettings, WebhookVerify};
 use crate::events::Recorder;
 use crate::listener::{ConnLimits, PeerInfo};
 use crate::metrics::Metrics;
@@ -53,15 +53,6 @@ const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often the certificate or secret file is read again (rotation).
 const RELOAD_EVERY: Duration = Duration::from_secs(60);
-
-/// Failed credential checks from one address: past this budget its requests are
-/// refused (429) without a check. In all: a flood from many addresses cannot make
-/// the checks (~0.05 ms of CPU each) cost more than a fraction of a core.
-const FAILED_PER_SOURCE: Rate = Rate { rps: 2, burst: 20 };
-const FAILED_TOTAL: Rate = Rate {
-    rps: 2000,
-    burst: 4000,
-};
 
 /// The webhook side of the gateway: what it needs and nothing of the gRPC side
 /// but the event log's recorder.
@@ -90,12 +81,15 @@ impl Webhooks {
             crate::periodic::every(&verifier, RELOAD_EVERY, |v| async move { v.reload() });
         }
         let forward = match &w.forward_url {
-            Some(url) => Some(Forwarder::new(url, w.forward_timeout, w.verify)?),
+            Some(url) => Some(Forwarder::new(url, w.forward_timeout)?),
             None => None,
         };
         Ok(Self {
             verifier,
-            throttle: FailureThrottle::new(FAILED_PER_SOURCE, FAILED_TOTAL),
+            // One budget, per source and in all: behind an ingress every request
+            // has the ingress's address, so a per-source budget smaller than the
+            // total would let one bad sender lock CorrigoPro out.
+            throttle: FailureThrottle::new(w.failed_checks, w.failed_checks),
             recorder,
             forward,
             metrics,
@@ -123,10 +117,7 @@ impl Webhooks {
             .route(PATH, axum::routing::post(handle))
             .fallback(move || {
                 let metrics = Arc::clone(&metrics);
-                async move {
-                    metrics.webhook("not_found");
-                    (StatusCode::NOT_FOUND, "not found\n")
-                }
+                async move { answer(&metrics, StatusCode::NOT_FOUND, "not_found", "not found") }
             })
             .with_state(Arc::new(self))
     }

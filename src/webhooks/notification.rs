@@ -20,6 +20,9 @@ use crate::upstream::json::{get_ci, value_str};
 const MAX_MESSAGE_ID: usize = 128;
 /// Attachments one notification may list.
 const MAX_ATTACHMENTS: usize = 1000;
+/// An attachment object larger than this (as JSON) is recorded without its
+/// `upstream` copy (the typed fields stay).
+const MAX_UPSTREAM_BYTES: usize = 16 * 1024;
 /// JSON nesting copied into `attachment.upstream`; deeper values are kept as text.
 const MAX_DEPTH: usize = 16;
 
@@ -115,21 +118,32 @@ pub fn classify(
     let events = if let Some(kind) = kind {
         vec![event(kind, attachment(body, true)?)]
     } else {
+        // The notification is about the work order too (it is forwarded): one
+        // element that is not an attachment does not hold the rest back.
         let listed = listed.map(Vec::as_slice).unwrap_or_default();
         if listed.len() > MAX_ATTACHMENTS {
-            return Err(Malformed(format!(
-                "more than {MAX_ATTACHMENTS} attachments in one notification"
-            )));
+            tracing::warn!(
+                attachments = listed.len(),
+                "a notification lists more than {MAX_ATTACHMENTS} attachments: the first {MAX_ATTACHMENTS} are recorded"
+            );
         }
         listed
             .iter()
-            .map(|a| {
-                let obj = a
+            .take(MAX_ATTACHMENTS)
+            .filter_map(|a| {
+                let read = a
                     .as_object()
-                    .ok_or_else(|| Malformed("an `Attachments` element is not an object".into()))?;
-                Ok(event(AttachmentEventType::Added, attachment(obj, false)?))
+                    .ok_or_else(|| Malformed("not an object".into()))
+                    .and_then(|obj| attachment(obj, false));
+                match read {
+                    Ok(att) => Some(event(AttachmentEventType::Added, att)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "an `Attachments` element that is not an attachment: left out");
+                        None
+                    }
+                }
             })
-            .collect::<Result<Vec<_>, Malformed>>()?
+            .collect()
     };
     Ok(Notification::Attachments {
         dedupe,
@@ -148,13 +162,28 @@ fn attachment(obj: &Map<String, Value>, top: bool) -> Result<Attachment, Malform
             "`AttachmentId` is longer than 36 characters".into(),
         ));
     }
-    let upstream = prost_types::Struct {
-        fields: obj
-            .iter()
-            .filter(|(k, _)| !(top && k.eq_ignore_ascii_case("Header")))
+    // The notification's own object, unless it is large: the log keeps every
+    // event, so one oversized body must not cost what a thousand normal ones do.
+    let fields: Vec<(&String, &Value)> = obj
+        .iter()
+        .filter(|(k, _)| !(top && k.eq_ignore_ascii_case("Header")))
+        .collect();
+    let size: usize = fields
+        .iter()
+        .map(|(k, v)| k.len() + serde_json::to_vec(v).map_or(usize::MAX, |b| b.len()))
+        .fold(0, usize::saturating_add);
+    let upstream = (size <= MAX_UPSTREAM_BYTES).then(|| prost_types::Struct {
+        fields: fields
+            .into_iter()
             .map(|(k, v)| (k.clone(), to_value(v, 0)))
             .collect(),
-    };
+    });
+    if upstream.is_none() {
+        tracing::warn!(
+            bytes = size,
+            "an attachment object larger than {MAX_UPSTREAM_BYTES} bytes: its `upstream` copy is left out"
+        );
+    }
     Ok(Attachment {
         attachment_id,
         name: str_field(obj, &["Name", "FileName"]).unwrap_or_default(),
@@ -166,7 +195,7 @@ fn attachment(obj: &Map<String, Value>, top: bool) -> Result<Attachment, Malform
             .and_then(|d| DocumentType::from_upstream(&d))
             .map_or(0, |d| d as i32),
         subtype: str_field(obj, &["Subtype"]).unwrap_or_default(),
-        upstream: Some(upstream),
+        upstream,
     })
 }
 
@@ -249,6 +278,23 @@ mod tests {
             classify(&other, None, "h", SystemTime::now()).unwrap(),
             Notification::Other
         ));
+        // One bad element is left out; the rest is recorded.
+        let mixed = obj(serde_json::json!({
+            "Header": {"WorkOrderId": 7, "Action": "Received", "MessageId": "m2"},
+            "Attachments": [{"Name": "no id"}, 5, {"AttachmentId": "ok", "Big": "x".repeat(20_000)}]
+        }));
+        let Notification::Attachments { events, .. } =
+            classify(&mixed, None, "h", SystemTime::now()).unwrap()
+        else {
+            panic!("attachments")
+        };
+        assert_eq!(events.len(), 1);
+        let a = events[0].attachment.as_ref().unwrap();
+        assert_eq!(a.attachment_id, "ok");
+        assert!(
+            a.upstream.is_none(),
+            "an object over 16 KiB is kept without its copy"
+        );
         let missing = obj(serde_json::json!({"Header": {"Action": "AttachmentRemoved"}}));
         assert!(classify(&missing, None, "h", SystemTime::now()).is_err());
     }

@@ -363,11 +363,11 @@ fn check_signed(
     let expires = get_ci(&claims, &[".expires", "expires", "exp"])
         .and_then(date)
         .ok_or(Refused::Malformed)?;
-    if now > expires + skew {
+    if expires.checked_add(skew).is_none_or(|e| now > e) {
         return Err(Refused::Expired);
     }
     if let Some(issued) = get_ci(&claims, &[".issued", "issued", "iat"]).and_then(date)
-        && issued > now + skew
+        && now.checked_add(skew).is_none_or(|n| issued > n)
     {
         return Err(Refused::NotYetValid);
     }
