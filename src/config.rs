@@ -49,6 +49,8 @@ pub struct Settings {
     pub events: EventSettings,
     #[garde(dive)]
     pub webhooks: WebhookSettings,
+    #[garde(dive)]
+    pub shared_state: SharedStateSettings,
     /// Which settings were given explicitly (file, environment or flag) rather
     /// than left at their defaults. Not a setting itself.
     #[serde(skip)]
@@ -81,6 +83,7 @@ impl Default for Settings {
             sandbox: SandboxSettings::default(),
             events: EventSettings::default(),
             webhooks: WebhookSettings::default(),
+            shared_state: SharedStateSettings::default(),
             explicit: Explicit::default(),
         }
     }
@@ -796,6 +799,36 @@ impl Default for WebhookSettings {
     }
 }
 
+/// State replicas share (write records by message id, so far). Unset: each
+/// process keeps its own, which is right for one replica only.
+#[derive(Debug, Clone, Serialize, Deserialize, garde::Validate)]
+#[serde(default, deny_unknown_fields)]
+#[garde(allow_unvalidated)]
+pub struct SharedStateSettings {
+    /// `redis://host:port/db` or `rediss://…` (TLS). A password in it is
+    /// redacted wherever it is shown; prefer `password_file`.
+    pub redis_url: Option<String>,
+    /// A file holding the Redis password (a mounted Kubernetes Secret).
+    pub password_file: Option<PathBuf>,
+    /// Prefixed to every key, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// Each Redis command (and connecting) is bounded by this.
+    #[serde(with = "humantime_serde")]
+    #[garde(custom(nonzero))]
+    pub command_timeout: Duration,
+}
+
+impl Default for SharedStateSettings {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            password_file: None,
+            key_prefix: "attachment-gateway:".into(),
+            command_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
 /// A setting that cannot be used, named.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -1052,6 +1085,15 @@ impl Settings {
             ));
         }
         self.validate_webhooks()?;
+        if let Some(url) = &self.shared_state.redis_url {
+            let scheme = url.split_once("://").map(|(s, _)| s);
+            if !matches!(scheme, Some("redis" | "rediss")) {
+                return Err(invalid(
+                    "shared_state.redis_url",
+                    "must be a redis:// or rediss:// URL",
+                ));
+            }
+        }
         if self.events.max_subscribers_per_caller > self.events.max_subscribers {
             return Err(invalid(
                 "events.max_subscribers_per_caller",
@@ -1187,6 +1229,9 @@ impl Settings {
         let mut shown = self.clone();
         shown.upstream.base_url = redact_url(&shown.upstream.base_url);
         shown.upstream.token_url = redact_url(&shown.upstream.token_url);
+        if let Some(u) = shown.shared_state.redis_url.as_mut() {
+            *u = redact_url(u);
+        }
         if let Some(u) = &mut shown.auth.jwt.jwks_url {
             *u = redact_url(u);
         }

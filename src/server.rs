@@ -31,7 +31,8 @@ use crate::middleware::rate_limit::RateLimit;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::wire::attachment_service_server::AttachmentServiceServer;
 use crate::store::events::{MemoryEventLog, Retention, SharedLog};
-use crate::store::writes::MemoryWrites;
+use crate::store::redis::{Redis, RedisWrites};
+use crate::store::writes::{MemoryWrites, WriteStore};
 use crate::upstream::{Upstream, UpstreamError};
 use crate::webhooks::Webhooks;
 
@@ -80,6 +81,8 @@ pub enum ServeError {
     Webhooks(std::net::SocketAddr, std::io::Error),
     #[error("webhooks: {0}")]
     WebhookSetup(String),
+    #[error("shared state: {0}")]
+    SharedState(String),
 }
 
 /// The sockets the gateway serves on. All of them are bound before anything says
@@ -185,8 +188,38 @@ pub async fn serve_with(
     )?);
     let cut = CancellationToken::new();
     let bounds = Bounds { cut: cut.clone() };
+    let write_store: Arc<dyn WriteStore> = match &settings.shared_state.redis_url {
+        Some(url) => {
+            let ss = &settings.shared_state;
+            let password = match &ss.password_file {
+                Some(p) => Some(
+                    std::fs::read_to_string(p)
+                        .map_err(|e| {
+                            ServeError::SharedState(format!(
+                                "shared_state.password_file: cannot read {}: {e}",
+                                p.display()
+                            ))
+                        })?
+                        .trim_end_matches(['\r', '\n'])
+                        .to_string(),
+                ),
+                None => None,
+            };
+            let redis = Redis::connect(url, password, &ss.key_prefix, ss.command_timeout)
+                .await
+                .map_err(|e| ServeError::SharedState(e.0))?;
+            tracing::info!(redis = %crate::config::redact_url(url), "write records are shared through Redis");
+            Arc::new(RedisWrites::new(redis))
+        }
+        None => {
+            tracing::info!(
+                "no shared_state.redis_url: write records are kept per process (one replica only: a retry reaching another replica would not be recognized)"
+            );
+            Arc::new(MemoryWrites::new(settings.upstream.idempotency_ttl))
+        }
+    };
     let writes = Writes::new(
-        Arc::new(MemoryWrites::new(settings.upstream.idempotency_ttl)),
+        write_store,
         settings.upstream.idempotency_ttl,
         settings.upstream.idempotency_lease,
     );

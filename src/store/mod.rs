@@ -3,8 +3,11 @@
 //!
 //! - [`writes`]: writes remembered by the caller's message id (idempotency);
 //! - [`events`]: the log of attachment events that watches read.
+//!
+//! [`redis`] holds the shared backends (write records so far).
 
 pub mod events;
+pub mod redis;
 pub mod writes;
 
 /// A shared store could not be reached or answered something unusable.

@@ -480,3 +480,18 @@ def test_rendered_webhook_config_verifies_the_sandboxs_notifications(tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
     assert proc.returncode == 0, log.read_text()
+
+
+def test_shared_state_points_every_replica_at_one_redis_with_the_password_from_a_secret():
+    vals = values("default")
+    assert "redis_url" not in gateway_toml(render(vals))
+    vals["sharedState"] = {"redis": {"url": "rediss://redis.data.svc:6380/0", "existingSecret": "redis-auth"}}
+    docs = render(vals)
+    toml = gateway_toml(docs)
+    assert 'redis_url = "rediss://redis.data.svc:6380/0"' in toml
+    assert 'password_file = "/etc/attachment-gateway/redis/redis-password"' in toml
+    vols = {v["name"]: v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert vols["redis"]["secret"]["secretName"] == "redis-auth"
+    vals["sharedState"]["redis"]["url"] = "rediss://:pw@redis:6380"
+    with pytest.raises(Exception):
+        render(vals)

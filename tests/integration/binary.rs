@@ -928,3 +928,44 @@ fn webhook_settings_say_what_verification_needs() {
         "{err}"
     );
 }
+
+#[test]
+fn shared_state_settings_are_checked_redacted_and_required_at_start() {
+    let (code, out, err) = output(gateway().args(["--check-config", "--sandbox"]).env(
+        "ATTACHMENT_GATEWAY_SHARED_STATE__REDIS_URL",
+        "redis://:hunter2secret@127.0.0.1:1/0",
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains("hunter2secret"),
+        "the password is never printed: {out}"
+    );
+    let (code, _, err) = output(gateway().args(["--check-config", "--sandbox"]).env(
+        "ATTACHMENT_GATEWAY_SHARED_STATE__REDIS_URL",
+        "http://127.0.0.1:1",
+    ));
+    assert_eq!(code, 2);
+    assert!(err.contains("shared_state.redis_url"), "{err}");
+    // A Redis that cannot be reached: the gateway does not start (a replica that
+    // cannot share state must not serve as if it did).
+    let (code, _, err) = output(
+        gateway()
+            .args([
+                "--sandbox",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .env(
+                "ATTACHMENT_GATEWAY_SHARED_STATE__REDIS_URL",
+                "redis://127.0.0.1:1/0",
+            )
+            .env("ATTACHMENT_GATEWAY_SHARED_STATE__COMMAND_TIMEOUT", "200ms"),
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("shared state") && err.contains("Redis"),
+        "{err}"
+    );
+}

@@ -23,5 +23,6 @@ mod lifecycle;
 mod properties;
 mod reliability;
 mod rpcs;
+mod shared_state;
 mod upstream_errors;
 mod validation;

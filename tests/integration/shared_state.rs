@@ -1,0 +1,352 @@
+//! Write records shared through Redis: several gateways (replicas) against one
+//! sandbox upstream and one `redis-server` this test starts itself on a free
+//! loopback port (Debian's `redis-server`, installed by the README's test
+//! command; set `REDIS_SERVER` to use another binary). The same behaviour suite
+//! runs against the in-process store and the Redis one.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use attachment_gateway::proto::{DeleteAttachmentRequest, UploadAttachmentRequest};
+use attachment_gateway::sandbox::{Sandbox, SandboxConfig};
+use attachment_gateway::store::redis::{Redis, RedisWrites};
+use attachment_gateway::store::writes::{
+    Begin, Fingerprint, MemoryWrites, Outcome, WriteKey, WriteStore,
+};
+use tonic::Code;
+
+use crate::common::*;
+
+/// A `redis-server` of this test's own; killed when dropped.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start_on(port: u16) -> Self {
+        let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let child = Command::new(&bin)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {bin} ({e}): run the README's test command, which installs it, or set REDIS_SERVER")
+            });
+        // Owned at once, so a failure below still kills and reaps it.
+        let server = Self { child, port };
+        for _ in 0..250 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server never listened on {port}");
+    }
+
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        Self::start_on(port)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.signal_quietly();
+        self.kill();
+    }
+}
+
+impl RedisServer {
+    fn signal_quietly(&self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+async fn redis_store(url: &str, prefix: &str) -> Arc<dyn WriteStore> {
+    let r = Redis::connect(url, None, prefix, Duration::from_millis(500))
+        .await
+        .expect("redis");
+    Arc::new(RedisWrites::new(r))
+}
+
+fn key(id: &str) -> WriteKey {
+    WriteKey {
+        caller: Arc::from("api_key:test"),
+        call: "delete",
+        work_order_id: 1001,
+        message_id: id.to_string(),
+    }
+}
+
+/// What every write store must do.
+async fn behaves(store: Arc<dyn WriteStore>) {
+    let lease = Duration::from_secs(5);
+    let fp = Fingerprint::of(&[b"a"]);
+    let other = Fingerprint::of(&[b"b"]);
+    let Begin::Go(token) = store.begin(&key("m1"), fp, lease).await.expect("begin") else {
+        panic!("a new key is free")
+    };
+    assert_eq!(
+        store.begin(&key("m1"), fp, lease).await.expect("begin"),
+        Begin::Running { fingerprint: fp }
+    );
+    assert_eq!(
+        store.begin(&key("m1"), other, lease).await.expect("begin"),
+        Begin::Running { fingerprint: fp },
+        "another request under the key sees the running one's fingerprint"
+    );
+    let outcome = Outcome::MessageId("upstream-1".into());
+    store
+        .complete(&key("m1"), token, fp, &outcome, Duration::from_secs(60))
+        .await
+        .expect("complete");
+    assert_eq!(
+        store.begin(&key("m1"), fp, lease).await.expect("begin"),
+        Begin::Done {
+            fingerprint: fp,
+            outcome
+        }
+    );
+    // A failed write is forgotten: a retry runs it again.
+    let Begin::Go(t2) = store.begin(&key("m2"), fp, lease).await.expect("begin") else {
+        panic!("free")
+    };
+    store.abandon(&key("m2"), t2).await.expect("abandon");
+    assert!(matches!(
+        store.begin(&key("m2"), fp, lease).await.expect("begin"),
+        Begin::Go(_)
+    ));
+}
+
+#[tokio::test]
+async fn both_write_stores_behave_alike() {
+    behaves(Arc::new(MemoryWrites::new(Duration::from_secs(60)))).await;
+    let redis = RedisServer::start();
+    behaves(redis_store(&redis.url(), "t1:").await).await;
+}
+
+#[tokio::test]
+async fn a_lease_not_renewed_expires_and_its_old_holder_cannot_take_it_back() {
+    let redis = RedisServer::start();
+    let store = redis_store(&redis.url(), "t2:").await;
+    let fp = Fingerprint::of(&[b"x"]);
+    let lease = Duration::from_millis(300);
+    // A replica begins and dies: nobody renews its lease.
+    let Begin::Go(dead) = store.begin(&key("k"), fp, lease).await.expect("begin") else {
+        panic!("free")
+    };
+    assert!(matches!(
+        store.begin(&key("k"), fp, lease).await.expect("begin"),
+        Begin::Running { .. }
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let Begin::Go(live) = store
+        .begin(&key("k"), fp, Duration::from_secs(5))
+        .await
+        .expect("begin")
+    else {
+        panic!("an expired lease frees the key")
+    };
+    assert!(!store.renew(&key("k"), dead, lease).await.expect("renew"));
+    assert!(store.renew(&key("k"), live, lease).await.expect("renew"));
+    // The dead holder's late outcome does not overwrite the live one's lease.
+    store
+        .complete(
+            &key("k"),
+            dead,
+            fp,
+            &Outcome::MessageId("late".into()),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("complete");
+    assert!(matches!(
+        store.begin(&key("k"), fp, lease).await.expect("begin"),
+        Begin::Running { .. }
+    ));
+}
+
+/// Two gateways (replicas) against one sandbox and one Redis.
+async fn replicas(redis_url: &str) -> (Sandbox, Gateway, Gateway) {
+    let sandbox = Sandbox::start(SandboxConfig::default())
+        .await
+        .expect("sandbox");
+    let mut s = base_settings();
+    s.upstream = sandbox.upstream_settings(&s.upstream);
+    s.shared_state.redis_url = Some(redis_url.to_string());
+    s.shared_state.command_timeout = Duration::from_millis(300);
+    let a = Gateway::start(s.clone()).await;
+    let b = Gateway::start(s).await;
+    (sandbox, a, b)
+}
+
+fn upload(message_id: &str, data: &[u8]) -> Vec<UploadAttachmentRequest> {
+    let mut m = metadata(1001, "shared.txt");
+    m.message_id = message_id.to_string();
+    upload_messages(m, data, 4)
+}
+
+#[tokio::test]
+async fn a_write_retried_on_another_replica_gets_the_first_answer() {
+    let redis = RedisServer::start();
+    let (sandbox, a, b) = replicas(&redis.url()).await;
+    let before = sandbox.attachments(1001).len();
+    let data = b"stored once".to_vec();
+    let first = a
+        .client()
+        .upload_attachment(futures_util::stream::iter(upload("retry-1", &data)))
+        .await
+        .expect("upload on A")
+        .into_inner();
+    // The caller lost the answer, reconnected to the other replica and retried.
+    let again = b
+        .client()
+        .upload_attachment(futures_util::stream::iter(upload("retry-1", &data)))
+        .await
+        .expect("retry on B")
+        .into_inner();
+    assert_eq!(again.attachment_id, first.attachment_id);
+    assert_eq!(
+        sandbox.attachments(1001).len(),
+        before + 1,
+        "one attachment upstream"
+    );
+    // The same id for another file, on B: refused, not a second upload.
+    let err = b
+        .client()
+        .upload_attachment(futures_util::stream::iter(upload(
+            "retry-1",
+            b"another file",
+        )))
+        .await
+        .expect_err("reused id");
+    assert_eq!(error_reason(&err), "MESSAGE_ID_REUSED");
+    // A delete on A, retried on B: the first answer, not "attachment not found".
+    let del = DeleteAttachmentRequest {
+        work_order_id: 1001,
+        attachment_id: first.attachment_id.clone(),
+        message_id: "del-retry".into(),
+    };
+    let d1 = a
+        .client()
+        .delete_attachment(del.clone())
+        .await
+        .expect("delete")
+        .into_inner();
+    let d2 = b
+        .client()
+        .delete_attachment(del)
+        .await
+        .expect("retried delete")
+        .into_inner();
+    assert_eq!(d1.message_id, d2.message_id);
+    assert_eq!(sandbox.attachments(1001).len(), before);
+}
+
+#[tokio::test]
+async fn redis_down_refuses_writes_by_message_id_retry_safe_and_recovers_by_itself() {
+    let mut redis = RedisServer::start();
+    let port = redis.port;
+    let (sandbox, a, _b) = replicas(&redis.url()).await;
+    // Serving, with Redis up (a gateway does not start without its shared state).
+    a.client()
+        .upload_attachment(futures_util::stream::iter(upload("up-1", b"z")))
+        .await
+        .expect("redis up");
+    let before = sandbox.attachments(1001).len();
+
+    // Paused (SIGSTOP): each call is bounded by the command timeout.
+    redis.signal("-STOP");
+    let t = std::time::Instant::now();
+    let err = a
+        .client()
+        .upload_attachment(futures_util::stream::iter(upload("down-1", b"x")))
+        .await
+        .expect_err("no record");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(error_reason(&err), "WRITE_RECORD_UNAVAILABLE");
+    assert_eq!(
+        error_metadata(&err).get("retry_safe").map(String::as_str),
+        Some("true")
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "bounded: {:?}",
+        t.elapsed()
+    );
+    redis.signal("-CONT");
+
+    // Killed: the same refusal; a write without a message id needs no record.
+    redis.kill();
+    let err = a
+        .client()
+        .upload_attachment(futures_util::stream::iter(upload("down-2", b"x")))
+        .await
+        .expect_err("no record");
+    assert_eq!(error_reason(&err), "WRITE_RECORD_UNAVAILABLE");
+    a.client()
+        .upload_attachment(futures_util::stream::iter(upload("", b"no id")))
+        .await
+        .expect("no message id: no record needed");
+    assert_eq!(
+        sandbox.attachments(1001).len(),
+        before + 1,
+        "nothing of the refused ones"
+    );
+
+    // Restarted (empty) on the same port: the gateway reconnects by itself.
+    let _redis = RedisServer::start_on(port);
+    let mut ok = false;
+    for _ in 0..50 {
+        if a.client()
+            .upload_attachment(futures_util::stream::iter(upload("up-again", b"y")))
+            .await
+            .is_ok()
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        ok,
+        "writes by message id work again without a gateway restart"
+    );
+}
