@@ -31,7 +31,7 @@ use crate::middleware::rate_limit::RateLimit;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::wire::attachment_service_server::AttachmentServiceServer;
 use crate::store::events::{MemoryEventLog, Retention, SharedLog};
-use crate::store::redis::{Redis, RedisWrites};
+use crate::store::redis::{Redis, RedisQuota, RedisWrites};
 use crate::store::writes::{MemoryWrites, WriteStore};
 use crate::upstream::{Upstream, UpstreamError};
 use crate::webhooks::Webhooks;
@@ -180,15 +180,7 @@ pub async fn serve_with(
         webhooks,
     } = listeners;
     crate::upstream::install_crypto_provider();
-    let budget = Arc::new(UpstreamBudget::new(&settings.rate_limit));
-    let upstream = Arc::new(Upstream::new(
-        &settings.upstream,
-        budget,
-        Arc::clone(&metrics),
-    )?);
-    let cut = CancellationToken::new();
-    let bounds = Bounds { cut: cut.clone() };
-    let write_store: Arc<dyn WriteStore> = match &settings.shared_state.redis_url {
+    let redis = match &settings.shared_state.redis_url {
         Some(url) => {
             let ss = &settings.shared_state;
             let password = match &ss.password_file {
@@ -208,15 +200,32 @@ pub async fn serve_with(
             let redis = Redis::connect(url, password, &ss.key_prefix, ss.command_timeout)
                 .await
                 .map_err(|e| ServeError::SharedState(e.0))?;
-            tracing::info!(redis = %crate::config::redact_url(url), "write records are shared through Redis");
-            Arc::new(RedisWrites::new(redis))
+            tracing::info!(redis = %crate::config::redact_url(url), "write records and the upstream budget are shared through Redis");
+            Some(redis)
         }
         None => {
             tracing::info!(
-                "no shared_state.redis_url: write records are kept per process (one replica only: a retry reaching another replica would not be recognized)"
+                "no shared_state.redis_url: write records and the upstream budget are per process (one replica only)"
             );
-            Arc::new(MemoryWrites::new(settings.upstream.idempotency_ttl))
+            None
         }
+    };
+    let mut budget = UpstreamBudget::new(&settings.rate_limit);
+    if let Some(r) = &redis {
+        let u = settings.rate_limit.upstream;
+        budget = budget.shared(RedisQuota::new(r.clone(), "upstream", u.rps, u.burst));
+    }
+    let budget = Arc::new(budget);
+    let upstream = Arc::new(Upstream::new(
+        &settings.upstream,
+        budget,
+        Arc::clone(&metrics),
+    )?);
+    let cut = CancellationToken::new();
+    let bounds = Bounds { cut: cut.clone() };
+    let write_store: Arc<dyn WriteStore> = match &redis {
+        Some(r) => Arc::new(RedisWrites::new(r.clone())),
+        None => Arc::new(MemoryWrites::new(settings.upstream.idempotency_ttl)),
     };
     let writes = Writes::new(
         write_store,

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::{Refusal, TokioClock, quota};
 use crate::config::{Rate, RateLimitSettings};
+use crate::store::redis::{RedisQuota, Take};
 
 type Direct = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
 
@@ -24,6 +25,11 @@ pub struct UpstreamBudget {
     cool_until: std::sync::Mutex<Option<Instant>>,
     consecutive_503: AtomicU32,
     threshold_503: u32,
+    /// The deployment's budget in Redis, when replicas share state; the local
+    /// limiter is then the fallback while Redis cannot answer.
+    shared: Option<std::sync::Arc<RedisQuota>>,
+    /// When the last "falling back to the local budget" line was logged.
+    last_fallback_log: std::sync::Mutex<Option<Instant>>,
 }
 
 impl UpstreamBudget {
@@ -37,6 +43,68 @@ impl UpstreamBudget {
             cool_until: std::sync::Mutex::new(None),
             consecutive_503: AtomicU32::new(0),
             threshold_503: s.cool_down_after_503s.max(1),
+            shared: None,
+            last_fallback_log: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Shares the budget (and the cool-down) with every replica through Redis.
+    pub fn shared(mut self, quota: RedisQuota) -> Self {
+        self.shared = Some(std::sync::Arc::new(quota));
+        self
+    }
+
+    fn cooling_refusal(left: Duration) -> Refusal {
+        Refusal {
+            limit: "upstream_cool_down",
+            subject: "upstream".into(),
+            description:
+                "the upstream asked the gateway to slow down (429 or repeated 503); all calls wait"
+                    .into(),
+            retry_after: left,
+        }
+    }
+
+    fn rate_refusal(&self, wait: Duration, whose: &str) -> Refusal {
+        Refusal {
+            limit: "upstream_rate",
+            subject: "upstream".into(),
+            description: format!(
+                "at most {} upstream requests/s (bursts of {}) from {whose}",
+                self.rate.rps, self.rate.burst
+            ),
+            retry_after: wait,
+        }
+    }
+
+    /// The shared budget: `None` when Redis cannot answer (the caller falls back
+    /// to the local budget).
+    async fn acquire_shared(
+        &self,
+        q: &RedisQuota,
+        deadline: Instant,
+    ) -> Option<Result<(), Refusal>> {
+        loop {
+            match q.take().await {
+                Ok(Take::Go) => return Some(Ok(())),
+                Ok(Take::Cooling(left)) => return Some(Err(Self::cooling_refusal(left))),
+                Ok(Take::Wait(wait)) => {
+                    if Instant::now() + wait > deadline {
+                        return Some(Err(self.rate_refusal(wait, "the whole deployment")));
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => {
+                    let now = Instant::now();
+                    if let Ok(mut last) = self.last_fallback_log.lock()
+                        && last.is_none_or(|t| now.duration_since(t) > Duration::from_secs(10))
+                    {
+                        *last = Some(now);
+                        tracing::warn!(error = %e, "the shared upstream budget is unavailable: this replica's own budget applies meanwhile");
+                    }
+                    return None;
+                }
+            }
         }
     }
 
@@ -49,29 +117,21 @@ impl UpstreamBudget {
     /// Waits (at most `upstream_max_wait`) for a slot in the budget, or refuses.
     pub async fn acquire(&self) -> Result<(), Refusal> {
         if let Some(left) = self.cooling() {
-            return Err(Refusal {
-                limit: "upstream_cool_down",
-                subject: "upstream".into(),
-                description: "the upstream asked the gateway to slow down (429 or repeated 503); all calls wait".into(),
-                retry_after: left,
-            });
+            return Err(Self::cooling_refusal(left));
         }
         let deadline = Instant::now() + self.max_wait;
+        if let Some(q) = &self.shared
+            && let Some(r) = self.acquire_shared(q, deadline).await
+        {
+            return r;
+        }
         loop {
             match self.limiter.check() {
                 Ok(()) => return Ok(()),
                 Err(not_until) => {
                     let wait = not_until.wait_time_from(self.clock.now());
                     if Instant::now() + wait > deadline {
-                        return Err(Refusal {
-                            limit: "upstream_rate",
-                            subject: "upstream".into(),
-                            description: format!(
-                                "at most {} upstream requests/s (bursts of {}) from this replica",
-                                self.rate.rps, self.rate.burst
-                            ),
-                            retry_after: wait,
-                        });
+                        return Err(self.rate_refusal(wait, "this replica"));
                     }
                     tokio::time::sleep(wait).await;
                 }
@@ -90,6 +150,15 @@ impl UpstreamBudget {
                 }
             }
             tracing::warn!(status, cool_down = ?d, "the upstream asked to slow down: cooling down");
+            // Every replica cools down, not only the one that was told.
+            if let Some(q) = &self.shared {
+                let q = std::sync::Arc::clone(q);
+                tokio::spawn(async move {
+                    if let Err(e) = q.cool(d.min(Duration::from_secs(300))).await {
+                        tracing::warn!(error = %e, "cannot share the cool-down");
+                    }
+                });
+            }
         };
         match status {
             429 => cool(retry_after.unwrap_or(Duration::from_secs(1))),

@@ -492,6 +492,8 @@ def test_shared_state_points_every_replica_at_one_redis_with_the_password_from_a
     assert 'password_file = "/etc/attachment-gateway/redis/redis-password"' in toml
     vols = {v["name"]: v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
     assert vols["redis"]["secret"]["secretName"] == "redis-auth"
+    # Shared through Redis, the upstream budget is the deployment's, undivided.
+    assert "upstream = { rps = 50, burst = 50 }" in toml
     vals["sharedState"]["redis"]["url"] = "rediss://:pw@redis:6380"
     with pytest.raises(Exception):
         render(vals)

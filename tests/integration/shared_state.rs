@@ -330,6 +330,14 @@ async fn redis_down_refuses_writes_by_message_id_retry_safe_and_recovers_by_itse
         before + 1,
         "nothing of the refused ones"
     );
+    // Reads go on: the upstream budget falls back to this replica's own.
+    a.client()
+        .list_attachments(attachment_gateway::proto::ListAttachmentsRequest {
+            work_order_id: 1001,
+            ..Default::default()
+        })
+        .await
+        .expect("a read while Redis is down");
 
     // Restarted (empty) on the same port: the gateway reconnects by itself.
     let _redis = RedisServer::start_on(port);
@@ -348,5 +356,60 @@ async fn redis_down_refuses_writes_by_message_id_retry_safe_and_recovers_by_itse
     assert!(
         ok,
         "writes by message id work again without a gateway restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_budget_holds_for_three_replicas_together() {
+    use attachment_gateway::proto::ListAttachmentsRequest;
+    let redis = RedisServer::start();
+    let sandbox = Sandbox::start(SandboxConfig::default())
+        .await
+        .expect("sandbox");
+    let mut s = base_settings();
+    s.upstream = sandbox.upstream_settings(&s.upstream);
+    s.shared_state.redis_url = Some(redis.url());
+    // The deployment's budget: 20 requests/s, bursts of 5, whatever the replicas.
+    s.rate_limit.upstream = attachment_gateway::config::Rate { rps: 20, burst: 5 };
+    s.rate_limit.upstream_max_wait = std::time::Duration::from_millis(500);
+    let gws = [
+        Gateway::start(s.clone()).await,
+        Gateway::start(s.clone()).await,
+        Gateway::start(s).await,
+    ];
+    // Many callers on every replica, far over the budget.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for g in &gws {
+        for _ in 0..8 {
+            let mut c = g.client();
+            let stop = std::sync::Arc::clone(&stop);
+            load.push(tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = c
+                        .list_attachments(ListAttachmentsRequest {
+                            work_order_id: 1001,
+                            ..Default::default()
+                        })
+                        .await;
+                }
+            }));
+        }
+    }
+    // Past the first burst, count what reaches the upstream over 4 s.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let from = sandbox.stats().api_requests;
+    let t0 = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let n = sandbox.stats().api_requests - from;
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        let _ = l.await;
+    }
+    println!("upstream rate with 3 replicas sharing a budget of 20/s: {rate:.1}/s ({n} requests)");
+    assert!(
+        (18.0..=22.0).contains(&rate),
+        "the upstream saw {rate:.1} requests/s from 3 replicas; the budget is 20 (±10 %)"
     );
 }
