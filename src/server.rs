@@ -341,7 +341,11 @@ pub async fn serve_with(
         .await
         .map_err(ServeError::Auth)?,
     );
-    let caller_limits = Arc::new(CallerLimits::new(&settings.rate_limit));
+    let mut caller_limits = CallerLimits::new(&settings.rate_limit);
+    if let Some(r) = &redis {
+        caller_limits = caller_limits.shared(r.clone());
+    }
+    let caller_limits = Arc::new(caller_limits);
     // Forget the buckets of callers gone quiet, so memory stays bounded.
     crate::periodic::every(
         &caller_limits,

@@ -12,6 +12,7 @@ use governor::state::{InMemoryState, NotKeyed};
 
 use super::{Refusal, TokioClock, quota};
 use crate::config::{Rate, RateLimitSettings};
+use crate::store::redis::{Redis, RedisQuota, Take};
 
 type Keyed =
     RateLimiter<Arc<str>, DefaultKeyedStateStore<Arc<str>>, TokioClock, NoOpMiddleware<Duration>>;
@@ -23,6 +24,10 @@ pub struct CallerLimits {
     default_rate: Rate,
     default: Keyed,
     overrides: HashMap<String, (Rate, Direct)>,
+    /// Each caller's budget across every replica, when they share state; the
+    /// local bucket above stays as the first, cheap filter.
+    shared: Option<Redis>,
+    last_fallback_log: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl CallerLimits {
@@ -46,6 +51,60 @@ impl CallerLimits {
                 })
                 .collect(),
             clock,
+            shared: None,
+            last_fallback_log: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Shares each caller's budget with every replica through Redis.
+    pub fn shared(mut self, redis: Redis) -> Self {
+        self.shared = Some(redis);
+        self
+    }
+
+    fn rate_of(&self, key: &str) -> Rate {
+        self.overrides
+            .get(key)
+            .map_or(self.default_rate, |(rate, _)| *rate)
+    }
+
+    /// [`check`](Self::check), then the caller's budget across replicas when
+    /// shared. While Redis cannot answer, the local bucket alone applies.
+    pub async fn check_everywhere(&self, key: &Arc<str>) -> Result<(), Refusal> {
+        self.check(key)?;
+        let Some(redis) = &self.shared else {
+            return Ok(());
+        };
+        let rate = self.rate_of(key);
+        let name = {
+            use sha2::Digest;
+            format!(
+                "caller:{}",
+                hex::encode(&sha2::Sha256::digest(key.as_bytes())[..16])
+            )
+        };
+        let q = RedisQuota::new(redis.clone(), &name, rate.rps, rate.burst);
+        match q.take().await {
+            Ok(Take::Go) | Ok(Take::Cooling(_)) => Ok(()),
+            Ok(Take::Wait(wait)) => Err(Refusal {
+                limit: "per_caller_rate",
+                subject: format!("caller:{key}"),
+                description: format!(
+                    "at most {} requests/s (bursts of {}) per caller, across every replica",
+                    rate.rps, rate.burst
+                ),
+                retry_after: wait,
+            }),
+            Err(e) => {
+                let now = tokio::time::Instant::now();
+                if let Ok(mut last) = self.last_fallback_log.lock()
+                    && last.is_none_or(|t| now.duration_since(t) > Duration::from_secs(10))
+                {
+                    *last = Some(now);
+                    tracing::warn!(error = %e, "the shared per-caller budgets are unavailable: this replica's own apply meanwhile");
+                }
+                Ok(())
+            }
         }
     }
 

@@ -33,7 +33,7 @@ impl Gate for RateLimit {
             return Ok(());
         };
         let key: Arc<str> = caller.to_string().into();
-        self.limits.check(&key).map_err(|refusal| {
+        self.limits.check_everywhere(&key).await.map_err(|refusal| {
             self.metrics.refused(refusal.limit);
             tracing::info!(limit = refusal.limit, retry_after = ?refusal.retry_after, "call refused by rate limit");
             Error::Limited(refusal)

@@ -413,3 +413,49 @@ async fn the_upstream_budget_holds_for_three_replicas_together() {
         "the upstream saw {rate:.1} requests/s from 3 replicas; the budget is 20 (±10 %)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_rate_holds_across_replicas() {
+    use attachment_gateway::proto::ListAttachmentsRequest;
+    let redis = RedisServer::start();
+    let sandbox = Sandbox::start(SandboxConfig::default())
+        .await
+        .expect("sandbox");
+    let mut s = base_settings();
+    s.upstream = sandbox.upstream_settings(&s.upstream);
+    s.shared_state.redis_url = Some(redis.url());
+    s.rate_limit.per_caller = attachment_gateway::config::Rate { rps: 10, burst: 10 };
+    let gws = [
+        Gateway::start(s.clone()).await,
+        Gateway::start(s.clone()).await,
+        Gateway::start(s).await,
+    ];
+    // One caller, its calls spread over the three replicas, far over its rate.
+    let t0 = std::time::Instant::now();
+    let (mut ok, mut refused) = (0u32, 0u32);
+    let mut i = 0usize;
+    while t0.elapsed() < Duration::from_secs(3) {
+        let r = gws[i % 3]
+            .client()
+            .list_attachments(ListAttachmentsRequest {
+                work_order_id: 1001,
+                ..Default::default()
+            })
+            .await;
+        i += 1;
+        match r {
+            Ok(_) => ok += 1,
+            Err(e) if e.code() == Code::ResourceExhausted => refused += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    let want = 10.0 + 10.0 * t0.elapsed().as_secs_f64();
+    println!(
+        "one caller over 3 replicas at 10/s (burst 10): {ok} served, {refused} refused, {want:.0} allowed"
+    );
+    assert!(refused > 0);
+    assert!(
+        (f64::from(ok) - want).abs() <= want * 0.15,
+        "{ok} served; the caller's budget across replicas allows {want:.0}"
+    );
+}
