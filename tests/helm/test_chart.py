@@ -497,3 +497,15 @@ def test_shared_state_points_every_replica_at_one_redis_with_the_password_from_a
     vals["sharedState"]["redis"]["url"] = "rediss://:pw@redis:6380"
     with pytest.raises(Exception):
         render(vals)
+
+
+def test_several_replicas_without_shared_state_must_be_accepted_explicitly():
+    vals = values("default")
+    vals["sharedState"] = {"acceptPerReplicaState": False}
+    with pytest.raises(Exception, match="sharedState.redis.url"):
+        render(vals)
+    vals["replicaCount"] = 1
+    render(vals)
+    vals["replicaCount"] = 3
+    vals["sharedState"] = {"redis": {"url": "redis://redis:6379/0"}}
+    render(vals)
