@@ -74,6 +74,21 @@ impl Redis {
     }
 }
 
+/// A script, hashed once (its SHA-1 names it to `EVALSHA`), not on every call.
+macro_rules! script {
+    ($fn_name:ident, $src:ident) => {
+        fn $fn_name() -> &'static redis::Script {
+            static S: std::sync::LazyLock<redis::Script> =
+                std::sync::LazyLock::new(|| redis::Script::new($src));
+            &S
+        }
+    };
+}
+script!(renew_script, RENEW);
+script!(complete_script, COMPLETE);
+script!(abandon_script, ABANDON);
+script!(gcra_script, GCRA);
+
 /// Write records in Redis, shared by every replica.
 pub struct RedisWrites {
     redis: Redis,
@@ -217,7 +232,7 @@ impl WriteStore for RedisWrites {
         let n: i64 = self
             .redis
             .run(async move |mut c| {
-                redis::Script::new(RENEW)
+                renew_script()
                     .key(&k)
                     .arg(&h)
                     .arg(ms)
@@ -242,7 +257,7 @@ impl WriteStore for RedisWrites {
         let n: i64 = self
             .redis
             .run(async move |mut c| {
-                redis::Script::new(COMPLETE)
+                complete_script()
                     .key(&k)
                     .arg(&h)
                     .arg(&value)
@@ -263,13 +278,7 @@ impl WriteStore for RedisWrites {
         let (k, h) = (self.key(key), holder(token));
         let _: i64 = self
             .redis
-            .run(async move |mut c| {
-                redis::Script::new(ABANDON)
-                    .key(&k)
-                    .arg(&h)
-                    .invoke_async(&mut c)
-                    .await
-            })
+            .run(async move |mut c| abandon_script().key(&k).arg(&h).invoke_async(&mut c).await)
             .await?;
         Ok(())
     }
@@ -341,7 +350,7 @@ impl RedisQuota {
         let v: i64 = self
             .redis
             .run(async move |mut c| {
-                redis::Script::new(GCRA)
+                gcra_script()
                     .key(&k1)
                     .key(&k2)
                     .arg(i)
