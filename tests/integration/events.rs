@@ -557,18 +557,7 @@ async fn a_stalled_subscriber_is_ended_with_its_cursor_and_costs_a_bounded_buffe
     let (mut w, start) = watch(&mut c, vec![], "").await;
     // Events far larger in all than the buffer and the HTTP/2 windows (each
     // under the 16 KiB past which `upstream` is left out).
-    let big = "x".repeat(15_000);
-    for i in 0..250 {
-        let mut body = added(1001, "a", &format!("s{i}"));
-        body["Padding"] = json!(big);
-        let r = post(
-            &h.webhook_url,
-            bearer(&token(AUDIENCE, SystemTime::now())),
-            &body,
-        )
-        .await;
-        assert_eq!(r.status(), 200);
-    }
+    post_large(&h, "s", 250).await;
     // Not reading: the gateway ends the watch once its buffer stays full.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
@@ -610,6 +599,19 @@ async fn a_stalled_subscriber_is_ended_with_its_cursor_and_costs_a_bounded_buffe
     let (mut again, _) = watch(&mut c, vec![], &resume).await;
     let next = next_event(&mut again).await;
     assert_eq!(next.upstream_message_id, format!("s{}", received.len()));
+}
+
+/// Posts `n` notifications of ~15 KB (each under the 16 KiB past which
+/// `upstream` is left out), message ids `<prefix>0…`, one token for all.
+async fn post_large(h: &Hooked, prefix: &str, n: usize) {
+    let auth = bearer(&token(AUDIENCE, SystemTime::now()));
+    let big = "x".repeat(15_000);
+    for i in 0..n {
+        let mut body = added(1001, "a", &format!("{prefix}{i}"));
+        body["Padding"] = json!(big);
+        let r = post(&h.webhook_url, auth.clone(), &body).await;
+        assert_eq!(r.status(), 200);
+    }
 }
 
 async fn eventually_async<F, Fut>(what: &str, mut f: F)
@@ -815,18 +817,7 @@ async fn the_client_resumes_a_watch_by_itself_and_loses_nothing() {
         events.next().await,
         Some(Ok(Watched::Heartbeat(_)))
     ));
-    let big = "x".repeat(15_000);
-    for i in 0..150 {
-        let mut body = added(1001, "a", &format!("c{i}"));
-        body["Padding"] = json!(big);
-        let r = post(
-            &h.webhook_url,
-            bearer(&token(AUDIENCE, SystemTime::now())),
-            &body,
-        )
-        .await;
-        assert_eq!(r.status(), 200);
-    }
+    post_large(&h, "c", 150).await;
     // A slow reader: stalls, is ended by the gateway, and resumes by itself.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let mut got = Vec::new();
