@@ -19,13 +19,13 @@ use tonic::Code;
 use crate::common::*;
 
 /// A `redis-server` of this test's own; killed when dropped.
-struct RedisServer {
+pub(crate) struct RedisServer {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl RedisServer {
-    fn start_on(port: u16) -> Self {
+    pub(crate) fn start_on(port: u16) -> Self {
         let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let child = Command::new(&bin)
             .args([
@@ -55,7 +55,7 @@ impl RedisServer {
         panic!("redis-server never listened on {port}");
     }
 
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .expect("port")
             .local_addr()
@@ -64,11 +64,11 @@ impl RedisServer {
         Self::start_on(port)
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
@@ -77,7 +77,7 @@ impl RedisServer {
         assert!(ok, "kill {sig}");
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
