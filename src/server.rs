@@ -31,7 +31,7 @@ use crate::middleware::rate_limit::RateLimit;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::wire::attachment_service_server::AttachmentServiceServer;
 use crate::store::events::{MemoryEventLog, Retention, SharedLog};
-use crate::store::redis::{Redis, RedisQuota, RedisWrites};
+use crate::store::redis::{Redis, RedisEventLog, RedisQuota, RedisWrites};
 use crate::store::writes::{MemoryWrites, WriteStore};
 use crate::upstream::{Upstream, UpstreamError};
 use crate::webhooks::Webhooks;
@@ -200,12 +200,12 @@ pub async fn serve_with(
             let redis = Redis::connect(url, password, &ss.key_prefix, ss.command_timeout)
                 .await
                 .map_err(|e| ServeError::SharedState(e.0))?;
-            tracing::info!(redis = %crate::config::redact_url(url), "write records and the upstream budget are shared through Redis");
+            tracing::info!(redis = %crate::config::redact_url(url), "write records, quotas and the event log are shared through Redis");
             Some(redis)
         }
         None => {
             tracing::info!(
-                "no shared_state.redis_url: write records and the upstream budget are per process (one replica only)"
+                "no shared_state.redis_url: write records, quotas and the event log are per process (one replica only)"
             );
             None
         }
@@ -233,13 +233,21 @@ pub async fn serve_with(
         settings.upstream.idempotency_lease,
     );
     let ev = &settings.events;
-    let log: SharedLog = Arc::new(MemoryEventLog::new(Retention {
+    let retention = Retention {
         max_events: ev.max_events as usize,
         max_bytes: usize::try_from(ev.max_bytes).unwrap_or(usize::MAX),
         max_age: ev.max_age,
         dedupe_ttl: settings.webhooks.dedupe_ttl,
         max_dedupe_keys: settings.webhooks.max_dedupe_keys as usize,
-    }));
+    };
+    let log: SharedLog = match &redis {
+        Some(r) => Arc::new(
+            RedisEventLog::start(r.clone(), retention)
+                .await
+                .map_err(|e| ServeError::SharedState(e.0))?,
+        ),
+        None => Arc::new(MemoryEventLog::new(retention)),
+    };
     let recorder = Recorder::new(Arc::clone(&log), Arc::clone(&metrics));
     let watches = Watches::new(
         Arc::clone(&log),

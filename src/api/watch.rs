@@ -141,7 +141,7 @@ impl Watches {
                             .head()
                             .await
                             .map_err(|e| Error::EventLogUnavailable(e.0))?;
-                        if c.seq > head.seq {
+                        if c.epoch == head.epoch && c.at > head.at {
                             let mut v = crate::domain::Violations::new();
                             v.push(
                                 "after_event_id",
@@ -300,8 +300,7 @@ impl Feed {
                         .await;
                 }
             };
-            if let Ok(head) = self.log.head().await {
-                let behind = head.seq.saturating_sub(self.cursor.seq);
+            if let Some(behind) = self.log.behind(&self.cursor) {
                 self.metrics.event_subscriber_lag.observe(behind as f64);
             }
             if batch.is_empty() {

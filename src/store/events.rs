@@ -41,8 +41,10 @@ pub struct Recorded {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
     pub epoch: String,
-    /// The last event passed: its sequence number in the log (0: none yet).
-    pub seq: u64,
+    /// The last event passed: its position in the log (`(0, 0)`: none yet). The
+    /// in-process log numbers events `(0, 1)`, `(0, 2)`…; a Redis stream names
+    /// them by its entry ids, `(milliseconds, sequence)`.
+    pub at: (u64, u64),
 }
 
 /// What an append did.
@@ -94,6 +96,10 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// The event id a cursor names.
     fn event_id(&self, cursor: &Cursor) -> String;
+
+    /// How many events this replica knows of after `cursor` (for the lag
+    /// metric), without asking a shared store; `None` when it cannot tell.
+    fn behind(&self, cursor: &Cursor) -> Option<u64>;
 }
 
 /// How much the in-process log keeps.
@@ -219,7 +225,7 @@ impl EventLog for MemoryEventLog {
                 g.next_seq += 1;
                 ids.push(self.event_id(&Cursor {
                     epoch: self.epoch.clone(),
-                    seq,
+                    at: (0, seq),
                 }));
                 g.bytes = g.bytes.saturating_add(e.body.len());
                 g.events.push_back(Entry {
@@ -243,13 +249,18 @@ impl EventLog for MemoryEventLog {
         let mut g = self.lock()?;
         self.trim(&mut g);
         let first = g.events.front().map_or(g.next_seq, |e| e.seq);
+        if after.at.0 != 0 {
+            // Not one of this log's positions.
+            return Err(ReadError::OutOfRange);
+        }
+        let seq = after.at.1;
         // A cursor is outside data: no arithmetic on it may overflow.
-        let next = after.seq.saturating_add(1);
+        let next = seq.saturating_add(1);
         if next < first {
             // Events after the cursor were dropped.
             return Err(ReadError::OutOfRange);
         }
-        if after.seq >= g.next_seq {
+        if seq >= g.next_seq {
             // A cursor from the future: nothing yet.
             return Ok(Vec::new());
         }
@@ -259,7 +270,10 @@ impl EventLog for MemoryEventLog {
             .skip(from)
             .take(max)
             .map(|e| Recorded {
-                id: format!("{}-{}", self.epoch, e.seq),
+                id: format_event_id(&Cursor {
+                    epoch: self.epoch.clone(),
+                    at: (0, e.seq),
+                }),
                 work_order_id: e.work_order_id,
                 body: e.body.clone(),
             })
@@ -270,7 +284,7 @@ impl EventLog for MemoryEventLog {
         let g = self.lock()?;
         Ok(Cursor {
             epoch: self.epoch.clone(),
-            seq: g.next_seq - 1,
+            at: (0, g.next_seq - 1),
         })
     }
 
@@ -279,18 +293,58 @@ impl EventLog for MemoryEventLog {
     }
 
     fn cursor(&self, event_id: &str) -> Result<Cursor, BadCursor> {
-        let (epoch, seq) = event_id.rsplit_once('-').ok_or(BadCursor)?;
-        if epoch.is_empty() || epoch.len() > 32 || !epoch.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(BadCursor);
-        }
-        Ok(Cursor {
-            epoch: epoch.to_string(),
-            seq: seq.parse().map_err(|_| BadCursor)?,
-        })
+        parse_event_id(event_id)
     }
 
     fn event_id(&self, cursor: &Cursor) -> String {
-        format!("{}-{}", cursor.epoch, cursor.seq)
+        format_event_id(cursor)
+    }
+
+    fn behind(&self, cursor: &Cursor) -> Option<u64> {
+        let g = self.lock().ok()?;
+        Some((g.next_seq - 1).saturating_sub(cursor.at.1))
+    }
+}
+
+/// Reads an event id: `<epoch>-<seq>` (the in-process log) or
+/// `<epoch>-<ms>-<seq>` (a Redis stream's entry id). Either log reads the
+/// other's ids as another epoch's, so a cursor kept across a change of backend
+/// is refused as expired (resync), not as malformed.
+pub fn parse_event_id(event_id: &str) -> Result<Cursor, BadCursor> {
+    if event_id.len() > 96 {
+        return Err(BadCursor);
+    }
+    let mut parts = event_id.split('-');
+    let epoch = parts.next().ok_or(BadCursor)?;
+    if epoch.is_empty() || epoch.len() > 32 || !epoch.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(BadCursor);
+    }
+    let num = |p: Option<&str>| -> Result<u64, BadCursor> {
+        let p = p.ok_or(BadCursor)?;
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(BadCursor);
+        }
+        p.parse().map_err(|_| BadCursor)
+    };
+    let first = num(parts.next())?;
+    let at = match parts.next() {
+        None => (0, first),
+        second => (first, num(second)?),
+    };
+    if parts.next().is_some() {
+        return Err(BadCursor);
+    }
+    Ok(Cursor {
+        epoch: epoch.to_string(),
+        at,
+    })
+}
+
+/// The event id of a cursor (see [`parse_event_id`]).
+pub fn format_event_id(c: &Cursor) -> String {
+    match c.at {
+        (0, seq) => format!("{}-{seq}", c.epoch),
+        (ms, seq) => format!("{}-{ms}-{seq}", c.epoch),
     }
 }
 
@@ -369,5 +423,21 @@ mod tests {
         let far = l.cursor(&format!("{}-{}", start.epoch, u64::MAX)).unwrap();
         assert!(l.read(&far, 10).await.unwrap().is_empty());
         assert!(l.cursor("zz-1").is_err());
+        for bad in ["ab-", "ab--1", "ab-+1", "ab-1-2-3", "-1", "ab-1-", "ab- 1"] {
+            assert!(l.cursor(bad).is_err(), "{bad}");
+        }
+        // A Redis stream's id is another epoch's here: expired, not malformed.
+        let redis_id = l
+            .cursor(&format!("{}-1796144917806-0", start.epoch))
+            .unwrap();
+        assert_eq!(redis_id.at, (1796144917806, 0));
+        assert_eq!(
+            l.event_id(&redis_id),
+            format!("{}-1796144917806-0", start.epoch)
+        );
+        assert!(matches!(
+            l.read(&redis_id, 10).await,
+            Err(ReadError::OutOfRange)
+        ));
     }
 }

@@ -4,7 +4,7 @@
 //! - [`writes`]: writes remembered by the caller's message id (idempotency);
 //! - [`events`]: the log of attachment events that watches read.
 //!
-//! [`redis`] holds the shared backends (write records so far).
+//! [`redis`] holds the shared backends of all three (and the shared quotas).
 
 pub mod events;
 pub mod redis;

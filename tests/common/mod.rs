@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -152,6 +154,9 @@ pub struct Hooked {
     /// The webhook URL (`http://…/webhooks/corrigopro`).
     pub webhook_url: String,
     pub metrics: std::sync::Arc<attachment_gateway::metrics::Metrics>,
+    /// The Redis the event log is in, when `EVENTS_ON_REDIS=1` (the events
+    /// suite run again against the shared log).
+    pub redis: Option<redis::RedisServer>,
 }
 
 pub async fn with_webhooks(tweak: impl FnOnce(&mut Settings)) -> Hooked {
@@ -165,6 +170,12 @@ pub async fn with_webhooks_and(cfg: SandboxConfig, tweak: impl FnOnce(&mut Setti
     s.upstream = sandbox.upstream_settings(&s.upstream);
     // Sandbox mode's defaults: the emulator's certificate is trusted.
     s.sandbox.enabled = true;
+    let redis = std::env::var("EVENTS_ON_REDIS")
+        .is_ok_and(|v| v == "1")
+        .then(redis::RedisServer::start);
+    if let Some(r) = &redis {
+        s.shared_state.redis_url = Some(r.url());
+    }
     tweak(&mut s);
     let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let hooks = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -185,11 +196,35 @@ pub async fn with_webhooks_and(cfg: SandboxConfig, tweak: impl FnOnce(&mut Setti
         std::sync::Arc::clone(&metrics),
     )
     .await;
+    if let Some(r) = &redis {
+        // The log really is in Redis: its epoch key is made as the gateway starts.
+        let made = || {
+            let out = std::process::Command::new("redis-cli")
+                .args([
+                    "-p",
+                    &r.port.to_string(),
+                    "EXISTS",
+                    "attachment-gateway:epoch",
+                ])
+                .output()
+                .expect("redis-cli");
+            String::from_utf8_lossy(&out.stdout).trim() == "1"
+        };
+        let t = std::time::Instant::now();
+        while !made() {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "the event log is in Redis"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     Hooked {
         sandbox,
         gateway,
         webhook_url,
         metrics,
+        redis,
     }
 }
 

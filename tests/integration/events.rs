@@ -21,10 +21,14 @@ use tonic::{Code, Streaming};
 
 use crate::common::*;
 
-type Watch = Streaming<WatchAttachmentsResponse>;
+pub(crate) type Watch = Streaming<WatchAttachmentsResponse>;
 
 /// Opens a watch and reads its first message (a heartbeat with its cursor).
-async fn watch(c: &mut Client, work_order_ids: Vec<i64>, after: &str) -> (Watch, String) {
+pub(crate) async fn watch(
+    c: &mut Client,
+    work_order_ids: Vec<i64>,
+    after: &str,
+) -> (Watch, String) {
     let mut w = c
         .watch_attachments(WatchAttachmentsRequest {
             work_order_ids,
@@ -44,7 +48,7 @@ async fn watch(c: &mut Client, work_order_ids: Vec<i64>, after: &str) -> (Watch,
     (w, h.last_event_id)
 }
 
-async fn next_message(w: &mut Watch) -> WatchAttachmentsResponse {
+pub(crate) async fn next_message(w: &mut Watch) -> WatchAttachmentsResponse {
     tokio::time::timeout(Duration::from_secs(10), w.message())
         .await
         .expect("a message in time")
@@ -53,7 +57,7 @@ async fn next_message(w: &mut Watch) -> WatchAttachmentsResponse {
 }
 
 /// The next event, skipping heartbeats.
-async fn next_event(w: &mut Watch) -> AttachmentEvent {
+pub(crate) async fn next_event(w: &mut Watch) -> AttachmentEvent {
     loop {
         if let Some(Payload::Event(e)) = next_message(w).await.payload {
             return e;
@@ -62,7 +66,7 @@ async fn next_event(w: &mut Watch) -> AttachmentEvent {
 }
 
 /// Nothing but heartbeats for `d`.
-async fn no_event_for(w: &mut Watch, d: Duration) {
+pub(crate) async fn no_event_for(w: &mut Watch, d: Duration) {
     let until = tokio::time::Instant::now() + d;
     while let Ok(m) = tokio::time::timeout_at(until, w.message()).await {
         let m = m.expect("no error").expect("the watch went on");
@@ -72,17 +76,17 @@ async fn no_event_for(w: &mut Watch, d: Duration) {
     }
 }
 
-fn signer() -> Signer {
+pub(crate) fn signer() -> Signer {
     Signer::from_pem(NOTIFIER_KEY_PEM).expect("key")
 }
 
-fn token(audience: &str, issued: SystemTime) -> String {
+pub(crate) fn token(audience: &str, issued: SystemTime) -> String {
     signer()
         .token(audience, issued, Duration::from_secs(1200), true)
         .expect("token")
 }
 
-fn added(work_order_id: i64, attachment_id: &str, message_id: &str) -> Value {
+pub(crate) fn added(work_order_id: i64, attachment_id: &str, message_id: &str) -> Value {
     json!({
         "AttachmentId": attachment_id, "Name": "test.doc", "MimeType": "application/msword",
         "Size": 234256, "Subtype": "x",
@@ -93,13 +97,17 @@ fn added(work_order_id: i64, attachment_id: &str, message_id: &str) -> Value {
     })
 }
 
-fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     attachment_gateway::upstream::install_crypto_provider();
     reqwest::Client::new()
 }
 
 /// Posts a notification with `authorization` (none when `None`).
-async fn post(url: &str, authorization: Option<String>, body: &Value) -> reqwest::Response {
+pub(crate) async fn post(
+    url: &str,
+    authorization: Option<String>,
+    body: &Value,
+) -> reqwest::Response {
     let mut r = http()
         .post(url)
         .header("content-type", "application/json; charset=utf-8")
@@ -114,7 +122,7 @@ async fn post(url: &str, authorization: Option<String>, body: &Value) -> reqwest
     r.send().await.expect("post")
 }
 
-fn bearer(t: &str) -> Option<String> {
+pub(crate) fn bearer(t: &str) -> Option<String> {
     Some(format!("Bearer {t}"))
 }
 
@@ -796,6 +804,11 @@ async fn the_sandbox_delivers_again_on_its_schedule_until_acknowledged() {
     h.sandbox.deliver_to(h.webhook_url.clone());
     let e = next_event(&mut w).await;
     assert_eq!(e.work_order_id, 1002);
+    // The event can reach the watch before the sandbox notes its 2xx.
+    eventually("the delivery acknowledged", || {
+        h.sandbox.deliveries()[0].delivered
+    })
+    .await;
     let d = h.sandbox.deliveries()[0].clone();
     assert!(d.delivered && d.tries >= 2, "{d:?}");
 }

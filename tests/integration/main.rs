@@ -23,6 +23,7 @@ mod lifecycle;
 mod properties;
 mod reliability;
 mod rpcs;
+mod shared_events;
 mod shared_state;
 mod upstream_errors;
 mod validation;

@@ -4,7 +4,6 @@
 //! command; set `REDIS_SERVER` to use another binary). The same behaviour suite
 //! runs against the in-process store and the Redis one.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,86 +17,7 @@ use tonic::Code;
 
 use crate::common::*;
 
-/// A `redis-server` of this test's own; killed when dropped.
-pub(crate) struct RedisServer {
-    child: Child,
-    pub(crate) port: u16,
-}
-
-impl RedisServer {
-    pub(crate) fn start_on(port: u16) -> Self {
-        let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let child = Command::new(&bin)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run {bin} ({e}): run the README's test command, which installs it, or set REDIS_SERVER")
-            });
-        // Owned at once, so a failure below still kills and reaps it.
-        let server = Self { child, port };
-        for _ in 0..250 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server never listened on {port}");
-    }
-
-    pub(crate) fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        Self::start_on(port)
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    pub(crate) fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-
-    pub(crate) fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.signal_quietly();
-        self.kill();
-    }
-}
-
-impl RedisServer {
-    fn signal_quietly(&self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
+pub(crate) use crate::common::redis::RedisServer;
 
 async fn redis_store(url: &str, prefix: &str) -> Arc<dyn WriteStore> {
     let r = Redis::connect(url, None, prefix, Duration::from_millis(500))

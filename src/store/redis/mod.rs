@@ -1,0 +1,122 @@
+//! The Redis backend of the shared state: one connection manager per process
+//! (it reconnects by itself), every command bounded by `shared_state.command_timeout`.
+//!
+//! Write records ([`RedisWrites`]) are one string key per write,
+//! `<prefix>w:<sha256 of the key's fields>`:
+//! - while a write runs, `r|<lease token>|<fingerprint>` with a TTL of the lease,
+//!   renewed by the running replica (a replica killed mid-write leaves a key that
+//!   expires, after which a retry proceeds);
+//! - once done, `d|<fingerprint>|<outcome as JSON>` with the idempotency TTL.
+//!
+//! Every transition is one `SET NX` or one Lua script, so two replicas never
+//! both run a write, and a lease lost to expiry is never overwritten by its old
+//! holder's outcome when another replica took the key since.
+//!
+//! Quotas ([`RedisQuota`]) are GCRA in Lua on the server's clock; the event log
+//! ([`RedisEventLog`]) is a stream read by one tail task per replica.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+use super::StoreError;
+
+/// A connection to the shared Redis.
+#[derive(Clone)]
+pub struct Redis {
+    client: redis::Client,
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl Redis {
+    /// Connects (within `timeout`); `password`, when given, replaces one in the URL.
+    pub async fn connect(
+        url: &str,
+        password: Option<String>,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let mut info: redis::ConnectionInfo = url
+            .parse()
+            .map_err(|e: redis::RedisError| StoreError(format!("shared_state.redis_url: {e}")))?;
+        if let Some(p) = password {
+            let settings = info.redis_settings().clone().set_password(p);
+            info = info.set_redis_settings(settings);
+        }
+        let client = redis::Client::open(info).map_err(|e| StoreError(e.to_string()))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let conn = tokio::time::timeout(
+            timeout * 4,
+            ConnectionManager::new_with_config(client.clone(), config),
+        )
+        .await
+        .map_err(|_| StoreError("connecting to Redis timed out".into()))?
+        .map_err(|e| StoreError(format!("cannot connect to Redis: {e}")))?;
+        Ok(Self {
+            client,
+            conn,
+            prefix: prefix.to_string(),
+            timeout,
+        })
+    }
+
+    /// Runs `cmd`, bounded by the command timeout.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        f: impl AsyncFnOnce(ConnectionManager) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, f(self.conn.clone())).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError(format!("Redis: {e}"))),
+            Err(_) => Err(StoreError("Redis did not answer in time".into())),
+        }
+    }
+
+    /// A connection of its own, for a command that blocks (`XREAD BLOCK`) and
+    /// would hold up every other command on the shared one; its answers may
+    /// take `block` longer than the command timeout.
+    async fn dedicated(
+        &self,
+        block: Duration,
+    ) -> Result<redis::aio::MultiplexedConnection, StoreError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(block + self.timeout));
+        tokio::time::timeout(
+            self.timeout * 2,
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        .map_err(|_| StoreError("connecting to Redis timed out".into()))?
+        .map_err(|e| StoreError(format!("cannot connect to Redis: {e}")))
+    }
+}
+
+/// A script, hashed once (its SHA-1 names it to `EVALSHA`), not on every call.
+macro_rules! script {
+    ($fn_name:ident, $src:ident) => {
+        fn $fn_name() -> &'static redis::Script {
+            static S: std::sync::LazyLock<redis::Script> =
+                std::sync::LazyLock::new(|| redis::Script::new($src));
+            &S
+        }
+    };
+}
+
+/// Milliseconds for `PX`/`PEXPIRE` (at least 1: 0 is an error to Redis).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+mod events;
+mod quota;
+mod writes;
+
+pub use events::RedisEventLog;
+pub use quota::{RedisQuota, Take};
+pub use writes::RedisWrites;
