@@ -224,7 +224,16 @@ pub async fn serve_with(
     let cut = CancellationToken::new();
     let bounds = Bounds { cut: cut.clone() };
     let write_store: Arc<dyn WriteStore> = match &redis {
-        Some(r) => Arc::new(RedisWrites::new(r.clone())),
+        Some(r) => {
+            let w = RedisWrites::start(r.clone())
+                .await
+                .map_err(|e| ServeError::SharedState(e.0))?;
+            // Notices a Redis that lost its data even with no write under way.
+            crate::periodic::every(&w, std::time::Duration::from_secs(1), |w| async move {
+                w.check_epoch().await
+            });
+            w
+        }
         None => Arc::new(MemoryWrites::new(settings.upstream.idempotency_ttl)),
     };
     let writes = Writes::new(

@@ -18,12 +18,13 @@ use tonic::Code;
 use crate::common::*;
 
 pub(crate) use crate::common::redis::RedisServer;
+use crate::common::redis::free_port;
 
 async fn redis_store(url: &str, prefix: &str) -> Arc<dyn WriteStore> {
     let r = Redis::connect(url, None, prefix, Duration::from_millis(500))
         .await
         .expect("redis");
-    Arc::new(RedisWrites::new(r))
+    RedisWrites::start(r).await.expect("writes")
 }
 
 fn key(id: &str) -> WriteKey {
@@ -378,4 +379,64 @@ async fn a_callers_rate_holds_across_replicas() {
         (f64::from(ok) - want).abs() <= want * 0.15,
         "{ok} served; the caller's budget across replicas allows {want:.0}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_its_data_gets_back_what_replicas_remember() {
+    let port = free_port();
+    let mut redis = RedisServer::start_on(port);
+    let (sandbox, a, b) = replicas(&redis.url()).await;
+    let before = sandbox.attachments(1001).len();
+    let data = b"remembered by A".to_vec();
+    let first = a
+        .client()
+        .upload_attachment(futures_util::stream::iter(upload("lost-1", &data)))
+        .await
+        .expect("upload on A")
+        .into_inner();
+    // Redis restarts empty (no persistence): every write record is gone.
+    redis.kill();
+    let _redis = RedisServer::start_on(port);
+    // The caller lost A's answer and retries on B, which never saw the write:
+    // refused (retry-safe) until A has put its record back, then the first answer.
+    let t = std::time::Instant::now();
+    let mut refused = 0;
+    let again = loop {
+        match b
+            .client()
+            .upload_attachment(futures_util::stream::iter(upload("lost-1", &data)))
+            .await
+        {
+            Ok(r) => break r.into_inner(),
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                assert_eq!(error_reason(&e), "WRITE_RECORD_UNAVAILABLE");
+                assert_eq!(
+                    error_metadata(&e).get("retry_safe").map(String::as_str),
+                    Some("true")
+                );
+                refused += 1;
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "never answered after {refused} refusals"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(again.attachment_id, first.attachment_id, "the first answer");
+    assert_eq!(
+        sandbox.attachments(1001).len(),
+        before + 1,
+        "one attachment upstream, not two"
+    );
+    // Once the grace period is over, new writes run as usual on either replica.
+    tokio::time::sleep(attachment_gateway::store::redis::EPOCH_GRACE).await;
+    for (g, id) in [(&a, "after-1"), (&b, "after-2")] {
+        g.client()
+            .upload_attachment(futures_util::stream::iter(upload(id, b"new")))
+            .await
+            .expect("a new write after the grace period");
+    }
+    assert_eq!(sandbox.attachments(1001).len(), before + 3);
 }

@@ -26,7 +26,7 @@ use redis::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use super::Redis;
+use super::{EPOCH_GRACE, Redis, millis, new_epoch};
 use crate::store::StoreError;
 use crate::store::events::{
     Appended, BadCursor, Cursor, EventLog, NewEvent, ReadError, Recorded, Retention,
@@ -58,10 +58,6 @@ fn pos_id(p: Pos) -> String {
     format!("{}-{}", p.0, p.1)
 }
 
-fn new_epoch() -> String {
-    format!("{:x}", uuid::Uuid::new_v4().as_u128() as u64)
-}
-
 fn store_err(what: &str) -> StoreError {
     StoreError(format!("the event stream in Redis is malformed: {what}"))
 }
@@ -72,18 +68,18 @@ struct Keys {
     dedupe: String,
     bytes: String,
     gone: String,
+    restoring: String,
 }
 
-/// Appends (KEYS: stream, epoch, dedupe, bytes, gone; ARGV: a new epoch in case
-/// there is none, the dedupe member or '', its TTL in ms, the most dedupe keys,
-/// the most events, the most bytes, the longest age in ms, then a work order
-/// and a body per event). Returns the epoch, then 'dup' or 'new' and the ids.
-const APPEND: &str = r"
-local e = redis.call('GET', KEYS[2])
-if not e then
-  redis.call('SET', KEYS[2], ARGV[1])
-  e = ARGV[1]
-end
+/// Appends (KEYS: stream, epoch, dedupe, bytes, gone, restoring; ARGV: a new
+/// epoch in case there is none, the dedupe member or '', its TTL in ms, the most
+/// dedupe keys, the most events, the most bytes, the longest age in ms, the
+/// grace in ms, then a work order and a body per event). Returns the epoch,
+/// then 'dup' or 'new' and the ids.
+const APPEND: &str = concat!(
+    ensure_epoch!(),
+    r"
+local e = epoch(KEYS[2], KEYS[6], ARGV[1], ARGV[8])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if ARGV[2] ~= '' then
@@ -95,7 +91,7 @@ if ARGV[2] ~= '' then
 end
 local out = {e, 'new'}
 local added = 0
-for i = 8, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   out[#out + 1] = redis.call('XADD', KEYS[1], '*', 'e', e, 'w', ARGV[i], 'b', ARGV[i + 1])
   added = added + string.len(ARGV[i + 1])
 end
@@ -117,7 +113,8 @@ for _ = 1, 1000 do
   end
 end
 if gone then redis.call('SET', KEYS[5], gone) end
-return out";
+return out"
+);
 
 /// Reads after a cursor (KEYS: stream, epoch, gone; ARGV: the cursor's epoch,
 /// its entry id, how many). Returns 'expired', or 'ok', the newest entry
@@ -128,14 +125,13 @@ local gone = redis.call('GET', KEYS[3]) or '0-0'
 if tonumber(ARGV[3]) == 0 then return {'ok', gone, {}} end
 return {'ok', gone, redis.call('XRANGE', KEYS[1], '(' .. ARGV[2], '+', 'COUNT', ARGV[3])}";
 
-/// Where the log stands (KEYS: stream, epoch, gone; ARGV: a new epoch in case
-/// there is none): the epoch, the last id the stream gave, the newest dropped.
-const HEAD: &str = r"
-local e = redis.call('GET', KEYS[2])
-if not e then
-  redis.call('SET', KEYS[2], ARGV[1])
-  e = ARGV[1]
-end
+/// Where the log stands (KEYS: stream, epoch, gone, restoring; ARGV: a new
+/// epoch in case there is none, the grace in ms): the epoch, the last id the
+/// stream gave, the newest dropped.
+const HEAD: &str = concat!(
+    ensure_epoch!(),
+    r"
+local e = epoch(KEYS[2], KEYS[4], ARGV[1], ARGV[2])
 local last = '0-0'
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local info = redis.call('XINFO', 'STREAM', KEYS[1])
@@ -143,7 +139,8 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     if info[i] == 'last-generated-id' then last = info[i + 1] end
   end
 end
-return {e, last, redis.call('GET', KEYS[3]) or '0-0'}";
+return {e, last, redis.call('GET', KEYS[3]) or '0-0'}"
+);
 
 /// Replaces the epoch if it is still `ARGV[1]` (KEYS: epoch); returns the epoch.
 const NEW_EPOCH: &str = r"
@@ -246,6 +243,7 @@ impl RedisEventLog {
             dedupe: format!("{p}ev:d"),
             bytes: format!("{p}ev:bytes"),
             gone: format!("{p}ev:gone"),
+            restoring: format!("{p}restoring"),
         });
         let (epoch, last, _) = head(&redis, &keys).await?;
         let shared = Arc::new(Shared {
@@ -303,10 +301,11 @@ impl RedisEventLog {
 
 /// The epoch, the stream's last id and the newest id retention dropped.
 async fn head(redis: &Redis, keys: &Keys) -> Result<(String, Pos, Pos), StoreError> {
-    let (s, e, g, cand) = (
+    let (s, e, g, r, cand) = (
         keys.stream.clone(),
         keys.epoch.clone(),
         keys.gone.clone(),
+        keys.restoring.clone(),
         new_epoch(),
     );
     let (epoch, last, gone): (String, String, String) = redis
@@ -315,7 +314,9 @@ async fn head(redis: &Redis, keys: &Keys) -> Result<(String, Pos, Pos), StoreErr
                 .key(&s)
                 .key(&e)
                 .key(&g)
+                .key(&r)
                 .arg(&cand)
+                .arg(millis(EPOCH_GRACE))
                 .invoke_async(&mut c)
                 .await
         })
@@ -534,13 +535,15 @@ impl EventLog for RedisEventLog {
                     .key(&keys.dedupe)
                     .key(&keys.bytes)
                     .key(&keys.gone)
+                    .key(&keys.restoring)
                     .arg(&candidate)
                     .arg(&member)
-                    .arg(super::millis(ret.dedupe_ttl))
+                    .arg(millis(ret.dedupe_ttl))
                     .arg(ret.max_dedupe_keys.max(1))
                     .arg(ret.max_events.max(1))
                     .arg(ret.max_bytes.max(1))
-                    .arg(super::millis(ret.max_age));
+                    .arg(millis(ret.max_age))
+                    .arg(millis(EPOCH_GRACE));
                 for e in &events {
                     inv.arg(e.work_order_id).arg(e.body.as_ref());
                 }

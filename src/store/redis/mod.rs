@@ -12,6 +12,13 @@
 //! both run a write, and a lease lost to expiry is never overwritten by its old
 //! holder's outcome when another replica took the key since.
 //!
+//! The shared state has an epoch (`<prefix>epoch`). A Redis that lost its data
+//! lost the epoch too; whoever finds it missing makes another and marks a grace
+//! period (`<prefix>restoring`, [`EPOCH_GRACE`]) in which each replica puts back
+//! the write records it remembers and a write with no record is refused
+//! (retry-safe) instead of run; event cursors of the old epoch are refused as
+//! expired.
+//!
 //! Quotas ([`RedisQuota`]) are GCRA in Lua on the server's clock; the event log
 //! ([`RedisEventLog`]) is a stream read by one tail task per replica.
 
@@ -106,6 +113,36 @@ macro_rules! script {
             &S
         }
     };
+}
+
+/// A Lua function making the shared state's epoch when it is missing:
+/// `epoch(epoch key, restoring key, a new epoch, grace ms)`. A missing epoch at
+/// run time means Redis lost its data: the restoring key then marks the grace
+/// period in which replicas put back what they remember.
+macro_rules! ensure_epoch {
+    () => {
+        r"
+local function epoch(k, r, cand, grace)
+  local e = redis.call('GET', k)
+  if not e then
+    redis.call('SET', k, cand)
+    redis.call('SET', r, '1', 'PX', grace)
+    e = cand
+  end
+  return e
+end
+"
+    };
+}
+
+/// After Redis lost its data, how long write records nobody has put back yet
+/// are refused rather than run: longer than replicas take to notice (each
+/// checks every second) and put their records back.
+pub const EPOCH_GRACE: Duration = Duration::from_secs(5);
+
+/// A new epoch's name.
+fn new_epoch() -> String {
+    format!("{:x}", uuid::Uuid::new_v4().as_u128() as u64)
 }
 
 /// Milliseconds for `PX`/`PEXPIRE` (at least 1: 0 is an error to Redis).

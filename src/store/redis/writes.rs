@@ -1,5 +1,7 @@
 //! Write records in Redis (see the module above for the layout).
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -7,19 +9,56 @@ use sha2::{Digest, Sha256};
 use super::{Redis, millis};
 use crate::store::StoreError;
 use crate::store::writes::{Begin, Fingerprint, LeaseToken, Outcome, WriteKey, WriteStore};
+use tokio::time::Instant;
 
+script!(begin_script, BEGIN);
+script!(epoch_script, EPOCH);
 script!(renew_script, RENEW);
 script!(complete_script, COMPLETE);
 script!(abandon_script, ABANDON);
 
-/// Write records in Redis, shared by every replica.
+/// Write records in Redis, shared by every replica. Each replica also keeps
+/// the records it wrote (bounded) and puts them back into a Redis that lost
+/// its data, so a retry of a write any replica still remembers never runs
+/// twice; for [`super::EPOCH_GRACE`] after such a loss, a write whose record
+/// nobody has put back yet is refused (retry-safe) rather than run.
 pub struct RedisWrites {
     redis: Redis,
+    epoch_key: String,
+    restoring_key: String,
+    /// The shared state's epoch as this replica last saw it.
+    known: Mutex<Option<String>>,
+    mirror: Mutex<Mirror>,
+    /// Itself, for the restore task.
+    me: std::sync::Weak<Self>,
 }
 
 impl RedisWrites {
-    pub fn new(redis: Redis) -> Self {
-        Self { redis }
+    /// Opens the write records (Redis must answer); the epoch is made now if
+    /// the Redis is new, without a grace period (there is nothing to put back).
+    pub async fn start(redis: Redis) -> Result<Arc<Self>, StoreError> {
+        let epoch_key = format!("{}epoch", redis.prefix);
+        let (k, cand) = (epoch_key.clone(), super::new_epoch());
+        let _: () = redis
+            .run(async move |mut c| {
+                redis::cmd("SET")
+                    .arg(&k)
+                    .arg(&cand)
+                    .arg("NX")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let w = Arc::new_cyclic(|me| Self {
+            restoring_key: format!("{}restoring", redis.prefix),
+            epoch_key,
+            redis,
+            known: Mutex::new(None),
+            mirror: Mutex::new(Mirror::default()),
+            me: me.clone(),
+        });
+        w.check_epoch().await;
+        Ok(w)
     }
 
     fn key(&self, k: &WriteKey) -> String {
@@ -70,11 +109,38 @@ fn parse(v: &str) -> Result<Begin, StoreError> {
     }
 }
 
-/// Extends the lease when the caller still holds it.
+/// Looks a key up and takes it when free (KEYS: record, epoch, restoring;
+/// ARGV: the running value, the lease in ms, then the epoch arguments).
+/// Returns the epoch, then `have` and the record, `restoring` (Redis lost its
+/// data moments ago and replicas are putting back what they remember), or `go`.
+const BEGIN: &str = concat!(
+    ensure_epoch!(),
+    r"
+local e = epoch(KEYS[2], KEYS[3], ARGV[3], ARGV[4])
+local cur = redis.call('GET', KEYS[1])
+if cur then return {e, 'have', cur} end
+if redis.call('EXISTS', KEYS[3]) == 1 then return {e, 'restoring'} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {e, 'go'}"
+);
+
+/// The epoch, made when missing (KEYS: epoch, restoring; ARGV: the epoch arguments).
+const EPOCH: &str = concat!(
+    ensure_epoch!(),
+    r"
+return epoch(KEYS[1], KEYS[2], ARGV[1], ARGV[2])"
+);
+
+/// Extends the lease when the caller still holds it, or takes the key back
+/// when it is free (a Redis that lost it while the write ran).
 const RENEW: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not v then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2])
   return 1
 end
 return 0";
@@ -97,6 +163,163 @@ if v and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then
 end
 return 0";
 
+/// The records this replica wrote, kept in memory until they expire, bounded;
+/// the oldest go first.
+#[derive(Default)]
+struct Mirror {
+    /// Redis key -> (value, expiry, generation).
+    map: HashMap<String, (String, Instant, u64)>,
+    order: VecDeque<(u64, String)>,
+    bytes: usize,
+    generation: u64,
+}
+
+impl Mirror {
+    fn put(&mut self, key: &str, value: String, ttl: Duration) {
+        self.generation += 1;
+        let g = self.generation;
+        let size = key.len() + value.len();
+        if let Some((old, _, _)) = self
+            .map
+            .insert(key.to_string(), (value, Instant::now() + ttl, g))
+        {
+            self.bytes -= key.len() + old.len();
+        }
+        self.bytes += size;
+        self.order.push_back((g, key.to_string()));
+        while self.map.len() > MIRROR_RECORDS
+            || self.bytes > MIRROR_BYTES
+            || self.order.len() > 2 * MIRROR_RECORDS
+        {
+            let Some((g, k)) = self.order.pop_front() else {
+                break;
+            };
+            if self.map.get(&k).is_some_and(|(_, _, at)| *at == g)
+                && let Some((v, _, _)) = self.map.remove(&k)
+            {
+                self.bytes -= k.len() + v.len();
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<(String, Duration)> {
+        let (v, until, _) = self.map.get(key)?;
+        let left = until.checked_duration_since(Instant::now())?;
+        Some((v.clone(), left))
+    }
+
+    fn forget(&mut self, key: &str) {
+        if let Some((v, _, _)) = self.map.remove(key) {
+            self.bytes -= key.len() + v.len();
+        }
+    }
+
+    /// What has not expired: key, value, time left.
+    fn live(&self) -> Vec<(String, String, Duration)> {
+        let now = Instant::now();
+        self.map
+            .iter()
+            .filter_map(|(k, (v, until, _))| {
+                until
+                    .checked_duration_since(now)
+                    .map(|left| (k.clone(), v.clone(), left))
+            })
+            .collect()
+    }
+}
+
+/// Records (and bytes) one replica keeps to put back into a Redis that lost them.
+const MIRROR_RECORDS: usize = 50_000;
+const MIRROR_BYTES: usize = 32 << 20;
+
+impl RedisWrites {
+    fn mirror(&self) -> std::sync::MutexGuard<'_, Mirror> {
+        self.mirror.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes the epoch Redis answered with; another than the one known means
+    /// Redis lost its data: this replica puts back what it remembers.
+    fn saw_epoch(&self, epoch: &str) {
+        let changed = {
+            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            match known.as_deref() {
+                Some(k) if k == epoch => false,
+                Some(_) => {
+                    *known = Some(epoch.to_string());
+                    true
+                }
+                None => {
+                    *known = Some(epoch.to_string());
+                    false
+                }
+            }
+        };
+        if changed && let Some(me) = self.me.upgrade() {
+            tracing::warn!(
+                "Redis lost the shared state (a restart without its data, or a failover): putting back the write records this replica remembers"
+            );
+            tokio::spawn(async move { me.restore().await });
+        }
+    }
+
+    /// Puts this replica's live records back (`SET NX`: what another replica
+    /// wrote since wins), in pipelines of a bounded size.
+    async fn restore(&self) {
+        let live = self.mirror().live();
+        let mut restored = 0usize;
+        for chunk in live.chunks(500) {
+            let mut pipe = redis::pipe();
+            for (k, v, left) in chunk {
+                pipe.cmd("SET")
+                    .arg(k)
+                    .arg(v)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(*left))
+                    .ignore();
+            }
+            match self
+                .redis
+                .run(async move |mut c| pipe.query_async::<()>(&mut c).await)
+                .await
+            {
+                Ok(()) => restored += chunk.len(),
+                Err(e) => {
+                    tracing::error!(error = %e, restored, left = live.len() - restored, "putting write records back into Redis failed");
+                    return;
+                }
+            }
+        }
+        tracing::info!(restored, "write records put back into Redis");
+    }
+
+    /// Checks the epoch (every second): a replica that sees Redis lost its data
+    /// puts its records back even when no write comes its way.
+    pub async fn check_epoch(&self) {
+        let (e, r, cand, grace) = (
+            self.epoch_key.clone(),
+            self.restoring_key.clone(),
+            super::new_epoch(),
+            millis(super::EPOCH_GRACE),
+        );
+        let epoch: Result<String, _> = self
+            .redis
+            .run(async move |mut c| {
+                epoch_script()
+                    .key(&e)
+                    .key(&r)
+                    .arg(&cand)
+                    .arg(grace)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await;
+        if let Ok(epoch) = epoch {
+            self.saw_epoch(&epoch);
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl WriteStore for RedisWrites {
     async fn begin(
@@ -106,39 +329,66 @@ impl WriteStore for RedisWrites {
         lease: Duration,
     ) -> Result<Begin, StoreError> {
         let k = self.key(key);
-        // Twice at most: a record that expires between the SET and the GET.
-        for _ in 0..2 {
-            let token = LeaseToken(uuid::Uuid::new_v4().as_u128());
-            let value = running(token, fingerprint);
-            let (k1, v1, ms) = (k.clone(), value, millis(lease));
-            let taken: Option<String> = self
-                .redis
-                .run(async move |mut c| {
-                    redis::cmd("SET")
-                        .arg(&k1)
-                        .arg(&v1)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(ms)
-                        .query_async(&mut c)
-                        .await
-                })
-                .await?;
-            if taken.is_some() {
-                return Ok(Begin::Go(token));
-            }
-            let k2 = k.clone();
-            let current: Option<String> = self
-                .redis
-                .run(async move |mut c| redis::cmd("GET").arg(&k2).query_async(&mut c).await)
-                .await?;
-            if let Some(v) = current {
-                return parse(&v);
-            }
+        let token = LeaseToken(uuid::Uuid::new_v4().as_u128());
+        let value = running(token, fingerprint);
+        let (k1, v1, ms, e, r, cand, grace) = (
+            k.clone(),
+            value.clone(),
+            millis(lease),
+            self.epoch_key.clone(),
+            self.restoring_key.clone(),
+            super::new_epoch(),
+            millis(super::EPOCH_GRACE),
+        );
+        let answer: Vec<String> = self
+            .redis
+            .run(async move |mut c| {
+                begin_script()
+                    .key(&k1)
+                    .key(&e)
+                    .key(&r)
+                    .arg(&v1)
+                    .arg(ms)
+                    .arg(&cand)
+                    .arg(grace)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        let mut answer = answer.into_iter();
+        if let Some(epoch) = answer.next() {
+            self.saw_epoch(&epoch);
         }
-        Err(StoreError(
-            "a write record changed under the gateway twice".into(),
-        ))
+        let remembered = self.mirror().get(&k);
+        match (answer.next().as_deref(), answer.next(), remembered) {
+            (Some("have"), Some(v), _) => parse(&v),
+            // Free in Redis but remembered here: Redis lost it. The record
+            // goes back (over the lease just taken) and answers.
+            (Some("go") | Some("restoring"), _, Some((v, left))) => {
+                let (k2, v2, ms) = (k.clone(), v.clone(), millis(left));
+                self.redis
+                    .run(async move |mut c| {
+                        redis::cmd("SET")
+                            .arg(&k2)
+                            .arg(&v2)
+                            .arg("PX")
+                            .arg(ms)
+                            .query_async::<()>(&mut c)
+                            .await
+                    })
+                    .await?;
+                parse(&v)
+            }
+            (Some("go"), _, None) => {
+                self.mirror().put(&k, value, lease);
+                Ok(Begin::Go(token))
+            }
+            (Some("restoring"), _, None) => Err(StoreError(
+                "Redis lost its data moments ago; replicas are putting their write records back"
+                    .into(),
+            )),
+            _ => Err(StoreError("a write record is malformed".into())),
+        }
     }
 
     async fn renew(
@@ -147,18 +397,26 @@ impl WriteStore for RedisWrites {
         token: LeaseToken,
         lease: Duration,
     ) -> Result<bool, StoreError> {
-        let (k, h, ms) = (self.key(key), holder(token), millis(lease));
+        let k = self.key(key);
+        let Some((value, _)) = self.mirror().get(&k) else {
+            return Ok(false);
+        };
+        let (k1, h, ms, v) = (k.clone(), holder(token), millis(lease), value.clone());
         let n: i64 = self
             .redis
             .run(async move |mut c| {
                 renew_script()
-                    .key(&k)
+                    .key(&k1)
                     .arg(&h)
                     .arg(ms)
+                    .arg(&v)
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
+        if n == 1 {
+            self.mirror().put(&k, value, lease);
+        }
         Ok(n == 1)
     }
 
@@ -172,12 +430,15 @@ impl WriteStore for RedisWrites {
     ) -> Result<(), StoreError> {
         let json = serde_json::to_string(outcome).map_err(|e| StoreError(e.to_string()))?;
         let value = format!("d|{}|{json}", hex::encode(fingerprint.0));
-        let (k, h, ms) = (self.key(key), holder(token), millis(ttl));
+        let k = self.key(key);
+        // Remembered here first: a Redis that fails now gets it back later.
+        self.mirror().put(&k, value.clone(), ttl);
+        let (k1, h, ms) = (k, holder(token), millis(ttl));
         let n: i64 = self
             .redis
             .run(async move |mut c| {
                 complete_script()
-                    .key(&k)
+                    .key(&k1)
                     .arg(&h)
                     .arg(&value)
                     .arg(ms)
@@ -194,7 +455,9 @@ impl WriteStore for RedisWrites {
     }
 
     async fn abandon(&self, key: &WriteKey, token: LeaseToken) -> Result<(), StoreError> {
-        let (k, h) = (self.key(key), holder(token));
+        let k = self.key(key);
+        self.mirror().forget(&k);
+        let h = holder(token);
         let _: i64 = self
             .redis
             .run(async move |mut c| abandon_script().key(&k).arg(&h).invoke_async(&mut c).await)
@@ -204,5 +467,39 @@ impl WriteStore for RedisWrites {
 
     fn leases_expire(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_mirror_is_bounded_and_keeps_its_byte_count() {
+        let mut m = Mirror::default();
+        for i in 0..MIRROR_RECORDS + 10 {
+            m.put(&format!("k{i}"), "v".repeat(10), Duration::from_secs(60));
+        }
+        assert_eq!(m.map.len(), MIRROR_RECORDS);
+        assert!(m.get("k0").is_none(), "the oldest went first");
+        assert!(m.get(&format!("k{}", MIRROR_RECORDS + 9)).is_some());
+        // Replacing a record (running -> done) counts its bytes once.
+        m.put("k100", "x".repeat(1000), Duration::from_secs(60));
+        let sum: usize = m.map.iter().map(|(k, (v, _, _))| k.len() + v.len()).sum();
+        assert_eq!(m.bytes, sum);
+        m.forget("k100");
+        let sum: usize = m.map.iter().map(|(k, (v, _, _))| k.len() + v.len()).sum();
+        assert_eq!(m.bytes, sum);
+        // Large records are bounded by bytes.
+        let mut m = Mirror::default();
+        for i in 0..100 {
+            m.put(
+                &format!("k{i}"),
+                "v".repeat(1 << 20),
+                Duration::from_secs(60),
+            );
+        }
+        assert!(m.bytes <= MIRROR_BYTES);
+        assert!(m.live().len() <= 32);
     }
 }
