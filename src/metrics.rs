@@ -35,6 +35,12 @@ pub struct LimitLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UseLabel {
+    /// One of a fixed set of names.
+    pub r#use: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabel {
     pub source: String,
 }
@@ -129,6 +135,7 @@ pub struct Metrics {
     pub connections_refused: Family<ListenerLabel, Counter>,
     pub events_recorded: Family<SourceLabel, Counter>,
     pub event_record_failures: Family<SourceLabel, Counter>,
+    pub shared_state_failures: Family<UseLabel, Counter>,
     pub event_subscribers: Gauge,
     pub event_subscriber_lag: Histogram,
     pub webhook_requests: Family<OutcomeLabel, Counter>,
@@ -161,6 +168,7 @@ impl Metrics {
             connections_refused: Family::default(),
             events_recorded: Family::default(),
             event_record_failures: Family::default(),
+            shared_state_failures: Family::default(),
             event_subscribers: Gauge::default(),
             event_subscriber_lag: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
             webhook_requests: Family::default(),
@@ -235,6 +243,11 @@ impl Metrics {
             m.event_record_failures.clone(),
         );
         registry.register(
+            "shared_state_failures",
+            "Commands to the shared Redis that failed or timed out, by use (write_records: writes with a message id refused retry-safe; upstream_budget and caller_rate: each replica's own limits apply meanwhile; event_log: webhooks answered 503, watches interrupted)",
+            m.shared_state_failures.clone(),
+        );
+        registry.register(
             "event_subscribers",
             "WatchAttachments streams open",
             m.event_subscribers.clone(),
@@ -289,6 +302,13 @@ impl Metrics {
             .inc_by(n);
     }
 
+    /// A command to the shared Redis failed, for `purpose` (a fixed name).
+    pub fn shared_state_failed(&self, purpose: &'static str) {
+        self.shared_state_failures
+            .get_or_create(&UseLabel { r#use: purpose })
+            .inc();
+    }
+
     pub fn event_record_failed(&self, source: &str) {
         self.event_record_failures
             .get_or_create(&SourceLabel {
@@ -328,5 +348,22 @@ impl Metrics {
                 limit: limit.to_string(),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shared_state_failures_are_labelled_by_use() {
+        let m = super::Metrics::new();
+        m.shared_state_failed("upstream_budget");
+        m.shared_state_failed("upstream_budget");
+        let text = m.render();
+        assert!(
+            text.contains(
+                "attachment_gateway_shared_state_failures_total{use=\"upstream_budget\"} 2"
+            ),
+            "{text}"
+        );
     }
 }

@@ -197,9 +197,11 @@ pub async fn serve_with(
                 ),
                 None => None,
             };
+            let m = Arc::clone(&metrics);
             let redis = Redis::connect(url, password, &ss.key_prefix, ss.command_timeout)
                 .await
-                .map_err(|e| ServeError::SharedState(e.0))?;
+                .map_err(|e| ServeError::SharedState(e.0))?
+                .with_failure_hook(Arc::new(move |purpose| m.shared_state_failed(purpose)));
             tracing::info!(redis = %crate::config::redact_url(url), "write records, quotas and the event log are shared through Redis");
             Some(redis)
         }
@@ -213,7 +215,12 @@ pub async fn serve_with(
     let mut budget = UpstreamBudget::new(&settings.rate_limit);
     if let Some(r) = &redis {
         let u = settings.rate_limit.upstream;
-        budget = budget.shared(RedisQuota::new(r.clone(), "upstream", u.rps, u.burst));
+        budget = budget.shared(RedisQuota::new(
+            r.for_use("upstream_budget"),
+            "upstream",
+            u.rps,
+            u.burst,
+        ));
     }
     let budget = Arc::new(budget);
     let upstream = Arc::new(Upstream::new(
@@ -225,7 +232,7 @@ pub async fn serve_with(
     let bounds = Bounds { cut: cut.clone() };
     let write_store: Arc<dyn WriteStore> = match &redis {
         Some(r) => {
-            let w = RedisWrites::start(r.clone())
+            let w = RedisWrites::start(r.for_use("write_records"))
                 .await
                 .map_err(|e| ServeError::SharedState(e.0))?;
             // Notices a Redis that lost its data even with no write under way.
@@ -251,7 +258,7 @@ pub async fn serve_with(
     };
     let log: SharedLog = match &redis {
         Some(r) => Arc::new(
-            RedisEventLog::start(r.clone(), retention)
+            RedisEventLog::start(r.for_use("event_log"), retention)
                 .await
                 .map_err(|e| ServeError::SharedState(e.0))?,
         ),
@@ -360,7 +367,7 @@ pub async fn serve_with(
     );
     let mut caller_limits = CallerLimits::new(&settings.rate_limit);
     if let Some(r) = &redis {
-        caller_limits = caller_limits.shared(r.clone());
+        caller_limits = caller_limits.shared(r.for_use("caller_rate"));
     }
     let caller_limits = Arc::new(caller_limits);
     // Forget the buckets of callers gone quiet, so memory stays bounded.

@@ -22,6 +22,7 @@ use crate::events::{Watch, added, bearer, next_event, post, token, watch};
 struct Replica {
     gateway: Gateway,
     webhook_url: String,
+    metrics: std::sync::Arc<attachment_gateway::metrics::Metrics>,
 }
 
 async fn replica(sandbox: &Sandbox, redis_url: &str) -> Replica {
@@ -38,6 +39,7 @@ async fn replica(sandbox: &Sandbox, redis_url: &str) -> Replica {
         hooks.local_addr().expect("addr"),
         attachment_gateway::webhooks::PATH
     );
+    let metrics = std::sync::Arc::new(attachment_gateway::metrics::Metrics::new());
     let gateway = Gateway::start_with(
         s,
         server::Listeners {
@@ -45,12 +47,13 @@ async fn replica(sandbox: &Sandbox, redis_url: &str) -> Replica {
             admin: None,
             webhooks: Some(hooks),
         },
-        std::sync::Arc::new(attachment_gateway::metrics::Metrics::new()),
+        std::sync::Arc::clone(&metrics),
     )
     .await;
     Replica {
         gateway,
         webhook_url,
+        metrics,
     }
 }
 
@@ -269,6 +272,15 @@ async fn redis_paused_refuses_webhooks_interrupts_watches_and_loses_nothing() {
         .await
         .expect_err("no watch without the log");
     assert_eq!(err.code(), Code::Unavailable);
+    // Counted, by use.
+    for r in &rs {
+        assert!(
+            r.metrics
+                .render()
+                .contains("attachment_gateway_shared_state_failures_total{use=\"event_log\"}"),
+            "the failures are counted"
+        );
+    }
     redis.signal("-CONT");
     // CorrigoPro redelivers m5; more arrive; the watch resumes on A.
     notify_until_acknowledged(&rs[0], 5).await;

@@ -214,7 +214,8 @@ impl Shared {
         self.notify.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    fn down(&self, why: &StoreError) {
+    fn down(&self, why: &StoreError, redis: &Redis) {
+        redis.failed();
         let was = self
             .ring()
             .map(|mut r| std::mem::replace(&mut r.healthy, false));
@@ -363,7 +364,7 @@ async fn tail(shared: Weak<Shared>, redis: Redis, keys: Arc<Keys>) {
             match sync(&s, &redis, &keys).await {
                 Ok(()) => checked = tokio::time::Instant::now(),
                 Err(e) => {
-                    s.down(&e);
+                    s.down(&e, &redis);
                     drop(s);
                     conn = None;
                     tokio::time::sleep(RETRY).await;
@@ -382,7 +383,7 @@ async fn tail(shared: Weak<Shared>, redis: Redis, keys: Arc<Keys>) {
                 Ok(c) => conn.insert(c),
                 Err(e) => {
                     if let Some(s) = shared.upgrade() {
-                        s.down(&e);
+                        s.down(&e, &redis);
                     }
                     tokio::time::sleep(RETRY).await;
                     continue;
@@ -406,19 +407,19 @@ async fn tail(shared: Weak<Shared>, redis: Redis, keys: Arc<Keys>) {
         let reply = match read {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
-                s.down(&StoreError(format!("Redis: {e}")));
+                s.down(&StoreError(format!("Redis: {e}")), &redis);
                 conn = None;
                 tokio::time::sleep(RETRY).await;
                 continue;
             }
             Err(_) => {
-                s.down(&StoreError("Redis did not answer in time".into()));
+                s.down(&StoreError("Redis did not answer in time".into()), &redis);
                 conn = None;
                 continue;
             }
         };
         if let Err(e) = take(&s, reply) {
-            s.down(&e);
+            s.down(&e, &redis);
         }
     }
 }

@@ -28,6 +28,10 @@ use redis::aio::ConnectionManager;
 
 use super::StoreError;
 
+/// Told of each command to Redis that failed or timed out, with the use it
+/// served (`write_records`, `upstream_budget`, `caller_rate`, `event_log`).
+pub type FailureHook = std::sync::Arc<dyn Fn(&'static str) + Send + Sync>;
+
 /// A connection to the shared Redis.
 #[derive(Clone)]
 pub struct Redis {
@@ -35,6 +39,9 @@ pub struct Redis {
     conn: ConnectionManager,
     prefix: String,
     timeout: Duration,
+    on_failure: Option<FailureHook>,
+    /// What this handle's commands are for (see [`FailureHook`]).
+    purpose: &'static str,
 }
 
 impl Redis {
@@ -68,7 +75,29 @@ impl Redis {
             conn,
             prefix: prefix.to_string(),
             timeout,
+            on_failure: None,
+            purpose: "shared_state",
         })
+    }
+
+    /// This connection, telling `hook` of each failed command.
+    pub fn with_failure_hook(mut self, hook: FailureHook) -> Self {
+        self.on_failure = Some(hook);
+        self
+    }
+
+    /// A handle (on the same connection) whose failures count for `purpose`.
+    pub fn for_use(&self, purpose: &'static str) -> Self {
+        Self {
+            purpose,
+            ..self.clone()
+        }
+    }
+
+    fn failed(&self) {
+        if let Some(h) = &self.on_failure {
+            h(self.purpose);
+        }
     }
 
     /// Runs `cmd`, bounded by the command timeout.
@@ -76,11 +105,15 @@ impl Redis {
         &self,
         f: impl AsyncFnOnce(ConnectionManager) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, f(self.conn.clone())).await {
+        let r = match tokio::time::timeout(self.timeout, f(self.conn.clone())).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(StoreError(format!("Redis: {e}"))),
             Err(_) => Err(StoreError("Redis did not answer in time".into())),
+        };
+        if r.is_err() {
+            self.failed();
         }
+        r
     }
 
     /// A connection of its own, for a command that blocks (`XREAD BLOCK`) and
