@@ -168,7 +168,15 @@ async fn bench(p: Params) {
         opened_in.as_secs_f64()
     );
     // One event to every idle watch: how long the last one waits.
-    let fan = run(std::slice::from_ref(&gw.webhook), &token, 1, 1, idle, 3_000_000).await;
+    let fan = run(
+        std::slice::from_ref(&gw.webhook),
+        &token,
+        1,
+        1,
+        idle,
+        3_000_000,
+    )
+    .await;
     println!(
         "one event to {} watches: delivery p50 {:.1} ms, p99 {:.1} ms, last {:.1} ms",
         p.idle_subscribers,

@@ -241,7 +241,7 @@ async fn bench(p: Params) {
     let one = Gateway::start(subs, &env(None));
     drop(open_watches(one.grpc, 1, 1).await);
     let base = run(
-        &[one.webhook.clone()],
+        std::slice::from_ref(&one.webhook),
         &token,
         p.rate,
         p.seconds,

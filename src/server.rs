@@ -202,6 +202,7 @@ pub async fn serve_with(
                 .await
                 .map_err(|e| ServeError::SharedState(e.0))?
                 .with_failure_hook(Arc::new(move |purpose| m.shared_state_failed(purpose)));
+            redis.warn_unless_noeviction().await;
             tracing::info!(redis = %crate::config::redact_url(url), "write records, quotas and the event log are shared through Redis");
             Some(redis)
         }

@@ -263,4 +263,3 @@ pub async fn bare_endpoint() -> String {
     });
     format!("http://{addr}/")
 }
-

@@ -53,6 +53,16 @@ fn str_field(obj: &Map<String, Value>, names: &[&str]) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// The most characters of a sender's field kept (names, phones, types are short).
+const MAX_SENDER_FIELD: usize = 256;
+
+fn bounded(s: String) -> String {
+    match s.char_indices().nth(MAX_SENDER_FIELD) {
+        Some((end, _)) => s[..end].to_string(),
+        None => s,
+    }
+}
+
 fn action_of(header: Option<&Map<String, Value>>, event_type: Option<&str>) -> String {
     header
         .and_then(|h| str_field(h, &["Action"]))
@@ -99,9 +109,12 @@ pub fn classify(
     let sender = get_ci(header, &["Sender", "PerformedBy"])
         .and_then(Value::as_object)
         .map(|s| Sender {
-            name: str_field(s, &["Name", "DisplayName"]).unwrap_or_default(),
-            phone: str_field(s, &["Phone"]).unwrap_or_default(),
-            r#type: str_field(s, &["Type"]).unwrap_or_default(),
+            // Copied into each event of the notification (up to
+            // MAX_ATTACHMENTS): bounded, so one notification cannot multiply
+            // its size by the number of its attachments.
+            name: bounded(str_field(s, &["Name", "DisplayName"]).unwrap_or_default()),
+            phone: bounded(str_field(s, &["Phone"]).unwrap_or_default()),
+            r#type: bounded(str_field(s, &["Type"]).unwrap_or_default()),
         });
     let event = |kind: AttachmentEventType, attachment: Attachment| AttachmentEvent {
         event_id: String::new(),

@@ -44,6 +44,25 @@ impl RedisServer {
         )
     }
 
+    /// One that writes a snapshot of its data to `dir` only when told (`SAVE`,
+    /// see [`Self::cli`]) and loads it at start: a restart goes back to the
+    /// last snapshot, losing what came after (as a failover to a lagging
+    /// replica does).
+    pub fn start_snapshotting(port: u16, dir: &std::path::Path) -> Self {
+        let dir = dir.to_str().expect("utf-8 dir");
+        Self::start_with(port, &["--save", "", "--appendonly", "no", "--dir", dir])
+    }
+
+    /// Runs `redis-cli` against it; its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     fn start_with(port: u16, args: &[&str]) -> Self {
         let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let child = Command::new(&bin)

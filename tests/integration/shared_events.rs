@@ -11,6 +11,10 @@ use attachment_gateway::proto::{AttachmentEvent, WatchAttachmentsRequest};
 use attachment_gateway::sandbox::notifier::AUDIENCE;
 use attachment_gateway::sandbox::{Sandbox, SandboxConfig};
 use attachment_gateway::server;
+use attachment_gateway::store::events::{
+    Appended, Cursor, EventLog, NewEvent, ReadError, Retention,
+};
+use attachment_gateway::store::redis::{Redis, RedisEventLog};
 use tokio::net::TcpListener;
 use tonic::Code;
 
@@ -357,4 +361,163 @@ async fn redis_restarted_without_its_data_expires_old_cursors_and_serves_on() {
     assert_eq!(notify(&rs[1], 4).await, 200);
     assert_eq!(message_ids(&events(&mut wa, 1).await), want(4..5));
     assert_eq!(message_ids(&events(&mut wb2, 1).await), want(4..5));
+}
+
+/// One replica's log, opened directly.
+async fn log(url: &str, max_events: usize) -> RedisEventLog {
+    let r = Redis::connect(url, None, "attachment-gateway:", Duration::from_millis(300))
+        .await
+        .expect("redis");
+    RedisEventLog::start(
+        r,
+        Retention {
+            max_events,
+            max_bytes: usize::MAX,
+            max_age: Duration::from_secs(3600),
+            dedupe_ttl: Duration::from_secs(60),
+            max_dedupe_keys: 1000,
+        },
+    )
+    .await
+    .expect("log")
+}
+
+fn ev(n: i64) -> NewEvent {
+    NewEvent {
+        work_order_id: n,
+        body: bytes::Bytes::from(format!("event {n}")),
+    }
+}
+
+/// Reads until `f` holds of the answer (the tail takes a moment).
+async fn read_until(
+    l: &RedisEventLog,
+    after: &Cursor,
+    what: &str,
+    f: impl Fn(&Result<Vec<i64>, ReadError>) -> bool,
+) {
+    let t = std::time::Instant::now();
+    loop {
+        let got = l
+            .read(after, 100)
+            .await
+            .map(|v| v.iter().map(|e| e.work_order_id).collect::<Vec<_>>());
+        if f(&got) {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{what}: {got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_retention_dropped_before_a_replica_read_them_are_never_skipped_silently() {
+    let redis = RedisServer::start();
+    let a = log(&redis.url(), 2).await;
+    let from = a.head().await.expect("head");
+    // One append larger than retention: 1..3 are dropped before A's tail reads.
+    let Appended::New(ids) = a
+        .append((1..=5).map(ev).collect(), None)
+        .await
+        .expect("append")
+    else {
+        panic!("new")
+    };
+    read_until(&a, &from, "A refuses the cursor", |r| {
+        matches!(r, Err(ReadError::OutOfRange))
+    })
+    .await;
+    let b = log(&redis.url(), 2).await;
+    assert!(matches!(
+        b.read(&from, 100).await,
+        Err(ReadError::OutOfRange)
+    ));
+    // From what is still held, both read the same.
+    let third = a.cursor(&ids[2]).expect("cursor");
+    for l in [&a, &b] {
+        read_until(l, &third, "4 and 5", |r| matches!(r, Ok(v) if v == &[4, 5])).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_went_back_starts_a_new_epoch_even_when_appends_came_first() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let mut redis = RedisServer::start_snapshotting(port, dir.path());
+    let a = log(&redis.url(), 1000).await;
+    let Appended::New(first) = a
+        .append((1..=3).map(ev).collect(), None)
+        .await
+        .expect("append")
+    else {
+        panic!("new")
+    };
+    assert_eq!(redis.cli(&["SAVE"]), "OK");
+    a.append((4..=6).map(ev).collect(), None)
+        .await
+        .expect("append");
+    let third = a.cursor(&first[2]).expect("cursor");
+    read_until(
+        &a,
+        &third,
+        "A read 4..6",
+        |r| matches!(r, Ok(v) if v == &[4, 5, 6]),
+    )
+    .await;
+    // Redis goes back to its snapshot (4..6 lost), and another replica appends
+    // before A's tail has looked.
+    redis.kill();
+    let _redis = RedisServer::start_snapshotting(port, dir.path());
+    let b = log(&format!("redis://127.0.0.1:{port}/0"), 1000).await;
+    b.append(vec![ev(7)], None).await.expect("append");
+    // Nobody is served 7 after 3 as if 4..6 never were: the cursor expires.
+    for l in [&a, &b] {
+        read_until(l, &third, "the cursor of 3 expires", |r| {
+            matches!(r, Err(ReadError::OutOfRange))
+        })
+        .await;
+    }
+    // And the log goes on under the new epoch.
+    let now = b.head().await.expect("head");
+    assert_ne!(now.epoch, third.epoch);
+    b.append(vec![ev(8)], None).await.expect("append");
+    for l in [&a, &b] {
+        read_until(
+            l,
+            &now,
+            "8 after the new head",
+            |r| matches!(r, Ok(v) if v == &[8]),
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_that_is_not_the_logs_own_is_passed_over() {
+    let redis = RedisServer::start();
+    let a = log(&redis.url(), 1000).await;
+    let from = a.head().await.expect("head");
+    a.append(vec![ev(1)], None).await.expect("append");
+    // Something else writes into the stream.
+    assert!(
+        !redis
+            .cli(&["XADD", "attachment-gateway:ev:s", "*", "junk", "1"])
+            .is_empty()
+    );
+    a.append(vec![ev(2)], None).await.expect("append");
+    read_until(
+        &a,
+        &from,
+        "1 and 2, the rest passed over",
+        |r| matches!(r, Ok(v) if v == &[1, 2]),
+    )
+    .await;
+    let b = log(&redis.url(), 1000).await;
+    read_until(
+        &b,
+        &from,
+        "the same from Redis",
+        |r| matches!(r, Ok(v) if v == &[1, 2]),
+    )
+    .await;
 }

@@ -69,13 +69,21 @@ struct Keys {
     bytes: String,
     gone: String,
     restoring: String,
+    last: String,
 }
 
-/// Appends (KEYS: stream, epoch, dedupe, bytes, gone, restoring; ARGV: a new
-/// epoch in case there is none, the dedupe member or '', its TTL in ms, the most
-/// dedupe keys, the most events, the most bytes, the longest age in ms, the
+/// Appends (KEYS: stream, epoch, dedupe, bytes, gone, restoring, last; ARGV: a
+/// new epoch in case there is none, the dedupe member or '', its TTL in ms, the
+/// most dedupe keys, the most events, the most bytes, the longest age in ms, the
 /// grace in ms, then a work order and a body per event). Returns the epoch,
 /// then 'dup' or 'new' and the ids.
+///
+/// Each entry names the entry before it (`p`), so a reader knows the chain it
+/// follows is whole: one that finds another predecessor than the last entry it
+/// read has met a gap (retention dropped entries it never read) or a stream
+/// that went back (Redis lost its newest entries). The dedupe key is written
+/// last, so an append that fails part-way is not taken for done when the
+/// notification comes again.
 const APPEND: &str = concat!(
     ensure_epoch!(),
     r"
@@ -85,27 +93,35 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if ARGV[2] ~= '' then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
   if redis.call('ZSCORE', KEYS[3], ARGV[2]) then return {e, 'dup'} end
-  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[2])
-  local over = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[4])
-  if over > 0 then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, over - 1) end
 end
 local out = {e, 'new'}
 local added = 0
+local prev = redis.call('GET', KEYS[7]) or '0-0'
 for i = 9, #ARGV, 2 do
-  out[#out + 1] = redis.call('XADD', KEYS[1], '*', 'e', e, 'w', ARGV[i], 'b', ARGV[i + 1])
+  prev = redis.call('XADD', KEYS[1], '*', 'e', e, 'p', prev, 'w', ARGV[i], 'b', ARGV[i + 1])
+  out[#out + 1] = prev
   added = added + string.len(ARGV[i + 1])
 end
+if #out > 2 then redis.call('SET', KEYS[7], prev) end
 local bytes = redis.call('INCRBY', KEYS[4], added)
 local len = redis.call('XLEN', KEYS[1])
 local oldest = now - tonumber(ARGV[7])
 local gone = false
 for _ = 1, 1000 do
   local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
-  if not first then break end
-  local ms = tonumber(string.match(first[1], '^(%d+)'))
+  if not first then
+    -- Nothing held: nothing counted (heals a count that drifted).
+    redis.call('SET', KEYS[4], 0)
+    break
+  end
+  local ms = tonumber(string.match(first[1], '^(%d+)')) or 0
   if len > tonumber(ARGV[5]) or bytes > tonumber(ARGV[6]) or ms < oldest then
+    local size = 0
+    for j = 1, #first[2], 2 do
+      if first[2][j] == 'b' then size = string.len(first[2][j + 1]) end
+    end
     redis.call('XDEL', KEYS[1], first[1])
-    bytes = redis.call('DECRBY', KEYS[4], string.len(first[2][6] or ''))
+    bytes = redis.call('DECRBY', KEYS[4], size)
     len = len - 1
     gone = first[1]
   else
@@ -113,6 +129,11 @@ for _ = 1, 1000 do
   end
 end
 if gone then redis.call('SET', KEYS[5], gone) end
+if ARGV[2] ~= '' then
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[2])
+  local over = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[4])
+  if over > 0 then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, over - 1) end
+end
 return out"
 );
 
@@ -125,21 +146,14 @@ local gone = redis.call('GET', KEYS[3]) or '0-0'
 if tonumber(ARGV[3]) == 0 then return {'ok', gone, {}} end
 return {'ok', gone, redis.call('XRANGE', KEYS[1], '(' .. ARGV[2], '+', 'COUNT', ARGV[3])}";
 
-/// Where the log stands (KEYS: stream, epoch, gone, restoring; ARGV: a new
-/// epoch in case there is none, the grace in ms): the epoch, the last id the
-/// stream gave, the newest dropped.
+/// Where the log stands (KEYS: epoch, gone, restoring, last; ARGV: a new epoch
+/// in case there is none, the grace in ms): the epoch, the last entry
+/// appended, the newest dropped.
 const HEAD: &str = concat!(
     ensure_epoch!(),
     r"
-local e = epoch(KEYS[2], KEYS[4], ARGV[1], ARGV[2])
-local last = '0-0'
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  local info = redis.call('XINFO', 'STREAM', KEYS[1])
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then last = info[i + 1] end
-  end
-end
-return {e, last, redis.call('GET', KEYS[3]) or '0-0'}"
+local e = epoch(KEYS[1], KEYS[3], ARGV[1], ARGV[2])
+return {e, redis.call('GET', KEYS[4]) or '0-0', redis.call('GET', KEYS[2]) or '0-0'}"
 );
 
 /// Replaces the epoch if it is still `ARGV[1]` (KEYS: epoch); returns the epoch.
@@ -164,7 +178,11 @@ struct Held {
 struct Ring {
     epoch: String,
     start: Pos,
+    /// The last entry of the chain the ring follows.
     last: Pos,
+    /// Where the tail reads on from (past `last` when it passed over entries
+    /// that are not the log's own).
+    read_from: Pos,
     entries: VecDeque<Held>,
     bytes: usize,
     /// False while the tail cannot read Redis (or must check where it stands):
@@ -177,6 +195,7 @@ impl Ring {
         self.epoch = epoch;
         self.start = head;
         self.last = head;
+        self.read_from = head;
         self.entries.clear();
         self.bytes = 0;
         self.healthy = true;
@@ -184,6 +203,7 @@ impl Ring {
 
     fn push(&mut self, h: Held) {
         self.last = h.at;
+        self.read_from = h.at;
         self.bytes += h.body.len();
         self.entries.push_back(h);
         while self.entries.len() > RING_EVENTS || self.bytes > RING_BYTES {
@@ -245,6 +265,7 @@ impl RedisEventLog {
             bytes: format!("{p}ev:bytes"),
             gone: format!("{p}ev:gone"),
             restoring: format!("{p}restoring"),
+            last: format!("{p}ev:last"),
         });
         let (epoch, last, _) = head(&redis, &keys).await?;
         let shared = Arc::new(Shared {
@@ -252,6 +273,7 @@ impl RedisEventLog {
                 epoch,
                 start: last,
                 last,
+                read_from: last,
                 entries: VecDeque::new(),
                 bytes: 0,
                 healthy: true,
@@ -302,20 +324,20 @@ impl RedisEventLog {
 
 /// The epoch, the stream's last id and the newest id retention dropped.
 async fn head(redis: &Redis, keys: &Keys) -> Result<(String, Pos, Pos), StoreError> {
-    let (s, e, g, r, cand) = (
-        keys.stream.clone(),
+    let (e, g, r, l, cand) = (
         keys.epoch.clone(),
         keys.gone.clone(),
         keys.restoring.clone(),
+        keys.last.clone(),
         new_epoch(),
     );
     let (epoch, last, gone): (String, String, String) = redis
         .run(async move |mut c| {
             head_script()
-                .key(&s)
                 .key(&e)
                 .key(&g)
                 .key(&r)
+                .key(&l)
                 .arg(&cand)
                 .arg(millis(EPOCH_GRACE))
                 .invoke_async(&mut c)
@@ -324,7 +346,16 @@ async fn head(redis: &Redis, keys: &Keys) -> Result<(String, Pos, Pos), StoreErr
         .await?;
     let last = parse_pos(&last).ok_or_else(|| store_err("a last id"))?;
     let gone = parse_pos(&gone).ok_or_else(|| store_err("a dropped id"))?;
-    Ok((epoch, last, gone))
+    Ok((valid_epoch(epoch)?, last, gone))
+}
+
+/// An epoch as event ids can carry it (Redis is shared: its keys may hold
+/// anything).
+fn valid_epoch(e: String) -> Result<String, StoreError> {
+    if e.is_empty() || e.len() > 32 || !e.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(store_err("the epoch"));
+    }
+    Ok(e)
 }
 
 /// A stream entry as Redis gives it: its id and its fields and values.
@@ -335,21 +366,33 @@ fn entries(v: Value) -> Result<Vec<RawEntry>, StoreError> {
     redis::from_redis_value(v).map_err(|e| store_err(&e.to_string()))
 }
 
-/// An entry's epoch, work order and body.
-fn fields(f: Vec<Vec<u8>>) -> Option<(Vec<u8>, i64, Bytes)> {
-    let mut epoch = None;
-    let mut wo = None;
-    let mut body = None;
+/// An entry as the log wrote it.
+struct Fields {
+    epoch: Vec<u8>,
+    /// The entry before it.
+    prev: Pos,
+    work_order_id: i64,
+    body: Bytes,
+}
+
+fn fields(f: Vec<Vec<u8>>) -> Option<Fields> {
+    let (mut epoch, mut prev, mut wo, mut body) = (None, None, None, None);
     let mut it = f.into_iter();
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
         match k.as_slice() {
             b"e" => epoch = Some(v),
+            b"p" => prev = std::str::from_utf8(&v).ok().and_then(parse_pos),
             b"w" => wo = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()),
             b"b" => body = Some(Bytes::from(v)),
             _ => {}
         }
     }
-    Some((epoch?, wo?, body?))
+    Some(Fields {
+        epoch: epoch?,
+        prev: prev?,
+        work_order_id: wo?,
+        body: body?,
+    })
 }
 
 /// This replica's reader of the stream: fills the ring, wakes the watches.
@@ -373,7 +416,7 @@ async fn tail(shared: Weak<Shared>, redis: Redis, keys: Arc<Keys>) {
             }
         }
         let from = match s.ring() {
-            Ok(r) => pos_id(r.last),
+            Ok(r) => pos_id(r.read_from),
             Err(_) => return,
         };
         drop(s);
@@ -418,39 +461,84 @@ async fn tail(shared: Weak<Shared>, redis: Redis, keys: Arc<Keys>) {
                 continue;
             }
         };
-        if let Err(e) = take(&s, reply) {
-            s.down(&e, &redis);
+        match take(&s, reply) {
+            Ok(Took::Fine) => {}
+            Ok(Took::WentBack) => {
+                let epoch = s.ring().map(|r| r.epoch.clone()).unwrap_or_default();
+                drop(s);
+                if let Err(e) = new_epoch_after_loss(&redis, &keys, &epoch).await
+                    && let Some(s) = shared.upgrade()
+                {
+                    s.down(&e, &redis);
+                }
+            }
+            Err(e) => {
+                s.down(&e, &redis);
+                drop(s);
+                tokio::time::sleep(RETRY).await;
+            }
         }
     }
 }
 
-/// Puts what `XREAD` gave into the ring.
-fn take(s: &Shared, reply: Value) -> Result<(), StoreError> {
+/// What the tail found in a read.
+#[derive(Debug, PartialEq, Eq)]
+enum Took {
+    Fine,
+    /// The stream no longer holds entries the ring read: Redis lost them.
+    WentBack,
+}
+
+/// Puts what `XREAD` gave into the ring, following the chain of entries.
+fn take(s: &Shared, reply: Value) -> Result<Took, StoreError> {
     if matches!(reply, Value::Nil) {
-        return Ok(());
+        return Ok(Took::Fine);
     }
     let streams: Vec<(String, Value)> =
         redis::from_redis_value(reply).map_err(|e| store_err(&e.to_string()))?;
     let mut any = false;
+    let mut took = Took::Fine;
     let mut r = s.ring()?;
-    for (_, v) in streams {
+    'all: for (_, v) in streams {
         for (id, f) in entries(v)? {
-            let at = parse_pos(&id).ok_or_else(|| store_err("an entry id"))?;
-            let (epoch, work_order_id, body) =
-                fields(f).ok_or_else(|| store_err("an entry's fields"))?;
-            if epoch != r.epoch.as_bytes() {
+            let Some(at) = parse_pos(&id) else { continue };
+            if at <= r.read_from {
+                continue;
+            }
+            let Some(f) = fields(f) else {
+                // Not the log's own (written by something else): passed over,
+                // outside the chain.
+                tracing::warn!(
+                    id,
+                    "an entry of the event stream is not the gateway's: passed over"
+                );
+                r.read_from = at;
+                continue;
+            };
+            if f.epoch != r.epoch.as_bytes() {
                 // Redis lost its data and the log began again under another
                 // epoch since the last check: find where it stands first.
                 r.healthy = false;
-                break;
+                break 'all;
             }
-            if at <= r.last {
-                continue;
+            if f.prev < r.last {
+                // Entries this ring read are no longer in the chain.
+                r.healthy = false;
+                took = Took::WentBack;
+                break 'all;
+            }
+            if f.prev > r.last {
+                // Retention dropped entries before the tail read them: the ring
+                // vouches only for what follows (readers further back go to
+                // Redis, which knows what was dropped).
+                r.entries.clear();
+                r.bytes = 0;
+                r.start = f.prev;
             }
             r.push(Held {
                 at,
-                work_order_id,
-                body,
+                work_order_id: f.work_order_id,
+                body: f.body,
             });
             any = true;
         }
@@ -460,6 +548,26 @@ fn take(s: &Shared, reply: Value) -> Result<(), StoreError> {
     if any || unhealthy {
         s.changed();
     }
+    Ok(took)
+}
+
+/// Starts another epoch if it is still `old` (Redis lost events that were
+/// acknowledged: every cursor of before is refused, never silently past a gap).
+async fn new_epoch_after_loss(redis: &Redis, keys: &Keys, old: &str) -> Result<(), StoreError> {
+    let (k, old, new) = (keys.epoch.clone(), old.to_string(), new_epoch());
+    let _: Option<String> = redis
+        .run(async move |mut c| {
+            new_epoch_script()
+                .key(&k)
+                .arg(&old)
+                .arg(&new)
+                .invoke_async(&mut c)
+                .await
+        })
+        .await?;
+    tracing::warn!(
+        "the event stream in Redis lost its newest events (a restart without them, or a failover): cursors of before are refused as expired"
+    );
     Ok(())
 }
 
@@ -474,25 +582,12 @@ async fn sync(s: &Shared, redis: &Redis, keys: &Keys) -> Result<(), StoreError> 
         (r.epoch.clone(), r.last)
     };
     if epoch == known_epoch && last < known_last {
-        let (k, old, new) = (keys.epoch.clone(), epoch.clone(), new_epoch());
-        let now: String = redis
-            .run(async move |mut c| {
-                new_epoch_script()
-                    .key(&k)
-                    .arg(&old)
-                    .arg(&new)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
-        tracing::warn!(
-            "the event stream in Redis lost its newest events (a restart without them, or a failover): cursors of before are refused as expired"
-        );
-        epoch = now;
-        last = head(redis, keys).await?.1;
+        new_epoch_after_loss(redis, keys, &epoch).await?;
+        (epoch, last, _) = head(redis, keys).await?;
     }
     let mut r = s.ring()?;
     let was_healthy = r.healthy;
+    let mut reset = true;
     if epoch != r.epoch {
         tracing::warn!(
             "the event log in Redis has another epoch (Redis lost its data, or it is new): cursors of before are refused as expired"
@@ -503,11 +598,13 @@ async fn sync(s: &Shared, redis: &Redis, keys: &Keys) -> Result<(), StoreError> 
         r.reset(epoch, last);
     } else {
         r.healthy = true;
+        reset = false;
     }
-    let changed = !was_healthy;
     drop(r);
-    if changed {
+    if !was_healthy {
         tracing::info!("the event log's tail reads Redis again");
+    }
+    if reset || !was_healthy {
         s.changed();
     }
     Ok(())
@@ -537,6 +634,7 @@ impl EventLog for RedisEventLog {
                     .key(&keys.bytes)
                     .key(&keys.gone)
                     .key(&keys.restoring)
+                    .key(&keys.last)
                     .arg(&candidate)
                     .arg(&member)
                     .arg(millis(ret.dedupe_ttl))
@@ -552,7 +650,7 @@ impl EventLog for RedisEventLog {
             })
             .await?;
         let mut out = out.into_iter();
-        let epoch = out.next().ok_or_else(|| store_err("an append's answer"))?;
+        let epoch = valid_epoch(out.next().ok_or_else(|| store_err("an append's answer"))?)?;
         match out.next().as_deref() {
             Some("dup") => Ok(Appended::Duplicate),
             Some("new") => out
@@ -622,8 +720,16 @@ impl EventLog for RedisEventLog {
         let mut out = Vec::new();
         for (id, f) in entries(reply.next().unwrap_or(Value::Array(Vec::new())))? {
             let at = parse_pos(&id).ok_or_else(|| store_err("an entry id"))?;
-            let (_, wo, body) = fields(f).ok_or_else(|| store_err("an entry's fields"))?;
-            out.push(Self::recorded(&after.epoch, at, wo, body));
+            let Some(f) = fields(f) else {
+                // Not the log's own: passed over, as the tail does.
+                continue;
+            };
+            if f.epoch != after.epoch.as_bytes() {
+                // An entry of another epoch after this cursor: the cursor was
+                // not one this epoch gave.
+                return Err(ReadError::OutOfRange);
+            }
+            out.push(Self::recorded(&after.epoch, at, f.work_order_id, f.body));
         }
         Ok(out)
     }

@@ -80,6 +80,32 @@ impl Redis {
         })
     }
 
+    /// Warns when Redis may evict keys (a `maxmemory-policy` other than
+    /// `noeviction`): an evicted write record runs a write twice, an evicted
+    /// epoch expires every cursor. Managed services that refuse `CONFIG` are
+    /// left to their documentation.
+    pub async fn warn_unless_noeviction(&self) {
+        let policy: Result<Vec<String>, _> = self
+            .run(async move |mut c| {
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await;
+        match policy.ok().and_then(|v| v.into_iter().nth(1)) {
+            Some(p) if p == "noeviction" => {}
+            Some(p) => tracing::warn!(
+                maxmemory_policy = %p,
+                "the shared Redis may evict keys: set maxmemory-policy to noeviction (an evicted write record lets a retried write run twice; an evicted event log key expires every watch's cursor)"
+            ),
+            None => tracing::info!(
+                "cannot read the shared Redis's maxmemory-policy (CONFIG refused): it must be noeviction"
+            ),
+        }
+    }
+
     /// This connection, telling `hook` of each failed command.
     pub fn with_failure_hook(mut self, hook: FailureHook) -> Self {
         self.on_failure = Some(hook);
