@@ -799,8 +799,8 @@ impl Default for WebhookSettings {
     }
 }
 
-/// State replicas share (write records by message id, so far). Unset: each
-/// process keeps its own, which is right for one replica only.
+/// State replicas share (write records by message id, quotas, the event log).
+/// Unset: each process keeps its own, which is right for one replica only.
 #[derive(Debug, Clone, Serialize, Deserialize, garde::Validate)]
 #[serde(default, deny_unknown_fields)]
 #[garde(allow_unvalidated)]
@@ -810,6 +810,9 @@ pub struct SharedStateSettings {
     pub redis_url: Option<String>,
     /// A file holding the Redis password (a mounted Kubernetes Secret).
     pub password_file: Option<PathBuf>,
+    /// With `rediss://`: the PEM CA certificate(s) the server's must chain to,
+    /// instead of the system's roots (a private CA in the cluster).
+    pub ca_file: Option<PathBuf>,
     /// Prefixed to every key, so several deployments can share one Redis.
     pub key_prefix: String,
     /// Each Redis command (and connecting) is bounded by this.
@@ -823,6 +826,7 @@ impl Default for SharedStateSettings {
         Self {
             redis_url: None,
             password_file: None,
+            ca_file: None,
             key_prefix: "attachment-gateway:".into(),
             command_timeout: Duration::from_millis(500),
         }
@@ -1093,6 +1097,17 @@ impl Settings {
                     "must be a redis:// or rediss:// URL",
                 ));
             }
+            if self.shared_state.ca_file.is_some() && scheme != Some("rediss") {
+                return Err(invalid(
+                    "shared_state.ca_file",
+                    "a CA is for TLS: use a rediss:// URL",
+                ));
+            }
+        } else if self.shared_state.ca_file.is_some() {
+            return Err(invalid(
+                "shared_state.ca_file",
+                "needs shared_state.redis_url (rediss://)",
+            ));
         }
         if self.events.max_subscribers_per_caller > self.events.max_subscribers {
             return Err(invalid(

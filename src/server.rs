@@ -197,11 +197,21 @@ pub async fn serve_with(
                 ),
                 None => None,
             };
+            let ca = match &ss.ca_file {
+                Some(p) => Some(std::fs::read(p).map_err(|e| {
+                    ServeError::SharedState(format!(
+                        "shared_state.ca_file: cannot read {}: {e}",
+                        p.display()
+                    ))
+                })?),
+                None => None,
+            };
             let m = Arc::clone(&metrics);
-            let redis = Redis::connect(url, password, &ss.key_prefix, ss.command_timeout)
-                .await
-                .map_err(|e| ServeError::SharedState(e.0))?
-                .with_failure_hook(Arc::new(move |purpose| m.shared_state_failed(purpose)));
+            let redis =
+                Redis::connect_with_ca(url, password, ca, &ss.key_prefix, ss.command_timeout)
+                    .await
+                    .map_err(|e| ServeError::SharedState(e.0))?
+                    .with_failure_hook(Arc::new(move |purpose| m.shared_state_failed(purpose)));
             redis.warn_unless_noeviction().await;
             tracing::info!(redis = %crate::config::redact_url(url), "write records, quotas and the event log are shared through Redis");
             Some(redis)

@@ -53,6 +53,37 @@ impl RedisServer {
         Self::start_with(port, &["--save", "", "--appendonly", "no", "--dir", dir])
     }
 
+    /// One that speaks only TLS on `port`, with this certificate and key (PEM
+    /// files); clients need no certificate of their own.
+    pub fn start_tls(port: u16, cert: &std::path::Path, key: &std::path::Path) -> Self {
+        let (cert, key) = (
+            cert.to_str().expect("utf-8 path"),
+            key.to_str().expect("utf-8 path"),
+        );
+        let mut r = Self::start_with_at(
+            0,
+            port,
+            &[
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                cert,
+                "--tls-key-file",
+                key,
+                "--tls-ca-cert-file",
+                cert,
+                "--tls-auth-clients",
+                "no",
+            ],
+        );
+        r.port = port;
+        r
+    }
+
     /// Runs `redis-cli` against it; its output.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
@@ -64,9 +95,14 @@ impl RedisServer {
     }
 
     fn start_with(port: u16, args: &[&str]) -> Self {
+        Self::start_with_at(port, port, args)
+    }
+
+    /// Starts with `--port plain` and waits for `port` to listen.
+    fn start_with_at(plain: u16, port: u16, args: &[&str]) -> Self {
         let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let child = Command::new(&bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &plain.to_string(), "--bind", "127.0.0.1"])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

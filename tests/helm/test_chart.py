@@ -499,6 +499,22 @@ def test_shared_state_points_every_replica_at_one_redis_with_the_password_from_a
         render(vals)
 
 
+def test_shared_state_over_tls_trusts_the_ca_from_a_secret():
+    vals = values("default")
+    vals["sharedState"] = {"redis": {"url": "rediss://redis.data.svc:6380/0", "tls": {"caSecret": "redis-ca"}}}
+    docs = render(vals)
+    assert 'ca_file = "/etc/attachment-gateway/redis-ca/ca.crt"' in gateway_toml(docs)
+    spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    vols = {v["name"]: v for v in spec["volumes"]}
+    assert vols["redis-ca"]["secret"]["secretName"] == "redis-ca"
+    mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+    assert mounts["redis-ca"]["mountPath"] == "/etc/attachment-gateway/redis-ca"
+    # A CA for a plain redis:// URL is a mistake, said at render time.
+    vals["sharedState"]["redis"]["url"] = "redis://redis.data.svc:6379/0"
+    with pytest.raises(Exception, match="rediss"):
+        render(vals)
+
+
 def test_several_replicas_without_shared_state_must_be_accepted_explicitly():
     vals = values("default")
     vals["sharedState"] = {"acceptPerReplicaState": False}

@@ -440,3 +440,63 @@ async fn a_redis_that_lost_its_data_gets_back_what_replicas_remember() {
     }
     assert_eq!(sandbox.attachments(1001).len(), before + 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca_shares_write_records() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().expect("key");
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&server_key, &issuer)
+        .expect("server cert");
+    let dir = tempfile::tempdir().expect("dir");
+    let (ca_file, cert_file, key_file) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("redis.pem"),
+        dir.path().join("redis.key"),
+    );
+    std::fs::write(&ca_file, ca.pem()).expect("w");
+    std::fs::write(&cert_file, format!("{}{}", server.pem(), ca.pem())).expect("w");
+    std::fs::write(&key_file, server_key.serialize_pem()).expect("w");
+    let port = free_port();
+    let _redis = RedisServer::start_tls(port, &cert_file, &key_file);
+    let url = format!("rediss://127.0.0.1:{port}/0");
+
+    // Without the CA, the server's certificate is not trusted: no connection.
+    let err = Redis::connect(&url, None, "t:", Duration::from_millis(500))
+        .await
+        .err()
+        .expect("an untrusted certificate");
+    assert!(err.0.to_lowercase().contains("certificate"), "{err}");
+
+    // With it, two replicas share their write records over TLS.
+    let sandbox = Sandbox::start(SandboxConfig::default())
+        .await
+        .expect("sandbox");
+    let mut s = base_settings();
+    s.upstream = sandbox.upstream_settings(&s.upstream);
+    s.shared_state.redis_url = Some(url);
+    s.shared_state.ca_file = Some(ca_file);
+    let a = Gateway::start(s.clone()).await;
+    let b = Gateway::start(s).await;
+    let before = sandbox.attachments(1001).len();
+    let first = a
+        .client()
+        .upload_attachment(futures_util::stream::iter(upload("tls-1", b"over tls")))
+        .await
+        .expect("upload on A")
+        .into_inner();
+    let again = b
+        .client()
+        .upload_attachment(futures_util::stream::iter(upload("tls-1", b"over tls")))
+        .await
+        .expect("retry on B")
+        .into_inner();
+    assert_eq!(again.attachment_id, first.attachment_id);
+    assert_eq!(sandbox.attachments(1001).len(), before + 1);
+}

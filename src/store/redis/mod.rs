@@ -52,6 +52,18 @@ impl Redis {
         prefix: &str,
         timeout: Duration,
     ) -> Result<Self, StoreError> {
+        Self::connect_with_ca(url, password, None, prefix, timeout).await
+    }
+
+    /// As [`Self::connect`]; with `rediss://`, `ca_pem` (PEM certificates) is
+    /// what the server's certificate must chain to instead of the system roots.
+    pub async fn connect_with_ca(
+        url: &str,
+        password: Option<String>,
+        ca_pem: Option<Vec<u8>>,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let mut info: redis::ConnectionInfo = url
             .parse()
             .map_err(|e: redis::RedisError| StoreError(format!("shared_state.redis_url: {e}")))?;
@@ -59,7 +71,34 @@ impl Redis {
             let settings = info.redis_settings().clone().set_password(p);
             info = info.set_redis_settings(settings);
         }
-        let client = redis::Client::open(info).map_err(|e| StoreError(e.to_string()))?;
+        let client = match ca_pem {
+            Some(ca) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca),
+                },
+            ),
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| StoreError(format!("shared_state: {e}")))?;
+        // One plain attempt first: the manager retries a failing connection until
+        // its timeout, which would hide why (a refused certificate or password).
+        let probe = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let mut first = tokio::time::timeout(
+            timeout * 2,
+            client.get_multiplexed_async_connection_with_config(&probe),
+        )
+        .await
+        .map_err(|_| StoreError("connecting to Redis timed out".into()))?
+        .map_err(|e| StoreError(format!("cannot connect to Redis: {e}")))?;
+        let _: () = tokio::time::timeout(timeout, redis::cmd("PING").query_async(&mut first))
+            .await
+            .map_err(|_| StoreError("Redis did not answer PING in time".into()))?
+            .map_err(|e| StoreError(format!("Redis refused PING: {e}")))?;
+        drop(first);
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
