@@ -321,7 +321,7 @@ impl From<Error> for Status {
             Error::WriteRecordUnavailable => Parts::new(
                 Code::Unavailable,
                 "WRITE_RECORD_UNAVAILABLE",
-                "the record of writes by message_id is unavailable, so a retry of this write could not be recognised; nothing was done: retry",
+                "the record of writes by message_id is unavailable, so a retry of this write could not be recognised; nothing was sent upstream: retry",
                 "true",
             )
             .retry_after(Duration::from_secs(1))

@@ -6,6 +6,9 @@
 //! which limit, when a declared length is over the method's limit: the decoder
 //! never sees the prefix. Unary requests, health and the upload's first message
 //! (its metadata) are small; only upload chunks get the chunk limit.
+//!
+//! A body that fails (the caller reset its stream) fails with ABORTED, never
+//! CANCELLED: the decoder would read a cancelled request stream as complete.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -190,7 +193,18 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                // The caller reset its stream (a cancelled call, a dropped
+                // connection) or the connection failed. The gRPC decoder reads a
+                // request stream reset with CANCEL as its normal end, which would
+                // let a handler take a cut-off upload for a whole one: it sees a
+                // status of another code instead, and the upload is abandoned.
+                let e: tonic::codegen::StdError = e.into();
+                self.failed = true;
+                Poll::Ready(Some(Err(Box::new(Status::aborted(format!(
+                    "the caller's stream ended without its end (reset or broken: {e}); nothing of it is kept"
+                ))))))
+            }
             other => other.map(|o| o.map(|r| r.map_err(Into::into))),
         }
     }
@@ -201,5 +215,54 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body that gives one whole message, then fails as a reset stream does.
+    struct ResetAfterOne {
+        sent: bool,
+    }
+
+    impl Body for ResetAfterOne {
+        type Data = Bytes;
+        type Error = Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            if self.sent {
+                return Poll::Ready(Some(Err(Status::cancelled("stream reset"))));
+            }
+            self.sent = true;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&[
+                0, 0, 0, 0, 1, 7,
+            ])))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reset_stream_fails_as_aborted_not_cancelled() {
+        let mut body = Checked {
+            inner: Box::pin(ResetAfterOne { sent: false }),
+            first: 100,
+            rest: 100,
+            upload: true,
+            messages: 0,
+            prefix: [0; 5],
+            have: 0,
+            remaining: 0,
+            failed: false,
+        };
+        let mut next = async || std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        assert!(next().await.expect("a frame").is_ok());
+        let err = next().await.expect("an error").expect_err("the reset");
+        let status = err.downcast::<Status>().expect("a status");
+        assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+        assert!(next().await.is_none(), "nothing after");
     }
 }

@@ -288,3 +288,70 @@ async fn probes_on_the_admin_port_work_with_mtls_and_follow_the_drain() {
     assert_eq!(status("/livez").await, 200, "draining: still alive");
     serving.abort();
 }
+
+/// One gRPC message: its 5-byte prefix and its bytes.
+fn framed(m: &UploadAttachmentRequest) -> Vec<u8> {
+    use prost::Message;
+    let body = m.encode_to_vec();
+    let mut out = vec![0u8];
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A caller that sent whole messages and then reset its stream (RST_STREAM
+/// CANCEL, as a cancelled call or a dropped connection does) has cancelled: its
+/// upload must not be taken as complete. (The gRPC decoder alone reads a
+/// cancelled request stream as its end.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_after_whole_messages_cancels_the_upload() {
+    let h = with_sandbox().await;
+    for declared in [false, true] {
+        let before = h.sandbox.stats();
+        let tcp = tokio::net::TcpStream::connect(h.gateway.addr)
+            .await
+            .expect("connect");
+        let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut client = client.ready().await.expect("ready");
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "http://{}/corrigopro.attachments.v1.AttachmentService/UploadAttachment",
+                h.gateway.addr
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("request");
+        let (_resp, mut send) = client.send_request(req, false).expect("send");
+        let mut m = metadata(1002, "reset.bin");
+        m.message_id = format!("reset-{declared}");
+        if declared {
+            m.size_bytes = 2 * 1024;
+        }
+        let mut body = framed(&meta_msg(m));
+        // The whole file, in whole messages: only the end of the stream is missing.
+        body.extend(framed(&chunk_msg(pattern(1024, 1))));
+        body.extend(framed(&chunk_msg(pattern(1024, 2))));
+        send.send_data(bytes::Bytes::from(body), false)
+            .expect("data");
+        eventually("the upstream request started", || {
+            h.sandbox.stats().uploads_started > before.uploads_started
+        })
+        .await;
+        send.send_reset(h2::Reason::CANCEL);
+        eventually("the upstream request was aborted", || {
+            h.sandbox.stats().uploads_aborted > before.uploads_aborted
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            h.sandbox.attachments(1002).is_empty(),
+            "nothing stored for a cancelled upload (declared size: {declared})"
+        );
+        conn.abort();
+    }
+}

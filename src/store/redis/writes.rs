@@ -293,6 +293,28 @@ impl RedisWrites {
         tracing::info!(restored, "write records put back into Redis");
     }
 
+    /// Drops, once Redis answers, a lease a failed `begin` may have left (only
+    /// if it is still that lease): tried for up to about a lease's length.
+    fn release_later(&self, key: String, token: LeaseToken) {
+        let redis = self.redis.clone();
+        tokio::spawn(async move {
+            let h = holder(token);
+            for attempt in 0..20u32 {
+                tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt.min(4) + 1)))
+                    .await;
+                let (k, h) = (key.clone(), h.clone());
+                let released: Result<i64, _> = redis
+                    .run(async move |mut c| {
+                        abandon_script().key(&k).arg(&h).invoke_async(&mut c).await
+                    })
+                    .await;
+                if released.is_ok() {
+                    return;
+                }
+            }
+        });
+    }
+
     /// Checks the epoch (every second): a replica that sees Redis lost its data
     /// puts its records back even when no write comes its way.
     pub async fn check_epoch(&self) {
@@ -340,7 +362,7 @@ impl WriteStore for RedisWrites {
             super::new_epoch(),
             millis(super::EPOCH_GRACE),
         );
-        let answer: Vec<String> = self
+        let answer: Vec<String> = match self
             .redis
             .run(async move |mut c| {
                 begin_script()
@@ -354,7 +376,17 @@ impl WriteStore for RedisWrites {
                     .invoke_async(&mut c)
                     .await
             })
-            .await?;
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                // The command may still run once Redis answers again (a paused
+                // or slow Redis reads it from its socket later), leaving a lease
+                // nobody holds that would refuse every retry until it expires.
+                self.release_later(k.clone(), token);
+                return Err(e);
+            }
+        };
         let mut answer = answer.into_iter();
         if let Some(epoch) = answer.next() {
             self.saw_epoch(&epoch);
