@@ -5,7 +5,8 @@
 //!   ListAttachments p50 (one round trip: the upstream budget);
 //! - events through Redis: notifications posted at a fixed rate, spread over the
 //!   webhook ports of 3 replicas, to 100 subscribers spread over the same 3
-//!   replicas; the baseline is one gateway with its in-process log.
+//!   replicas; the baselines are one gateway with its in-process log, and the
+//!   same one gateway with its log in Redis.
 //!
 //! Starts its own `redis-server` on a free loopback port (Debian's package, which
 //! the README's test command installs; `REDIS_SERVER` names another binary) and
@@ -87,6 +88,19 @@ impl RedisProc {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// Redis's `used_memory`, in bytes.
+    fn used_memory(&self) -> u64 {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "INFO", "memory"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        out.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     fn url(&self) -> String {
@@ -250,6 +264,19 @@ async fn bench(p: Params) {
     )
     .await;
     drop(one);
+    // The same one gateway with its log in Redis: what Redis costs alone.
+    let one = Gateway::start(subs, &env(Some(&url)));
+    drop(open_watches(one.grpc, 1, 1).await);
+    let one_redis = run(
+        std::slice::from_ref(&one.webhook),
+        &token,
+        p.rate,
+        p.seconds,
+        open_watches(one.grpc, p.subscribers, 10).await,
+        500_000,
+    )
+    .await;
+    drop(one);
     let replicas: Vec<Gateway> = (0..3)
         .map(|_| Gateway::start(subs, &env(Some(&url))))
         .collect();
@@ -260,7 +287,9 @@ async fn bench(p: Params) {
         watches.extend(open_watches(r.grpc, n, 4).await);
     }
     let hooks: Vec<String> = replicas.iter().map(|r| r.webhook.clone()).collect();
+    let mem_before = redis.used_memory();
     let shared = run(&hooks, &token, p.rate, p.seconds, watches, 1_000_000).await;
+    let mem_after = redis.used_memory();
     let pr = |name: &str, r: &Run| {
         println!(
             "{name:<44} sent {:>6} in {:>5.2} s ({:>6.0}/s)  ack p50 {:>6.2} ms p99 {:>6.2} ms  delivery p50 {:>6.2} ms p99 {:>6.2} ms ({} deliveries, {} missing)",
@@ -280,14 +309,30 @@ async fn bench(p: Params) {
         &base,
     );
     pr(
+        &format!("1 gateway, Redis, {} subscribers", p.subscribers),
+        &one_redis,
+    );
+    pr(
         &format!("3 replicas, Redis, {} subscribers spread", p.subscribers),
         &shared,
     );
     println!(
-        "ratios Redis/in-process: ack p50 {:.2}, delivery p50 {:.2}, p99 {:.2}; events/s to every subscriber: {:.0}",
+        "ratios 1 gateway Redis/in-process: ack p50 {:.2}, delivery p50 {:.2}, p99 {:.2}",
+        percentile(&one_redis.ack_ms, 0.5) / percentile(&base.ack_ms, 0.5),
+        percentile(&one_redis.delivery_ms, 0.5) / percentile(&base.delivery_ms, 0.5),
+        percentile(&one_redis.delivery_ms, 0.99) / percentile(&base.delivery_ms, 0.99),
+    );
+    println!(
+        "ratios 3 replicas Redis/1 gateway in-process: ack p50 {:.2}, delivery p50 {:.2}, p99 {:.2}; events/s to every subscriber: {:.0}",
         percentile(&shared.ack_ms, 0.5) / percentile(&base.ack_ms, 0.5),
         percentile(&shared.delivery_ms, 0.5) / percentile(&base.delivery_ms, 0.5),
         percentile(&shared.delivery_ms, 0.99) / percentile(&base.delivery_ms, 0.99),
         shared.delivery_ms.len() as f64 / p.subscribers as f64 / shared.seconds,
+    );
+    println!(
+        "Redis memory for {} events and their dedupe keys: +{:.1} MiB, {:.0} B per recorded notification",
+        shared.sent,
+        mem_after.saturating_sub(mem_before) as f64 / (1 << 20) as f64,
+        mem_after.saturating_sub(mem_before) as f64 / shared.sent as f64,
     );
 }
