@@ -519,3 +519,143 @@ async fn rediss_with_a_private_ca_shares_write_records() {
     assert_eq!(again.attachment_id, first.attachment_id);
     assert_eq!(sandbox.attachments(1001).len(), before + 1);
 }
+
+/// An upload in chunks of 64 KiB.
+fn big(message_id: &str, data: &[u8]) -> Vec<UploadAttachmentRequest> {
+    let mut m = metadata(1001, "killed.bin");
+    m.message_id = message_id.to_string();
+    upload_messages(m, data, 64 * 1024)
+}
+
+/// A gateway process (the binary) against `sandbox` and the Redis at
+/// `redis_url`, listening on `addr`; killed (SIGKILL) when dropped.
+struct GatewayProcess(std::process::Child);
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn gateway_process(
+    sandbox: &Sandbox,
+    redis_url: &str,
+    addr: std::net::SocketAddr,
+    lease: &str,
+) -> GatewayProcess {
+    let e = |k: &str| format!("ATTACHMENT_GATEWAY_{k}");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_attachment-gateway"))
+        .args(["--listen", &addr.to_string()])
+        .env_remove("RUST_LOG")
+        .env(e("LOG__LEVEL"), "error")
+        .env(e("AUTH__ALLOW_UNAUTHENTICATED"), "true")
+        .env(e("TELEMETRY__ADMIN_LISTEN"), "127.0.0.1:0")
+        .env(e("UPSTREAM__BASE_URL"), sandbox.base_url())
+        .env(e("UPSTREAM__TOKEN_URL"), sandbox.token_url())
+        .env(
+            e("UPSTREAM__CLIENT_ID"),
+            attachment_gateway::sandbox::CLIENT_ID,
+        )
+        .env(
+            e("UPSTREAM__CLIENT_SECRET"),
+            attachment_gateway::sandbox::CLIENT_SECRET,
+        )
+        .env(e("UPSTREAM__IDEMPOTENCY_LEASE"), lease)
+        .env(e("SHARED_STATE__REDIS_URL"), redis_url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the gateway binary");
+    GatewayProcess(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_upload_lets_a_retry_run_once_its_lease_expired() {
+    let redis = RedisServer::start();
+    let sandbox = Sandbox::start(SandboxConfig::default())
+        .await
+        .expect("sandbox");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let mut a = gateway_process(&sandbox, &redis.url(), addr, "2s");
+    let mut ca = connect(addr).await;
+    let mut s = base_settings();
+    s.upstream = sandbox.upstream_settings(&s.upstream);
+    s.upstream.idempotency_lease = Duration::from_secs(2);
+    s.shared_state.redis_url = Some(redis.url());
+    let b = Gateway::start(s).await;
+    let data = pattern(256 * 1024, 9);
+    let before = sandbox.stats();
+
+    // On A: the metadata and half the file, then A dies (SIGKILL) mid-upload.
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let call = tokio::spawn(async move {
+        ca.upload_attachment(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let mut msgs = big("killed-1", &data).into_iter();
+    let (first, rest): (Vec<_>, Vec<_>) = (msgs.by_ref().take(3).collect(), msgs.collect());
+    for m in first {
+        tx.send(m).await.expect("send");
+    }
+    eventually("A's upload reached the upstream", || {
+        sandbox.stats().uploads_started > before.uploads_started
+    })
+    .await;
+    let _ = a.0.kill();
+    let _ = a.0.wait();
+    drop(rest);
+    let _ = call.await;
+    let killed_at = std::time::Instant::now();
+
+    // The caller retries on B: the dead replica's lease holds the id until it
+    // expires (nobody renews it), then the retry runs, once.
+    let mut in_progress = 0;
+    let answer = loop {
+        match b
+            .client()
+            .upload_attachment(futures_util::stream::iter(big("killed-1", &data)))
+            .await
+        {
+            Ok(r) => break r.into_inner(),
+            Err(e) => {
+                assert_eq!(error_reason(&e), "WRITE_IN_PROGRESS", "{e:?}");
+                assert_eq!(
+                    error_metadata(&e).get("retry_safe").map(String::as_str),
+                    Some("true")
+                );
+                in_progress += 1;
+            }
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(10),
+            "the lease never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        in_progress > 0,
+        "refused while the dead replica's lease lived"
+    );
+    assert!(
+        killed_at.elapsed() >= Duration::from_millis(1500),
+        "not before the lease expired: {:?}",
+        killed_at.elapsed()
+    );
+    let stored: Vec<_> = sandbox
+        .attachments(1001)
+        .into_iter()
+        .filter(|a| a.name == "killed.bin")
+        .collect();
+    assert_eq!(stored.len(), 1, "one attachment: the retry's, not A's half");
+    assert_eq!(stored[0].attachment_id, answer.attachment_id);
+    assert_eq!(stored[0].bytes.len(), data.len(), "the whole file");
+    // And a retry after that is the first answer.
+    let again = b
+        .client()
+        .upload_attachment(futures_util::stream::iter(big("killed-1", &data)))
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(again.attachment_id, answer.attachment_id);
+}
