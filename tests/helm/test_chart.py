@@ -525,3 +525,20 @@ def test_several_replicas_without_shared_state_must_be_accepted_explicitly():
     vals["replicaCount"] = 3
     vals["sharedState"] = {"redis": {"url": "redis://redis:6379/0"}}
     render(vals)
+
+
+def notes(vals: dict) -> str:
+    out = helm.Chart.load(str(CHART)).render(vals, name="ag", namespace="attachments", is_install=True)
+    return next(text for path, text in out.items() if path.endswith("NOTES.txt"))
+
+
+def test_notes_say_what_replicas_share_or_warn_that_they_do_not():
+    vals = values("default")
+    vals["sharedState"] = {"redis": {"url": "redis://redis:6379/0"}}
+    text = notes(vals)
+    assert "Shared through Redis by every replica" in text
+    assert "WARNING" not in text
+    vals["sharedState"] = {"acceptPerReplicaState": True}
+    vals["replicaCount"] = 3
+    text = notes(vals)
+    assert "WARNING: up to" in text and "watch sees only the events" in text
