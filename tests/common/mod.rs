@@ -109,6 +109,14 @@ pub async fn connect(addr: SocketAddr) -> Client {
 }
 
 /// Settings for tests: sandbox off, short timeouts.
+/// A number from the environment (a test's seed or size), else `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 pub fn base_settings() -> Settings {
     let mut s = Settings::default();
     s.upstream.request_timeout = Duration::from_secs(10);

@@ -24,6 +24,7 @@ mod properties;
 mod reliability;
 mod rpcs;
 mod shared_events;
+mod shared_fault_run;
 mod shared_state;
 mod upstream_errors;
 mod validation;

@@ -496,14 +496,8 @@ enum Outcome {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn randomized_run_against_a_faulty_upstream_keeps_upstream_and_answers_in_step() {
-    let seed: u64 = std::env::var("RELIABILITY_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20261128);
-    let ops: usize = std::env::var("RELIABILITY_OPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
+    let seed: u64 = env_or("RELIABILITY_SEED", 20261128);
+    let ops: usize = env_or("RELIABILITY_OPS", 300);
     let cfg = SandboxConfig {
         faults: Some(Faults {
             seed,
@@ -693,7 +687,7 @@ async fn randomized_run_against_a_faulty_upstream_keeps_upstream_and_answers_in_
 }
 
 /// Every upload the upstream saw start ended stored, rejected or aborted.
-async fn nothing_half_done(sandbox: &attachment_gateway::sandbox::Sandbox) {
+pub(crate) async fn nothing_half_done(sandbox: &attachment_gateway::sandbox::Sandbox) {
     eventually("every upstream upload ended", || {
         let s = sandbox.stats();
         s.uploads_started == s.uploads_stored + s.uploads_rejected + s.uploads_aborted
