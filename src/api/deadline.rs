@@ -11,12 +11,18 @@ use tonic::metadata::MetadataMap;
 use super::error::{Error, Op};
 use crate::upstream::UpstreamError;
 
+/// When a call arrived (before the gates' work: authentication, the shared rate
+/// check), in the request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrived(pub Instant);
+
 /// When a call must be over: the caller's `grpc-timeout`, capped by the gateway's
-/// own timeout. A caller's deadline is shortened by a small margin so that the
-/// caller gets the gateway's DEADLINE_EXCEEDED (with details) rather than the
-/// transport cutting the call first.
-pub fn deadline(metadata: &MetadataMap, default: Duration) -> Instant {
-    let now = Instant::now();
+/// own timeout, counted from when the call arrived (else from now). A caller's
+/// deadline is shortened by a small margin so that the caller gets the
+/// gateway's DEADLINE_EXCEEDED (with details) rather than the transport cutting
+/// the call first.
+pub fn deadline(metadata: &MetadataMap, arrived: Option<&Arrived>, default: Duration) -> Instant {
+    let now = arrived.map_or_else(Instant::now, |a| a.0);
     match metadata
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())

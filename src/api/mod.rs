@@ -132,7 +132,11 @@ impl AttachmentService for AttachmentApi {
         &self,
         request: Request<Streaming<UploadAttachmentRequest>>,
     ) -> Result<Response<UploadAttachmentResponse>, Status> {
-        let deadline = deadline(request.metadata(), self.timeouts.transfer);
+        let deadline = deadline(
+            request.metadata(),
+            request.extensions().get(),
+            self.timeouts.transfer,
+        );
         let caller = caller(&request);
         let r = self
             .paths
@@ -146,7 +150,11 @@ impl AttachmentService for AttachmentApi {
         &self,
         request: Request<ListAttachmentsRequest>,
     ) -> Result<Response<ListAttachmentsResponse>, Status> {
-        let deadline = deadline(request.metadata(), self.timeouts.request);
+        let deadline = deadline(
+            request.metadata(),
+            request.extensions().get(),
+            self.timeouts.request,
+        );
         let (wo, view) = convert::list_request(request.get_ref())?;
         record_work_order(wo.get());
         let items = self
@@ -170,7 +178,11 @@ impl AttachmentService for AttachmentApi {
         &self,
         request: Request<GetDownloadUrlRequest>,
     ) -> Result<Response<GetDownloadUrlResponse>, Status> {
-        let deadline = deadline(request.metadata(), self.timeouts.request);
+        let deadline = deadline(
+            request.metadata(),
+            request.extensions().get(),
+            self.timeouts.request,
+        );
         let r = request.into_inner();
         let target = convert::attachment_ref(r.work_order_id, &r.attachment_id)?;
         record_work_order(r.work_order_id);
@@ -195,7 +207,11 @@ impl AttachmentService for AttachmentApi {
         &self,
         request: Request<DownloadAttachmentRequest>,
     ) -> Result<Response<Self::DownloadAttachmentStream>, Status> {
-        let deadline = deadline(request.metadata(), self.timeouts.transfer);
+        let deadline = deadline(
+            request.metadata(),
+            request.extensions().get(),
+            self.timeouts.transfer,
+        );
         let caller = caller(&request);
         let r = request.into_inner();
         let target = convert::attachment_ref(r.work_order_id, &r.attachment_id)?;
@@ -209,7 +225,11 @@ impl AttachmentService for AttachmentApi {
         &self,
         request: Request<UpdateAttachmentRequest>,
     ) -> Result<Response<UpdateAttachmentResponse>, Status> {
-        let deadline = deadline(request.metadata(), self.timeouts.request);
+        let deadline = deadline(
+            request.metadata(),
+            request.extensions().get(),
+            self.timeouts.request,
+        );
         let caller = caller(&request);
         let r = request.into_inner();
         let caller_message_id = r.message_id.clone();
@@ -254,7 +274,11 @@ impl AttachmentService for AttachmentApi {
         &self,
         request: Request<DeleteAttachmentRequest>,
     ) -> Result<Response<DeleteAttachmentResponse>, Status> {
-        let deadline = deadline(request.metadata(), self.timeouts.request);
+        let deadline = deadline(
+            request.metadata(),
+            request.extensions().get(),
+            self.timeouts.request,
+        );
         let caller = caller(&request);
         let r = request.into_inner();
         let caller_message_id = r.message_id.clone();

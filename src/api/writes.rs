@@ -100,7 +100,15 @@ impl Writes {
         what: &'static str,
         fut: impl Future<Output = Result<Option<String>, UpstreamError>>,
     ) -> Result<(String, Replayed), Error> {
-        let guard = match self.begin(key, fingerprint, "message_id").await? {
+        // The record's look-up is bounded by the caller's deadline too.
+        let begun = tokio::time::timeout_at(deadline, self.begin(key, fingerprint, "message_id"))
+            .await
+            .map_err(|_| Error::Deadline {
+                op: Op::Write,
+                what: "the write record",
+                nothing_applied: true,
+            })??;
+        let guard = match begun {
             Start::Replay(Outcome::MessageId(m)) => return Ok((m, true)),
             // Another call's outcome under this key: the call is part of the key,
             // so the store gave back something it was not asked for.

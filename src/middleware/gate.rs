@@ -10,6 +10,7 @@ use tower::{Layer, Service};
 
 use super::{BoxFuture, Response, refuse};
 use crate::api::Error;
+use crate::api::deadline::Arrived;
 
 /// A check before the service.
 pub trait Gate: Send + Sync + 'static {
@@ -87,6 +88,11 @@ where
         let gate = Arc::clone(&self.gate);
         Box::pin(async move {
             let (mut head, body) = req.into_parts();
+            // When the call arrived, before any gate's work: its deadline runs
+            // from here, not from when the handler starts.
+            if head.extensions.get::<Arrived>().is_none() {
+                head.extensions.insert(Arrived(tokio::time::Instant::now()));
+            }
             if let Err(e) = gate.check(&mut head).await {
                 return Ok(refuse(e));
             }

@@ -659,3 +659,61 @@ async fn a_replica_killed_mid_upload_lets_a_retry_run_once_its_lease_expired() {
         .into_inner();
     assert_eq!(again.attachment_id, answer.attachment_id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_is_bounded_by_the_callers_deadline_too() {
+    let redis = RedisServer::start();
+    let sandbox = Sandbox::start(SandboxConfig::default())
+        .await
+        .expect("sandbox");
+    let mut s = base_settings();
+    s.upstream = sandbox.upstream_settings(&s.upstream);
+    s.shared_state.redis_url = Some(redis.url());
+    // A command timeout far longer than the caller will wait.
+    s.shared_state.command_timeout = Duration::from_secs(3);
+    let g = Gateway::start(s).await;
+    g.client()
+        .upload_attachment(futures_util::stream::iter(upload("warm", b"w")))
+        .await
+        .expect("redis up");
+    let before = sandbox.stats().api_requests;
+    redis.signal("-STOP");
+    let mut del = tonic::Request::new(DeleteAttachmentRequest {
+        work_order_id: 1001,
+        attachment_id: "00000000-0000-0000-0000-000000000001".into(),
+        message_id: "slow-del".into(),
+    });
+    del.set_timeout(Duration::from_millis(400));
+    let t = std::time::Instant::now();
+    let err = g
+        .client()
+        .delete_attachment(del)
+        .await
+        .expect_err("deadline");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    let mut up = tonic::Request::new(futures_util::stream::iter(upload("slow-up", b"u")));
+    up.set_timeout(Duration::from_millis(400));
+    let t = std::time::Instant::now();
+    let err = g
+        .client()
+        .upload_attachment(up)
+        .await
+        .expect_err("deadline");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    redis.signal("-CONT");
+    assert_eq!(
+        sandbox.stats().api_requests,
+        before,
+        "nothing went upstream"
+    );
+}

@@ -71,6 +71,11 @@ impl Redis {
             let settings = info.redis_settings().clone().set_password(p);
             info = info.set_redis_settings(settings);
         }
+        // Small commands, several in flight on one connection: without
+        // TCP_NODELAY (off by default in the client) Nagle's algorithm holds a
+        // command back until the previous one is acknowledged.
+        let tcp = info.tcp_settings().clone().set_nodelay(true);
+        info = info.set_tcp_settings(tcp);
         let client = match ca_pem {
             Some(ca) => redis::Client::build_with_tls(
                 info,
