@@ -76,7 +76,7 @@ step "cargo test (unit, integration, and the benchmark harness in quick mode)"
 cargo test --locked --all-targets
 
 step "the events suite again, with the event log in Redis (each test starts its own redis-server)"
-EVENTS_ON_REDIS=1 cargo test --locked --test integration events::
+EVENTS_ON_REDIS=1 cargo test --locked --test integration events:: -- --skip shared_events
 
 step "build the binary and the examples under their plain names (for the pytest suites)"
 cargo build --locked --bins --examples

@@ -50,7 +50,7 @@ impl Gateway {
             .env(e("RATE_LIMIT__PER_CALLER__BURST"), "1000000")
             .env(e("EVENTS__MAX_SUBSCRIBERS"), &many)
             .env(e("EVENTS__MAX_SUBSCRIBERS_PER_CALLER"), &many)
-            .env(e("LOG__LEVEL"), "warn")
+            .env(e("LOG__LEVEL"), "error")
             .env("MIMALLOC_ARENA_EAGER_COMMIT", "0")
             .envs(env.iter().map(|(k, v)| (e(k), v.clone())))
             .env_remove("RUST_LOG")
