@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{Redis, millis};
+use super::conn::{Redis, millis};
 use crate::store::StoreError;
 
 /// What the shared quota says of one request.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::{Redis, millis};
+use super::conn::{EPOCH_GRACE, Redis, millis, new_epoch};
 use crate::store::StoreError;
 use crate::store::writes::{Begin, Fingerprint, LeaseToken, Outcome, WriteKey, WriteStore};
 use tokio::time::Instant;
@@ -20,7 +20,7 @@ script!(abandon_script, ABANDON);
 /// Write records in Redis, shared by every replica. Each replica also keeps
 /// the records it wrote (bounded) and puts them back into a Redis that lost
 /// its data, so a retry of a write any replica still remembers never runs
-/// twice; for [`super::EPOCH_GRACE`] after such a loss, a write whose record
+/// twice; for [`EPOCH_GRACE`] after such a loss, a write whose record
 /// nobody has put back yet is refused (retry-safe) rather than run.
 pub struct RedisWrites {
     redis: Redis,
@@ -38,7 +38,7 @@ impl RedisWrites {
     /// the Redis is new, without a grace period (there is nothing to put back).
     pub async fn start(redis: Redis) -> Result<Arc<Self>, StoreError> {
         let epoch_key = format!("{}epoch", redis.prefix);
-        let (k, cand) = (epoch_key.clone(), super::new_epoch());
+        let (k, cand) = (epoch_key.clone(), new_epoch());
         let _: () = redis
             .run(async move |mut c| {
                 redis::cmd("SET")
@@ -321,8 +321,8 @@ impl RedisWrites {
         let (e, r, cand, grace) = (
             self.epoch_key.clone(),
             self.restoring_key.clone(),
-            super::new_epoch(),
-            millis(super::EPOCH_GRACE),
+            new_epoch(),
+            millis(EPOCH_GRACE),
         );
         let epoch: Result<String, _> = self
             .redis
@@ -359,8 +359,8 @@ impl WriteStore for RedisWrites {
             millis(lease),
             self.epoch_key.clone(),
             self.restoring_key.clone(),
-            super::new_epoch(),
-            millis(super::EPOCH_GRACE),
+            new_epoch(),
+            millis(EPOCH_GRACE),
         );
         let answer: Vec<String> = match self
             .redis
