@@ -198,12 +198,23 @@ pub async fn serve_with(
                 None => None,
             };
             let ca = match &ss.ca_file {
-                Some(p) => Some(std::fs::read(p).map_err(|e| {
-                    ServeError::SharedState(format!(
-                        "shared_state.ca_file: cannot read {}: {e}",
-                        p.display()
-                    ))
-                })?),
+                Some(p) => {
+                    let pem = std::fs::read(p).map_err(|e| {
+                        ServeError::SharedState(format!(
+                            "shared_state.ca_file: cannot read {}: {e}",
+                            p.display()
+                        ))
+                    })?;
+                    // An empty trust store would refuse every certificate with
+                    // a message that never names the file.
+                    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                        return Err(ServeError::SharedState(format!(
+                            "shared_state.ca_file: {} holds no PEM certificate",
+                            p.display()
+                        )));
+                    }
+                    Some(pem)
+                }
                 None => None,
             };
             let m = Arc::clone(&metrics);

@@ -11,6 +11,13 @@ use tonic::metadata::MetadataMap;
 use super::error::{Error, Op};
 use crate::upstream::UpstreamError;
 
+/// How much sooner than the caller's `grpc-timeout` the gateway gives up: enough
+/// for its DEADLINE_EXCEEDED (with details) to reach the caller before the
+/// caller's own timer cuts the call, on a busy machine too.
+pub fn margin(t: Duration) -> Duration {
+    (t / 10).min(Duration::from_millis(50))
+}
+
 /// When a call arrived (before the gates' work: authentication, the shared rate
 /// check), in the request's extensions.
 #[derive(Debug, Clone, Copy)]
@@ -28,10 +35,7 @@ pub fn deadline(metadata: &MetadataMap, arrived: Option<&Arrived>, default: Dura
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
     {
-        Some(t) if t < default => {
-            let margin = (t / 20).min(Duration::from_millis(20));
-            now + t.saturating_sub(margin)
-        }
+        Some(t) if t < default => now + t.saturating_sub(margin(t)),
         _ => now + default,
     }
 }

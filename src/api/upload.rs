@@ -356,15 +356,8 @@ impl Uploads {
             document_type: attachment.document_type.map_or(0, |d| d as i32),
             ..Default::default()
         };
-        self.events
-            .gateway_write(
-                crate::proto::AttachmentEventType::Added,
-                attachment.work_order_id.get(),
-                added,
-                &caller_id,
-                &answer.message_id,
-            )
-            .await;
+        // The record first: it is what makes a retry get this answer, and the
+        // event may wait on a slow log.
         if let Some(g) = guard {
             g.complete(Outcome::Upload {
                 attachment_id: answer.attachment_id.clone(),
@@ -374,6 +367,15 @@ impl Uploads {
             })
             .await;
         }
+        self.events
+            .gateway_write(
+                crate::proto::AttachmentEventType::Added,
+                attachment.work_order_id.get(),
+                added,
+                &caller_id,
+                &answer.message_id,
+            )
+            .await;
         Ok(answer)
     }
 

@@ -150,13 +150,13 @@ impl WriteGuard {
         lease: Duration,
     ) -> Self {
         let renewer = store.leases_expire().then(|| {
-            let (store, key) = (Arc::clone(&store), key.clone());
+            let (store, key, fp) = (Arc::clone(&store), key.clone(), fingerprint);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(lease / 3);
                 tick.tick().await;
                 loop {
                     tick.tick().await;
-                    match store.renew(&key, token, lease).await {
+                    match store.renew(&key, token, fp, lease).await {
                         Ok(true) => {}
                         Ok(false) => {
                             tracing::warn!("the lease of a running write was lost");
@@ -181,17 +181,30 @@ impl WriteGuard {
     /// Stores the outcome of the write. A store that fails now loses only the
     /// memory of the write, never the write: logged, and the caller still gets
     /// its answer.
+    ///
+    /// The write is done upstream by now: its record is stored by a task of its
+    /// own, so a caller whose deadline passes (or who goes away) meanwhile does
+    /// not cut it off, and a retry gets this answer instead of running again.
     pub async fn complete(mut self, outcome: Outcome) {
         self.done = true;
         if let Some(r) = self.renewer.take() {
             r.abort();
         }
-        if let Err(e) = self
-            .store
-            .complete(&self.key, self.token, self.fingerprint, &outcome, self.ttl)
-            .await
-        {
-            tracing::error!(error = %e, "a completed write could not be recorded: a retry with its message_id would run again");
+        let (store, key, token, fp, ttl) = (
+            Arc::clone(&self.store),
+            self.key.clone(),
+            self.token,
+            self.fingerprint,
+            self.ttl,
+        );
+        let stored =
+            tokio::spawn(async move { store.complete(&key, token, fp, &outcome, ttl).await });
+        match stored.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "a completed write could not be recorded: a retry with its message_id would run again");
+            }
+            Err(e) => tracing::error!(error = %e, "recording a completed write failed"),
         }
     }
 }

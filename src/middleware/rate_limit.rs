@@ -53,7 +53,7 @@ impl Gate for RateLimit {
                 // Less the margin the handler's deadline keeps, so the caller
                 // still gets the gateway's answer.
                 let t = t.min(Duration::from_secs(86_400));
-                let margin = (t / 20).min(Duration::from_millis(20));
+                let margin = crate::api::deadline::margin(t);
                 tokio::time::timeout_at(arrived + t.saturating_sub(margin), check)
                     .await
                     .unwrap_or(Ok(()))

@@ -97,11 +97,13 @@ pub trait WriteStore: Send + Sync + 'static {
         lease: Duration,
     ) -> Result<Begin, StoreError>;
 
-    /// Extends a lease the holder still has; `false` when it was lost.
+    /// Extends a lease the holder still has (the write of `fingerprint`);
+    /// `false` when it was lost.
     async fn renew(
         &self,
         key: &WriteKey,
         token: LeaseToken,
+        fingerprint: Fingerprint,
         lease: Duration,
     ) -> Result<bool, StoreError>;
 
@@ -208,6 +210,7 @@ impl WriteStore for MemoryWrites {
         &self,
         key: &WriteKey,
         token: LeaseToken,
+        _: Fingerprint,
         _: Duration,
     ) -> Result<bool, StoreError> {
         Ok(self

@@ -201,3 +201,41 @@ pub(super) fn new_epoch() -> String {
 pub(super) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
+
+/// Replaces the epoch if it is still `ARGV[1]` with `ARGV[2]`, and starts the
+/// grace period (KEYS: epoch, restoring; ARGV[3]: the grace in ms): Redis lost
+/// data that was acknowledged. Returns the epoch now.
+const REPLACE_EPOCH: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+end
+return redis.call('GET', KEYS[1])";
+
+script!(replace_epoch_script, REPLACE_EPOCH);
+
+/// Starts another epoch if it is still `old`, with the grace period in which
+/// replicas put back the write records they remember: for when a use finds
+/// Redis lost acknowledged data while the epoch survived (a failover, or a
+/// restart from an older snapshot). Returns the epoch now.
+pub(super) async fn replace_epoch(redis: &Redis, old: &str) -> Result<String, StoreError> {
+    let (k, r, old, new, grace) = (
+        format!("{}epoch", redis.prefix),
+        format!("{}restoring", redis.prefix),
+        old.to_string(),
+        new_epoch(),
+        millis(EPOCH_GRACE),
+    );
+    redis
+        .run(async move |mut c| {
+            replace_epoch_script()
+                .key(&k)
+                .key(&r)
+                .arg(&old)
+                .arg(&new)
+                .arg(grace)
+                .invoke_async(&mut c)
+                .await
+        })
+        .await
+}

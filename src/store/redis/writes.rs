@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::conn::{EPOCH_GRACE, Redis, millis, new_epoch};
+use super::conn::{EPOCH_GRACE, Redis, millis, new_epoch, replace_epoch};
 use crate::store::StoreError;
 use crate::store::writes::{Begin, Fingerprint, LeaseToken, Outcome, WriteKey, WriteStore};
 use tokio::time::Instant;
@@ -31,6 +31,34 @@ pub struct RedisWrites {
     mirror: Mutex<Mirror>,
     /// Itself, for the restore task.
     me: std::sync::Weak<Self>,
+    /// A restore is under way (one at a time).
+    restoring: std::sync::atomic::AtomicBool,
+    /// Leases left by failed begins being released (bounded).
+    releases: Arc<tokio::sync::Semaphore>,
+}
+
+/// Leases of failed begins released at once, at most; past that they expire.
+const MAX_RELEASES: usize = 256;
+/// How long restoring keeps trying (Redis may still be loading).
+const RESTORE_FOR: Duration = Duration::from_secs(30);
+
+/// Releases a lease a `begin` may have left when the begin did not finish
+/// (failed, or cut off by the caller's deadline while its command was sent).
+struct Pending<'a> {
+    writes: &'a RedisWrites,
+    key: String,
+    token: LeaseToken,
+    lease: Duration,
+    armed: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.writes
+                .release_later(std::mem::take(&mut self.key), self.token, self.lease);
+        }
+    }
 }
 
 impl RedisWrites {
@@ -38,17 +66,26 @@ impl RedisWrites {
     /// the Redis is new, without a grace period (there is nothing to put back).
     pub async fn start(redis: Redis) -> Result<Arc<Self>, StoreError> {
         let epoch_key = format!("{}epoch", redis.prefix);
-        let (k, cand) = (epoch_key.clone(), new_epoch());
-        let _: () = redis
-            .run(async move |mut c| {
-                redis::cmd("SET")
-                    .arg(&k)
-                    .arg(&cand)
-                    .arg("NX")
-                    .query_async(&mut c)
-                    .await
-            })
+        let k = epoch_key.clone();
+        let found: Option<String> = redis
+            .run(async move |mut c| redis::cmd("GET").arg(&k).query_async(&mut c).await)
             .await?;
+        if found.is_none() {
+            // A new Redis (or one that lost its data moments ago, before any
+            // running replica noticed: they make a new epoch with a grace period
+            // within a second, and put their records back).
+            let (k, cand) = (epoch_key.clone(), new_epoch());
+            let _: () = redis
+                .run(async move |mut c| {
+                    redis::cmd("SET")
+                        .arg(&k)
+                        .arg(&cand)
+                        .arg("NX")
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+        }
         let w = Arc::new_cyclic(|me| Self {
             restoring_key: format!("{}restoring", redis.prefix),
             epoch_key,
@@ -56,6 +93,8 @@ impl RedisWrites {
             known: Mutex::new(None),
             mirror: Mutex::new(Mirror::default()),
             me: me.clone(),
+            restoring: std::sync::atomic::AtomicBool::new(false),
+            releases: Arc::new(tokio::sync::Semaphore::new(MAX_RELEASES)),
         });
         w.check_epoch().await;
         Ok(w)
@@ -172,6 +211,8 @@ struct Mirror {
     order: VecDeque<(u64, String)>,
     bytes: usize,
     generation: u64,
+    /// The key of the outcome stored last.
+    newest_done: Option<String>,
 }
 
 impl Mirror {
@@ -186,6 +227,13 @@ impl Mirror {
             self.bytes -= key.len() + old.len();
         }
         self.bytes += size;
+        if self
+            .map
+            .get(key)
+            .is_some_and(|(v, _, _)| v.starts_with("d|"))
+        {
+            self.newest_done = Some(key.to_string());
+        }
         self.order.push_back((g, key.to_string()));
         while self.map.len() > MIRROR_RECORDS
             || self.bytes > MIRROR_BYTES
@@ -200,6 +248,25 @@ impl Mirror {
                 self.bytes -= k.len() + v.len();
             }
         }
+    }
+
+    /// The outcome stored last, if still held: its key and the time it has left.
+    fn newest_done(&self) -> Option<(String, Duration)> {
+        let k = self.newest_done.as_ref()?;
+        let (v, left) = self.get(k)?;
+        v.starts_with("d|").then(|| (k.clone(), left))
+    }
+
+    /// Puts a running value unless the key already holds an outcome.
+    fn put_unless_done(&mut self, key: &str, value: String, ttl: Duration) {
+        if self
+            .map
+            .get(key)
+            .is_some_and(|(v, _, _)| v.starts_with("d|"))
+        {
+            return;
+        }
+        self.put(key, value, ttl);
     }
 
     fn get(&self, key: &str) -> Option<(String, Duration)> {
@@ -263,45 +330,84 @@ impl RedisWrites {
     }
 
     /// Puts this replica's live records back (`SET NX`: what another replica
-    /// wrote since wins), in pipelines of a bounded size.
+    /// wrote since wins), in pipelines of a bounded size; one restore at a time,
+    /// trying again for up to `RESTORE_FOR` while Redis is not ready (a
+    /// restarted Redis may still be loading), and keeping the grace period up
+    /// while it works so that no write whose record is on its way runs.
     async fn restore(&self) {
+        use std::sync::atomic::Ordering;
+        if self.restoring.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let live = self.mirror().live();
+        if live.is_empty() {
+            self.restoring.store(false, Ordering::Release);
+            return;
+        }
+        let until = tokio::time::Instant::now() + RESTORE_FOR;
         let mut restored = 0usize;
         for chunk in live.chunks(500) {
-            let mut pipe = redis::pipe();
-            for (k, v, left) in chunk {
+            loop {
+                let mut pipe = redis::pipe();
                 pipe.cmd("SET")
-                    .arg(k)
-                    .arg(v)
-                    .arg("NX")
+                    .arg(&self.restoring_key)
+                    .arg(1)
                     .arg("PX")
-                    .arg(millis(*left))
+                    .arg(millis(EPOCH_GRACE))
                     .ignore();
-            }
-            match self
-                .redis
-                .run(async move |mut c| pipe.query_async::<()>(&mut c).await)
-                .await
-            {
-                Ok(()) => restored += chunk.len(),
-                Err(e) => {
-                    tracing::error!(error = %e, restored, left = live.len() - restored, "putting write records back into Redis failed");
-                    return;
+                for (k, v, left) in chunk {
+                    pipe.cmd("SET")
+                        .arg(k)
+                        .arg(v)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(millis(*left))
+                        .ignore();
+                }
+                match self
+                    .redis
+                    .run(async move |mut c| pipe.query_async::<()>(&mut c).await)
+                    .await
+                {
+                    Ok(()) => {
+                        restored += chunk.len();
+                        break;
+                    }
+                    Err(e) if tokio::time::Instant::now() < until => {
+                        tracing::warn!(error = %e, restored, "putting write records back into Redis: trying again");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, restored, left = live.len() - restored, "putting write records back into Redis failed: those writes may run again if retried");
+                        self.restoring.store(false, Ordering::Release);
+                        return;
+                    }
                 }
             }
         }
+        self.restoring.store(false, Ordering::Release);
         tracing::info!(restored, "write records put back into Redis");
     }
 
     /// Drops, once Redis answers, a lease a failed `begin` may have left (only
-    /// if it is still that lease): tried for up to about a lease's length.
-    fn release_later(&self, key: String, token: LeaseToken) {
+    /// if it is still that lease), trying for up to a lease's length; at most
+    /// `MAX_RELEASES` at once (past that, such leases expire by themselves).
+    fn release_later(&self, key: String, token: LeaseToken, lease: Duration) {
+        let Ok(permit) = Arc::clone(&self.releases).try_acquire_owned() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let redis = self.redis.clone();
-        tokio::spawn(async move {
+        rt.spawn(async move {
+            let _permit = permit;
             let h = holder(token);
-            for attempt in 0..20u32 {
-                tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt.min(4) + 1)))
-                    .await;
+            let until = tokio::time::Instant::now() + lease;
+            let mut wait = Duration::from_millis(250);
+            while tokio::time::Instant::now() < until {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
                 let (k, h) = (key.clone(), h.clone());
                 let released: Result<i64, _> = redis
                     .run(async move |mut c| {
@@ -336,8 +442,28 @@ impl RedisWrites {
                     .await
             })
             .await;
-        if let Ok(epoch) = epoch {
-            self.saw_epoch(&epoch);
+        let Ok(epoch) = epoch else { return };
+        self.saw_epoch(&epoch);
+        // A loss that left the epoch (a failover to a replica that lacked the
+        // newest writes, a restart from an older snapshot) shows as a record
+        // this replica stored, still live, gone from Redis.
+        let canary = self.mirror().newest_done();
+        let Some((k, left)) = canary else { return };
+        if left < Duration::from_secs(3) {
+            return;
+        }
+        let k1 = k.clone();
+        let exists: Result<i64, _> = self
+            .redis
+            .run(async move |mut c| redis::cmd("EXISTS").arg(&k1).query_async(&mut c).await)
+            .await;
+        if matches!(exists, Ok(0)) {
+            tracing::warn!(
+                "a write record this replica stored is gone from Redis (a failover or a restart from an older snapshot): starting a new epoch so replicas put theirs back"
+            );
+            if let Ok(now) = replace_epoch(&self.redis, &epoch).await {
+                self.saw_epoch(&now);
+            }
         }
     }
 }
@@ -362,6 +488,13 @@ impl WriteStore for RedisWrites {
             new_epoch(),
             millis(EPOCH_GRACE),
         );
+        let mut pending = Pending {
+            writes: self,
+            key: k.clone(),
+            token,
+            lease,
+            armed: true,
+        };
         let answer: Vec<String> = match self
             .redis
             .run(async move |mut c| {
@@ -379,14 +512,13 @@ impl WriteStore for RedisWrites {
             .await
         {
             Ok(a) => a,
-            Err(e) => {
-                // The command may still run once Redis answers again (a paused
-                // or slow Redis reads it from its socket later), leaving a lease
-                // nobody holds that would refuse every retry until it expires.
-                self.release_later(k.clone(), token);
-                return Err(e);
-            }
+            // The command may still run once Redis answers again (a paused or
+            // slow Redis reads it from its socket later), leaving a lease nobody
+            // holds that would refuse every retry until it expires: `pending`
+            // releases it (as it does when the caller's deadline cuts this off).
+            Err(e) => return Err(e),
         };
+        pending.armed = false;
         let mut answer = answer.into_iter();
         if let Some(epoch) = answer.next() {
             self.saw_epoch(&epoch);
@@ -427,12 +559,11 @@ impl WriteStore for RedisWrites {
         &self,
         key: &WriteKey,
         token: LeaseToken,
+        fingerprint: Fingerprint,
         lease: Duration,
     ) -> Result<bool, StoreError> {
         let k = self.key(key);
-        let Some((value, _)) = self.mirror().get(&k) else {
-            return Ok(false);
-        };
+        let value = running(token, fingerprint);
         let (k1, h, ms, v) = (k.clone(), holder(token), millis(lease), value.clone());
         let n: i64 = self
             .redis
@@ -447,7 +578,8 @@ impl WriteStore for RedisWrites {
             })
             .await?;
         if n == 1 {
-            self.mirror().put(&k, value, lease);
+            // Unless the write completed meanwhile (its outcome replaces this).
+            self.mirror().put_unless_done(&k, value, lease);
         }
         Ok(n == 1)
     }

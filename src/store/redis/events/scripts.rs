@@ -84,12 +84,6 @@ local e = epoch(KEYS[1], KEYS[3], ARGV[1], ARGV[2])
 return {e, redis.call('GET', KEYS[4]) or '0-0', redis.call('GET', KEYS[2]) or '0-0'}"
 );
 
-/// Replaces the epoch if it is still `ARGV[1]` (KEYS: epoch); returns the epoch.
-const NEW_EPOCH: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) end
-return redis.call('GET', KEYS[1])";
-
 script!(pub(super) append, APPEND);
 script!(pub(super) read, READ);
 script!(pub(super) head, HEAD);
-script!(pub(super) new_epoch, NEW_EPOCH);

@@ -11,9 +11,9 @@ use bytes::Bytes;
 use redis::Value;
 use tokio::sync::watch;
 
-use super::{Keys, Pos, entries, fields, head, parse_pos, pos_id, scripts, store_err};
+use super::{Keys, Pos, entries, fields, head, parse_pos, pos_id, store_err};
 use crate::store::StoreError;
-use crate::store::redis::conn::{Redis, new_epoch};
+use crate::store::redis::conn::{Redis, replace_epoch};
 
 /// How long the tail's `XREAD` waits for new entries.
 const BLOCK: Duration = Duration::from_secs(1);
@@ -179,7 +179,7 @@ pub(super) async fn tail(shared: Weak<Shared>, redis: Redis, keys: Arc<Keys>) {
             Ok(Took::WentBack) => {
                 let epoch = s.ring().map(|r| r.epoch.clone()).unwrap_or_default();
                 drop(s);
-                if let Err(e) = new_epoch_after_loss(&redis, &keys, &epoch).await
+                if let Err(e) = new_epoch_after_loss(&redis, &epoch).await
                     && let Some(s) = shared.upgrade()
                 {
                     s.down(&e, &redis);
@@ -265,19 +265,10 @@ fn take(s: &Shared, reply: Value) -> Result<Took, StoreError> {
 }
 
 /// Starts another epoch if it is still `old` (Redis lost events that were
-/// acknowledged: every cursor of before is refused, never silently past a gap).
-async fn new_epoch_after_loss(redis: &Redis, keys: &Keys, old: &str) -> Result<(), StoreError> {
-    let (k, old, new) = (keys.epoch.clone(), old.to_string(), new_epoch());
-    let _: Option<String> = redis
-        .run(async move |mut c| {
-            scripts::new_epoch()
-                .key(&k)
-                .arg(&old)
-                .arg(&new)
-                .invoke_async(&mut c)
-                .await
-        })
-        .await?;
+/// acknowledged: every cursor of before is refused, never silently past a gap;
+/// and the replicas put back the write records they remember).
+async fn new_epoch_after_loss(redis: &Redis, old: &str) -> Result<(), StoreError> {
+    replace_epoch(redis, old).await?;
     tracing::warn!(
         "the event stream in Redis lost its newest events (a restart without them, or a failover): cursors of before are refused as expired"
     );
@@ -295,7 +286,7 @@ async fn sync(s: &Shared, redis: &Redis, keys: &Keys) -> Result<(), StoreError> 
         (r.epoch.clone(), r.last)
     };
     if epoch == known_epoch && last < known_last {
-        new_epoch_after_loss(redis, keys, &epoch).await?;
+        new_epoch_after_loss(redis, &epoch).await?;
         (epoch, last, _) = head(redis, keys).await?;
     }
     let mut r = s.ring()?;
