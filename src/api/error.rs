@@ -140,6 +140,7 @@ impl Error {
             Self::EventLogUnavailable(_) | Self::WatchInterrupted { .. } => Code::Unavailable,
             Self::SubscriberStalled { .. } => Code::Aborted,
             Self::Internal(_) => Code::Internal,
+            Self::Stream(s) if is_caller_reset(s) => Code::Cancelled,
             Self::Stream(s) => s.code(),
         }
     }
@@ -393,6 +394,18 @@ impl From<Error> for Status {
                 "unknown",
             )
             .build(),
+            // The caller reset its stream: the body failed as ABORTED so the
+            // decoder would not read it as the stream's end (see
+            // `caller_reset`); the call itself was cancelled by the caller.
+            Error::Stream(s) if is_caller_reset(&s) => {
+                Parts::new(
+                    Code::Cancelled,
+                    CALLER_RESET,
+                    s.message().to_string(),
+                    "true",
+                )
+                .build()
+            }
             // A status the gateway made itself (a limit on the request's messages)
             // is passed on as it is.
             Error::Stream(s)
@@ -413,6 +426,28 @@ impl From<Error> for Status {
             .build(),
         }
     }
+}
+
+const CALLER_RESET: &str = "CALLER_RESET";
+
+fn is_caller_reset(s: &Status) -> bool {
+    s.get_error_details()
+        .error_info()
+        .is_some_and(|i| i.domain == ERROR_DOMAIN && i.reason == CALLER_RESET)
+}
+
+/// What a request body fails with when the caller reset its stream: ABORTED
+/// (never CANCELLED, which the gRPC decoder would read as the stream's normal
+/// end, taking a cut-off upload for a whole one), marked so that the call ends
+/// as the caller's cancellation, not as a failure of the gateway.
+pub fn caller_reset(why: impl std::fmt::Display) -> Status {
+    Parts::new(
+        Code::Aborted,
+        CALLER_RESET,
+        format!("the caller's stream ended without its end (reset or broken: {why}); nothing of it is kept"),
+        "true",
+    )
+    .build()
 }
 
 /// `INVALID_ARGUMENT` naming every bad field.
@@ -703,6 +738,7 @@ mod tests {
             },
             Error::Internal("a broken invariant"),
             Error::Stream(Status::cancelled("reset by the caller")),
+            Error::Stream(caller_reset("stream reset")),
         ];
         for e in &samples {
             match e {
@@ -768,5 +804,28 @@ mod tests {
         for (i, (s, _, _)) in BY_HTTP_STATUS.iter().enumerate() {
             assert!(BY_HTTP_STATUS[i + 1..].iter().all(|(t, _, _)| t != s));
         }
+    }
+}
+
+#[cfg(test)]
+mod caller_reset_tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_reset_body_error_ends_the_call_as_cancelled() {
+        let body_error = caller_reset("stream reset");
+        assert_eq!(
+            body_error.code(),
+            Code::Aborted,
+            "never CANCELLED in the body"
+        );
+        let status: Status = Error::Stream(body_error).into();
+        assert_eq!(status.code(), Code::Cancelled);
+        let info = status
+            .get_error_details()
+            .error_info()
+            .cloned()
+            .expect("info");
+        assert_eq!(info.reason, "CALLER_RESET");
     }
 }

@@ -201,9 +201,7 @@ where
                 // status of another code instead, and the upload is abandoned.
                 let e: tonic::codegen::StdError = e.into();
                 self.failed = true;
-                Poll::Ready(Some(Err(Box::new(Status::aborted(format!(
-                    "the caller's stream ended without its end (reset or broken: {e}); nothing of it is kept"
-                ))))))
+                Poll::Ready(Some(Err(Box::new(crate::api::error::caller_reset(e)))))
             }
             other => other.map(|o| o.map(|r| r.map_err(Into::into))),
         }
