@@ -245,8 +245,11 @@ pub fn accept(
     ReceiverStream::new(rx)
 }
 
-/// Serves an HTTP router (admin, webhooks) on connections from [`accept`]: HTTP/1
-/// with a request-header timeout, or HTTP/2. Runs until the process ends.
+/// Serves an HTTP router (admin, webhooks) on connections from [`accept`]:
+/// HTTP/1 only, with a request-header timeout. (Prometheus, the kubelet and
+/// CorrigoPro speak HTTP/1.1; HTTP/2 would let one connection past the
+/// connection cap carry many streams, each with its own body and checks.) Runs
+/// until the process ends.
 pub fn serve_http(
     name: &'static str,
     listener: TcpListener,
@@ -270,7 +273,7 @@ pub fn serve_http(
             let timeout = limits.handshake_timeout;
             let metrics = Arc::clone(&metrics);
             tokio::spawn(async move {
-                let mut builder = Builder::new(TokioExecutor::new());
+                let mut builder = Builder::new(TokioExecutor::new()).http1_only();
                 builder
                     .http1()
                     .timer(TokioTimer::new())

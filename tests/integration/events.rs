@@ -943,3 +943,41 @@ async fn failed_checks_from_one_address_are_throttled_before_any_check() {
     assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
     assert!(metric(&h, "webhook_requests_total{outcome=\"throttled\"}") >= 7);
 }
+
+#[tokio::test]
+async fn the_webhook_port_speaks_http1_only() {
+    let h = with_webhooks(|_| {}).await;
+    let addr = h
+        .webhook_url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .expect("addr")
+        .to_string();
+    // HTTP/2 with prior knowledge (h2c): one connection would carry many
+    // streams past the connection cap. It is not served.
+    let tcp = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let served = async {
+        let (client, conn) = h2::client::handshake(tcp).await.ok()?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut client = client.ready().await.ok()?;
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{addr}/webhooks/corrigopro"))
+            .body(())
+            .ok()?;
+        let (resp, _) = client.send_request(req, true).ok()?;
+        resp.await.ok()
+    };
+    let got = tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("answered or refused in time");
+    assert!(got.is_none(), "an HTTP/2 request was served: {got:?}");
+    // HTTP/1.1 is served as before.
+    let r = post(&h.webhook_url, None, &added(1001, "a", "h1")).await;
+    assert_eq!(r.status(), 401);
+}
