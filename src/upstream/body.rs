@@ -12,17 +12,34 @@ pub async fn check_status(resp: reqwest::Response) -> Result<reqwest::Response, 
     if status == StatusCode::OK {
         return Ok(resp);
     }
-    let retry_after = resp
-        .headers()
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(error::parse_retry_after);
+    let retry_after = retry_after(&resp);
     let body = read_prefix(resp, error::MAX_ERROR_BODY_BYTES).await;
     Err(UpstreamError::Api(Box::new(error::parse_error_body(
         status.as_u16(),
         &body,
         retry_after,
     ))))
+}
+
+/// As [`check_status`], without reading the body of a non-200 answer (one that
+/// may quote what must not be passed on).
+pub fn check_status_quietly(resp: reqwest::Response) -> Result<reqwest::Response, UpstreamError> {
+    let status = resp.status();
+    if status == StatusCode::OK {
+        return Ok(resp);
+    }
+    Err(UpstreamError::Api(Box::new(error::parse_error_body(
+        status.as_u16(),
+        &[],
+        retry_after(&resp),
+    ))))
+}
+
+fn retry_after(resp: &reqwest::Response) -> Option<std::time::Duration> {
+    resp.headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(error::parse_retry_after)
 }
 
 /// Reads a whole body of at most `max` bytes; a larger one is an error.

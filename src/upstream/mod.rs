@@ -390,7 +390,10 @@ impl Upstream {
                 )
             })
             .await?;
-        check_status(resp).await
+        // Classified by its status alone: a storage host's error body can quote
+        // the signed request (key id, signature), so it is neither read nor
+        // passed on.
+        body::check_status_quietly(resp)
     }
 
     pub async fn update(&self, u: &AttachmentUpdate) -> Result<Option<String>, UpstreamError> {

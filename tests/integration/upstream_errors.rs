@@ -915,3 +915,46 @@ fn plain_http_upstreams_must_be_loopback_unless_allowed() {
     s.upstream.allow_plain_http = true;
     s.validate().expect("said explicitly");
 }
+
+#[tokio::test]
+async fn a_download_hosts_error_answer_is_not_passed_on() {
+    let server = MockServer::start().await;
+    mock_token(&server, "secret-bearer").await;
+    let file_url = format!("{}/blob/abc?sig=s3cr3t-signature", server.uri());
+    Mock::given(method("GET"))
+        .and(path("/Direct/api/attachments/downloadUrl"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!(file_url)))
+        .mount(&server)
+        .await;
+    // A storage host's error quotes the signed request.
+    Mock::given(method("GET"))
+        .and(path("/blob/abc"))
+        .respond_with(ResponseTemplate::new(403).set_body_string(
+            "<Error><Code>SignatureDoesNotMatch</Code><AWSAccessKeyId>AKIAEXAMPLE</AWSAccessKeyId>\
+             <StringToSign>GET /blob/abc s3cr3t-signature</StringToSign></Error>",
+        ))
+        .mount(&server)
+        .await;
+    let gw = Gateway::start(settings_for(&server.uri())).await;
+    let err = gw
+        .client()
+        .download_attachment(DownloadAttachmentRequest {
+            work_order_id: 7,
+            attachment_id: "abc".into(),
+        })
+        .await
+        .expect_err("refused");
+    // Classified by its status, as any upstream answer.
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(
+        error_metadata(&err).get("http_status").map(String::as_str),
+        Some("403")
+    );
+    let everything = format!("{err:?}");
+    for secret in ["AKIAEXAMPLE", "s3cr3t-signature", "StringToSign"] {
+        assert!(
+            !everything.contains(secret),
+            "{secret} passed on: {everything}"
+        );
+    }
+}
