@@ -2,7 +2,9 @@
 //! reflection v1 and v1alpha, HTTP/2 limits, and graceful shutdown: on the signal,
 //! health turns NOT_SERVING, the listener closes after `server.drain_delay`, and
 //! in-flight calls get `server.shutdown_grace` to finish before they are cut (a cut
-//! upload aborts its upstream request, so nothing partial is stored).
+//! upload aborts its upstream request, so nothing partial is stored). Watches,
+//! which never finish by themselves, end as the listener closes
+//! (UNAVAILABLE `GATEWAY_SHUTTING_DOWN`; callers resume elsewhere from their cursor).
 
 use std::sync::Arc;
 
@@ -251,6 +253,7 @@ pub async fn serve_with(
         Arc::clone(&metrics),
     )?);
     let cut = CancellationToken::new();
+    let closing = CancellationToken::new();
     let bounds = Bounds { cut: cut.clone() };
     let write_store: Arc<dyn WriteStore> = match &redis {
         Some(r) => {
@@ -301,7 +304,9 @@ pub async fn serve_with(
             ev.max_subscribers_per_caller as usize,
         ),
         Arc::clone(&metrics),
-        cut.clone(),
+        // Watches never finish by themselves: they end as the listener closes,
+        // not after the grace period meant for calls that do finish.
+        closing.clone(),
     );
     let l = &settings.limits;
     let r = &settings.rate_limit;
@@ -522,6 +527,7 @@ pub async fn serve_with(
     }
     tracing::info!(grace = ?s.shutdown_grace, "closing the listener; in-flight calls may finish");
     let _ = stop_tx.send(());
+    closing.cancel();
     match tokio::time::timeout(s.shutdown_grace, &mut server).await {
         Ok(r) => r.map_err(Into::into),
         Err(_) => {

@@ -50,6 +50,7 @@ pub struct Watches {
     limits: WatchLimits,
     slots: Arc<Concurrency>,
     metrics: Arc<Metrics>,
+    /// Fires as the gateway closes its listener: watches end then.
     cut: CancellationToken,
 }
 

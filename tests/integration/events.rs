@@ -981,3 +981,35 @@ async fn the_webhook_port_speaks_http1_only() {
     let r = post(&h.webhook_url, None, &added(1001, "a", "h1")).await;
     assert_eq!(r.status(), 401);
 }
+
+#[tokio::test]
+async fn open_watches_end_as_the_listener_closes_not_after_the_grace_period() {
+    let mut h = with_webhooks(|s| {
+        s.server.drain_delay = Duration::ZERO;
+        s.server.shutdown_grace = Duration::from_secs(20);
+    })
+    .await;
+    let mut c = h.gateway.client();
+    let (mut w, _) = watch(&mut c, vec![], "").await;
+    let t = std::time::Instant::now();
+    h.gateway.shutdown();
+    let st = loop {
+        match tokio::time::timeout(Duration::from_secs(5), w.message())
+            .await
+            .expect("the watch ends within seconds")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("a watch never ends cleanly"),
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+    assert_eq!(error_reason(&st), "GATEWAY_SHUTTING_DOWN");
+    let join = h.gateway.join.take().expect("join");
+    tokio::time::timeout(Duration::from_secs(5), join)
+        .await
+        .expect("the server stops without waiting for the grace period")
+        .expect("task")
+        .expect("clean stop");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
