@@ -223,6 +223,13 @@ fn print_sandbox_banner(
         None => "off".to_string(),
     };
     let emulator = sandbox.addr();
+    // The binary as it was started (`cargo run` puts it under target/), so the
+    // command below runs as printed.
+    let me = std::env::current_exe()
+        .ok()
+        .map(|p| p.display().to_string())
+        .filter(|p| !p.contains(char::is_whitespace))
+        .unwrap_or_else(|| "attachment-gateway".into());
     // Never fatal: stdout may be closed (piped to `head`, a finished reader).
     let _ = writeln!(
         std::io::stdout(),
@@ -233,7 +240,7 @@ fn print_sandbox_banner(
          work orders: {work_orders}\n\
          authentication: {auth}\n\
          try:\n  grpcurl -plaintext -d '{{\"work_order_id\": 1001}}' {addr} corrigopro.attachments.v1.AttachmentService/ListAttachments\n\
-         watch events (in another terminal):\n  attachment-gateway watch --addr http://{addr}\n\
+         watch events (in another terminal):\n  {me} watch --addr http://{addr}\n\
          act as the customer (CorrigoPro notifies the gateway):\n  curl -X POST --data-binary 'hello' 'http://{emulator}/sandbox/customer/work-orders/1001/attachments?name=hello.txt'\n\
          stop with Ctrl-C",
         sandbox.base_url()
