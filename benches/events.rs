@@ -57,18 +57,7 @@ impl Params {
 }
 
 fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
-    let p = if full {
-        Params::full()
-    } else {
-        Params::quick()
-    };
-    attachment_gateway::upstream::install_crypto_provider();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(bench(p));
+    run_main(Params::full(), Params::quick(), bench);
 }
 
 async fn bench(p: Params) {

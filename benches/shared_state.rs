@@ -185,18 +185,7 @@ async fn unary(gw: &Gateway, n: usize, lists: usize, tag: &str) -> (f64, f64) {
 }
 
 fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
-    let p = if full {
-        Params::full()
-    } else {
-        Params::quick()
-    };
-    attachment_gateway::upstream::install_crypto_provider();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(bench(p));
+    run_main(Params::full(), Params::quick(), bench);
 }
 
 async fn bench(p: Params) {

@@ -263,3 +263,20 @@ pub async fn bare_endpoint() -> String {
     });
     format!("http://{addr}/")
 }
+
+/// The harness's `main`: `full` under `cargo bench` (which passes `--bench`),
+/// else `quick` (as `cargo test --all-targets` runs it), on a multi-threaded
+/// runtime.
+pub fn run_main<P, F: Future<Output = ()>>(full: P, quick: P, bench: impl FnOnce(P) -> F) {
+    let p = if std::env::args().any(|a| a == "--bench") {
+        full
+    } else {
+        quick
+    };
+    attachment_gateway::upstream::install_crypto_provider();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(bench(p));
+}

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use attachment_gateway::proto::{DeleteAttachmentRequest, UploadAttachmentRequest};
+use attachment_gateway::proto::{
+    DeleteAttachmentRequest, UploadAttachmentRequest, UploadAttachmentResponse,
+};
 use attachment_gateway::sandbox::{Sandbox, SandboxConfig};
 use attachment_gateway::store::redis::{Redis, RedisWrites};
 use attachment_gateway::store::writes::{
@@ -145,6 +147,17 @@ async fn replicas(redis_url: &str) -> (Sandbox, Gateway, Gateway) {
     s.shared_state.command_timeout = Duration::from_millis(300);
     let a = Gateway::start(s.clone()).await;
     let b = Gateway::start(s).await;
+    // Both have finished starting (connected to Redis) before the test goes on:
+    // a test that stops Redis next must not catch one still starting.
+    for g in [&a, &b] {
+        g.client()
+            .list_attachments(attachment_gateway::proto::ListAttachmentsRequest {
+                work_order_id: 1001,
+                ..Default::default()
+            })
+            .await
+            .expect("serving");
+    }
     (sandbox, a, b)
 }
 
@@ -152,6 +165,39 @@ fn upload(message_id: &str, data: &[u8]) -> Vec<UploadAttachmentRequest> {
     let mut m = metadata(1001, "shared.txt");
     m.message_id = message_id.to_string();
     upload_messages(m, data, 4)
+}
+
+/// A caller that retries an upload until it is answered OK, within `within`,
+/// every `pause`; `refused` sees each refusal on the way (to check it). The
+/// answer, and how many refusals came before it.
+async fn retry_upload(
+    g: &Gateway,
+    messages: impl Fn() -> Vec<UploadAttachmentRequest>,
+    within: Duration,
+    pause: Duration,
+    mut refused: impl FnMut(&tonic::Status),
+) -> (UploadAttachmentResponse, usize) {
+    let t = std::time::Instant::now();
+    let mut n = 0;
+    loop {
+        match g
+            .client()
+            .upload_attachment(futures_util::stream::iter(messages()))
+            .await
+        {
+            Ok(r) => return (r.into_inner(), n),
+            Err(e) => {
+                refused(&e);
+                n += 1;
+                assert!(
+                    t.elapsed() < within,
+                    "still refused after {:?} ({n} refusals): {e:?}",
+                    t.elapsed()
+                );
+            }
+        }
+        tokio::time::sleep(pause).await;
+    }
 }
 
 #[tokio::test]
@@ -245,22 +291,14 @@ async fn redis_down_refuses_writes_by_message_id_retry_safe_and_recovers_by_itse
     redis.signal("-CONT");
     // The refused write's lease command ran late, once Redis woke: the gateway
     // drops it, so a retry of the same write runs soon, not after the lease.
-    let t = std::time::Instant::now();
-    loop {
-        match a
-            .client()
-            .upload_attachment(futures_util::stream::iter(upload("down-1", b"x")))
-            .await
-        {
-            Ok(_) => break,
-            Err(e) => assert!(
-                t.elapsed() < Duration::from_secs(5),
-                "the retry is still refused after {:?}: {e:?}",
-                t.elapsed()
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    retry_upload(
+        &a,
+        || upload("down-1", b"x"),
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        |_| {},
+    )
+    .await;
     let before = before + 1;
 
     // Killed: the same refusal; a write without a message id needs no record.
@@ -430,35 +468,21 @@ async fn a_redis_that_lost_its_data_gets_back_what_replicas_remember() {
     let _redis = RedisServer::start_on(port);
     // The caller lost A's answer and retries on B, which never saw the write:
     // refused (retry-safe) until A has put its record back, then the first answer.
-    let t = std::time::Instant::now();
-    let mut refused = 0;
-    let again = loop {
-        match b
-            .client()
-            .upload_attachment(futures_util::stream::iter(upload("lost-1", &data)))
-            .await
-        {
-            Ok(r) => break r.into_inner(),
-            Err(e) => {
-                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
-                // The gateway's refusal, retry-safe (or, on a loaded machine,
-                // the transport's own UNAVAILABLE, with no details: retried too).
-                if !error_metadata(&e).is_empty() {
-                    assert_eq!(error_reason(&e), "WRITE_RECORD_UNAVAILABLE", "{e:?}");
-                    assert_eq!(
-                        error_metadata(&e).get("retry_safe").map(String::as_str),
-                        Some("true")
-                    );
-                }
-                refused += 1;
-            }
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "never answered after {refused} refusals"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (again, _) = retry_upload(
+        &b,
+        || upload("lost-1", &data),
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        |e| {
+            assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+            assert_eq!(error_reason(e), "WRITE_RECORD_UNAVAILABLE", "{e:?}");
+            assert_eq!(
+                error_metadata(e).get("retry_safe").map(String::as_str),
+                Some("true")
+            );
+        },
+    )
+    .await;
     assert_eq!(again.attachment_id, first.attachment_id, "the first answer");
     assert_eq!(
         sandbox.attachments(1001).len(),
@@ -626,29 +650,20 @@ async fn a_replica_killed_mid_upload_lets_a_retry_run_once_its_lease_expired() {
 
     // The caller retries on B: the dead replica's lease holds the id until it
     // expires (nobody renews it), then the retry runs, once.
-    let mut in_progress = 0;
-    let answer = loop {
-        match b
-            .client()
-            .upload_attachment(futures_util::stream::iter(big("killed-1", &data)))
-            .await
-        {
-            Ok(r) => break r.into_inner(),
-            Err(e) => {
-                assert_eq!(error_reason(&e), "WRITE_IN_PROGRESS", "{e:?}");
-                assert_eq!(
-                    error_metadata(&e).get("retry_safe").map(String::as_str),
-                    Some("true")
-                );
-                in_progress += 1;
-            }
-        }
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(10),
-            "the lease never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (answer, in_progress) = retry_upload(
+        &b,
+        || big("killed-1", &data),
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        |e| {
+            assert_eq!(error_reason(e), "WRITE_IN_PROGRESS", "{e:?}");
+            assert_eq!(
+                error_metadata(e).get("retry_safe").map(String::as_str),
+                Some("true")
+            );
+        },
+    )
+    .await;
     assert!(
         in_progress > 0,
         "refused while the dead replica's lease lived"
@@ -770,22 +785,14 @@ async fn a_begin_cut_off_by_the_deadline_leaves_no_lease_behind() {
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     redis.signal("-CONT");
     // The lease its command took once Redis woke is released: a retry runs soon.
-    let t = std::time::Instant::now();
-    loop {
-        match g
-            .client()
-            .upload_attachment(futures_util::stream::iter(upload("cut-1", b"abcd")))
-            .await
-        {
-            Ok(_) => break,
-            Err(e) => assert!(
-                t.elapsed() < Duration::from_secs(6),
-                "still refused after {:?}: {e:?}",
-                t.elapsed()
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    retry_upload(
+        &g,
+        || upload("cut-1", b"abcd"),
+        Duration::from_secs(6),
+        Duration::from_millis(200),
+        |_| {},
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -825,22 +832,14 @@ async fn an_upload_stored_upstream_is_recorded_even_when_its_deadline_passes() {
     redis.signal("-CONT");
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Whatever the first call was told, a retry elsewhere never stores it twice.
-    let t = std::time::Instant::now();
-    let again = loop {
-        match b
-            .client()
-            .upload_attachment(futures_util::stream::iter(upload("stored-1", b"abcdefgh")))
-            .await
-        {
-            Ok(r) => break r.into_inner(),
-            Err(e) => assert!(
-                t.elapsed() < Duration::from_secs(6),
-                "still refused after {:?}: {e:?}",
-                t.elapsed()
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (again, _) = retry_upload(
+        &b,
+        || upload("stored-1", b"abcdefgh"),
+        Duration::from_secs(6),
+        Duration::from_millis(200),
+        |_| {},
+    )
+    .await;
     if let Ok(r) = first {
         assert_eq!(r.into_inner().attachment_id, again.attachment_id);
     }
