@@ -33,12 +33,20 @@ struct Entry<V> {
     generation: u64,
 }
 
-struct Bounded<V> {
+/// Values by digest, each until its time (and its generation) passes, at most
+/// `CAPACITY` of them.
+pub(crate) struct Bounded<V> {
     map: HashMap<Digest32, Entry<V>>,
 }
 
 impl<V: Clone> Bounded<V> {
-    fn get(&mut self, k: &Digest32, generation: u64) -> Option<V> {
+    pub(crate) fn new() -> Self {
+        Self {
+            map: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn get(&mut self, k: &Digest32, generation: u64) -> Option<V> {
         let e = self.map.get(k)?;
         if e.until > Instant::now() && e.generation == generation {
             return Some(e.value.clone());
@@ -47,7 +55,7 @@ impl<V: Clone> Bounded<V> {
         None
     }
 
-    fn put(&mut self, k: Digest32, value: V, ttl: Duration, generation: u64) {
+    pub(crate) fn put(&mut self, k: Digest32, value: V, ttl: Duration, generation: u64) {
         if self.map.len() >= CAPACITY && !self.map.contains_key(&k) {
             let now = Instant::now();
             self.map
@@ -79,12 +87,8 @@ pub struct CredentialCache {
 impl Default for CredentialCache {
     fn default() -> Self {
         Self {
-            verified: Mutex::new(Bounded {
-                map: HashMap::new(),
-            }),
-            refused: Mutex::new(Bounded {
-                map: HashMap::new(),
-            }),
+            verified: Mutex::new(Bounded::new()),
+            refused: Mutex::new(Bounded::new()),
         }
     }
 }

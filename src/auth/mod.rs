@@ -4,7 +4,7 @@
 //! Download) and `attachments.write` (Upload, Update, Delete).
 
 mod api_keys;
-mod cache;
+pub(crate) mod cache;
 mod jwt;
 mod mtls;
 pub(crate) mod throttle;

@@ -37,6 +37,7 @@ use tokio::net::TcpListener;
 use self::forward::Forwarder;
 use self::notification::Notification;
 use self::verify::Verifier;
+use crate::auth::cache::{Bounded, Digest32};
 use crate::auth::throttle::FailureThrottle;
 use crate::config::{WebhookSettings, WebhookVerify};
 use crate::events::Recorder;
@@ -53,12 +54,19 @@ const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often the certificate or secret file is read again (rotation).
 const RELOAD_EVERY: Duration = Duration::from_secs(60);
+/// How long a credential that verified passes the failure throttle (it is
+/// still checked each time: expiry, audience, signature).
+const VERIFIED_FOR: Duration = Duration::from_secs(300);
 
 /// The webhook side of the gateway: what it needs and nothing of the gRPC side
 /// but the event log's recorder.
 pub struct Webhooks {
     verifier: Arc<Verifier>,
     throttle: FailureThrottle,
+    /// Credentials (by digest) that verified lately: their requests are not
+    /// held up by the failure throttle, which a flood of bad requests can empty
+    /// for everyone behind one ingress address. They are still checked.
+    verified: std::sync::Mutex<Bounded<()>>,
     recorder: Recorder,
     forward: Option<Forwarder>,
     metrics: Arc<Metrics>,
@@ -90,6 +98,7 @@ impl Webhooks {
             // has the ingress's address, so a per-source budget smaller than the
             // total would let one bad sender lock CorrigoPro out.
             throttle: FailureThrottle::new(w.failed_checks, w.failed_checks),
+            verified: std::sync::Mutex::new(Bounded::new()),
             recorder,
             forward,
             metrics,
@@ -146,7 +155,17 @@ async fn handle(
 ) -> Response {
     let m = &h.metrics;
     let ip: Option<IpAddr> = peer.and_then(|p| p.0.remote).map(|a| a.ip());
-    if let Err(r) = h.throttle.check(ip) {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    let key: Option<Digest32> = auth.map(|a| sha2::Sha256::digest(a).into());
+    let known = key.is_some_and(|k| {
+        h.verified
+            .lock()
+            .ok()
+            .is_some_and(|mut v| v.get(&k, 0).is_some())
+    });
+    if !known && let Err(r) = h.throttle.check(ip) {
         let mut resp = answer(
             m,
             StatusCode::TOO_MANY_REQUESTS,
@@ -158,9 +177,6 @@ async fn handle(
         }
         return resp;
     }
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .map(HeaderValue::as_bytes);
     if let Err(refused) = h.verifier.check(auth, SystemTime::now()) {
         h.throttle.failed(ip);
         tracing::info!(reason = refused.label(), remote = ?ip, "webhook request refused");
@@ -173,6 +189,12 @@ async fn handle(
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return resp;
+    }
+    if let Some(k) = key
+        && !known
+        && let Ok(mut v) = h.verified.lock()
+    {
+        v.put(k, (), VERIFIED_FOR, 0);
     }
     let too_large = format!("the body is larger than {} bytes", h.max_body);
     let declared = headers

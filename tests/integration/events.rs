@@ -1013,3 +1013,55 @@ async fn open_watches_end_as_the_listener_closes_not_after_the_grace_period() {
         .expect("clean stop");
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 }
+
+#[tokio::test]
+async fn a_flood_of_bad_requests_does_not_lock_out_a_sender_that_verified() {
+    let h = with_webhooks(|s| {
+        s.webhooks.failed_checks = attachment_gateway::config::Rate { rps: 1, burst: 5 };
+    })
+    .await;
+    let good = token(AUDIENCE, SystemTime::now());
+    assert_eq!(
+        post(&h.webhook_url, bearer(&good), &added(1001, "g1", "good-1"))
+            .await
+            .status(),
+        200
+    );
+    // Bad requests from the same address (behind an ingress, every sender's)
+    // empty the failure budget.
+    let mut throttled = false;
+    for i in 0..20 {
+        let r = post(
+            &h.webhook_url,
+            bearer("forged<---->AAAA"),
+            &added(1001, "x", &format!("bad-{i}")),
+        )
+        .await;
+        throttled |= r.status() == 429;
+    }
+    assert!(throttled, "the flood is throttled");
+    // The sender whose credential verified lately is still heard, and checked.
+    assert_eq!(
+        post(&h.webhook_url, bearer(&good), &added(1001, "g2", "good-2"))
+            .await
+            .status(),
+        200
+    );
+    // A credential never seen waits with the rest until the flood stops.
+    for i in 0..10 {
+        post(
+            &h.webhook_url,
+            bearer("forged<---->AAAA"),
+            &added(1001, "x", &format!("bad-again-{i}")),
+        )
+        .await;
+    }
+    let new = token(AUDIENCE, SystemTime::now() - Duration::from_secs(120));
+    assert_ne!(new, good);
+    assert_eq!(
+        post(&h.webhook_url, bearer(&new), &added(1001, "g3", "good-3"))
+            .await
+            .status(),
+        429
+    );
+}
