@@ -12,6 +12,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 #[cfg(feature = "server")]
 pub mod codec;
 #[cfg(feature = "server")]
+pub mod deep;
+#[cfg(feature = "server")]
 pub mod raw_event;
 #[cfg(feature = "server")]
 pub mod struct_wire;

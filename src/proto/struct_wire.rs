@@ -20,6 +20,8 @@ use prost::encoding::{DecodeContext, WireType};
 use serde::Deserializer;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
+use super::deep::MAX_STRUCT_DEPTH;
+
 /// A `google.protobuf.Struct`, kept as its encoded body (without tag or length).
 #[derive(Clone, PartialEq, Default)]
 pub struct RawStruct(Bytes);
@@ -234,10 +236,24 @@ pub enum Scalar {
     Other,
 }
 
-/// Writes one JSON value as the body of a `google.protobuf.Value`.
+/// Writes one JSON value as the body of a `google.protobuf.Value`; a container
+/// at [`MAX_STRUCT_DEPTH`] or deeper as its JSON text (see [`super::deep`]).
 struct ValueSeed<'b> {
     w: &'b mut Wire,
     keep_string: bool,
+    depth: usize,
+}
+
+impl ValueSeed<'_> {
+    /// A container past the depth, read whole and written as its text.
+    fn as_text(self, v: serde_json::Value) -> Scalar {
+        put_str(
+            &mut self.w.buf,
+            STRING_VALUE,
+            &super::deep::json_text(&super::deep::from_json(v)),
+        );
+        Scalar::Other
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
@@ -293,12 +309,20 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+        if self.depth >= MAX_STRUCT_DEPTH {
+            let mut items = Vec::new();
+            while let Some(v) = seq.next_element::<serde_json::Value>()? {
+                items.push(v);
+            }
+            return Ok(self.as_text(serde_json::Value::Array(items)));
+        }
         let list = self.w.open(LIST_VALUE);
         loop {
             let item = self.w.open(LIST_VALUES);
             let seed = ValueSeed {
                 w: &mut *self.w,
                 keep_string: false,
+                depth: self.depth + 1,
             };
             if seq.next_element_seed(seed)?.is_none() {
                 // Take back the opened item: the list ended.
@@ -311,9 +335,16 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
         Ok(Scalar::Other)
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scalar, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+        if self.depth >= MAX_STRUCT_DEPTH {
+            let mut fields = serde_json::Map::new();
+            while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
+                fields.insert(k, v);
+            }
+            return Ok(self.as_text(serde_json::Value::Object(fields)));
+        }
         let body = self.w.open(STRUCT_VALUE);
-        write_struct_body(self.w, map, &mut NoPicks)?;
+        write_entries(self.w, map, &mut NoPicks, self.depth + 1)?;
         self.w.close(body);
         Ok(Scalar::Other)
     }
@@ -372,8 +403,18 @@ impl Picks for NoPicks {
 /// `picks` as it goes.
 pub fn write_struct_body<'de, A: MapAccess<'de>, P: Picks>(
     w: &mut Wire,
+    map: A,
+    picks: &mut P,
+) -> Result<(), A::Error> {
+    write_entries(w, map, picks, 0)
+}
+
+/// The entries of an object whose values are at `depth`.
+fn write_entries<'de, A: MapAccess<'de>, P: Picks>(
+    w: &mut Wire,
     mut map: A,
     picks: &mut P,
+    depth: usize,
 ) -> Result<(), A::Error> {
     loop {
         let entry = w.open(STRUCT_FIELDS);
@@ -392,6 +433,7 @@ pub fn write_struct_body<'de, A: MapAccess<'de>, P: Picks>(
         let scalar = map.next_value_seed(ValueSeed {
             w: &mut *w,
             keep_string: candidate.is_some(),
+            depth,
         })?;
         w.close(value);
         w.close(entry);

@@ -112,7 +112,10 @@ pub fn parse_list_tree(body: &[u8]) -> Result<Vec<UpstreamAttachment>, UpstreamE
     Ok(items
         .into_iter()
         .filter_map(|i| match i.kind {
-            Some(Kind::StructValue(o)) => attachment(o),
+            Some(Kind::StructValue(mut o)) => {
+                crate::proto::deep::flatten_struct(&mut o);
+                attachment(o)
+            }
             _ => None,
         })
         .collect())

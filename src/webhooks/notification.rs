@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use serde_json::{Map, Value};
 
 use crate::domain::{DocumentType, UpstreamName};
+use crate::proto::deep::{MAX_STRUCT_DEPTH, from_json, json_text};
 use crate::proto::{Attachment, AttachmentEvent, AttachmentEventType, EventSource, Sender};
 use crate::upstream::json::{get_ci, value_str};
 
@@ -23,8 +24,6 @@ const MAX_ATTACHMENTS: usize = 1000;
 /// An attachment object larger than this (as JSON) is recorded without its
 /// `upstream` copy (the typed fields stay).
 const MAX_UPSTREAM_BYTES: usize = 16 * 1024;
-/// JSON nesting copied into `attachment.upstream`; deeper values are kept as text.
-const MAX_DEPTH: usize = 16;
 
 /// What to do with a notification.
 #[derive(Debug)]
@@ -219,7 +218,7 @@ fn to_value(v: &Value, depth: usize) -> prost_types::Value {
         Value::Bool(b) => Kind::BoolValue(*b),
         Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
         Value::String(s) => Kind::StringValue(s.clone()),
-        _ if depth >= MAX_DEPTH => Kind::StringValue(v.to_string()),
+        _ if depth >= MAX_STRUCT_DEPTH => Kind::StringValue(json_text(&from_json(v.clone()))),
         Value::Array(a) => Kind::ListValue(prost_types::ListValue {
             values: a.iter().map(|x| to_value(x, depth + 1)).collect(),
         }),
