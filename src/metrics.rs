@@ -55,6 +55,13 @@ pub struct ListenerLabel {
     pub listener: String,
 }
 
+/// How a webhook token's signature verified (fixed names).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadingLabels {
+    pub part: &'static str,
+    pub algorithm: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
@@ -142,6 +149,9 @@ pub struct Metrics {
     pub connections_timed_out: Family<ListenerLabel, Counter>,
     pub api_key_reload_failures: Counter,
     pub api_key_file_stale_seconds: Gauge,
+    pub connections_shed: Family<ListenerLabel, Counter>,
+    pub webhook_token_readings: Family<ReadingLabels, Counter>,
+    pub webhook_certificate_not_after: Gauge,
 }
 
 impl Default for Metrics {
@@ -175,6 +185,9 @@ impl Metrics {
             connections_timed_out: Family::default(),
             api_key_reload_failures: Counter::default(),
             api_key_file_stale_seconds: Gauge::default(),
+            connections_shed: Family::default(),
+            webhook_token_readings: Family::default(),
+            webhook_certificate_not_after: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -282,7 +295,42 @@ impl Metrics {
             "Seconds since the API key file was last loaded, while it fails to load (0 when it loads)",
             m.api_key_file_stale_seconds.clone(),
         );
+        registry.register(
+            "connections_shed",
+            "Connections closed at an HTTP/1 listener's cap to admit a new one (the idlest, with no request in progress)",
+            m.connections_shed.clone(),
+        );
+        registry.register(
+            "webhook_token_readings",
+            "Webhook tokens whose signature verified, by what it covers (part) and its algorithm",
+            m.webhook_token_readings.clone(),
+        );
+        registry.register(
+            "webhook_certificate_not_after_seconds",
+            "The earliest end of validity (Unix seconds) of the certificates webhook tokens are checked against",
+            m.webhook_certificate_not_after.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    pub fn connection_shed(&self, listener: &str) {
+        self.connections_shed
+            .get_or_create(&ListenerLabel {
+                listener: listener.to_string(),
+            })
+            .inc();
+    }
+
+    /// A webhook token verified with this reading.
+    pub fn webhook_token_reading(&self, part: &'static str, algorithm: &'static str) {
+        self.webhook_token_readings
+            .get_or_create(&ReadingLabels { part, algorithm })
+            .inc();
+    }
+
+    /// The earliest `not_after` of the webhook certificates (Unix seconds).
+    pub fn webhook_certificate_not_after(&self, unix_secs: i64) {
+        self.webhook_certificate_not_after.set(unix_secs);
     }
 
     /// The registry in the OpenMetrics text format.
