@@ -696,6 +696,8 @@ pub enum WebhookVerify {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SignedPart {
+    /// Each of the others, the one that verified last first.
+    Auto,
     /// The `<data>` part as sent (its base64url text).
     DataText,
     /// The bytes `<data>` decodes to.
@@ -706,6 +708,9 @@ pub enum SignedPart {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SignatureAlgorithm {
+    /// RSA with SHA-256 and with SHA-512 (never SHA-1 unless named), the one
+    /// that verified last first.
+    Auto,
     RsaSha256,
     RsaSha512,
     /// Legacy; only if CorrigoPro turns out to use it.
@@ -726,6 +731,11 @@ pub struct WebhookSettings {
     pub shared_secret_file: Option<PathBuf>,
     /// The audience (`Aud` claim) a signed token must name.
     pub audience: String,
+    /// The name claim a signed token must carry: CorrigoPro's identifier of
+    /// this integration. Unset: a token signed for any integration verifies
+    /// (warned at start; the first verified name is logged).
+    #[garde(custom(expected_name_rule))]
+    pub expected_name: Option<String>,
     pub signed_part: SignedPart,
     pub signature_algorithm: SignatureAlgorithm,
     /// Tolerance on `.issued` / `.expires`, for clocks that disagree (at most 1h).
@@ -779,8 +789,9 @@ impl Default for WebhookSettings {
             certificate_file: None,
             shared_secret_file: None,
             audience: "CorrigoProDirect".into(),
-            signed_part: SignedPart::DataText,
-            signature_algorithm: SignatureAlgorithm::RsaSha256,
+            expected_name: None,
+            signed_part: SignedPart::Auto,
+            signature_algorithm: SignatureAlgorithm::Auto,
             clock_skew: Duration::from_secs(300),
             failed_checks: Rate {
                 rps: 1000,
@@ -849,6 +860,17 @@ fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         setting: setting.into(),
         reason: reason.into(),
+    }
+}
+
+/// An expected name claim: not blank, at most 256 characters.
+fn expected_name_rule(n: &Option<String>, _: &()) -> garde::Result {
+    match n {
+        Some(n) if n.trim().is_empty() => Err(garde::Error::new("must not be blank when set")),
+        Some(n) if n.chars().count() > 256 => {
+            Err(garde::Error::new("must be at most 256 characters"))
+        }
+        _ => Ok(()),
     }
 }
 

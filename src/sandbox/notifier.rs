@@ -1,5 +1,6 @@
 //! The emulator's notifications: signed as CorrigoPro signs them (as far as is
-//! known), delivered to the gateway's webhook listener, and delivered again on
+//! known: a claims identity, plain base64url JSON, RSA SHA-256 over the `<data>`
+//! text; see [`TokenShape`] for the other readings tests sign with), delivered to the gateway's webhook listener, and delivered again on
 //! CorrigoPro's schedule when that fails: after 5, 10, 20, 40 and 60 "minutes",
 //! then every "hour", up to 200 tries. How long a "minute" lasts is the setting
 //! `sandbox.notification_retry_minute` (1s by default: a person trying the
@@ -29,6 +30,8 @@ const KEPT: usize = 200;
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a token is valid (CorrigoPro's are 20 minutes).
 const TOKEN_TTL: Duration = Duration::from_secs(20 * 60);
+/// A token with less than this left is not sent: a fresh one is made.
+const TOKEN_RENEW_BEFORE: Duration = Duration::from_secs(120);
 /// The audience of the tokens.
 pub const AUDIENCE: &str = "CorrigoProDirect";
 
@@ -38,6 +41,82 @@ pub fn wait_minutes(n: u32) -> u32 {
         .get(n.saturating_sub(2) as usize)
         .copied()
         .unwrap_or(60)
+}
+
+/// The name claim of the sandbox's tokens: CorrigoPro's identifier of the
+/// integration a token was issued for (redacted in the public example).
+pub const INTEGRATION_NAME: &str = "sandbox-integration-0001";
+
+/// The name claim's type, as CorrigoPro's identities name it.
+const NAME_CLAIM: &str = "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/name";
+
+/// What a signature covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignedOver {
+    /// The `<data>` text (base64url), as the sandbox signs by default.
+    DataText,
+    /// The bytes `<data>` decodes to.
+    DataBytes,
+}
+
+/// The hash of the RSA PKCS#1 v1.5 signature (SHA-1 signing is not offered by
+/// the crypto library, on purpose).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignHash {
+    Sha256,
+    Sha512,
+}
+
+/// How a token is made: what the sandbox emits by default is plain JSON (the
+/// public webhook example's `eyJ…`), signed over the `<data>` text with SHA-256,
+/// for [`INTEGRATION_NAME`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenShape {
+    /// Gzip the JSON before base64url (the OAuth example's `H4sI…`).
+    pub gzip: bool,
+    pub signed_over: SignedOver,
+    pub hash: SignHash,
+    /// The name claim (`None`: no name claim at all).
+    pub name: Option<String>,
+}
+
+impl Default for TokenShape {
+    fn default() -> Self {
+        Self {
+            gzip: false,
+            signed_over: SignedOver::DataText,
+            hash: SignHash::Sha256,
+            name: Some(INTEGRATION_NAME.into()),
+        }
+    }
+}
+
+/// The claims identity CorrigoPro serializes into a token (the shape of the
+/// public example, field for field).
+pub fn identity(audience: &str, name: Option<&str>, issued: SystemTime, ttl: Duration) -> Value {
+    let claim = |t: &str, v: &str| {
+        serde_json::json!({
+            "Type": t, "Value": v,
+            "ValueType": "http://www.w3.org/2001/XMLSchema#string",
+            "Issuer": "LOCAL AUTHORITY", "OriginalIssuer": "LOCAL AUTHORITY"
+        })
+    };
+    let mut claims = Vec::new();
+    if let Some(n) = name {
+        claims.push(claim(NAME_CLAIM, n));
+    }
+    claims.push(claim("urn:oauth:scope", ""));
+    claims.push(claim("Aud", audience));
+    serde_json::json!({
+        "AuthenticationType": "Bearer",
+        "NameClaimType": NAME_CLAIM,
+        "RoleClaimType": NAME_CLAIM,
+        "Claims": claims,
+        "Properties": {"Dictionary": {
+            ".issued": httpdate::fmt_http_date(issued),
+            ".expires": httpdate::fmt_http_date(issued + ttl),
+        }}
+    })
 }
 
 /// Signs tokens of the shape `<data><---->` `<signature>`.
@@ -61,9 +140,8 @@ impl Signer {
         })
     }
 
-    /// A token for `audience`, issued at `issued` and valid for `ttl`: claims as
-    /// JSON, gzip-compressed or not, base64url; signed (RSA PKCS#1 SHA-256) over
-    /// that text.
+    /// A token for `audience`, issued at `issued` and valid for `ttl`, in
+    /// CorrigoPro's shape (a claims identity), gzip-compressed or not.
     pub fn token(
         &self,
         audience: &str,
@@ -71,15 +149,24 @@ impl Signer {
         ttl: Duration,
         gzip: bool,
     ) -> Result<String, String> {
-        let claims = serde_json::json!({
-            "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/name": "sandbox",
-            "Scope": "Notifications",
-            "Aud": audience,
-            ".issued": httpdate::fmt_http_date(issued),
-            ".expires": httpdate::fmt_http_date(issued + ttl),
-        });
-        let json = serde_json::to_vec(&claims).map_err(|e| e.to_string())?;
-        let raw = if gzip {
+        let shape = TokenShape {
+            gzip,
+            ..TokenShape::default()
+        };
+        self.token_shaped(audience, issued, ttl, &shape)
+    }
+
+    /// A token made as `shape` says.
+    pub fn token_shaped(
+        &self,
+        audience: &str,
+        issued: SystemTime,
+        ttl: Duration,
+        shape: &TokenShape,
+    ) -> Result<String, String> {
+        let json = serde_json::to_vec(&identity(audience, shape.name.as_deref(), issued, ttl))
+            .map_err(|e| e.to_string())?;
+        let raw = if shape.gzip {
             use std::io::Write;
             let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
             enc.write_all(&json).map_err(|e| e.to_string())?;
@@ -87,15 +174,37 @@ impl Signer {
         } else {
             json
         };
+        self.seal(&raw, shape.signed_over, shape.hash)
+    }
+
+    /// A token whose `<data>` is exactly `raw` (any claims, any shape: for
+    /// tests of what the gateway refuses), signed over its text with SHA-256.
+    pub fn sign_claims(&self, raw: &[u8]) -> Result<String, String> {
+        self.seal(raw, SignedOver::DataText, SignHash::Sha256)
+    }
+
+    fn seal(&self, raw: &[u8], over: SignedOver, hash: SignHash) -> Result<String, String> {
         let data = URL_SAFE_NO_PAD.encode(raw);
-        Ok(format!("{data}<---->{}", self.sign(data.as_bytes())?))
+        let message = match over {
+            SignedOver::DataText => data.as_bytes(),
+            SignedOver::DataBytes => raw,
+        };
+        Ok(format!("{data}<---->{}", self.sign_with(message, hash)?))
     }
 
     /// The base64url (unpadded) RSA PKCS#1 SHA-256 signature of `message`.
     pub fn sign(&self, message: &[u8]) -> Result<String, String> {
+        self.sign_with(message, SignHash::Sha256)
+    }
+
+    fn sign_with(&self, message: &[u8], hash: SignHash) -> Result<String, String> {
+        let alg: &'static dyn signature::RsaEncoding = match hash {
+            SignHash::Sha256 => &signature::RSA_PKCS1_SHA256,
+            SignHash::Sha512 => &signature::RSA_PKCS1_SHA512,
+        };
         let mut sig = vec![0; self.key.public().modulus_len()];
         self.key
-            .sign(&signature::RSA_PKCS1_SHA256, &self.rng, message, &mut sig)
+            .sign(alg, &self.rng, message, &mut sig)
             .map_err(|_| "signing failed".to_string())?;
         Ok(URL_SAFE_NO_PAD.encode(sig))
     }
@@ -122,6 +231,8 @@ pub struct Notifier {
     minute: Duration,
     next_id: AtomicU64,
     deliveries: Mutex<VecDeque<Delivery>>,
+    /// The token in use, and when it expires.
+    token: Mutex<Option<(String, SystemTime)>>,
 }
 
 impl Notifier {
@@ -139,6 +250,7 @@ impl Notifier {
             minute,
             next_id: AtomicU64::new(1),
             deliveries: Mutex::new(VecDeque::new()),
+            token: Mutex::new(None),
         })
     }
 
@@ -204,7 +316,7 @@ impl Notifier {
                 if n > 1 {
                     tokio::time::sleep(this.minute * wait_minutes(n)).await;
                 }
-                let outcome = this.attempt(&action, &bytes, n).await;
+                let outcome = this.attempt(&action, &bytes).await;
                 let delivered = outcome.as_ref().is_ok();
                 let text = match &outcome {
                     Ok(s) | Err(s) => s.clone(),
@@ -221,16 +333,33 @@ impl Notifier {
         });
     }
 
+    /// The token deliveries carry: a bearer token is used until shortly before
+    /// it expires, as an access token is (CorrigoPro's tokens live 20 minutes;
+    /// whether it sends one per delivery or reuses it is not public, and the
+    /// gateway accepts either).
+    fn current_token(&self) -> Result<String, String> {
+        let now = SystemTime::now();
+        let mut current = self
+            .token
+            .lock()
+            .map_err(|_| "token lock poisoned".to_string())?;
+        if let Some((t, until)) = current.as_ref()
+            && now + TOKEN_RENEW_BEFORE < *until
+        {
+            return Ok(t.clone());
+        }
+        let t = self.signer.token(AUDIENCE, now, TOKEN_TTL, false)?;
+        *current = Some((t.clone(), now + TOKEN_TTL));
+        Ok(t)
+    }
+
     /// One try: `Ok` when acknowledged.
-    async fn attempt(&self, action: &str, body: &str, n: u32) -> Result<String, String> {
+    async fn attempt(&self, action: &str, body: &str) -> Result<String, String> {
         let target = self.target.read().ok().and_then(|t| t.clone());
         let Some(url) = target else {
             return Err("no webhook receiver set".into());
         };
-        // Both token shapes CorrigoPro's examples show: plain and gzip claims.
-        let token = self
-            .signer
-            .token(AUDIENCE, SystemTime::now(), TOKEN_TTL, n % 2 == 1)?;
+        let token = self.current_token()?;
         let sent = self
             .client
             .post(url)

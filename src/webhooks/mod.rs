@@ -19,6 +19,9 @@
 
 mod forward;
 pub mod notification;
+pub mod refusal;
+pub mod signature;
+pub mod token;
 pub mod verify;
 
 use std::net::IpAddr;
@@ -54,9 +57,14 @@ const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often the certificate or secret file is read again (rotation).
 const RELOAD_EVERY: Duration = Duration::from_secs(60);
-/// How long a credential that verified passes the failure throttle (it is
-/// still checked each time: expiry, audience, signature).
+/// How long a credential that verified passes the failure throttle when it
+/// does not say how long it is valid (a shared secret). A signed token passes
+/// until its own `.expires`, renewed by each request it verifies on; it is still
+/// checked each time (signature, expiry, audience, name).
 const VERIFIED_FOR: Duration = Duration::from_secs(300);
+/// A signed token passes the throttle for at most this long after its last
+/// verification, whatever its `.expires` says.
+const VERIFIED_AT_MOST: Duration = Duration::from_secs(3600);
 
 /// The webhook side of the gateway: what it needs and nothing of the gRPC side
 /// but the event log's recorder.
@@ -85,8 +93,20 @@ impl Webhooks {
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
         let verifier = Arc::new(Verifier::new(w, trusted_pem)?);
+        if let Some(t) = verifier.certificates_not_after() {
+            metrics.webhook_certificate_not_after(t);
+        }
         if w.verify != WebhookVerify::None {
-            crate::periodic::every(&verifier, RELOAD_EVERY, |v| async move { v.reload() });
+            let m = Arc::clone(&metrics);
+            crate::periodic::every(&verifier, RELOAD_EVERY, move |v| {
+                let m = Arc::clone(&m);
+                async move {
+                    v.reload();
+                    if let Some(t) = v.certificates_not_after() {
+                        m.webhook_certificate_not_after(t);
+                    }
+                }
+            });
         }
         let forward = match &w.forward_url {
             Some(url) => Some(Forwarder::new(url, w.forward_timeout)?),
@@ -132,11 +152,13 @@ impl Webhooks {
     }
 }
 
-/// The answer to CorrigoPro: a status, a short JSON body, and the outcome counted.
+/// The answer to CorrigoPro: a status, a short JSON body, and the outcome
+/// counted. A refusal (4xx) closes its connection: a refused sender does not
+/// keep a connection, and a body it did not send is not waited for.
 fn answer(m: &Metrics, status: StatusCode, outcome: &'static str, detail: &str) -> Response {
     m.webhook(outcome);
     let body = serde_json::json!({"outcome": outcome, "detail": detail}).to_string();
-    (
+    let mut resp = (
         status,
         [(
             header::CONTENT_TYPE,
@@ -144,7 +166,12 @@ fn answer(m: &Metrics, status: StatusCode, outcome: &'static str, detail: &str) 
         )],
         body,
     )
-        .into_response()
+        .into_response();
+    if status.is_client_error() {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 async fn handle(
@@ -177,24 +204,46 @@ async fn handle(
         }
         return resp;
     }
-    if let Err(refused) = h.verifier.check(auth, SystemTime::now()) {
-        h.throttle.failed(ip);
-        tracing::info!(reason = refused.label(), remote = ?ip, "webhook request refused");
-        let mut resp = answer(
-            m,
-            StatusCode::UNAUTHORIZED,
-            refused.label(),
-            &refused.to_string(),
-        );
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return resp;
+    let now = SystemTime::now();
+    let verified = match h.verifier.check(auth, now) {
+        Ok(v) => v,
+        Err(refusal) => {
+            // Only a check that cost something spends the failure budget: a
+            // flood of garbage is refused as cheaply as it is made.
+            if refusal.checked {
+                h.throttle.failed(ip);
+            }
+            let refused = refusal.reason;
+            tracing::info!(reason = refused.label(), remote = ?ip, "webhook request refused");
+            let mut resp = answer(
+                m,
+                StatusCode::UNAUTHORIZED,
+                refused.label(),
+                &refused.to_string(),
+            );
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    };
+    if let Some(r) = verified.reading {
+        m.webhook_token_reading(r.part_label(), r.algorithm_label());
     }
-    if let Some(k) = key
-        && !known
-        && let Ok(mut v) = h.verified.lock()
-    {
-        v.put(k, (), VERIFIED_FOR, 0);
+    if let Some(k) = key {
+        // Renewed on every success: a token in use keeps passing the throttle
+        // for as long as it is valid.
+        let ttl = match verified.valid_until {
+            Some(until) => until
+                .duration_since(now)
+                .unwrap_or(Duration::ZERO)
+                .min(VERIFIED_AT_MOST),
+            None => VERIFIED_FOR,
+        };
+        if !ttl.is_zero()
+            && let Ok(mut v) = h.verified.lock()
+        {
+            v.put(k, (), ttl, 0);
+        }
     }
     let too_large = format!("the body is larger than {} bytes", h.max_body);
     let declared = headers
@@ -242,7 +291,6 @@ async fn handle(
         }
     };
     let hash = hex::encode(sha2::Sha256::digest(&body));
-    let now = SystemTime::now();
     match notification::classify(&json, event_type, &hash, now) {
         Err(e) => {
             tracing::warn!(error = %e, "an attachment notification that cannot be read: refused (CorrigoPro will deliver it again)");

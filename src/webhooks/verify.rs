@@ -1,13 +1,16 @@
 //! Is a webhook request CorrigoPro's? One of three answers, by `webhooks.verify`:
 //!
-//! - **signed-token**: CorrigoPro's bearer token is `<data><---->` `<signature>`.
-//!   `<data>` is base64url of JSON claims, or of their gzip (`H4sI…`); the claims
-//!   name the audience (`Aud`) and the validity (`.issued`, `.expires`, RFC 1123).
-//!   `<signature>` is base64url. What exactly is signed, and how, is not public:
-//!   by default an RSA PKCS#1 v1.5 SHA-256 signature over the `<data>` text as sent
-//!   (`webhooks.signed_part`, `webhooks.signature_algorithm` choose the others).
-//!   Checked against the certificate(s) in `webhooks.certificate_file`; a file with
-//!   several certificates accepts a signature by any (for rotation).
+//! - **signed-token**: CorrigoPro's bearer token (see [`super::token`] for its
+//!   shape), its RSA PKCS#1 v1.5 signature checked against the certificate(s) in
+//!   `webhooks.certificate_file` (several certificates: any of them, for rotation).
+//!   What exactly is signed, and with which hash, is not public: by default
+//!   (`auto`) the gateway tries SHA-256 and SHA-512 over the `<data>` text and
+//!   over the bytes it decodes to, the reading that verified last first; the
+//!   readings that verify are counted and each is logged once, so an operator can
+//!   pin one (`webhooks.signed_part`, `webhooks.signature_algorithm`). SHA-1 is
+//!   tried only when named. Once the signature verifies, the claims must name
+//!   `webhooks.audience`, be within their validity (± `webhooks.clock_skew`), and,
+//!   when `webhooks.expected_name` is set, be issued for that integration.
 //! - **shared-secret**: the bearer value equals the secret file's content,
 //!   compared in constant time.
 //! - **none**: every request passes (warned at start).
@@ -15,126 +18,28 @@
 //! A refusal names its reason from a fixed set (a metric label); the token itself
 //! is never logged or echoed.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use base64::Engine;
-use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
-use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
-use serde_json::Value;
 use subtle::ConstantTimeEq;
 
-use crate::config::{SignatureAlgorithm, SignedPart, WebhookSettings, WebhookVerify};
-use crate::upstream::json::{get_ci, value_str};
-
-/// The separator of a signed token's two parts.
-pub const SEPARATOR: &str = "<---->";
-
-/// Claims larger than this (decompressed) are refused: a gzip bomb stops here.
-const MAX_CLAIMS_BYTES: u64 = 64 * 1024;
-
-/// A token longer than this is refused before any decoding.
-const MAX_TOKEN_BYTES: usize = 16 * 1024;
-
-/// Why a request was refused (a metric label, and the 401's body).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
-    #[error("no bearer credential")]
-    Missing,
-    #[error("the credential is not a token of the expected shape")]
-    Malformed,
-    #[error("the signature does not verify")]
-    BadSignature,
-    #[error("the token has expired")]
-    Expired,
-    #[error("the token is not valid yet")]
-    NotYetValid,
-    #[error("the token is for another audience")]
-    WrongAudience,
-    #[error("the shared secret does not match")]
-    BadSecret,
-}
-
-impl Refused {
-    /// The metric label of the refusal.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Missing => "refused_missing",
-            Self::Malformed => "refused_malformed",
-            Self::BadSignature => "refused_bad_signature",
-            Self::Expired => "refused_expired",
-            Self::NotYetValid => "refused_not_yet_valid",
-            Self::WrongAudience => "refused_wrong_audience",
-            Self::BadSecret => "refused_bad_secret",
-        }
-    }
-}
-
-/// The keys a signed token may be signed with.
-struct Keys {
-    /// Each certificate's public key (the DER of its subjectPublicKey).
-    public_keys: Vec<Vec<u8>>,
-}
-
-/// Where the trusted material comes from, and how to check.
-enum Mode {
-    SignedToken {
-        keys: RwLock<Arc<Keys>>,
-        source: Option<PathBuf>,
-        audience: String,
-        part: SignedPart,
-        algorithm: &'static dyn VerificationAlgorithm,
-        skew: Duration,
-    },
-    SharedSecret {
-        secret: RwLock<Arc<Vec<u8>>>,
-        source: PathBuf,
-    },
-    None,
-}
-
-/// Checks webhook requests' credentials.
-pub struct Verifier {
-    mode: Mode,
-}
-
-fn algorithm(a: SignatureAlgorithm) -> &'static dyn VerificationAlgorithm {
-    match a {
-        SignatureAlgorithm::RsaSha256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-        SignatureAlgorithm::RsaSha512 => &signature::RSA_PKCS1_2048_8192_SHA512,
-        SignatureAlgorithm::RsaSha1 => &signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
-    }
-}
-
-/// The public keys of every certificate in a PEM text.
-fn keys_from_pem(pem: &[u8], what: &str) -> Result<Keys, String> {
-    let mut public_keys = Vec::new();
-    for block in x509_parser::pem::Pem::iter_from_buffer(pem) {
-        let block = block.map_err(|e| format!("{what}: not PEM: {e}"))?;
-        if block.label != "CERTIFICATE" {
-            continue;
-        }
-        let cert = block
-            .parse_x509()
-            .map_err(|e| format!("{what}: not an X.509 certificate: {e}"))?;
-        public_keys.push(cert.public_key().subject_public_key.data.to_vec());
-    }
-    if public_keys.is_empty() {
-        return Err(format!(
-            "{what}: no certificate (PEM `CERTIFICATE` block) in it"
-        ));
-    }
-    Ok(Keys { public_keys })
-}
-
-fn read_file(path: &Path, setting: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{setting}: cannot read {}: {e}", path.display()))
-}
+pub use super::refusal::{Refusal, Refused};
+use super::signature::{
+    Certificate, Reading, TokenRules, certificates_from_file, certificates_from_pem,
+    verifying_reading,
+};
+use super::token::{self, strip_bearer};
+use crate::config::{WebhookSettings, WebhookVerify};
 
 fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
-    let text = read_file(path, "webhooks.shared_secret_file")?;
+    let text = std::fs::read(path).map_err(|e| {
+        format!(
+            "webhooks.shared_secret_file: cannot read {}: {e}",
+            path.display()
+        )
+    })?;
     let secret = text
         .strip_suffix(b"\n")
         .map(|t| t.strip_suffix(b"\r").unwrap_or(t))
@@ -149,21 +54,52 @@ fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
     Ok(secret)
 }
 
+/// Where the trusted material comes from, and how to check.
+enum Mode {
+    SignedToken {
+        certs: RwLock<Arc<Vec<Certificate>>>,
+        source: Option<PathBuf>,
+        rules: TokenRules,
+        /// The index (in `rules.readings`) of the reading that verified last.
+        learned: AtomicUsize,
+        /// Which readings were logged already (each once).
+        logged: Vec<AtomicBool>,
+        /// Whether the first verified name was logged (when none is expected).
+        name_logged: AtomicBool,
+    },
+    SharedSecret {
+        secret: RwLock<Arc<Vec<u8>>>,
+        source: PathBuf,
+    },
+    None,
+}
+
+/// A request that passed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verified {
+    /// The reading its signature verified with (signed tokens).
+    pub reading: Option<Reading>,
+    /// Until when the credential is valid, when it says (its `.expires` plus the
+    /// clock skew).
+    pub valid_until: Option<SystemTime>,
+}
+
+/// Checks webhook requests' credentials.
+pub struct Verifier {
+    mode: Mode,
+}
+
 impl Verifier {
     /// From the settings; `trusted_pem` is a certificate to trust when no file is
     /// set (the sandbox's own).
     pub fn new(w: &WebhookSettings, trusted_pem: Option<&str>) -> Result<Self, String> {
         let mode = match w.verify {
             WebhookVerify::SignedToken => {
-                let (keys, source) = match (&w.certificate_file, trusted_pem) {
-                    (Some(path), _) => (
-                        keys_from_pem(
-                            &read_file(path, "webhooks.certificate_file")?,
-                            "webhooks.certificate_file",
-                        )?,
-                        Some(path.clone()),
-                    ),
-                    (None, Some(pem)) => (keys_from_pem(pem.as_bytes(), "the sandbox")?, None),
+                let (certs, source) = match (&w.certificate_file, trusted_pem) {
+                    (Some(path), _) => (certificates_from_file(path)?, Some(path.clone())),
+                    (None, Some(pem)) => {
+                        (certificates_from_pem(pem.as_bytes(), "the sandbox")?, None)
+                    }
                     (None, None) => {
                         return Err(
                             "webhooks.verify = \"signed-token\" needs webhooks.certificate_file"
@@ -171,13 +107,24 @@ impl Verifier {
                         );
                     }
                 };
+                if w.expected_name.is_none() {
+                    tracing::warn!(
+                        "webhooks.expected_name is not set: a token CorrigoPro signed for any integration verifies here; the first verified token's name claim is logged, set webhooks.expected_name to it"
+                    );
+                }
+                let rules = TokenRules::from_settings(w);
+                let logged = rules
+                    .readings
+                    .iter()
+                    .map(|_| AtomicBool::new(false))
+                    .collect();
                 Mode::SignedToken {
-                    keys: RwLock::new(Arc::new(keys)),
+                    certs: RwLock::new(Arc::new(certs)),
                     source,
-                    audience: w.audience.clone(),
-                    part: w.signed_part,
-                    algorithm: algorithm(w.signature_algorithm),
-                    skew: w.clock_skew,
+                    rules,
+                    learned: AtomicUsize::new(usize::MAX),
+                    logged,
+                    name_logged: AtomicBool::new(false),
                 }
             }
             WebhookVerify::SharedSecret => {
@@ -202,20 +149,30 @@ impl Verifier {
         Ok(Self { mode })
     }
 
+    /// The earliest end of validity of the trusted certificates (seconds since
+    /// the Unix epoch), for signed tokens.
+    pub fn certificates_not_after(&self) -> Option<i64> {
+        match &self.mode {
+            Mode::SignedToken { certs, .. } => certs
+                .read()
+                .ok()
+                .and_then(|c| c.iter().map(|c| c.not_after).min()),
+            _ => None,
+        }
+    }
+
     /// Reads the certificate or secret file again (rotation): a file that cannot
     /// be read or parsed keeps the material in use, and says so.
     pub fn reload(&self) {
         match &self.mode {
             Mode::SignedToken {
-                keys,
+                certs,
                 source: Some(path),
                 ..
-            } => match read_file(path, "webhooks.certificate_file")
-                .and_then(|pem| keys_from_pem(&pem, "webhooks.certificate_file"))
-            {
-                Ok(k) => {
-                    if let Ok(mut g) = keys.write() {
-                        *g = Arc::new(k);
+            } => match certificates_from_file(path) {
+                Ok(c) => {
+                    if let Ok(mut g) = certs.write() {
+                        *g = Arc::new(c);
                     }
                 }
                 Err(e) => {
@@ -237,148 +194,82 @@ impl Verifier {
     }
 
     /// Checks the `Authorization` header's value (if any) at `now`.
-    pub fn check(&self, authorization: Option<&[u8]>, now: SystemTime) -> Result<(), Refused> {
+    pub fn check(
+        &self,
+        authorization: Option<&[u8]>,
+        now: SystemTime,
+    ) -> Result<Verified, Refusal> {
         if matches!(self.mode, Mode::None) {
-            return Ok(());
+            return Ok(Verified::default());
         }
-        let value = authorization.ok_or(Refused::Missing)?;
-        let token = strip_bearer(value).ok_or(Refused::Missing)?;
+        let token = authorization
+            .and_then(strip_bearer)
+            .ok_or(Refusal::cheap(Refused::Missing))?;
         match &self.mode {
-            Mode::None => Ok(()),
+            Mode::None => Ok(Verified::default()),
             Mode::SharedSecret { secret, .. } => {
                 let expected = secret
                     .read()
                     .map(|g| Arc::clone(&g))
-                    .map_err(|_| Refused::BadSecret)?;
+                    .map_err(|_| Refusal::checked(Refused::BadSecret))?;
                 if bool::from(token.ct_eq(expected.as_slice())) {
-                    Ok(())
+                    Ok(Verified::default())
                 } else {
-                    Err(Refused::BadSecret)
+                    Err(Refusal::checked(Refused::BadSecret))
                 }
             }
             Mode::SignedToken {
-                keys,
-                audience,
-                part,
-                algorithm,
-                skew,
+                certs,
+                rules,
+                learned,
+                logged,
+                name_logged,
                 ..
             } => {
-                let keys = keys
+                let parts = token::parts(token).map_err(Refusal::cheap)?;
+                let certs = certs
                     .read()
                     .map(|g| Arc::clone(&g))
-                    .map_err(|_| Refused::BadSignature)?;
-                check_signed(token, &keys, audience, *part, *algorithm, *skew, now)
+                    .map_err(|_| Refusal::checked(Refused::BadSignature))?;
+                // The signature first: nothing of an unsigned token is believed.
+                let first = Some(learned.load(Ordering::Relaxed)).filter(|i| *i != usize::MAX);
+                let i = verifying_reading(&parts, &certs, &rules.readings, first)
+                    .ok_or(Refusal::checked(Refused::BadSignature))?;
+                learned.store(i, Ordering::Relaxed);
+                let reading = rules.readings[i];
+                if !logged[i].swap(true, Ordering::Relaxed) {
+                    tracing::info!(
+                        signed_part = reading.part_label(),
+                        signature_algorithm = reading.algorithm_label(),
+                        "a webhook token verified with this reading (set webhooks.signed_part and webhooks.signature_algorithm to it to try only this one)"
+                    );
+                }
+                let claims = token::claims(&parts.data_bytes).map_err(Refusal::checked)?;
+                rules.judge(&claims, now).map_err(Refusal::checked)?;
+                if rules.expected_name.is_none() && !name_logged.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        name = claims.name.as_deref().unwrap_or("(none)"),
+                        "the first verified webhook token names this integration: set webhooks.expected_name to it so tokens for other integrations are refused"
+                    );
+                }
+                Ok(Verified {
+                    reading: Some(reading),
+                    valid_until: claims.expires.checked_add(rules.skew),
+                })
             }
         }
     }
-}
-
-/// The credential after `Bearer ` (the scheme's case ignored).
-fn strip_bearer(value: &[u8]) -> Option<&[u8]> {
-    let (scheme, rest) = value.split_at_checked(7)?;
-    if !scheme.eq_ignore_ascii_case(b"bearer ") {
-        return None;
-    }
-    let rest = rest.trim_ascii();
-    (!rest.is_empty()).then_some(rest)
-}
-
-fn b64url(text: &[u8]) -> Option<Vec<u8>> {
-    URL_SAFE_NO_PAD
-        .decode(text)
-        .or_else(|_| URL_SAFE.decode(text))
-        .ok()
-}
-
-/// The claims `<data>` decodes to: JSON, or gzip-compressed JSON.
-fn claims(decoded: &[u8]) -> Option<serde_json::Map<String, Value>> {
-    let json = if decoded.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(decoded)
-            .take(MAX_CLAIMS_BYTES + 1)
-            .read_to_end(&mut out)
-            .ok()?;
-        if out.len() as u64 > MAX_CLAIMS_BYTES {
-            return None;
-        }
-        out
-    } else {
-        decoded.to_vec()
-    };
-    match serde_json::from_slice::<Value>(&json).ok()? {
-        Value::Object(m) => Some(m),
-        _ => None,
-    }
-}
-
-/// A claim's date: RFC 1123 (as CorrigoPro sends them), or RFC 3339.
-fn date(v: &Value) -> Option<SystemTime> {
-    let s = value_str(v)?;
-    let s = s.trim();
-    httpdate::parse_http_date(s)
-        .ok()
-        .or_else(|| humantime::parse_rfc3339_weak(s).ok())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn check_signed(
-    token: &[u8],
-    keys: &Keys,
-    audience: &str,
-    part: SignedPart,
-    algorithm: &'static dyn VerificationAlgorithm,
-    skew: Duration,
-    now: SystemTime,
-) -> Result<(), Refused> {
-    if token.len() > MAX_TOKEN_BYTES {
-        return Err(Refused::Malformed);
-    }
-    let sep = SEPARATOR.as_bytes();
-    let at = token
-        .windows(sep.len())
-        .position(|w| w == sep)
-        .ok_or(Refused::Malformed)?;
-    let (data, signature) = (&token[..at], &token[at + sep.len()..]);
-    let decoded = b64url(data).ok_or(Refused::Malformed)?;
-    let signature = b64url(signature).ok_or(Refused::Malformed)?;
-    let signed: &[u8] = match part {
-        SignedPart::DataText => data,
-        SignedPart::DataBytes => &decoded,
-    };
-    // The signature first: nothing of an unsigned token is believed.
-    let verified = keys.public_keys.iter().any(|k| {
-        UnparsedPublicKey::new(algorithm, k)
-            .verify(signed, &signature)
-            .is_ok()
-    });
-    if !verified {
-        return Err(Refused::BadSignature);
-    }
-    let claims = claims(&decoded).ok_or(Refused::Malformed)?;
-    let aud = get_ci(&claims, &["Aud", "aud", "audience"]).and_then(value_str);
-    if aud.as_deref() != Some(audience) {
-        return Err(Refused::WrongAudience);
-    }
-    let expires = get_ci(&claims, &[".expires", "expires", "exp"])
-        .and_then(date)
-        .ok_or(Refused::Malformed)?;
-    if expires.checked_add(skew).is_none_or(|e| now > e) {
-        return Err(Refused::Expired);
-    }
-    if let Some(issued) = get_ci(&claims, &[".issued", "issued", "iat"]).and_then(date)
-        && now.checked_add(skew).is_none_or(|n| issued > n)
-    {
-        return Err(Refused::NotYetValid);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::notifier::Signer;
+    use crate::config::{SignatureAlgorithm, SignedPart};
+    use crate::sandbox::notifier::{Signer, TokenShape};
     use crate::sandbox::{NOTIFIER_CERT_PEM, NOTIFIER_KEY_PEM};
+    use crate::webhooks::signature::tests::shape;
+    use crate::webhooks::signature::{Hash, Part, readings};
+    use std::time::Duration;
 
     fn verifier(f: impl FnOnce(&mut WebhookSettings)) -> Verifier {
         let mut w = WebhookSettings::default();
@@ -390,74 +281,159 @@ mod tests {
         format!("Bearer {t}").into_bytes()
     }
 
+    fn reason(r: Result<Verified, Refusal>) -> Result<Option<Reading>, Refused> {
+        r.map(|v| v.reading).map_err(|r| r.reason)
+    }
+
+    const TTL: Duration = Duration::from_secs(1200);
+
     #[test]
-    fn a_token_of_the_sandbox_verifies_compressed_or_not() {
+    fn every_reading_of_corrigopros_shape_verifies_under_auto_plain_or_gzip() {
         let v = verifier(|_| {});
         let s = Signer::from_pem(NOTIFIER_KEY_PEM).unwrap();
         let now = SystemTime::now();
-        for gzip in [false, true] {
-            let t = s
-                .token("CorrigoProDirect", now, Duration::from_secs(1200), gzip)
-                .unwrap();
-            assert_eq!(gzip, t.starts_with("H4sI"));
-            assert_eq!(v.check(Some(&bearer(&t)), now), Ok(()));
+        for reading in readings(SignedPart::Auto, SignatureAlgorithm::Auto) {
+            for gzip in [false, true] {
+                let t = s
+                    .token_shaped("CorrigoProDirect", now, TTL, &shape(reading, gzip))
+                    .unwrap();
+                assert_eq!(gzip, t.starts_with("H4sI"), "{t}");
+                assert_eq!(!gzip, t.starts_with("eyJ"), "{t}");
+                assert_eq!(reason(v.check(Some(&bearer(&t)), now)), Ok(Some(reading)));
+            }
         }
     }
 
     #[test]
-    fn each_fault_is_refused_with_its_reason() {
-        let v = verifier(|_| {});
+    fn a_pinned_reading_tries_only_itself_and_sha1_only_when_named() {
         let s = Signer::from_pem(NOTIFIER_KEY_PEM).unwrap();
         let now = SystemTime::now();
-        let ttl = Duration::from_secs(1200);
-        let good = s.token("CorrigoProDirect", now, ttl, false).unwrap();
-        assert_eq!(v.check(None, now), Err(Refused::Missing));
-        assert_eq!(v.check(Some(b"Basic abc"), now), Err(Refused::Missing));
+        let shaped = |part, hash| {
+            s.token_shaped(
+                "CorrigoProDirect",
+                now,
+                TTL,
+                &shape(Reading { part, hash }, false),
+            )
+            .unwrap()
+        };
+        let bytes512 = shaped(Part::DataBytes, Hash::Sha512);
+        let pinned = verifier(|w| {
+            w.signed_part = SignedPart::DataText;
+            w.signature_algorithm = SignatureAlgorithm::RsaSha256;
+        });
+        assert_eq!(
+            reason(pinned.check(Some(&bearer(&bytes512)), now)),
+            Err(Refused::BadSignature)
+        );
+        let pinned_bytes = verifier(|w| {
+            w.signed_part = SignedPart::DataBytes;
+            w.signature_algorithm = SignatureAlgorithm::RsaSha512;
+        });
+        assert!(pinned_bytes.check(Some(&bearer(&bytes512)), now).is_ok());
+        // SHA-1 is tried only when named.
+        let auto = readings(SignedPart::Auto, SignatureAlgorithm::Auto);
+        assert_eq!(auto.len(), 4);
+        assert!(auto.iter().all(|r| r.hash != Hash::Sha1));
+        let named = readings(SignedPart::Auto, SignatureAlgorithm::RsaSha1);
+        assert!(named.iter().all(|r| r.hash == Hash::Sha1) && named.len() == 2);
+    }
+
+    #[test]
+    fn each_fault_is_refused_with_its_reason_and_its_cost() {
+        let v =
+            verifier(|w| w.expected_name = Some(crate::sandbox::notifier::INTEGRATION_NAME.into()));
+        let s = Signer::from_pem(NOTIFIER_KEY_PEM).unwrap();
+        let now = SystemTime::now();
+        let good = s.token("CorrigoProDirect", now, TTL, false).unwrap();
+        assert!(v.check(Some(&bearer(&good)), now).is_ok());
+        let cheap = |r| Err(Refusal::cheap(r));
+        assert_eq!(v.check(None, now), cheap(Refused::Missing));
+        assert_eq!(v.check(Some(b"Basic abc"), now), cheap(Refused::Missing));
         assert_eq!(
             v.check(Some(&bearer("nonsense")), now),
-            Err(Refused::Malformed)
+            cheap(Refused::Malformed)
         );
-        let (data, sig) = good.split_once(SEPARATOR).unwrap();
+        let (data, sig) = good.split_once(token::SEPARATOR).unwrap();
         let mut bad = sig.to_string();
         bad.replace_range(0..1, if bad.starts_with('A') { "B" } else { "A" });
         assert_eq!(
-            v.check(Some(&bearer(&format!("{data}{SEPARATOR}{bad}"))), now),
-            Err(Refused::BadSignature)
+            v.check(
+                Some(&bearer(&format!("{data}{}{bad}", token::SEPARATOR))),
+                now
+            ),
+            Err(Refusal::checked(Refused::BadSignature))
         );
-        let later = now + ttl + Duration::from_secs(301);
-        assert_eq!(v.check(Some(&bearer(&good)), later), Err(Refused::Expired));
+        let later = now + TTL + Duration::from_secs(301);
+        assert_eq!(
+            reason(v.check(Some(&bearer(&good)), later)),
+            Err(Refused::Expired)
+        );
         let early = now - Duration::from_secs(600);
         assert_eq!(
-            v.check(Some(&bearer(&good)), early),
+            reason(v.check(Some(&bearer(&good)), early)),
             Err(Refused::NotYetValid)
         );
-        let other = s.token("Someone", now, ttl, true).unwrap();
+        let other = s.token("Someone", now, TTL, true).unwrap();
         assert_eq!(
-            v.check(Some(&bearer(&other)), now),
+            reason(v.check(Some(&bearer(&other)), now)),
             Err(Refused::WrongAudience)
         );
-        // Signed over the decoded bytes: refused unless told so.
-        let data_bytes = b64url(data.as_bytes()).unwrap();
-        let alt = format!("{data}{SEPARATOR}{}", s.sign(&data_bytes).unwrap());
+        let other_name = TokenShape {
+            name: Some("another-integration".into()),
+            ..TokenShape::default()
+        };
+        let foreign = s
+            .token_shaped("CorrigoProDirect", now, TTL, &other_name)
+            .unwrap();
         assert_eq!(
-            v.check(Some(&bearer(&alt)), now),
-            Err(Refused::BadSignature)
+            reason(v.check(Some(&bearer(&foreign)), now)),
+            Err(Refused::WrongName)
         );
-        let v2 = verifier(|w| w.signed_part = SignedPart::DataBytes);
-        assert_eq!(v2.check(Some(&bearer(&alt)), now), Ok(()));
+        // Without an expected name, any integration's token verifies.
+        let open = verifier(|_| {});
+        assert!(open.check(Some(&bearer(&foreign)), now).is_ok());
+    }
+
+    #[test]
+    fn a_valid_signature_over_unreadable_claims_is_malformed() {
+        let s = Signer::from_pem(NOTIFIER_KEY_PEM).unwrap();
+        let v = verifier(|_| {});
+        let now = SystemTime::now();
+        for body in [
+            &br#"{"Claims": [{"Type": "Aud", "Value": "CorrigoProDirect"}]}"#[..],
+            br#"{"Claims": [{"Type": "Aud", "Value": "CorrigoProDirect"},
+                 {"Type": "aud", "Value": "Other"}],
+                 "Properties": {"Dictionary": {".expires": "Wed, 28 Feb 2124 02:23:24 GMT"}}}"#,
+            br#"{"Aud": "CorrigoProDirect", ".expires": "soon"}"#,
+        ] {
+            let t = s.sign_claims(body).unwrap();
+            assert_eq!(
+                v.check(Some(&bearer(&t)), now),
+                Err(Refusal::checked(Refused::Malformed)),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // The flat shape, signed and current, is still read.
+        let flat = format!(
+            r#"{{"Aud": "CorrigoProDirect", ".expires": "{}"}}"#,
+            httpdate::fmt_http_date(now + TTL)
+        );
+        let t = s.sign_claims(flat.as_bytes()).unwrap();
+        assert!(v.check(Some(&bearer(&t)), now).is_ok());
     }
 
     #[test]
     fn a_gzip_bomb_is_malformed_not_memory() {
         use std::io::Write;
-        let s = Signer::from_pem(NOTIFIER_KEY_PEM).unwrap();
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         enc.write_all(&vec![b' '; 50 * 1024 * 1024]).unwrap();
-        let data = URL_SAFE_NO_PAD.encode(enc.finish().unwrap());
-        let t = format!("{data}{SEPARATOR}{}", s.sign(data.as_bytes()).unwrap());
+        let s = Signer::from_pem(NOTIFIER_KEY_PEM).unwrap();
+        let t = s.sign_claims(&enc.finish().unwrap()).unwrap();
         let v = verifier(|_| {});
         assert_eq!(
-            v.check(Some(&bearer(&t)), SystemTime::now()),
+            reason(v.check(Some(&bearer(&t)), SystemTime::now())),
             Err(Refused::Malformed)
         );
     }
@@ -472,23 +448,23 @@ mod tests {
             w.shared_secret_file = Some(path.clone());
         });
         let now = SystemTime::now();
-        assert_eq!(
-            v.check(Some(b"Bearer 0123456789abcdef-secret"), now),
-            Ok(())
+        assert!(
+            v.check(Some(b"Bearer 0123456789abcdef-secret"), now)
+                .is_ok()
         );
         assert_eq!(
-            v.check(Some(b"Bearer 0123456789abcdef-secreT"), now),
+            reason(v.check(Some(b"Bearer 0123456789abcdef-secreT"), now)),
             Err(Refused::BadSecret)
         );
         assert_eq!(
-            v.check(Some(b"Bearer 0123456789abcdef"), now),
+            reason(v.check(Some(b"Bearer 0123456789abcdef"), now)),
             Err(Refused::BadSecret)
         );
         std::fs::write(&path, "short").unwrap();
         v.reload();
-        assert_eq!(
-            v.check(Some(b"Bearer 0123456789abcdef-secret"), now),
-            Ok(())
+        assert!(
+            v.check(Some(b"Bearer 0123456789abcdef-secret"), now)
+                .is_ok()
         );
     }
 }

@@ -86,6 +86,24 @@ pub(crate) fn token(audience: &str, issued: SystemTime) -> String {
         .expect("token")
 }
 
+/// A key that is not the sandbox's (`tests/fixtures/webhooks/`).
+pub(crate) const OTHER_KEY_PEM: &str = include_str!("../fixtures/webhooks/other-key.pem");
+
+/// A token of the right shape and claims whose signature does not verify: signed
+/// by another key. Each call makes another (a flood of distinct credentials).
+pub(crate) fn forged_token() -> String {
+    static FORGER: std::sync::OnceLock<Signer> = std::sync::OnceLock::new();
+    FORGER
+        .get_or_init(|| Signer::from_pem(OTHER_KEY_PEM).expect("other key"))
+        .token(
+            AUDIENCE,
+            SystemTime::now(),
+            Duration::from_secs(1200),
+            false,
+        )
+        .expect("token")
+}
+
 pub(crate) fn added(work_order_id: i64, attachment_id: &str, message_id: &str) -> Value {
     json!({
         "AttachmentId": attachment_id, "Name": "test.doc", "MimeType": "application/msword",
@@ -127,7 +145,7 @@ pub(crate) fn bearer(t: &str) -> Option<String> {
 }
 
 /// A metric's value, by the start of its line without the common prefix.
-fn metric(h: &Hooked, line_start: &str) -> u64 {
+pub(crate) fn metric(h: &Hooked, line_start: &str) -> u64 {
     let line_start = format!("attachment_gateway_{line_start}");
     h.metrics
         .render()
@@ -233,6 +251,7 @@ async fn refused_credentials_are_401_counted_by_reason_and_record_nothing() {
         ),
         (bearer(&token("SomeoneElse", now)), "refused_wrong_audience"),
         (bearer("not-a-token"), "refused_malformed"),
+        (bearer(&forged_token()), "refused_bad_signature"),
     ];
     for (i, (auth, reason)) in cases.iter().enumerate() {
         let r = post(
@@ -919,7 +938,7 @@ async fn failed_checks_from_one_address_are_throttled_before_any_check() {
     for i in 0..30 {
         let r = post(
             &h.webhook_url,
-            bearer("forged<---->AAAA"),
+            bearer(&forged_token()),
             &added(1001, "x", &format!("t{i}")),
         )
         .await;
@@ -1033,7 +1052,7 @@ async fn a_flood_of_bad_requests_does_not_lock_out_a_sender_that_verified() {
     for i in 0..20 {
         let r = post(
             &h.webhook_url,
-            bearer("forged<---->AAAA"),
+            bearer(&forged_token()),
             &added(1001, "x", &format!("bad-{i}")),
         )
         .await;
@@ -1051,7 +1070,7 @@ async fn a_flood_of_bad_requests_does_not_lock_out_a_sender_that_verified() {
     for i in 0..10 {
         post(
             &h.webhook_url,
-            bearer("forged<---->AAAA"),
+            bearer(&forged_token()),
             &added(1001, "x", &format!("bad-again-{i}")),
         )
         .await;

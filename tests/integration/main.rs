@@ -28,3 +28,4 @@ mod shared_fault_run;
 mod shared_state;
 mod upstream_errors;
 mod validation;
+mod webhook_tokens;
