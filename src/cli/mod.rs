@@ -12,6 +12,7 @@ mod commands;
 mod download;
 mod output;
 mod watch;
+mod webhook_token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -184,6 +185,11 @@ pub enum Command {
         #[arg(long, value_name = "EVENT_ID")]
         from: Option<String>,
     },
+    /// Tools for CorrigoPro's webhook tokens (no gateway needed).
+    WebhookToken {
+        #[command(subcommand)]
+        action: webhook_token::WebhookToken,
+    },
     /// Delete an attachment.
     Delete {
         #[command(flatten)]
@@ -251,6 +257,7 @@ async fn connect(c: &Conn) -> Result<GatewayClient, ClientError> {
 /// Runs one subcommand; its output goes to stdout, errors to stderr.
 pub async fn run(cmd: Command) -> ExitCode {
     let (conn, result) = match cmd {
+        Command::WebhookToken { action } => return webhook_token::run(action),
         Command::Watch {
             conn,
             work_orders,

@@ -908,6 +908,23 @@ fn webhook_settings_say_what_verification_needs() {
     let (code, out, err) = output(gateway().args(["--check-config", "--sandbox"]));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("[webhooks]"), "{out}");
+    // The readings are tried by themselves unless pinned; the tenant is bound by
+    // the environment variable the contract names, and a blank one is refused.
+    assert!(out.contains("signed_part = \"auto\""), "{out}");
+    assert!(out.contains("signature_algorithm = \"auto\""), "{out}");
+    let (code, out, err) = output(gateway().args(["--check-config", "--sandbox"]).env(
+        "ATTACHMENT_GATEWAY_WEBHOOKS__EXPECTED_NAME",
+        "integration-42",
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("expected_name = \"integration-42\""), "{out}");
+    let (code, _, err) = output(
+        gateway()
+            .args(["--check-config", "--sandbox"])
+            .env("ATTACHMENT_GATEWAY_WEBHOOKS__EXPECTED_NAME", "  "),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("webhooks.expected_name"), "{err}");
     let (code, _, err) = output(
         gateway()
             .args(["--check-config", "--sandbox"])
@@ -968,4 +985,140 @@ fn shared_state_settings_are_checked_redacted_and_required_at_start() {
         err.contains("shared state") && err.contains("Redis"),
         "{err}"
     );
+}
+
+/// `webhook-token check` with `token` on stdin; (exit code, stdout, stderr).
+fn check_token(args: &[&str], token: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = gateway()
+        .args(["webhook-token", "check"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(token.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_token_checker_names_the_reading_the_claims_and_the_verdict() {
+    use attachment_gateway::sandbox::notifier::{
+        AUDIENCE, INTEGRATION_NAME, SignHash, SignedOver, Signer, TokenShape,
+    };
+    use attachment_gateway::sandbox::{NOTIFIER_CERT_PEM, NOTIFIER_KEY_PEM};
+    use std::time::SystemTime;
+    let (_dir, cert) = temp_file("corrigopro.pem", NOTIFIER_CERT_PEM);
+    let cert = cert.to_str().expect("utf-8").to_string();
+    let signer = Signer::from_pem(NOTIFIER_KEY_PEM).expect("key");
+    let ttl = Duration::from_secs(1200);
+    let shape = TokenShape {
+        gzip: true,
+        signed_over: SignedOver::DataBytes,
+        hash: SignHash::Sha512,
+        ..TokenShape::default()
+    };
+    let good = signer
+        .token_shaped(AUDIENCE, SystemTime::now(), ttl, &shape)
+        .expect("token");
+    let signature = good.split_once("<---->").expect("shape").1;
+
+    // Verifies: the reading, the claims, the verdict; never the signature.
+    let (code, out, err) = check_token(
+        &["--certificate", &cert],
+        &format!("Authorization: Bearer {good}\n"),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("verifies: data-bytes, rsa-sha512 (certificate 1 of 1"),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"webhooks.signed_part = "data-bytes""#),
+        "{out}"
+    );
+    assert!(out.contains("claims identity, gzip JSON"), "{out}");
+    assert!(
+        out.contains(&format!("name       {INTEGRATION_NAME}")),
+        "{out}"
+    );
+    assert!(out.contains("audience   CorrigoProDirect"), "{out}");
+    assert!(out.contains("verdict    verifies now"), "{out}");
+    assert!(!out.contains(signature) && !err.contains(signature));
+
+    // Bound to another integration: refused, exit 2, the reason in words.
+    let (code, out, _) = check_token(
+        &["--certificate", &cert, "--expected-name", "someone-else"],
+        &good,
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("refused: the token was issued for another integration (refused_wrong_name)"),
+        "{out}"
+    );
+
+    // Expired.
+    let old = signer
+        .token(
+            AUDIENCE,
+            SystemTime::now() - Duration::from_secs(7200),
+            ttl,
+            false,
+        )
+        .expect("token");
+    let (code, out, _) = check_token(&["--certificate", &cert, "--json"], &old);
+    assert_eq!(code, 2, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["verifies"], false);
+    assert_eq!(v["reason"], "refused_expired");
+    assert_eq!(v["reading"]["signature_algorithm"], "rsa-sha256");
+    assert_eq!(v["claims"]["name"], INTEGRATION_NAME);
+
+    // Another key: the signature does not verify; the claims are shown as claimed.
+    let other = Signer::from_pem(include_str!("../fixtures/webhooks/other-key.pem")).expect("key");
+    let forged = other
+        .token(AUDIENCE, SystemTime::now(), ttl, false)
+        .expect("token");
+    let (code, out, _) = check_token(&["--certificate", &cert], &forged);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("does not verify with the 1 certificate(s)"),
+        "{out}"
+    );
+    assert!(out.contains("(as the unverified token claims)"), "{out}");
+    assert!(out.contains("(refused_bad_signature)"), "{out}");
+
+    // A pinned reading that is not the token's.
+    let (code, out, _) = check_token(
+        &[
+            "--certificate",
+            &cert,
+            "--signed-part",
+            "data-text",
+            "--signature-algorithm",
+            "rsa-sha256",
+        ],
+        &good,
+    );
+    assert_eq!(code, 2, "{out}");
+
+    // Not a token at all, and a certificate file that is not one.
+    let (code, out, _) = check_token(&["--certificate", &cert], "hello\n");
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("refused_malformed"), "{out}");
+    let (_d, not_cert) = temp_file("x.pem", "not a certificate");
+    let (code, _, err) = check_token(&["--certificate", not_cert.to_str().expect("utf-8")], &good);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("webhooks.certificate_file"), "{err}");
 }
