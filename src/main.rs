@@ -146,6 +146,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(mut settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
+    let shutdown = shutdown_signal();
     let _sandbox = if settings.sandbox.enabled {
         let sandbox = Sandbox::start(SandboxConfig {
             listen: settings.sandbox.listen,
@@ -188,13 +189,7 @@ async fn run(mut settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
         }
         print_sandbox_banner(addr, admin, webhooks, sandbox, auth);
     }
-    server::serve_with(
-        settings,
-        listeners,
-        Arc::new(Metrics::new()),
-        shutdown_signal(),
-    )
-    .await?;
+    server::serve_with(settings, listeners, Arc::new(Metrics::new()), shutdown).await?;
     tracing::info!("attachment-gateway stopped");
     Ok(())
 }
@@ -247,24 +242,25 @@ fn print_sandbox_banner(
     );
 }
 
-async fn shutdown_signal() {
+/// A future that ends at SIGTERM or Ctrl-C. The handlers are installed here, at
+/// once, not when the future is first polled: a SIGTERM that arrives while the
+/// gateway is still starting asks for a drain instead of killing the process.
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
+    let term = {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+        signal(SignalKind::terminate()).ok()
+    };
+    let ctrl_c = tokio::signal::ctrl_c();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = ctrl_c => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        let _ = ctrl_c.await;
     }
 }
