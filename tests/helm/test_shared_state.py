@@ -186,10 +186,14 @@ def test_the_bundled_image_must_be_pinned():
         vals["sharedState"] = {"bundled": {"image": {"repository": "valkey/valkey", "tag": tag}}}
         with pytest.raises(helm.HelmValuesError):
             chart.validate_schema(vals)
+    for bad in ({"unknownKey": True}, {"maxMemory": "256 MiB"}):  # Valkey reads 256mb, not MiB
+        vals = values("credentials-only")
+        vals["sharedState"] = {"bundled": bad}
+        with pytest.raises(helm.HelmValuesError):
+            chart.validate_schema(vals)
     vals = values("credentials-only")
-    vals["sharedState"] = {"bundled": {"unknownKey": True}}
-    with pytest.raises(helm.HelmValuesError):
-        chart.validate_schema(vals)
+    vals["sharedState"] = {"bundled": {"maxMemory": "1GB"}}
+    chart.validate_schema(vals)
 
 
 def test_the_password_is_kept_from_the_existing_secret(tmp_path):
