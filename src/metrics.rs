@@ -361,7 +361,7 @@ impl Metrics {
         );
         registry.register(
             "watches_ended",
-            "WatchAttachments streams the gateway ended, by reason (stalled: the caller stopped reading; cursor_expired: its cursor is older than the events kept; interrupted: the event log could not be read)",
+            "WatchAttachments streams the gateway ended, by reason (stalled: the caller stopped reading; cursor_expired: its cursor is older than the events kept, at open or under way; interrupted: the event log could not be read)",
             m.watches_ended.clone(),
         );
         registry.register(
