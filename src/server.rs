@@ -182,6 +182,11 @@ pub async fn serve_with(
         webhooks,
     } = listeners;
     crate::upstream::install_crypto_provider();
+    metrics.shared_state_configured(settings.shared_state.redis_url.is_some());
+    metrics.webhook_listener_enabled(webhooks.is_some());
+    if let Some(t) = crate::tls::certificate_not_after(&settings.tls) {
+        metrics.tls_certificate_not_after(t);
+    }
     let redis = match &settings.shared_state.redis_url {
         Some(url) => {
             let ss = &settings.shared_state;

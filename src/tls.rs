@@ -27,6 +27,18 @@ fn certs(setting: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, Str
     Ok(certs)
 }
 
+/// When the served certificate (the first of `tls.cert_file`) expires, in Unix
+/// seconds; `None` when TLS is off or the file cannot be read as a certificate
+/// ([`acceptor`] says why).
+pub fn certificate_not_after(s: &TlsSettings) -> Option<i64> {
+    let leaf = certs("tls.cert_file", s.cert_file.as_ref()?)
+        .ok()?
+        .into_iter()
+        .next()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// The acceptor for `s`, or `None` when TLS is off.
 pub fn acceptor(s: &TlsSettings) -> Result<Option<TlsAcceptor>, String> {
     let (Some(cert), Some(key)) = (&s.cert_file, &s.key_file) else {
@@ -63,4 +75,39 @@ pub fn acceptor(s: &TlsSettings) -> Result<Option<TlsAcceptor>, String> {
         .map_err(|e| format!("tls.cert_file / tls.key_file: {e}"))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Some(TlsAcceptor::from(Arc::new(config))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_served_certificates_expiry_is_read() {
+        let dir = tempfile::tempdir().expect("dir");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).expect("params");
+        params.not_after = rcgen::date_time_ymd(2031, 5, 4);
+        let leaf = params.self_signed(&key).expect("cert");
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.not_after = rcgen::date_time_ymd(2030, 1, 1);
+        let ca = ca.self_signed(&ca_key).expect("ca");
+        let cert_file = dir.path().join("chain.pem");
+        // The leaf first, then the rest of the chain (an earlier expiry).
+        std::fs::write(&cert_file, format!("{}{}", leaf.pem(), ca.pem())).expect("write");
+        let s = TlsSettings {
+            cert_file: Some(cert_file),
+            ..TlsSettings::default()
+        };
+        // 2031-05-04T00:00:00Z
+        assert_eq!(certificate_not_after(&s), Some(1_935_619_200));
+        assert_eq!(certificate_not_after(&TlsSettings::default()), None);
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate").expect("write");
+        let s = TlsSettings {
+            cert_file: Some(garbage),
+            ..TlsSettings::default()
+        };
+        assert_eq!(certificate_not_after(&s), None);
+    }
 }

@@ -156,6 +156,7 @@ impl Watches {
                         c
                     }
                     Err(ReadError::OutOfRange) => {
+                        self.metrics.watch_ended("cursor_expired");
                         return Err(Error::CursorExpired);
                     }
                     Err(ReadError::Store(e)) => return Err(Error::EventLogUnavailable(e.0)),
@@ -289,9 +290,11 @@ impl Feed {
             let batch = match self.log.read(&self.cursor, BATCH).await {
                 Ok(b) => b,
                 Err(ReadError::OutOfRange) => {
+                    self.metrics.watch_ended("cursor_expired");
                     return self.end(Error::CursorExpired).await;
                 }
                 Err(ReadError::Store(e)) => {
+                    self.metrics.watch_ended("interrupted");
                     let resume = self.log.event_id(&self.cursor);
                     return self
                         .end(Error::WatchInterrupted {
@@ -338,7 +341,10 @@ impl Feed {
                         })),
                     };
                     match self.send(Ok(msg)).await {
-                        Sent::Yes => quiet_since = tokio::time::Instant::now(),
+                        Sent::Yes => {
+                            self.metrics.events_delivered.inc();
+                            quiet_since = tokio::time::Instant::now();
+                        }
                         Sent::Gone => return,
                         Sent::Stalled => return self.stalled().await,
                     }
@@ -352,6 +358,7 @@ impl Feed {
     async fn stalled(&self) {
         let resume = self.log.event_id(&self.cursor);
         tracing::info!(resume_after = %resume, "a watch stopped reading: ended");
+        self.metrics.watch_ended("stalled");
         self.end(Error::SubscriberStalled {
             resume_after: resume,
         })

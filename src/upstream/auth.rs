@@ -121,13 +121,17 @@ impl TokenCache {
     }
 
     async fn fetch(&self) -> Result<Secret, UpstreamError> {
-        match tokio::time::timeout(self.timeout, self.fetch_once()).await {
+        let result = match tokio::time::timeout(self.timeout, self.fetch_once()).await {
             Ok(r) => r,
             Err(_) => {
                 tracing::warn!(timeout = ?self.timeout, "the token endpoint did not answer in time");
                 Err(UpstreamError::Timeout)
             }
+        };
+        if result.is_err() {
+            self.metrics.token_fetch_failures.inc();
         }
+        result
     }
 
     async fn fetch_once(&self) -> Result<Secret, UpstreamError> {

@@ -218,13 +218,16 @@ impl Upstream {
         budgeted: bool,
     ) -> Result<reqwest::Response, UpstreamError> {
         if budgeted {
-            self.budget
-                .acquire()
-                .await
-                .map_err(UpstreamError::Throttled)?;
+            self.budget.acquire().await.map_err(|r| {
+                self.metrics.refused(r.limit);
+                UpstreamError::Throttled(r)
+            })?;
         }
         let breaker = if budgeted {
-            let permit = self.breaker.allow().map_err(UpstreamError::CircuitOpen)?;
+            let permit = self.breaker.allow().map_err(|r| {
+                self.metrics.refused(r.limit);
+                UpstreamError::CircuitOpen(r)
+            })?;
             Some(BreakerCall {
                 breaker: &self.breaker,
                 permit: Some(permit),

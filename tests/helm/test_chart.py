@@ -59,7 +59,8 @@ def one(docs: list[dict], kind: str) -> dict:
 
 
 def gateway_toml(docs: list[dict]) -> str:
-    return one(docs, "ConfigMap")["data"]["gateway.toml"]
+    (cm,) = [c for c in of_kind(docs, "ConfigMap") if "gateway.toml" in c.get("data", {})]
+    return cm["data"]["gateway.toml"]
 
 
 @pytest.mark.parametrize("name", VALUE_SETS)
@@ -189,7 +190,7 @@ def test_service_ports():
 def test_secrets_never_inlined_in_the_configmap():
     for name in VALUE_SETS:
         docs = render(values(name))
-        data = str(one(docs, "ConfigMap")["data"])
+        data = str([c["data"] for c in of_kind(docs, "ConfigMap")])
         assert "ci-secret-value-1234" not in data, name
         assert "client_secret_file" in data and 'client_secret =' not in data
         env = str(one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0].get("env"))
@@ -517,7 +518,7 @@ def test_shared_state_over_tls_trusts_the_ca_from_a_secret():
 
 def test_several_replicas_without_shared_state_must_be_accepted_explicitly():
     vals = values("default")
-    vals["sharedState"] = {"acceptPerReplicaState": False}
+    vals["sharedState"] = {"acceptPerReplicaState": False, "bundled": {"enabled": False}}
     with pytest.raises(Exception, match="sharedState.redis.url"):
         render(vals)
     vals["replicaCount"] = 1
@@ -538,7 +539,7 @@ def test_notes_say_what_replicas_share_or_warn_that_they_do_not():
     text = notes(vals)
     assert "Shared through Redis by every replica" in text
     assert "WARNING" not in text
-    vals["sharedState"] = {"acceptPerReplicaState": True}
+    vals["sharedState"] = {"acceptPerReplicaState": True, "bundled": {"enabled": False}}
     vals["replicaCount"] = 3
     text = notes(vals)
     assert "WARNING: up to" in text and "watch sees only the events" in text
