@@ -407,6 +407,8 @@ def test_webhooks_have_their_own_port_service_ingress_path_and_secret():
     toml = gateway_toml(docs)
     assert 'listen = "0.0.0.0:8081"' in toml
     assert 'certificate_file = "/etc/attachment-gateway/webhooks/corrigopro.crt"' in toml
+    assert 'expected_name = "sandbox-integration-0001"' in toml
+    assert 'signed_part = "auto"' in toml
     assert "BEGIN CERTIFICATE" not in toml
     netpol = one(docs, "NetworkPolicy")
     assert any(r["ports"][0]["port"] == "webhooks" and "from" not in r for r in netpol["spec"]["ingress"])
