@@ -1,0 +1,630 @@
+//! One typed settings struct, layered: defaults < TOML file (`--config`) < environment
+//! (`ATTACHMENT_GATEWAY_`, nested keys joined by `__`) < command-line flags.
+//!
+//! Invalid settings fail at start with a message naming the setting.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+/// The prefix of every environment variable the gateway reads.
+pub const ENV_PREFIX: &str = "ATTACHMENT_GATEWAY_";
+
+/// Settings read from the environment as plain strings, never parsed: credentials
+/// and identifiers whose every character counts (keys as figment names them).
+const VERBATIM_ENV: &[&str] = &["upstream__client_id", "upstream__client_secret"];
+
+mod auth;
+mod events;
+mod limits;
+mod log;
+mod rate_limit;
+mod sandbox;
+mod server;
+mod shared_state;
+mod telemetry;
+mod tls;
+mod upstream;
+mod webhooks;
+
+pub use self::auth::{
+    ApiKeySettings, AuthSettings, FailedAttemptSettings, JwtSettings, MtlsSettings,
+};
+pub use self::events::EventSettings;
+pub use self::limits::{LimitSettings, MAX_UPLOAD_LIMIT};
+pub use self::log::{LogFormat, LogSettings};
+pub use self::rate_limit::{Rate, RateLimitSettings};
+pub use self::sandbox::SandboxSettings;
+pub use self::server::{MAX_WORKER_THREADS, ServerSettings};
+pub use self::shared_state::SharedStateSettings;
+pub use self::telemetry::TelemetrySettings;
+pub use self::tls::TlsSettings;
+pub use self::upstream::UpstreamSettings;
+pub use self::webhooks::{SignatureAlgorithm, SignedPart, WebhookSettings, WebhookVerify};
+
+#[derive(Debug, Clone, Serialize, Deserialize, garde::Validate)]
+#[serde(default, deny_unknown_fields)]
+#[garde(allow_unvalidated)]
+pub struct Settings {
+    /// Where the gRPC server listens.
+    pub listen: SocketAddr,
+    #[garde(dive)]
+    pub upstream: UpstreamSettings,
+    #[garde(dive)]
+    pub limits: LimitSettings,
+    #[garde(dive)]
+    pub server: ServerSettings,
+    pub tls: TlsSettings,
+    #[garde(dive)]
+    pub auth: AuthSettings,
+    #[garde(dive)]
+    pub rate_limit: RateLimitSettings,
+    pub telemetry: TelemetrySettings,
+    pub log: LogSettings,
+    pub sandbox: SandboxSettings,
+    #[garde(dive)]
+    pub events: EventSettings,
+    #[garde(dive)]
+    pub webhooks: WebhookSettings,
+    #[garde(dive)]
+    pub shared_state: SharedStateSettings,
+    /// Which settings were given explicitly (file, environment or flag) rather
+    /// than left at their defaults. Not a setting itself.
+    #[serde(skip)]
+    pub explicit: Explicit,
+}
+
+/// Settings whose handling depends on whether the operator set them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Explicit {
+    /// `telemetry.admin_listen`: with `--sandbox`, a default address that is
+    /// taken gives way to a free port; an explicit one must be bound.
+    pub admin_listen: bool,
+    /// Any `webhooks.*` setting other than `listen`: with `--sandbox`, the
+    /// emulator's certificate is trusted only when none was given.
+    pub webhooks_verification: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            upstream: UpstreamSettings::default(),
+            limits: LimitSettings::default(),
+            server: ServerSettings::default(),
+            tls: TlsSettings::default(),
+            auth: AuthSettings::default(),
+            rate_limit: RateLimitSettings::default(),
+            telemetry: TelemetrySettings::default(),
+            log: LogSettings::default(),
+            sandbox: SandboxSettings::default(),
+            events: EventSettings::default(),
+            webhooks: WebhookSettings::default(),
+            shared_state: SharedStateSettings::default(),
+            explicit: Explicit::default(),
+        }
+    }
+}
+
+/// A setting that cannot be used, named.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid settings: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid setting `{setting}`: {reason}")]
+    Invalid {
+        setting: std::borrow::Cow<'static, str>,
+        reason: String,
+    },
+}
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting: setting.into(),
+        reason: reason.into(),
+    }
+}
+
+/// A duration that must be greater than zero.
+fn nonzero(d: &Duration, _: &()) -> garde::Result {
+    if d.is_zero() {
+        return Err(garde::Error::new("must be greater than 0"));
+    }
+    Ok(())
+}
+
+/// A duration of at most one hour.
+fn at_most_an_hour(d: &Duration, _: &()) -> garde::Result {
+    if *d > Duration::from_secs(3600) {
+        return Err(garde::Error::new("must be at most 1h"));
+    }
+    Ok(())
+}
+
+/// A duration of at least one second.
+fn at_least_a_second(d: &Duration, _: &()) -> garde::Result {
+    if *d < Duration::from_secs(1) {
+        return Err(garde::Error::new("must be at least 1s"));
+    }
+    Ok(())
+}
+
+/// Command-line values that override every other layer, when given.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct FlagOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_base_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_listen: Option<SocketAddr>,
+    pub sandbox: bool,
+}
+
+impl Settings {
+    /// Loads the layers in order, reads the secret file, and validates the result.
+    pub fn load(config_file: Option<&Path>, flags: &FlagOverrides) -> Result<Self, ConfigError> {
+        // Everything the operator gave, without the defaults: it tells which
+        // settings were set explicitly.
+        let mut given = Figment::new();
+        if let Some(path) = config_file {
+            if !path.is_file() {
+                return Err(invalid(
+                    "--config",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+            given = given.merge(Toml::file(path));
+        }
+        // Strings taken verbatim from the environment: figment would read `0042` as
+        // the number 42 and `{a=1}` as a table (and a type error would print the
+        // value, a secret among them).
+        given = given.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(VERBATIM_ENV));
+        for key in VERBATIM_ENV {
+            let var = format!("{ENV_PREFIX}{}", key.to_ascii_uppercase());
+            if let Some(value) = std::env::var_os(&var) {
+                let Some(value) = value.to_str().map(str::to_string) else {
+                    return Err(invalid("environment", format!("{var} is not valid UTF-8")));
+                };
+                given = given.merge(Serialized::default(&key.replace("__", "."), value));
+            }
+        }
+        if let Some(listen) = flags.listen {
+            given = given.merge(Serialized::default("listen", listen));
+        }
+        if let Some(url) = &flags.upstream_base_url {
+            given = given.merge(Serialized::default("upstream.base_url", url));
+        }
+        if let Some(admin) = flags.admin_listen {
+            given = given.merge(Serialized::default("telemetry.admin_listen", admin));
+        }
+        if let Some(addr) = flags.webhook_listen {
+            given = given.merge(Serialized::default("webhooks.listen", addr));
+        }
+        if let Some(format) = flags.log_format {
+            given = given.merge(Serialized::default("log.format", format));
+        }
+        if flags.sandbox {
+            given = given.merge(Serialized::default("sandbox.enabled", true));
+        }
+        let explicit = Explicit {
+            admin_listen: given.contains("telemetry.admin_listen"),
+            webhooks_verification: [
+                "webhooks.verify",
+                "webhooks.certificate_file",
+                "webhooks.shared_secret_file",
+            ]
+            .iter()
+            .any(|k| given.contains(k)),
+        };
+        let fig = Figment::from(Serialized::defaults(Settings::default())).merge(given);
+        let mut settings: Settings = fig.extract().map_err(Box::new)?;
+        settings.explicit = explicit;
+        settings.resolve_secret_file()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn resolve_secret_file(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = &self.upstream.client_secret_file else {
+            return Ok(());
+        };
+        if self.sandbox.enabled {
+            // The sandbox brings its own credentials; the file is not needed.
+            return Ok(());
+        }
+        if !self.upstream.client_secret.is_empty() {
+            return Err(invalid(
+                "upstream.client_secret_file",
+                "set either upstream.client_secret or upstream.client_secret_file, not both",
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            invalid(
+                "upstream.client_secret_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        self.upstream.client_secret = Secret::new(text.trim_end_matches(['\r', '\n']));
+        Ok(())
+    }
+
+    /// Checks every setting that could make the gateway misbehave later.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        // The ranges declared on the fields first; then what ties settings
+        // together, and what needs more than a range.
+        if let Err(report) = garde::Validate::validate(self) {
+            let (path, error) = report
+                .iter()
+                .next()
+                .map(|(p, e)| (p.to_string(), e.to_string()))
+                .unwrap_or_default();
+            return Err(ConfigError::Invalid {
+                setting: path.into(),
+                reason: error,
+            });
+        }
+        check_url("upstream.base_url", &self.upstream.base_url)?;
+        check_url("upstream.token_url", &self.upstream.token_url)?;
+        for (setting, value) in [
+            ("upstream.base_url", &self.upstream.base_url),
+            ("upstream.token_url", &self.upstream.token_url),
+        ] {
+            if !self.upstream.allow_plain_http && !secure_or_loopback(value) {
+                return Err(invalid(
+                    setting,
+                    "plain http to a host other than loopback: the client secret and tokens would travel in clear; use https, or set upstream.allow_plain_http = true",
+                ));
+            }
+        }
+        for h in &self.upstream.download_hosts {
+            let name = h.trim().strip_prefix("*.").unwrap_or(h.trim());
+            if name.is_empty() || name.contains(['/', ':', '*', ' ']) {
+                return Err(invalid(
+                    "upstream.download_hosts",
+                    format!("`{h}` is not a host name or `*.suffix`"),
+                ));
+            }
+        }
+        if !self.sandbox.enabled {
+            if self.upstream.client_id.trim().is_empty() {
+                return Err(invalid(
+                    "upstream.client_id",
+                    format!(
+                        "required (set {ENV_PREFIX}UPSTREAM__CLIENT_ID), or run with --sandbox"
+                    ),
+                ));
+            }
+            if self.upstream.client_secret.is_empty() {
+                return Err(invalid(
+                    "upstream.client_secret",
+                    format!(
+                        "required (set {ENV_PREFIX}UPSTREAM__CLIENT_SECRET_FILE or {ENV_PREFIX}UPSTREAM__CLIENT_SECRET), or run with --sandbox"
+                    ),
+                ));
+            }
+        }
+        let q = &self.upstream.work_order_query_param;
+        if q.is_empty() || !q.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(invalid(
+                "upstream.work_order_query_param",
+                "must be a non-empty name of letters, digits and `_`",
+            ));
+        }
+        let l = &self.limits;
+        if self.server.idle_timeout <= self.server.http2_keepalive_interval {
+            return Err(invalid(
+                "server.idle_timeout",
+                "must be longer than server.http2_keepalive_interval (keepalive pings keep live connections from idling)",
+            ));
+        }
+        if self.sandbox.enabled && !self.sandbox.listen.ip().is_loopback() {
+            return Err(invalid(
+                "sandbox.listen",
+                "the sandbox listens on loopback only",
+            ));
+        }
+        self.validate_auth()?;
+        let r = &self.rate_limit;
+        for key in r.overrides.keys() {
+            let kind_ok = key.split_once(':').is_some_and(|(kind, name)| {
+                matches!(kind, "api_key" | "jwt" | "mtls") && !name.is_empty()
+            });
+            if !kind_ok {
+                return Err(invalid(
+                    "rate_limit.overrides",
+                    format!(
+                        "`{key}` must name the caller with its kind: `api_key:NAME`, `jwt:SUBJECT` or `mtls:IDENTITY` (callers of different kinds may share a name)"
+                    ),
+                ));
+            }
+        }
+        if r.max_inflight_upload_bytes < l.max_chunk_bytes {
+            return Err(invalid(
+                "rate_limit.max_inflight_upload_bytes",
+                "must be at least limits.max_chunk_bytes",
+            ));
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(invalid(
+                "tls.cert_file",
+                "tls.cert_file and tls.key_file go together",
+            ));
+        }
+        if self.tls.mtls() && !self.tls.enabled() {
+            return Err(invalid(
+                "tls.client_ca_file",
+                "mTLS needs tls.cert_file and tls.key_file",
+            ));
+        }
+        self.validate_webhooks()?;
+        if let Some(url) = &self.shared_state.redis_url {
+            let scheme = url.split_once("://").map(|(s, _)| s);
+            if !matches!(scheme, Some("redis" | "rediss")) {
+                return Err(invalid(
+                    "shared_state.redis_url",
+                    "must be a redis:// or rediss:// URL",
+                ));
+            }
+            if self.shared_state.ca_file.is_some() && scheme != Some("rediss") {
+                return Err(invalid(
+                    "shared_state.ca_file",
+                    "a CA is for TLS: use a rediss:// URL",
+                ));
+            }
+        } else if self.shared_state.ca_file.is_some() {
+            return Err(invalid(
+                "shared_state.ca_file",
+                "needs shared_state.redis_url (rediss://)",
+            ));
+        }
+        if self.events.max_subscribers_per_caller > self.events.max_subscribers {
+            return Err(invalid(
+                "events.max_subscribers_per_caller",
+                "must be at most events.max_subscribers",
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid("log.level", e.to_string()));
+        }
+        Ok(())
+    }
+
+    fn validate_webhooks(&self) -> Result<(), ConfigError> {
+        let w = &self.webhooks;
+        if let Some(url) = &w.forward_url {
+            let u = reqwest::Url::parse(url)
+                .map_err(|e| invalid("webhooks.forward_url", e.to_string()))?;
+            if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+                return Err(invalid(
+                    "webhooks.forward_url",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
+        if w.audience.trim().is_empty() {
+            return Err(invalid("webhooks.audience", "must not be empty"));
+        }
+        if w.listen.is_none() && !self.sandbox.enabled {
+            return Ok(());
+        }
+        // The sandbox trusts its own emulator unless told how to verify.
+        let sandbox_trust = self.sandbox.enabled && !self.explicit.webhooks_verification;
+        match w.verify {
+            WebhookVerify::SignedToken if w.certificate_file.is_none() && !sandbox_trust => {
+                Err(invalid(
+                    "webhooks.certificate_file",
+                    "webhooks.verify = \"signed-token\" needs CorrigoPro's certificate (PEM), downloaded from the integration's settings page",
+                ))
+            }
+            WebhookVerify::SharedSecret if w.shared_secret_file.is_none() => Err(invalid(
+                "webhooks.shared_secret_file",
+                "webhooks.verify = \"shared-secret\" needs the file that holds the secret",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        let scopes = a
+            .jwt
+            .default_scopes
+            .iter()
+            .chain(a.jwt.subject_scopes.values().flatten())
+            .chain(a.mtls.default_scopes.iter())
+            .chain(a.mtls.identities.values().flatten());
+        for s in scopes {
+            if crate::scopes::Scopes::parse(s).is_none() {
+                return Err(invalid(
+                    "auth",
+                    format!("unknown scope `{s}` (known: attachments.read, attachments.write)"),
+                ));
+            }
+        }
+        if a.jwt.enabled {
+            match (&a.jwt.jwks_file, &a.jwt.jwks_url) {
+                (None, None) => {
+                    return Err(invalid(
+                        "auth.jwt.jwks_file",
+                        "JWT auth needs auth.jwt.jwks_file or auth.jwt.jwks_url",
+                    ));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "auth.jwt.jwks_url",
+                        "set auth.jwt.jwks_file or auth.jwt.jwks_url, not both",
+                    ));
+                }
+                (None, Some(url)) => {
+                    let u = reqwest::Url::parse(url)
+                        .map_err(|e| invalid("auth.jwt.jwks_url", e.to_string()))?;
+                    let loopback =
+                        matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+                    if u.scheme() != "https" && !(u.scheme() == "http" && loopback) {
+                        return Err(invalid(
+                            "auth.jwt.jwks_url",
+                            "must be https:// (http:// only on loopback)",
+                        ));
+                    }
+                }
+                (Some(_), None) => {}
+            }
+            if a.jwt.issuers.is_empty() && !a.jwt.allow_any_issuer {
+                return Err(invalid(
+                    "auth.jwt.issuers",
+                    "JWT auth needs the accepted issuers (e.g. the cluster's service-account issuer); set auth.jwt.allow_any_issuer = true to accept any",
+                ));
+            }
+            if a.jwt.audiences.is_empty() && !a.jwt.allow_any_audience {
+                return Err(invalid(
+                    "auth.jwt.audiences",
+                    "JWT auth needs the accepted audiences (callers project tokens for this gateway's audience); set auth.jwt.allow_any_audience = true to accept tokens minted for any service",
+                ));
+            }
+        }
+        let any_mode = a.jwt.enabled || a.api_keys.file.is_some() || self.tls.mtls();
+        if !any_mode && !a.allow_unauthenticated && !self.sandbox.enabled {
+            return Err(invalid(
+                "auth",
+                "no authentication is configured: enable auth.jwt, auth.api_keys.file or mTLS (tls.client_ca_file), or set auth.allow_unauthenticated = true",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether calls without credentials are served (and given every scope).
+    pub fn unauthenticated_allowed(&self) -> bool {
+        self.auth.allow_unauthenticated
+            || (self.sandbox.enabled
+                && !self.auth.jwt.enabled
+                && self.auth.api_keys.file.is_none()
+                && !self.tls.mtls())
+    }
+
+    /// Whether reflection is served without credentials.
+    pub fn reflection_public(&self) -> bool {
+        self.auth.public_reflection.unwrap_or(self.sandbox.enabled)
+    }
+
+    /// The TOML the settings amount to, secrets redacted (`--check-config` prints it):
+    /// secret values, and any credentials a URL carries.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        let mut shown = self.clone();
+        shown.upstream.base_url = redact_url(&shown.upstream.base_url);
+        shown.upstream.token_url = redact_url(&shown.upstream.token_url);
+        if let Some(u) = shown.shared_state.redis_url.as_mut() {
+            *u = redact_url(u);
+        }
+        if let Some(u) = &mut shown.auth.jwt.jwks_url {
+            *u = redact_url(u);
+        }
+        toml::to_string_pretty(&shown)
+    }
+}
+
+/// A URL fit for a log line or `--check-config`: user and password replaced, query
+/// and fragment dropped (they may carry credentials too).
+pub fn redact_url(value: &str) -> String {
+    let Ok(mut url) = reqwest::Url::parse(value) else {
+        return "<not a valid URL>".into();
+    };
+    let had_credentials = !url.username().is_empty() || url.password().is_some();
+    if had_credentials {
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+    }
+    url.set_query(None);
+    url.set_fragment(None);
+    let text = url.to_string();
+    match (had_credentials, text.split_once("://")) {
+        (true, Some((scheme, rest))) => format!("{scheme}://<redacted>@{rest}"),
+        _ => text,
+    }
+}
+
+/// Whether a URL is https, or http to a loopback host.
+fn secure_or_loopback(value: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(value) else {
+        return true; // check_url reports it
+    };
+    if url.scheme() != "http" {
+        return true;
+    }
+    let host = url.host_str().unwrap_or_default();
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn check_url(setting: &'static str, value: &str) -> Result<(), ConfigError> {
+    let url = reqwest::Url::parse(value).map_err(|e| invalid(setting, format!("{e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(setting, "must be an http:// or https:// URL"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid(setting, "must not carry a query or fragment"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_credentials_unless_sandbox() {
+        let s = Settings::default();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("upstream.client_id"), "{err}");
+        let mut s = Settings::default();
+        s.sandbox.enabled = true;
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_their_setting() {
+        let mut s = Settings::default();
+        s.sandbox.enabled = true;
+        s.upstream.base_url = "ftp://x".into();
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("upstream.base_url")
+        );
+        let mut s = Settings::default();
+        s.sandbox.enabled = true;
+        s.limits.max_upload_bytes = 0;
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("limits.max_upload_bytes")
+        );
+        let mut s = Settings::default();
+        s.sandbox.enabled = true;
+        s.server.worker_threads = 100_000;
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("server.worker_threads")
+        );
+        s.server.worker_threads = 2;
+        s.validate().unwrap();
+    }
+}
