@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Rate, at_least_a_second, nonzero};
+use super::{ConfigError, Rate, at_least_a_second, invalid, nonzero};
 
 /// Inbound authentication (who calls) and authorization (read/write scopes).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, garde::Validate)]
@@ -154,4 +154,74 @@ impl Default for ApiKeySettings {
 pub struct MtlsSettings {
     pub default_scopes: Vec<String>,
     pub identities: BTreeMap<String, Vec<String>>,
+}
+
+impl AuthSettings {
+    /// The scopes named, and what JWT auth needs when it is on.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let scopes = self
+            .jwt
+            .default_scopes
+            .iter()
+            .chain(self.jwt.subject_scopes.values().flatten())
+            .chain(self.mtls.default_scopes.iter())
+            .chain(self.mtls.identities.values().flatten());
+        for s in scopes {
+            if crate::scopes::Scopes::parse(s).is_none() {
+                return Err(invalid(
+                    "auth",
+                    format!("unknown scope `{s}` (known: attachments.read, attachments.write)"),
+                ));
+            }
+        }
+        if self.jwt.enabled {
+            self.jwt.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl JwtSettings {
+    /// Where the keys come from, and whose tokens are accepted.
+    fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.jwks_file, &self.jwks_url) {
+            (None, None) => {
+                return Err(invalid(
+                    "auth.jwt.jwks_file",
+                    "JWT auth needs auth.jwt.jwks_file or auth.jwt.jwks_url",
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "auth.jwt.jwks_url",
+                    "set auth.jwt.jwks_file or auth.jwt.jwks_url, not both",
+                ));
+            }
+            (None, Some(url)) => {
+                let u = reqwest::Url::parse(url)
+                    .map_err(|e| invalid("auth.jwt.jwks_url", e.to_string()))?;
+                let loopback = matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+                if u.scheme() != "https" && !(u.scheme() == "http" && loopback) {
+                    return Err(invalid(
+                        "auth.jwt.jwks_url",
+                        "must be https:// (http:// only on loopback)",
+                    ));
+                }
+            }
+            (Some(_), None) => {}
+        }
+        if self.issuers.is_empty() && !self.allow_any_issuer {
+            return Err(invalid(
+                "auth.jwt.issuers",
+                "JWT auth needs the accepted issuers (e.g. the cluster's service-account issuer); set auth.jwt.allow_any_issuer = true to accept any",
+            ));
+        }
+        if self.audiences.is_empty() && !self.allow_any_audience {
+            return Err(invalid(
+                "auth.jwt.audiences",
+                "JWT auth needs the accepted audiences (callers project tokens for this gateway's audience); set auth.jwt.allow_any_audience = true to accept tokens minted for any service",
+            ));
+        }
+        Ok(())
+    }
 }

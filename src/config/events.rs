@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{at_least_a_second, nonzero};
+use super::{ConfigError, at_least_a_second, invalid, nonzero};
 
 /// The event log and `WatchAttachments` subscribers.
 #[derive(Debug, Clone, Serialize, Deserialize, garde::Validate)]
@@ -55,5 +55,17 @@ impl Default for EventSettings {
             max_subscribers: 10_000,
             max_subscribers_per_caller: 1_000,
         }
+    }
+}
+
+impl EventSettings {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_subscribers_per_caller > self.max_subscribers {
+            return Err(invalid(
+                "events.max_subscribers_per_caller",
+                "must be at most events.max_subscribers",
+            ));
+        }
+        Ok(())
     }
 }

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::{ConfigError, invalid};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -24,5 +26,14 @@ impl Default for LogSettings {
             format: LogFormat::Pretty,
             level: "info".into(),
         }
+    }
+}
+
+impl LogSettings {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.level) {
+            return Err(invalid("log.level", e.to_string()));
+        }
+        Ok(())
     }
 }

@@ -259,10 +259,10 @@ impl Settings {
         Ok(())
     }
 
-    /// Checks every setting that could make the gateway misbehave later.
+    /// Checks every setting that could make the gateway misbehave later: the
+    /// ranges declared on the fields, each section's own rules, then the rules
+    /// that tie sections together.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        // The ranges declared on the fields first; then what ties settings
-        // together, and what needs more than a range.
         if let Err(report) = garde::Validate::validate(self) {
             let (path, error) = report
                 .iter()
@@ -274,151 +274,43 @@ impl Settings {
                 reason: error,
             });
         }
-        check_url("upstream.base_url", &self.upstream.base_url)?;
-        check_url("upstream.token_url", &self.upstream.token_url)?;
-        for (setting, value) in [
-            ("upstream.base_url", &self.upstream.base_url),
-            ("upstream.token_url", &self.upstream.token_url),
-        ] {
-            if !self.upstream.allow_plain_http && !secure_or_loopback(value) {
-                return Err(invalid(
-                    setting,
-                    "plain http to a host other than loopback: the client secret and tokens would travel in clear; use https, or set upstream.allow_plain_http = true",
-                ));
-            }
-        }
-        for h in &self.upstream.download_hosts {
-            let name = h.trim().strip_prefix("*.").unwrap_or(h.trim());
-            if name.is_empty() || name.contains(['/', ':', '*', ' ']) {
-                return Err(invalid(
-                    "upstream.download_hosts",
-                    format!("`{h}` is not a host name or `*.suffix`"),
-                ));
-            }
-        }
+        self.upstream.validate()?;
         if !self.sandbox.enabled {
-            if self.upstream.client_id.trim().is_empty() {
-                return Err(invalid(
-                    "upstream.client_id",
-                    format!(
-                        "required (set {ENV_PREFIX}UPSTREAM__CLIENT_ID), or run with --sandbox"
-                    ),
-                ));
-            }
-            if self.upstream.client_secret.is_empty() {
-                return Err(invalid(
-                    "upstream.client_secret",
-                    format!(
-                        "required (set {ENV_PREFIX}UPSTREAM__CLIENT_SECRET_FILE or {ENV_PREFIX}UPSTREAM__CLIENT_SECRET), or run with --sandbox"
-                    ),
-                ));
-            }
+            self.upstream.validate_credentials()?;
         }
-        let q = &self.upstream.work_order_query_param;
-        if q.is_empty() || !q.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        self.server.validate()?;
+        self.sandbox.validate()?;
+        self.auth.validate()?;
+        let any_mode =
+            self.auth.jwt.enabled || self.auth.api_keys.file.is_some() || self.tls.mtls();
+        if !any_mode && !self.auth.allow_unauthenticated && !self.sandbox.enabled {
             return Err(invalid(
-                "upstream.work_order_query_param",
-                "must be a non-empty name of letters, digits and `_`",
+                "auth",
+                "no authentication is configured: enable auth.jwt, auth.api_keys.file or mTLS (tls.client_ca_file), or set auth.allow_unauthenticated = true",
             ));
         }
-        let l = &self.limits;
-        if self.server.idle_timeout <= self.server.http2_keepalive_interval {
-            return Err(invalid(
-                "server.idle_timeout",
-                "must be longer than server.http2_keepalive_interval (keepalive pings keep live connections from idling)",
-            ));
-        }
-        if self.sandbox.enabled && !self.sandbox.listen.ip().is_loopback() {
-            return Err(invalid(
-                "sandbox.listen",
-                "the sandbox listens on loopback only",
-            ));
-        }
-        self.validate_auth()?;
-        let r = &self.rate_limit;
-        for key in r.overrides.keys() {
-            let kind_ok = key.split_once(':').is_some_and(|(kind, name)| {
-                matches!(kind, "api_key" | "jwt" | "mtls") && !name.is_empty()
-            });
-            if !kind_ok {
-                return Err(invalid(
-                    "rate_limit.overrides",
-                    format!(
-                        "`{key}` must name the caller with its kind: `api_key:NAME`, `jwt:SUBJECT` or `mtls:IDENTITY` (callers of different kinds may share a name)"
-                    ),
-                ));
-            }
-        }
-        if r.max_inflight_upload_bytes < l.max_chunk_bytes {
+        self.rate_limit.validate()?;
+        if self.rate_limit.max_inflight_upload_bytes < self.limits.max_chunk_bytes {
             return Err(invalid(
                 "rate_limit.max_inflight_upload_bytes",
                 "must be at least limits.max_chunk_bytes",
             ));
         }
-        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
-            return Err(invalid(
-                "tls.cert_file",
-                "tls.cert_file and tls.key_file go together",
-            ));
-        }
-        if self.tls.mtls() && !self.tls.enabled() {
-            return Err(invalid(
-                "tls.client_ca_file",
-                "mTLS needs tls.cert_file and tls.key_file",
-            ));
-        }
-        self.validate_webhooks()?;
-        if let Some(url) = &self.shared_state.redis_url {
-            let scheme = url.split_once("://").map(|(s, _)| s);
-            if !matches!(scheme, Some("redis" | "rediss")) {
-                return Err(invalid(
-                    "shared_state.redis_url",
-                    "must be a redis:// or rediss:// URL",
-                ));
-            }
-            if self.shared_state.ca_file.is_some() && scheme != Some("rediss") {
-                return Err(invalid(
-                    "shared_state.ca_file",
-                    "a CA is for TLS: use a rediss:// URL",
-                ));
-            }
-        } else if self.shared_state.ca_file.is_some() {
-            return Err(invalid(
-                "shared_state.ca_file",
-                "needs shared_state.redis_url (rediss://)",
-            ));
-        }
-        if self.events.max_subscribers_per_caller > self.events.max_subscribers {
-            return Err(invalid(
-                "events.max_subscribers_per_caller",
-                "must be at most events.max_subscribers",
-            ));
-        }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            return Err(invalid("log.level", e.to_string()));
-        }
-        Ok(())
+        self.tls.validate()?;
+        self.webhooks.validate()?;
+        self.validate_webhook_verification()?;
+        self.shared_state.validate()?;
+        self.events.validate()?;
+        self.log.validate()
     }
 
-    fn validate_webhooks(&self) -> Result<(), ConfigError> {
+    /// How webhooks are verified, once they are on (the sandbox trusts its own
+    /// emulator unless told how to verify).
+    fn validate_webhook_verification(&self) -> Result<(), ConfigError> {
         let w = &self.webhooks;
-        if let Some(url) = &w.forward_url {
-            let u = reqwest::Url::parse(url)
-                .map_err(|e| invalid("webhooks.forward_url", e.to_string()))?;
-            if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
-                return Err(invalid(
-                    "webhooks.forward_url",
-                    "must be an http:// or https:// URL",
-                ));
-            }
-        }
-        if w.audience.trim().is_empty() {
-            return Err(invalid("webhooks.audience", "must not be empty"));
-        }
         if w.listen.is_none() && !self.sandbox.enabled {
             return Ok(());
         }
-        // The sandbox trusts its own emulator unless told how to verify.
         let sandbox_trust = self.sandbox.enabled && !self.explicit.webhooks_verification;
         match w.verify {
             WebhookVerify::SignedToken if w.certificate_file.is_none() && !sandbox_trust => {
@@ -433,74 +325,6 @@ impl Settings {
             )),
             _ => Ok(()),
         }
-    }
-
-    fn validate_auth(&self) -> Result<(), ConfigError> {
-        let a = &self.auth;
-        let scopes = a
-            .jwt
-            .default_scopes
-            .iter()
-            .chain(a.jwt.subject_scopes.values().flatten())
-            .chain(a.mtls.default_scopes.iter())
-            .chain(a.mtls.identities.values().flatten());
-        for s in scopes {
-            if crate::scopes::Scopes::parse(s).is_none() {
-                return Err(invalid(
-                    "auth",
-                    format!("unknown scope `{s}` (known: attachments.read, attachments.write)"),
-                ));
-            }
-        }
-        if a.jwt.enabled {
-            match (&a.jwt.jwks_file, &a.jwt.jwks_url) {
-                (None, None) => {
-                    return Err(invalid(
-                        "auth.jwt.jwks_file",
-                        "JWT auth needs auth.jwt.jwks_file or auth.jwt.jwks_url",
-                    ));
-                }
-                (Some(_), Some(_)) => {
-                    return Err(invalid(
-                        "auth.jwt.jwks_url",
-                        "set auth.jwt.jwks_file or auth.jwt.jwks_url, not both",
-                    ));
-                }
-                (None, Some(url)) => {
-                    let u = reqwest::Url::parse(url)
-                        .map_err(|e| invalid("auth.jwt.jwks_url", e.to_string()))?;
-                    let loopback =
-                        matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
-                    if u.scheme() != "https" && !(u.scheme() == "http" && loopback) {
-                        return Err(invalid(
-                            "auth.jwt.jwks_url",
-                            "must be https:// (http:// only on loopback)",
-                        ));
-                    }
-                }
-                (Some(_), None) => {}
-            }
-            if a.jwt.issuers.is_empty() && !a.jwt.allow_any_issuer {
-                return Err(invalid(
-                    "auth.jwt.issuers",
-                    "JWT auth needs the accepted issuers (e.g. the cluster's service-account issuer); set auth.jwt.allow_any_issuer = true to accept any",
-                ));
-            }
-            if a.jwt.audiences.is_empty() && !a.jwt.allow_any_audience {
-                return Err(invalid(
-                    "auth.jwt.audiences",
-                    "JWT auth needs the accepted audiences (callers project tokens for this gateway's audience); set auth.jwt.allow_any_audience = true to accept tokens minted for any service",
-                ));
-            }
-        }
-        let any_mode = a.jwt.enabled || a.api_keys.file.is_some() || self.tls.mtls();
-        if !any_mode && !a.allow_unauthenticated && !self.sandbox.enabled {
-            return Err(invalid(
-                "auth",
-                "no authentication is configured: enable auth.jwt, auth.api_keys.file or mTLS (tls.client_ca_file), or set auth.allow_unauthenticated = true",
-            ));
-        }
-        Ok(())
     }
 
     /// Whether calls without credentials are served (and given every scope).
@@ -551,34 +375,6 @@ pub fn redact_url(value: &str) -> String {
         (true, Some((scheme, rest))) => format!("{scheme}://<redacted>@{rest}"),
         _ => text,
     }
-}
-
-/// Whether a URL is https, or http to a loopback host.
-fn secure_or_loopback(value: &str) -> bool {
-    let Ok(url) = reqwest::Url::parse(value) else {
-        return true; // check_url reports it
-    };
-    if url.scheme() != "http" {
-        return true;
-    }
-    let host = url.host_str().unwrap_or_default();
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-fn check_url(setting: &'static str, value: &str) -> Result<(), ConfigError> {
-    let url = reqwest::Url::parse(value).map_err(|e| invalid(setting, format!("{e}")))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(setting, "must be an http:// or https:// URL"));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(invalid(setting, "must not carry a query or fragment"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::{ConfigError, invalid};
+
 /// A request rate: `rps` per second, bursts of up to `burst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, garde::Validate)]
 #[serde(deny_unknown_fields)]
@@ -71,5 +73,24 @@ impl Default for RateLimitSettings {
             max_inflight_upload_bytes: 256 * 1024 * 1024,
             cool_down_after_503s: 3,
         }
+    }
+}
+
+impl RateLimitSettings {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        for key in self.overrides.keys() {
+            let kind_ok = key.split_once(':').is_some_and(|(kind, name)| {
+                matches!(kind, "api_key" | "jwt" | "mtls") && !name.is_empty()
+            });
+            if !kind_ok {
+                return Err(invalid(
+                    "rate_limit.overrides",
+                    format!(
+                        "`{key}` must name the caller with its kind: `api_key:NAME`, `jwt:SUBJECT` or `mtls:IDENTITY` (callers of different kinds may share a name)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::{ConfigError, invalid};
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SandboxSettings {
@@ -33,5 +35,17 @@ impl Default for SandboxSettings {
             token_ttl: Duration::from_secs(1199),
             notification_retry_minute: Duration::from_secs(1),
         }
+    }
+}
+
+impl SandboxSettings {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.enabled && !self.listen.ip().is_loopback() {
+            return Err(invalid(
+                "sandbox.listen",
+                "the sandbox listens on loopback only",
+            ));
+        }
+        Ok(())
     }
 }

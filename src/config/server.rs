@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::nonzero;
+use super::{ConfigError, invalid, nonzero};
 
 /// Upper bound for `server.worker_threads` (a typo guard, not a tuning hint).
 pub const MAX_WORKER_THREADS: usize = 512;
@@ -81,5 +81,17 @@ impl Default for ServerSettings {
             reflection: true,
             worker_threads: 0,
         }
+    }
+}
+
+impl ServerSettings {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.idle_timeout <= self.http2_keepalive_interval {
+            return Err(invalid(
+                "server.idle_timeout",
+                "must be longer than server.http2_keepalive_interval (keepalive pings keep live connections from idling)",
+            ));
+        }
+        Ok(())
     }
 }

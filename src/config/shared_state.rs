@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::nonzero;
+use super::{ConfigError, invalid, nonzero};
 
 /// State replicas share (write records by message id, quotas, the event log).
 /// Unset: each process keeps its own, which is right for one replica only.
@@ -38,5 +38,31 @@ impl Default for SharedStateSettings {
             key_prefix: "attachment-gateway:".into(),
             command_timeout: Duration::from_millis(500),
         }
+    }
+}
+
+impl SharedStateSettings {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.redis_url {
+            let scheme = url.split_once("://").map(|(s, _)| s);
+            if !matches!(scheme, Some("redis" | "rediss")) {
+                return Err(invalid(
+                    "shared_state.redis_url",
+                    "must be a redis:// or rediss:// URL",
+                ));
+            }
+            if self.ca_file.is_some() && scheme != Some("rediss") {
+                return Err(invalid(
+                    "shared_state.ca_file",
+                    "a CA is for TLS: use a rediss:// URL",
+                ));
+            }
+        } else if self.ca_file.is_some() {
+            return Err(invalid(
+                "shared_state.ca_file",
+                "needs shared_state.redis_url (rediss://)",
+            ));
+        }
+        Ok(())
     }
 }

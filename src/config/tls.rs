@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::{ConfigError, invalid};
+
 /// TLS on the gRPC listener. With `client_ca_file`, clients must present a
 /// certificate signed by that CA (mTLS), and its SAN becomes the caller's identity.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -21,5 +23,23 @@ impl TlsSettings {
 
     pub fn mtls(&self) -> bool {
         self.client_ca_file.is_some()
+    }
+}
+
+impl TlsSettings {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(invalid(
+                "tls.cert_file",
+                "tls.cert_file and tls.key_file go together",
+            ));
+        }
+        if self.mtls() && !self.enabled() {
+            return Err(invalid(
+                "tls.client_ca_file",
+                "mTLS needs tls.cert_file and tls.key_file",
+            ));
+        }
+        Ok(())
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::nonzero;
+use super::{ConfigError, ENV_PREFIX, invalid, nonzero};
 use crate::secret::Secret;
 
 #[derive(Debug, Clone, Serialize, Deserialize, garde::Validate)]
@@ -117,4 +117,87 @@ impl Default for UpstreamSettings {
             idempotency_lease: Duration::from_secs(30),
         }
     }
+}
+
+impl UpstreamSettings {
+    /// The URLs, the download hosts and the query parameter.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        check_url("upstream.base_url", &self.base_url)?;
+        check_url("upstream.token_url", &self.token_url)?;
+        for (setting, value) in [
+            ("upstream.base_url", &self.base_url),
+            ("upstream.token_url", &self.token_url),
+        ] {
+            if !self.allow_plain_http && !secure_or_loopback(value) {
+                return Err(invalid(
+                    setting,
+                    "plain http to a host other than loopback: the client secret and tokens would travel in clear; use https, or set upstream.allow_plain_http = true",
+                ));
+            }
+        }
+        for h in &self.download_hosts {
+            let name = h.trim().strip_prefix("*.").unwrap_or(h.trim());
+            if name.is_empty() || name.contains(['/', ':', '*', ' ']) {
+                return Err(invalid(
+                    "upstream.download_hosts",
+                    format!("`{h}` is not a host name or `*.suffix`"),
+                ));
+            }
+        }
+        let q = &self.work_order_query_param;
+        if q.is_empty() || !q.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(invalid(
+                "upstream.work_order_query_param",
+                "must be a non-empty name of letters, digits and `_`",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The client id and secret (the sandbox brings its own).
+    pub(super) fn validate_credentials(&self) -> Result<(), ConfigError> {
+        if self.client_id.trim().is_empty() {
+            return Err(invalid(
+                "upstream.client_id",
+                format!("required (set {ENV_PREFIX}UPSTREAM__CLIENT_ID), or run with --sandbox"),
+            ));
+        }
+        if self.client_secret.is_empty() {
+            return Err(invalid(
+                "upstream.client_secret",
+                format!(
+                    "required (set {ENV_PREFIX}UPSTREAM__CLIENT_SECRET_FILE or {ENV_PREFIX}UPSTREAM__CLIENT_SECRET), or run with --sandbox"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether a URL is https, or http to a loopback host.
+fn secure_or_loopback(value: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(value) else {
+        return true; // check_url reports it
+    };
+    if url.scheme() != "http" {
+        return true;
+    }
+    let host = url.host_str().unwrap_or_default();
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn check_url(setting: &'static str, value: &str) -> Result<(), ConfigError> {
+    let url = reqwest::Url::parse(value).map_err(|e| invalid(setting, format!("{e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(setting, "must be an http:// or https:// URL"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid(setting, "must not carry a query or fragment"));
+    }
+    Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Rate, at_most_an_hour, nonzero};
+use super::{ConfigError, Rate, at_most_an_hour, invalid, nonzero};
 
 /// How webhook requests prove they come from CorrigoPro.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,5 +125,26 @@ impl Default for WebhookSettings {
             dedupe_ttl: Duration::from_secs(9 * 24 * 3600),
             max_dedupe_keys: 200_000,
         }
+    }
+}
+
+impl WebhookSettings {
+    /// The forward target and the audience (how requests are verified depends
+    /// on the sandbox too: see `Settings::validate`).
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.forward_url {
+            let u = reqwest::Url::parse(url)
+                .map_err(|e| invalid("webhooks.forward_url", e.to_string()))?;
+            if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+                return Err(invalid(
+                    "webhooks.forward_url",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
+        if self.audience.trim().is_empty() {
+            return Err(invalid("webhooks.audience", "must not be empty"));
+        }
+        Ok(())
     }
 }
