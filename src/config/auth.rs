@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, Rate, at_least_a_second, invalid, nonzero};
+use super::{ConfigError, Rate, at_least_a_second, https_or_loopback, invalid, nonzero};
 
 /// Inbound authentication (who calls) and authorization (read/write scopes).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, garde::Validate)]
@@ -198,15 +198,7 @@ impl JwtSettings {
                 ));
             }
             (None, Some(url)) => {
-                let u = reqwest::Url::parse(url)
-                    .map_err(|e| invalid("auth.jwt.jwks_url", e.to_string()))?;
-                let loopback = matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
-                if u.scheme() != "https" && !(u.scheme() == "http" && loopback) {
-                    return Err(invalid(
-                        "auth.jwt.jwks_url",
-                        "must be https:// (http:// only on loopback)",
-                    ));
-                }
+                https_or_loopback("auth.jwt.jwks_url", url, None)?;
             }
             (Some(_), None) => {}
         }

@@ -357,6 +357,44 @@ impl Settings {
     }
 }
 
+/// The one rule for the URLs the gateway calls (the upstream's base and token
+/// URLs, the JWKS, the webhook forward target): `https://`, or plain `http://`
+/// to a loopback IP address (`127.0.0.0/8`, `[::1]`) or `localhost`, where
+/// nothing travels beyond this host. `plain_http` names the setting that
+/// allows plain http elsewhere, when the section has one, and whether it is set.
+fn https_or_loopback(
+    setting: &'static str,
+    value: &str,
+    plain_http: Option<(&'static str, bool)>,
+) -> Result<reqwest::Url, ConfigError> {
+    let url = reqwest::Url::parse(value).map_err(|e| invalid(setting, e.to_string()))?;
+    let loopback = url.host_str().is_some_and(|host| {
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if loopback || plain_http.is_some_and(|(_, allowed)| allowed) => Ok(url),
+        "http" => {
+            let mut reason = String::from(
+                "plain http to a host other than loopback: what the gateway sends there (credentials, tokens, notifications) would travel in clear; use https",
+            );
+            if let Some((allow, _)) = plain_http {
+                reason.push_str(&format!(", or set {allow} = true"));
+            }
+            Err(invalid(setting, reason))
+        }
+        _ => Err(invalid(
+            setting,
+            "must be an https:// URL (http:// only to a loopback address or localhost)",
+        )),
+    }
+}
+
 /// A URL fit for a log line or `--check-config`: user and password replaced, query
 /// and fragment dropped (they may carry credentials too).
 pub fn redact_url(value: &str) -> String {
@@ -422,5 +460,51 @@ mod tests {
         );
         s.server.worker_threads = 2;
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn one_url_rule_for_every_url_the_gateway_calls() {
+        let base = || {
+            let mut s = Settings::default();
+            s.sandbox.enabled = true;
+            s
+        };
+        let jwks = |url: &str| {
+            let mut s = base();
+            s.auth.jwt.enabled = true;
+            s.auth.jwt.jwks_url = Some(url.into());
+            s.auth.jwt.allow_any_issuer = true;
+            s.auth.jwt.allow_any_audience = true;
+            s
+        };
+        let forward = |url: &str| {
+            let mut s = base();
+            s.webhooks.forward_url = Some(url.into());
+            s
+        };
+        let token = |url: &str| {
+            let mut s = base();
+            s.upstream.token_url = url.into();
+            s
+        };
+        for make in [&jwks as &dyn Fn(&str) -> Settings, &forward, &token] {
+            for ok in [
+                "https://example.test/x",
+                "http://127.0.0.1:8080/x",
+                "http://127.0.0.2/x",
+                "http://[::1]:8080/x",
+                "http://LOCALHOST/x",
+            ] {
+                make(ok).validate().unwrap_or_else(|e| panic!("{ok}: {e}"));
+            }
+            for bad in [
+                "http://example.test/x",
+                "http://10.0.0.1/x",
+                "ftp://127.0.0.1/x",
+                "not a url",
+            ] {
+                assert!(make(bad).validate().is_err(), "{bad}");
+            }
+        }
     }
 }

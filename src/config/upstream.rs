@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, ENV_PREFIX, invalid, nonzero};
+use super::{ConfigError, ENV_PREFIX, https_or_loopback, invalid, nonzero};
 use crate::secret::Secret;
 
 #[derive(Debug, Clone, Serialize, Deserialize, garde::Validate)]
@@ -122,17 +122,14 @@ impl Default for UpstreamSettings {
 impl UpstreamSettings {
     /// The URLs, the download hosts and the query parameter.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        check_url("upstream.base_url", &self.base_url)?;
-        check_url("upstream.token_url", &self.token_url)?;
         for (setting, value) in [
             ("upstream.base_url", &self.base_url),
             ("upstream.token_url", &self.token_url),
         ] {
-            if !self.allow_plain_http && !secure_or_loopback(value) {
-                return Err(invalid(
-                    setting,
-                    "plain http to a host other than loopback: the client secret and tokens would travel in clear; use https, or set upstream.allow_plain_http = true",
-                ));
+            let plain_http = Some(("upstream.allow_plain_http", self.allow_plain_http));
+            let url = https_or_loopback(setting, value, plain_http)?;
+            if url.query().is_some() || url.fragment().is_some() {
+                return Err(invalid(setting, "must not carry a query or fragment"));
             }
         }
         for h in &self.download_hosts {
@@ -172,32 +169,4 @@ impl UpstreamSettings {
         }
         Ok(())
     }
-}
-
-/// Whether a URL is https, or http to a loopback host.
-fn secure_or_loopback(value: &str) -> bool {
-    let Ok(url) = reqwest::Url::parse(value) else {
-        return true; // check_url reports it
-    };
-    if url.scheme() != "http" {
-        return true;
-    }
-    let host = url.host_str().unwrap_or_default();
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-fn check_url(setting: &'static str, value: &str) -> Result<(), ConfigError> {
-    let url = reqwest::Url::parse(value).map_err(|e| invalid(setting, format!("{e}")))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(setting, "must be an http:// or https:// URL"));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(invalid(setting, "must not carry a query or fragment"));
-    }
-    Ok(())
 }

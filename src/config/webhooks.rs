@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, Rate, at_most_an_hour, invalid, nonzero};
+use super::{ConfigError, Rate, at_most_an_hour, https_or_loopback, invalid, nonzero};
 
 /// How webhook requests prove they come from CorrigoPro.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,14 +133,7 @@ impl WebhookSettings {
     /// on the sandbox too: see `Settings::validate`).
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.forward_url {
-            let u = reqwest::Url::parse(url)
-                .map_err(|e| invalid("webhooks.forward_url", e.to_string()))?;
-            if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
-                return Err(invalid(
-                    "webhooks.forward_url",
-                    "must be an http:// or https:// URL",
-                ));
-            }
+            https_or_loopback("webhooks.forward_url", url, None)?;
         }
         if self.audience.trim().is_empty() {
             return Err(invalid("webhooks.audience", "must not be empty"));
