@@ -32,6 +32,7 @@ use crate::middleware::observe::ObserveLayer;
 use crate::middleware::rate_limit::RateLimit;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::wire::attachment_service_server::AttachmentServiceServer;
+use crate::secret::Secret;
 use crate::store::events::{MemoryEventLog, Retention, SharedLog};
 use crate::store::redis::{Redis, RedisEventLog, RedisQuota, RedisWrites};
 use crate::store::writes::{MemoryWrites, WriteStore};
@@ -187,14 +188,11 @@ pub async fn serve_with(
             let ss = &settings.shared_state;
             let password = match &ss.password_file {
                 Some(p) => Some(
-                    std::fs::read_to_string(p)
+                    Secret::from_file(p)
                         .map_err(|e| {
-                            ServeError::SharedState(format!(
-                                "shared_state.password_file: cannot read {}: {e}",
-                                p.display()
-                            ))
+                            ServeError::SharedState(format!("shared_state.password_file: {e}"))
                         })?
-                        .trim_end_matches(['\r', '\n'])
+                        .expose()
                         .to_string(),
                 ),
                 None => None,

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use super::{AuthError, AuthMethod, Caller, Scopes};
 use crate::config::JwtSettings;
+use crate::secret::Secret;
 
 /// The largest JWKS answer read (a real set is a few KiB).
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -239,9 +240,8 @@ impl JwtVerifier {
             Source::Url(url) => {
                 let mut req = self.http.get(url);
                 if let Some(f) = &self.token_file {
-                    let token = std::fs::read_to_string(f)
-                        .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
-                    req = req.bearer_auth(token.trim());
+                    let token = Secret::from_file(f).map_err(|e| e.to_string())?;
+                    req = req.bearer_auth(token.expose());
                 }
                 let mut resp = req.send().await.map_err(|e| e.without_url().to_string())?;
                 if !resp.status().is_success() {

@@ -117,6 +117,13 @@ impl Default for Settings {
 pub enum ConfigError {
     #[error("invalid settings: {0}")]
     Load(#[from] Box<figment::Error>),
+    /// A file a setting names cannot be read.
+    #[error("invalid setting `{setting}`: {source}")]
+    File {
+        setting: &'static str,
+        #[source]
+        source: crate::secret::SecretFileError,
+    },
     #[error("invalid setting `{setting}`: {reason}")]
     Invalid {
         setting: std::borrow::Cow<'static, str>,
@@ -249,13 +256,11 @@ impl Settings {
                 "set either upstream.client_secret or upstream.client_secret_file, not both",
             ));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            invalid(
-                "upstream.client_secret_file",
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })?;
-        self.upstream.client_secret = Secret::new(text.trim_end_matches(['\r', '\n']));
+        self.upstream.client_secret =
+            Secret::from_file(path).map_err(|source| ConfigError::File {
+                setting: "upstream.client_secret_file",
+                source,
+            })?;
         Ok(())
     }
 
