@@ -21,7 +21,6 @@ use crate::api::{
 };
 use crate::auth::{AuthConfig, Authenticator};
 use crate::config::Settings;
-use crate::events::Recorder;
 use crate::limits::{CallerLimits, Concurrency, UpstreamBudget};
 use crate::listener::ConnLimits;
 use crate::metrics::Metrics;
@@ -32,8 +31,9 @@ use crate::middleware::observe::ObserveLayer;
 use crate::middleware::rate_limit::RateLimit;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::wire::attachment_service_server::AttachmentServiceServer;
+use crate::recorder::Recorder;
 use crate::secret::Secret;
-use crate::store::events::{MemoryEventLog, Retention, SharedLog};
+use crate::store::event_log::{MemoryEventLog, Retention, SharedLog};
 use crate::store::redis::{Redis, RedisEventLog, RedisQuota, RedisWrites};
 use crate::store::writes::{MemoryWrites, WriteStore};
 use crate::upstream::{Upstream, UpstreamError};
@@ -353,7 +353,7 @@ pub async fn serve_with(
             uploads,
             downloads,
             watches,
-            events: recorder.clone(),
+            recorder: recorder.clone(),
         },
     );
     if let Some(listener) = webhooks {

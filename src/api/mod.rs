@@ -25,7 +25,6 @@ pub use self::watch::{WatchLimits, WatchStream, Watches};
 use self::writes::Writes;
 use crate::auth::Caller;
 use crate::domain::{AttachmentRemoval, AttachmentUpdate, UpstreamName};
-use crate::events::Recorder;
 use crate::proto::wire::attachment_service_server::AttachmentService;
 use crate::proto::wire::{
     DeleteAttachmentRequest, DeleteAttachmentResponse, DownloadAttachmentRequest,
@@ -34,6 +33,7 @@ use crate::proto::wire::{
     UploadAttachmentResponse, WatchAttachmentsRequest,
 };
 use crate::proto::{Attachment, AttachmentEventType};
+use crate::recorder::Recorder;
 use crate::store::writes::{Fingerprint, WriteKey};
 use crate::upstream::Upstream;
 
@@ -53,7 +53,7 @@ pub struct Paths {
     pub downloads: Downloads,
     pub watches: Watches,
     /// Records the gateway's own writes as events.
-    pub events: Recorder,
+    pub recorder: Recorder,
 }
 
 pub struct AttachmentApi {
@@ -257,7 +257,7 @@ impl AttachmentService for AttachmentApi {
                 ..Attachment::default()
             };
             self.paths
-                .events
+                .recorder
                 .gateway_write(
                     AttachmentEventType::Updated,
                     wo,
@@ -304,7 +304,7 @@ impl AttachmentService for AttachmentApi {
                 ..Attachment::default()
             };
             self.paths
-                .events
+                .recorder
                 .gateway_write(
                     AttachmentEventType::Removed,
                     wo,

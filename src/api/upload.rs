@@ -27,11 +27,11 @@ use super::deadline::Bounds;
 use super::error::{Error, Op};
 use super::writes::{Start, Writes};
 use crate::domain::{NewAttachment, UpstreamName};
-use crate::events::Recorder;
 use crate::limits::Concurrency;
 use crate::metrics::Metrics;
 use crate::proto::wire::upload_attachment_request::Payload;
 use crate::proto::wire::{UploadAttachmentRequest, UploadAttachmentResponse};
+use crate::recorder::Recorder;
 use crate::store::writes::{Fingerprint, Outcome, WriteKey};
 use crate::upstream::Upstream;
 
@@ -210,7 +210,7 @@ pub struct Uploads {
     /// One permit per upload byte held in memory.
     bytes: Arc<Semaphore>,
     /// Records each upload as an event.
-    events: Recorder,
+    recorder: Recorder,
 }
 
 /// An upload's digest for the record of writes: every metadata field that makes
@@ -240,12 +240,12 @@ impl Uploads {
         slots: Arc<Concurrency>,
         bounds: Bounds,
         writes: Writes,
-        events: Recorder,
+        recorder: Recorder,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             upstream,
-            events,
+            recorder,
             bytes: Arc::new(Semaphore::new(
                 limits.max_inflight_upload_bytes.min(Semaphore::MAX_PERMITS),
             )),
@@ -367,7 +367,7 @@ impl Uploads {
             })
             .await;
         }
-        self.events
+        self.recorder
             .gateway_write(
                 crate::proto::AttachmentEventType::Added,
                 attachment.work_order_id.get(),

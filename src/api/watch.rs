@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::proto::raw_event::RawEvent;
 use crate::proto::wire::watch_attachments_response::Payload;
 use crate::proto::wire::{Heartbeat, WatchAttachmentsRequest, WatchAttachmentsResponse};
-use crate::store::events::{Cursor, ReadError, SharedLog};
+use crate::store::event_log::{Cursor, ReadError, SharedLog};
 
 /// The messages of a watch as the caller receives them.
 pub type WatchStream =

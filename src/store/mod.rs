@@ -2,11 +2,11 @@
 //! use, each with an in-process backend (the default, for one replica).
 //!
 //! - [`writes`]: writes remembered by the caller's message id (idempotency);
-//! - [`events`]: the log of attachment events that watches read.
+//! - [`event_log`]: the log of attachment events that watches read.
 //!
 //! [`redis`] holds the shared backends of all three (and the shared quotas).
 
-pub mod events;
+pub mod event_log;
 pub mod redis;
 pub mod writes;
 

@@ -40,10 +40,10 @@ use self::verify::Verifier;
 use crate::auth::cache::{Bounded, Digest32};
 use crate::auth::throttle::FailureThrottle;
 use crate::config::{WebhookSettings, WebhookVerify};
-use crate::events::Recorder;
 use crate::listener::{ConnLimits, PeerInfo};
 use crate::metrics::Metrics;
-use crate::store::events::Appended;
+use crate::recorder::Recorder;
+use crate::store::event_log::Appended;
 
 /// The path CorrigoPro posts to.
 pub const PATH: &str = "/webhooks/corrigopro";

@@ -11,7 +11,7 @@ use attachment_gateway::proto::{AttachmentEvent, WatchAttachmentsRequest};
 use attachment_gateway::sandbox::notifier::AUDIENCE;
 use attachment_gateway::sandbox::{Sandbox, SandboxConfig};
 use attachment_gateway::server;
-use attachment_gateway::store::events::{
+use attachment_gateway::store::event_log::{
     Appended, Cursor, EventLog, NewEvent, ReadError, Retention,
 };
 use attachment_gateway::store::redis::{Redis, RedisEventLog};
