@@ -32,6 +32,7 @@ use tonic_types::StatusExt;
 
 use crate::proto::attachment_service_client::AttachmentServiceClient;
 use crate::proto::download_attachment_response::Payload as Down;
+use crate::proto::error_info::{RETRY_SAFE, RetrySafe};
 use crate::proto::upload_attachment_request::Payload as Up;
 use crate::proto::watch_attachments_response::Payload as Watch;
 use crate::proto::{
@@ -93,8 +94,8 @@ impl From<Status> for ClientError {
         let d = s.get_error_details();
         let info = d.error_info();
         let retry_safe = info
-            .and_then(|i| i.metadata.get("retry_safe"))
-            .map(|v| v == "true")
+            .and_then(|i| i.metadata.get(RETRY_SAFE))
+            .map(|v| RetrySafe::parse(v) == Some(RetrySafe::Yes))
             // A transport failure before the gateway answered: nothing was done.
             .unwrap_or(s.code() == Code::Unavailable && info.is_none());
         Self {

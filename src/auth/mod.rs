@@ -122,7 +122,7 @@ pub enum AuthError {
         needed: &'static str,
     },
     /// Too many failed authentications: the credential was not checked.
-    #[error("{}", .0.description)]
+    #[error("{0}")]
     Throttled(crate::limits::Refusal),
 }
 

@@ -227,14 +227,17 @@ mod tests {
 
     impl Body for ResetAfterOne {
         type Data = Bytes;
-        type Error = Status;
+        type Error = std::io::Error;
 
         fn poll_frame(
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
             if self.sent {
-                return Poll::Ready(Some(Err(Status::cancelled("stream reset"))));
+                return Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "stream reset",
+                ))));
             }
             self.sent = true;
             Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&[

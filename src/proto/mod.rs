@@ -11,6 +11,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 #[cfg(feature = "server")]
 pub mod codec;
+pub mod error_info;
 #[cfg(feature = "server")]
 pub mod raw_event;
 #[cfg(feature = "server")]
