@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 
 use tokio::time::Instant;
 
-use super::{AuthError, AuthMethod, Caller, Scopes};
+use super::{AuthError, AuthMethod, Caller, Scopes, SetupError};
 use crate::metrics::Metrics;
 
 #[derive(Deserialize)]
@@ -96,7 +96,7 @@ impl ApiKeyStore {
         reload_interval: Duration,
         max_stale: Duration,
         metrics: Arc<Metrics>,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, SetupError> {
         let this = Arc::new(Self {
             path,
             entries: RwLock::new(Arc::new(Vec::new())),
@@ -106,8 +106,10 @@ impl ApiKeyStore {
             metrics,
             generation: std::sync::atomic::AtomicU64::new(0),
         });
-        this.reload()
-            .map_err(|e| format!("auth.api_keys.file: {e}"))?;
+        this.reload().map_err(|reason| SetupError::Invalid {
+            setting: "auth.api_keys.file",
+            reason,
+        })?;
         crate::periodic::every(
             &this,
             reload_interval.max(Duration::from_millis(100)),

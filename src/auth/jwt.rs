@@ -18,7 +18,7 @@ use sha2::Digest;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::{AuthError, AuthMethod, Caller, Scopes};
+use super::{AuthError, AuthMethod, Caller, Scopes, SetupError};
 use crate::config::JwtSettings;
 use crate::secret::Secret;
 
@@ -148,17 +148,29 @@ fn claim_scopes(v: &Value) -> Vec<String> {
 }
 
 impl JwtVerifier {
-    pub async fn start(s: &JwtSettings) -> Result<Arc<Self>, String> {
+    pub async fn start(s: &JwtSettings) -> Result<Arc<Self>, SetupError> {
+        let setting = |setting, reason| SetupError::Setting { setting, reason };
         let source = match (&s.jwks_file, &s.jwks_url) {
             (Some(f), _) => Source::File(f.clone()),
             (None, Some(u)) => Source::Url(u.clone()),
-            (None, None) => return Err("JWT auth needs a JWKS file or URL".into()),
+            (None, None) => {
+                return Err(setting(
+                    "auth.jwt.jwks_file",
+                    "JWT auth needs a JWKS file or URL",
+                ));
+            }
         };
         if s.issuers.is_empty() && !s.allow_any_issuer {
-            return Err("auth.jwt.issuers: JWT auth needs the accepted issuers".into());
+            return Err(setting(
+                "auth.jwt.issuers",
+                "JWT auth needs the accepted issuers",
+            ));
         }
         if s.audiences.is_empty() && !s.allow_any_audience {
-            return Err("auth.jwt.audiences: JWT auth needs the accepted audiences".into());
+            return Err(setting(
+                "auth.jwt.audiences",
+                "JWT auth needs the accepted audiences",
+            ));
         }
         if s.allow_any_issuer && s.issuers.is_empty() {
             tracing::warn!("auth.jwt.allow_any_issuer: JWT tokens of any issuer are accepted");
@@ -174,13 +186,22 @@ impl JwtVerifier {
             .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = &s.jwks_ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| format!("auth.jwt.jwks_ca_file: cannot read {}: {e}", ca.display()))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| format!("auth.jwt.jwks_ca_file: {e}"))?;
+            let pem = std::fs::read(ca).map_err(|source| SetupError::Read {
+                setting: "auth.jwt.jwks_ca_file",
+                path: ca.clone(),
+                source,
+            })?;
+            let cert =
+                reqwest::Certificate::from_pem(&pem).map_err(|source| SetupError::Client {
+                    setting: "auth.jwt.jwks_ca_file",
+                    source,
+                })?;
             builder = builder.add_root_certificate(cert);
         }
-        let http = builder.build().map_err(|e| e.to_string())?;
+        let http = builder.build().map_err(|source| SetupError::Client {
+            setting: "auth.jwt",
+            source,
+        })?;
         let this = Arc::new(Self {
             keys: RwLock::new(Arc::new(Vec::new())),
             source,
@@ -200,7 +221,12 @@ impl JwtVerifier {
         match (&this.source, this.refresh().await) {
             (_, Ok(())) => {}
             // A file must be right at start; a URL may be briefly unreachable.
-            (Source::File(_), Err(e)) => return Err(format!("auth.jwt.jwks_file: {e}")),
+            (Source::File(_), Err(reason)) => {
+                return Err(SetupError::Invalid {
+                    setting: "auth.jwt.jwks_file",
+                    reason,
+                });
+            }
             (Source::Url(_), Err(e)) => {
                 tracing::error!(error = %e, "cannot fetch the JWKS yet; retrying in the background")
             }
