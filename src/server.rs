@@ -32,10 +32,9 @@ use crate::middleware::rate_limit::RateLimit;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::wire::attachment_service_server::AttachmentServiceServer;
 use crate::recorder::Recorder;
-use crate::secret::Secret;
-use crate::store::event_log::{MemoryEventLog, Retention, SharedLog};
-use crate::store::redis::{Redis, RedisEventLog, RedisQuota, RedisWrites};
-use crate::store::writes::{MemoryWrites, WriteStore};
+use crate::store::Stores;
+use crate::store::event_log::Retention;
+use crate::store::redis::RedisQuota;
 use crate::upstream::{Upstream, UpstreamError};
 use crate::webhooks::Webhooks;
 
@@ -85,7 +84,7 @@ pub enum ServeError {
     #[error("webhooks: {0}")]
     WebhookSetup(String),
     #[error("shared state: {0}")]
-    SharedState(String),
+    SharedState(#[source] crate::store::redis::SetupError),
 }
 
 /// The sockets the gateway serves on. All of them are bound before anything says
@@ -183,57 +182,24 @@ pub async fn serve_with(
         webhooks,
     } = listeners;
     crate::upstream::install_crypto_provider();
-    let redis = match &settings.shared_state.redis_url {
-        Some(url) => {
-            let ss = &settings.shared_state;
-            let password = match &ss.password_file {
-                Some(p) => Some(
-                    Secret::from_file(p)
-                        .map_err(|e| {
-                            ServeError::SharedState(format!("shared_state.password_file: {e}"))
-                        })?
-                        .expose()
-                        .to_string(),
-                ),
-                None => None,
-            };
-            let ca = match &ss.ca_file {
-                Some(p) => {
-                    let pem = std::fs::read(p).map_err(|e| {
-                        ServeError::SharedState(format!(
-                            "shared_state.ca_file: cannot read {}: {e}",
-                            p.display()
-                        ))
-                    })?;
-                    // An empty trust store would refuse every certificate with
-                    // a message that never names the file.
-                    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-                        return Err(ServeError::SharedState(format!(
-                            "shared_state.ca_file: {} holds no PEM certificate",
-                            p.display()
-                        )));
-                    }
-                    Some(pem)
-                }
-                None => None,
-            };
-            let m = Arc::clone(&metrics);
-            let redis =
-                Redis::connect_with_ca(url, password, ca, &ss.key_prefix, ss.command_timeout)
-                    .await
-                    .map_err(|e| ServeError::SharedState(e.0))?
-                    .with_failure_hook(Arc::new(move |purpose| m.shared_state_failed(purpose)));
-            redis.warn_unless_noeviction().await;
-            tracing::info!(redis = %crate::config::redact_url(url), "write records, quotas and the event log are shared through Redis");
-            Some(redis)
-        }
-        None => {
-            tracing::info!(
-                "no shared_state.redis_url: write records, quotas and the event log are per process (one replica only)"
-            );
-            None
-        }
+    let ev = &settings.events;
+    let retention = Retention {
+        max_events: ev.max_events as usize,
+        max_bytes: usize::try_from(ev.max_bytes).unwrap_or(usize::MAX),
+        max_age: ev.max_age,
+        dedupe_ttl: settings.webhooks.dedupe_ttl,
+        max_dedupe_keys: settings.webhooks.max_dedupe_keys as usize,
     };
+    let m = Arc::clone(&metrics);
+    let stores = Stores::open(
+        &settings.shared_state,
+        settings.upstream.idempotency_ttl,
+        retention,
+        Arc::new(move |purpose| m.shared_state_failed(purpose)),
+    )
+    .await
+    .map_err(ServeError::SharedState)?;
+    let redis = stores.redis;
     let mut budget = UpstreamBudget::new(&settings.rate_limit);
     if let Some(r) = &redis {
         let u = settings.rate_limit.upstream;
@@ -253,40 +219,12 @@ pub async fn serve_with(
     let cut = CancellationToken::new();
     let closing = CancellationToken::new();
     let bounds = Bounds { cut: cut.clone() };
-    let write_store: Arc<dyn WriteStore> = match &redis {
-        Some(r) => {
-            let w = RedisWrites::start(r.for_use("write_records"))
-                .await
-                .map_err(|e| ServeError::SharedState(e.0))?;
-            // Notices a Redis that lost its data even with no write under way.
-            crate::periodic::every(&w, std::time::Duration::from_secs(1), |w| async move {
-                w.check_epoch().await
-            });
-            w
-        }
-        None => Arc::new(MemoryWrites::new(settings.upstream.idempotency_ttl)),
-    };
     let writes = Writes::new(
-        write_store,
+        stores.writes,
         settings.upstream.idempotency_ttl,
         settings.upstream.idempotency_lease,
     );
-    let ev = &settings.events;
-    let retention = Retention {
-        max_events: ev.max_events as usize,
-        max_bytes: usize::try_from(ev.max_bytes).unwrap_or(usize::MAX),
-        max_age: ev.max_age,
-        dedupe_ttl: settings.webhooks.dedupe_ttl,
-        max_dedupe_keys: settings.webhooks.max_dedupe_keys as usize,
-    };
-    let log: SharedLog = match &redis {
-        Some(r) => Arc::new(
-            RedisEventLog::start(r.for_use("event_log"), retention)
-                .await
-                .map_err(|e| ServeError::SharedState(e.0))?,
-        ),
-        None => Arc::new(MemoryEventLog::new(retention)),
-    };
+    let log = stores.log;
     let recorder = Recorder::new(Arc::clone(&log), Arc::clone(&metrics));
     let watches = Watches::new(
         Arc::clone(&log),
