@@ -10,18 +10,15 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::admin::Readiness;
 use crate::api::writes::Writes;
-use crate::api::{
-    AttachmentApi, Bounds, Downloads, Paths, Timeouts, UploadLimits, Uploads, WatchLimits, Watches,
-};
+use crate::api::{AttachmentApi, Bounds, Downloads, Paths, Runtime, Timeouts, Uploads, Watches};
 use crate::auth::{AuthConfig, Authenticator};
 use crate::config::Settings;
-use crate::limits::{CallerLimits, Concurrency, UpstreamBudget};
+use crate::limits::{CallerLimits, UpstreamBudget};
 use crate::listener::ConnLimits;
 use crate::metrics::Metrics;
 use crate::middleware::auth::Auth;
@@ -34,7 +31,6 @@ use crate::proto::wire::attachment_service_server::AttachmentServiceServer;
 use crate::recorder::Recorder;
 use crate::store::Stores;
 use crate::store::event_log::Retention;
-use crate::store::redis::RedisQuota;
 use crate::upstream::{Upstream, UpstreamError};
 use crate::webhooks::Webhooks;
 
@@ -50,9 +46,6 @@ const CUT_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 /// spanned two frames, tonic's decode buffer doubled to hold them, and every chunk
 /// in flight pinned a 512 KiB allocation (peak RSS of 32 concurrent uploads ~1.8x).
 const MAX_FRAME_SIZE: u32 = 512 * 1024;
-
-/// Room in a decoded message beyond the chunk itself (field tags, metadata).
-const MESSAGE_OVERHEAD: usize = 64 * 1024;
 
 /// Connections to the admin port at once (Prometheus and the kubelet's probes).
 const ADMIN_MAX_CONNECTIONS: usize = 64;
@@ -182,118 +175,36 @@ pub async fn serve_with(
         webhooks,
     } = listeners;
     crate::upstream::install_crypto_provider();
-    let ev = &settings.events;
-    let retention = Retention {
-        max_events: ev.max_events as usize,
-        max_bytes: usize::try_from(ev.max_bytes).unwrap_or(usize::MAX),
-        max_age: ev.max_age,
-        dedupe_ttl: settings.webhooks.dedupe_ttl,
-        max_dedupe_keys: settings.webhooks.max_dedupe_keys as usize,
-    };
     let m = Arc::clone(&metrics);
     let stores = Stores::open(
         &settings.shared_state,
         settings.upstream.idempotency_ttl,
-        retention,
+        Retention::new(&settings.events, &settings.webhooks),
         Arc::new(move |purpose| m.shared_state_failed(purpose)),
     )
     .await
     .map_err(ServeError::SharedState)?;
-    let redis = stores.redis;
-    let mut budget = UpstreamBudget::new(&settings.rate_limit);
-    if let Some(r) = &redis {
-        let u = settings.rate_limit.upstream;
-        budget = budget.shared(RedisQuota::new(
-            r.for_use("upstream_budget"),
-            "upstream",
-            u.rps,
-            u.burst,
-        ));
-    }
-    let budget = Arc::new(budget);
-    let upstream = Arc::new(Upstream::new(
-        &settings.upstream,
-        budget,
-        Arc::clone(&metrics),
-    )?);
-    let cut = CancellationToken::new();
-    let closing = CancellationToken::new();
-    let bounds = Bounds { cut: cut.clone() };
-    let writes = Writes::new(
-        stores.writes,
-        settings.upstream.idempotency_ttl,
-        settings.upstream.idempotency_lease,
-    );
-    let log = stores.log;
-    let recorder = Recorder::new(Arc::clone(&log), Arc::clone(&metrics));
-    let watches = Watches::new(
-        Arc::clone(&log),
-        WatchLimits {
-            heartbeat: ev.heartbeat_interval,
-            buffer: ev.subscriber_buffer as usize,
-            stall_timeout: ev.subscriber_stall_timeout,
-        },
-        Concurrency::new(
-            "concurrent_watches",
-            "concurrent_watches_per_caller",
-            ev.max_subscribers as usize,
-            ev.max_subscribers_per_caller as usize,
-        ),
-        Arc::clone(&metrics),
-        // Watches never finish by themselves: they end as the listener closes,
-        // not after the grace period meant for calls that do finish.
-        closing.clone(),
-    );
-    let l = &settings.limits;
-    let r = &settings.rate_limit;
-    let uploads = Uploads::new(
-        Arc::clone(&upstream),
-        UploadLimits {
-            max_upload_bytes: l.max_upload_bytes,
-            max_chunk_bytes: usize::try_from(l.max_chunk_bytes).unwrap_or(usize::MAX),
-            max_inflight_upload_bytes: usize::try_from(r.max_inflight_upload_bytes)
-                .unwrap_or(usize::MAX),
-            first_message_timeout: l.upload_first_message_timeout,
-            idle_timeout: l.upload_idle_timeout,
-        },
-        Concurrency::new(
-            "concurrent_uploads",
-            "concurrent_uploads_per_caller",
-            r.max_concurrent_uploads as usize,
-            r.max_concurrent_uploads_per_caller as usize,
-        ),
-        bounds.clone(),
-        writes.clone(),
-        recorder.clone(),
-        Arc::clone(&metrics),
-    );
-    let downloads = Downloads::new(
-        Arc::clone(&upstream),
-        bounds.clone(),
-        Arc::clone(&metrics),
-        usize::try_from(l.download_chunk_bytes).unwrap_or(usize::MAX),
-        Concurrency::new(
-            "concurrent_downloads",
-            "concurrent_downloads_per_caller",
-            r.max_concurrent_downloads as usize,
-            r.max_concurrent_downloads_per_caller as usize,
-        ),
-    );
-    let api = AttachmentApi::new(
-        upstream,
-        Timeouts {
-            request: settings.upstream.request_timeout,
-            transfer: settings.upstream.transfer_timeout,
-        },
-        bounds,
-        Paths {
-            writes,
-            uploads,
-            downloads,
-            watches,
-            recorder: recorder.clone(),
-        },
-    );
+    let budget = UpstreamBudget::with_redis(&settings.rate_limit, stores.redis.as_ref());
+    let rt = Runtime {
+        upstream: Arc::new(Upstream::new(
+            &settings.upstream,
+            Arc::new(budget),
+            Arc::clone(&metrics),
+        )?),
+        recorder: Recorder::new(stores.log, Arc::clone(&metrics)),
+        bounds: Bounds::default(),
+        metrics: Arc::clone(&metrics),
+    };
+    let writes = Writes::new(stores.writes, &settings.upstream);
+    let paths = Paths {
+        uploads: Uploads::new(&rt, &settings.limits, &settings.rate_limit, writes.clone()),
+        downloads: Downloads::new(&rt, &settings.limits, &settings.rate_limit),
+        watches: Watches::new(&rt, &settings.events),
+        writes,
+    };
+    let recorder = rt.recorder.clone();
+    let bounds = rt.bounds.clone();
+    let api = AttachmentApi::new(rt, Timeouts::from(&settings.upstream), paths);
     if let Some(listener) = webhooks {
         // The sandbox's key is public: its certificate is trusted only on a
         // loopback listener, never on an address others can reach.
@@ -313,10 +224,8 @@ pub async fn serve_with(
         }
         hooks.serve(listener);
     }
-    let max_message = usize::try_from(settings.limits.max_chunk_bytes)
-        .unwrap_or(usize::MAX)
-        .saturating_add(MESSAGE_OVERHEAD);
-    let service = AttachmentServiceServer::new(api).max_decoding_message_size(max_message);
+    let message_limits = MessageLimits::from(&settings.limits);
+    let service = AttachmentServiceServer::new(api).max_decoding_message_size(message_limits.chunk);
     let authenticator = Arc::new(
         Authenticator::start(AuthConfig {
             settings: &settings.auth,
@@ -328,10 +237,7 @@ pub async fn serve_with(
         .await
         .map_err(ServeError::Auth)?,
     );
-    let mut caller_limits = CallerLimits::new(&settings.rate_limit);
-    if let Some(r) = &redis {
-        caller_limits = caller_limits.shared(r.for_use("caller_rate"));
-    }
+    let caller_limits = CallerLimits::with_redis(&settings.rate_limit, stores.redis.as_ref());
     let caller_limits = Arc::new(caller_limits);
     // Forget the buckets of callers gone quiet, so memory stays bounded.
     crate::periodic::every(
@@ -393,10 +299,7 @@ pub async fn serve_with(
     let s = &settings.server;
     let layers = tower::ServiceBuilder::new()
         .layer(ObserveLayer::new(Arc::clone(&metrics)))
-        .layer(MessageLimitLayer::new(MessageLimits {
-            small: usize::try_from(settings.limits.max_request_message_bytes).unwrap_or(usize::MAX),
-            chunk: max_message,
-        }))
+        .layer(MessageLimitLayer::new(message_limits))
         .layer(GateLayer::new(Auth::new(
             authenticator,
             Arc::clone(&metrics),
@@ -463,14 +366,14 @@ pub async fn serve_with(
     }
     tracing::info!(grace = ?s.shutdown_grace, "closing the listener; in-flight calls may finish");
     let _ = stop_tx.send(());
-    closing.cancel();
+    bounds.closing.cancel();
     match tokio::time::timeout(s.shutdown_grace, &mut server).await {
         Ok(r) => r.map_err(Into::into),
         Err(_) => {
             // Calls still running end with UNAVAILABLE; their upstream requests are
             // aborted. Give that a moment to reach the callers, then stop.
             tracing::warn!("the grace period passed: ending the calls still in flight");
-            cut.cancel();
+            bounds.cut.cancel();
             match tokio::time::timeout(CUT_LINGER, &mut server).await {
                 Ok(r) => r.map_err(Into::into),
                 Err(_) => Ok(()),

@@ -24,7 +24,9 @@ pub use self::upload::{UploadLimits, Uploads};
 pub use self::watch::{WatchLimits, WatchStream, Watches};
 use self::writes::Writes;
 use crate::auth::Caller;
+use crate::config::UpstreamSettings;
 use crate::domain::{AttachmentRemoval, AttachmentUpdate, UpstreamName};
+use crate::metrics::Metrics;
 use crate::proto::wire::attachment_service_server::AttachmentService;
 use crate::proto::wire::{
     DeleteAttachmentRequest, DeleteAttachmentResponse, DownloadAttachmentRequest,
@@ -37,6 +39,18 @@ use crate::recorder::Recorder;
 use crate::store::writes::{Fingerprint, WriteKey};
 use crate::upstream::Upstream;
 
+/// What every path of the service shares, made once when the gateway is built.
+#[derive(Clone)]
+pub struct Runtime {
+    pub metrics: Arc<Metrics>,
+    /// The shutdown's closing and cut, which bound every call.
+    pub bounds: Bounds,
+    /// The CorrigoPro client (budgeted, behind the breaker).
+    pub upstream: Arc<Upstream>,
+    /// Records the gateway's own writes into the event log (which watches read).
+    pub recorder: Recorder,
+}
+
 /// The timeouts of calls that set no shorter deadline.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -46,29 +60,34 @@ pub struct Timeouts {
     pub transfer: std::time::Duration,
 }
 
+impl From<&UpstreamSettings> for Timeouts {
+    fn from(s: &UpstreamSettings) -> Self {
+        Self {
+            request: s.request_timeout,
+            transfer: s.transfer_timeout,
+        }
+    }
+}
+
 /// The paths of the service, each with what it needs.
 pub struct Paths {
     pub writes: Writes,
     pub uploads: Uploads,
     pub downloads: Downloads,
     pub watches: Watches,
-    /// Records the gateway's own writes as events.
-    pub recorder: Recorder,
 }
 
 pub struct AttachmentApi {
-    upstream: Arc<Upstream>,
+    rt: Runtime,
     timeouts: Timeouts,
-    bounds: Bounds,
     paths: Paths,
 }
 
 impl AttachmentApi {
-    pub fn new(upstream: Arc<Upstream>, timeouts: Timeouts, bounds: Bounds, paths: Paths) -> Self {
+    pub fn new(rt: Runtime, timeouts: Timeouts, paths: Paths) -> Self {
         Self {
-            upstream,
+            rt,
             timeouts,
-            bounds,
             paths,
         }
     }
@@ -158,12 +177,13 @@ impl AttachmentService for AttachmentApi {
         let (wo, view) = convert::list_request(request.get_ref())?;
         record_work_order(wo.get());
         let items = self
+            .rt
             .bounds
             .run(
                 deadline,
                 Op::Read,
                 "listing attachments",
-                self.upstream.list(wo, view, deadline),
+                self.rt.upstream.list(wo, view, deadline),
             )
             .await?;
         Ok(Response::new(ListAttachmentsResponse {
@@ -187,12 +207,13 @@ impl AttachmentService for AttachmentApi {
         let target = convert::attachment_ref(r.work_order_id, &r.attachment_id)?;
         record_work_order(r.work_order_id);
         let link = self
+            .rt
             .bounds
             .run(
                 deadline,
                 Op::Read,
                 "getting a download link",
-                self.upstream.download_link(&target, deadline),
+                self.rt.upstream.download_link(&target, deadline),
             )
             .await?;
         Ok(Response::new(GetDownloadUrlResponse {
@@ -240,13 +261,13 @@ impl AttachmentService for AttachmentApi {
             .paths
             .writes
             .once(
-                &self.bounds,
+                &self.rt.bounds,
                 write_key(Arc::clone(&caller), "update", wo, caller_message_id),
                 update_fingerprint(&u),
                 &u.message_id,
                 deadline,
                 "updating the attachment",
-                self.upstream.update(&u),
+                self.rt.upstream.update(&u),
             )
             .await?;
         if !replayed {
@@ -256,7 +277,7 @@ impl AttachmentService for AttachmentApi {
                 document_type: u.document_type.map_or(0, |d| d as i32),
                 ..Attachment::default()
             };
-            self.paths
+            self.rt
                 .recorder
                 .gateway_write(
                     AttachmentEventType::Updated,
@@ -289,13 +310,13 @@ impl AttachmentService for AttachmentApi {
             .paths
             .writes
             .once(
-                &self.bounds,
+                &self.rt.bounds,
                 write_key(Arc::clone(&caller), "delete", wo, caller_message_id),
                 delete_fingerprint(&d),
                 &d.message_id,
                 deadline,
                 "deleting the attachment",
-                self.upstream.delete(&d),
+                self.rt.upstream.delete(&d),
             )
             .await?;
         if !replayed {
@@ -303,7 +324,7 @@ impl AttachmentService for AttachmentApi {
                 attachment_id: d.target.attachment_id.as_str().to_string(),
                 ..Attachment::default()
             };
-            self.paths
+            self.rt
                 .recorder
                 .gateway_write(
                     AttachmentEventType::Removed,

@@ -22,10 +22,12 @@ use tokio::time::Instant;
 use tokio::time::timeout;
 use tonic::{Code, Streaming};
 
+use super::Runtime;
 use super::convert;
 use super::deadline::Bounds;
 use super::error::{Error, Op};
 use super::writes::{Start, Writes};
+use crate::config::{LimitSettings, RateLimitSettings};
 use crate::domain::{NewAttachment, UpstreamName};
 use crate::limits::Concurrency;
 use crate::metrics::Metrics;
@@ -189,6 +191,21 @@ pub struct UploadLimits {
     pub idle_timeout: Duration,
 }
 
+impl UploadLimits {
+    /// The sizes and timeouts of `limits`; the bytes in memory at once, of
+    /// every upload together, of `rate_limit`.
+    pub fn new(limits: &LimitSettings, rate_limit: &RateLimitSettings) -> Self {
+        Self {
+            max_upload_bytes: limits.max_upload_bytes,
+            max_chunk_bytes: usize::try_from(limits.max_chunk_bytes).unwrap_or(usize::MAX),
+            max_inflight_upload_bytes: usize::try_from(rate_limit.max_inflight_upload_bytes)
+                .unwrap_or(usize::MAX),
+            first_message_timeout: limits.upload_first_message_timeout,
+            idle_timeout: limits.upload_idle_timeout,
+        }
+    }
+}
+
 /// Counts an upload in progress while alive.
 struct InFlight<'a>(&'a Metrics);
 
@@ -234,26 +251,31 @@ fn fingerprint(a: &NewAttachment) -> Fingerprint {
 }
 
 impl Uploads {
+    /// Uploads held to `limits` and to the concurrency and memory bounds of
+    /// `rate_limit`, remembered in `writes`.
     pub fn new(
-        upstream: Arc<Upstream>,
-        limits: UploadLimits,
-        slots: Arc<Concurrency>,
-        bounds: Bounds,
+        rt: &Runtime,
+        limits: &LimitSettings,
+        rate_limit: &RateLimitSettings,
         writes: Writes,
-        recorder: Recorder,
-        metrics: Arc<Metrics>,
     ) -> Self {
+        let limits = UploadLimits::new(limits, rate_limit);
         Self {
-            upstream,
-            recorder,
+            upstream: Arc::clone(&rt.upstream),
+            recorder: rt.recorder.clone(),
             bytes: Arc::new(Semaphore::new(
                 limits.max_inflight_upload_bytes.min(Semaphore::MAX_PERMITS),
             )),
-            slots,
+            slots: Concurrency::new(
+                "concurrent_uploads",
+                "concurrent_uploads_per_caller",
+                rate_limit.max_concurrent_uploads as usize,
+                rate_limit.max_concurrent_uploads_per_caller as usize,
+            ),
             limits,
-            bounds,
+            bounds: rt.bounds.clone(),
             writes,
-            metrics,
+            metrics: Arc::clone(&rt.metrics),
         }
     }
 

@@ -19,7 +19,11 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 use crate::api::Error;
+use crate::config::LimitSettings;
 use crate::methods::{self, RequestSize};
+
+/// Room in a decoded message beyond the chunk itself (field tags, metadata).
+const MESSAGE_OVERHEAD: usize = 64 * 1024;
 
 /// The largest messages accepted.
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +32,17 @@ pub struct MessageLimits {
     pub small: usize,
     /// An upload chunk message (the chunk and its framing).
     pub chunk: usize,
+}
+
+impl From<&LimitSettings> for MessageLimits {
+    fn from(s: &LimitSettings) -> Self {
+        Self {
+            small: usize::try_from(s.max_request_message_bytes).unwrap_or(usize::MAX),
+            chunk: usize::try_from(s.max_chunk_bytes)
+                .unwrap_or(usize::MAX)
+                .saturating_add(MESSAGE_OVERHEAD),
+        }
+    }
 }
 
 #[derive(Clone)]
