@@ -56,6 +56,8 @@ pub struct JwtVerifier {
     /// The shortest time from the end of one unknown-`kid` fetch to the next.
     unknown_kid_interval: Duration,
     file_mtime: std::sync::Mutex<Option<SystemTime>>,
+    /// How often the keys are loaded again (see [`JwtVerifier::keep_fresh`]).
+    refresh_every: Duration,
 }
 
 #[derive(Deserialize)]
@@ -202,6 +204,11 @@ impl JwtVerifier {
             setting: "auth.jwt",
             source,
         })?;
+        // A file is cheap to look at: checked every 10 s at most.
+        let refresh_every = match source {
+            Source::File(_) => s.jwks_refresh.min(Duration::from_secs(10)),
+            Source::Url(_) => s.jwks_refresh,
+        };
         let this = Arc::new(Self {
             keys: RwLock::new(Arc::new(Vec::new())),
             source,
@@ -217,6 +224,7 @@ impl JwtVerifier {
             last_forced: Mutex::new(None),
             unknown_kid_interval: s.unknown_kid_refresh_interval,
             file_mtime: std::sync::Mutex::new(None),
+            refresh_every,
         });
         match (&this.source, this.refresh().await) {
             (_, Ok(())) => {}
@@ -231,16 +239,17 @@ impl JwtVerifier {
                 tracing::error!(error = %e, "cannot fetch the JWKS yet; retrying in the background")
             }
         }
-        let period = match this.source {
-            Source::File(_) => s.jwks_refresh.min(Duration::from_secs(10)),
-            Source::Url(_) => s.jwks_refresh,
-        };
-        crate::periodic::every(&this, period, |this| async move {
+        Ok(this)
+    }
+
+    /// Loads the keys again every `auth.jwt.jwks_refresh` (a file is checked
+    /// every 10 s at most), for as long as the verifier lives.
+    pub fn keep_fresh(self: &Arc<Self>) {
+        crate::periodic::every(self, self.refresh_every, |this| async move {
             if let Err(e) = this.refresh().await {
                 tracing::warn!(error = %e, "JWKS refresh failed; keeping the current keys");
             }
         });
-        Ok(this)
     }
 
     /// Loads the JWKS again; the current keys stay until a good set arrives.

@@ -231,6 +231,17 @@ impl Authenticator {
         })
     }
 
+    /// Starts reloading what may change under a running gateway: the JWKS,
+    /// the API key file. Until then the keys loaded at start are in force.
+    pub fn keep_fresh(&self) {
+        if let Some(jwt) = &self.jwt {
+            jwt.keep_fresh();
+        }
+        if let Some(keys) = &self.keys {
+            keys.keep_fresh();
+        }
+    }
+
     pub fn public_reflection(&self) -> bool {
         self.public_reflection
     }
