@@ -10,7 +10,7 @@ use prost::Message;
 
 use crate::metrics::Metrics;
 use crate::proto::{Attachment, AttachmentEvent, AttachmentEventType, EventSource};
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 use crate::store::event_log::{Appended, NewEvent, SharedLog};
 
 /// How long a gateway write waits for its event to be recorded: the write is

@@ -15,9 +15,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tracing::Instrument;
 
-use super::Runtime;
 use super::deadline::Bounds;
 use super::error::{Error, Op};
+use super::runtime::Runtime;
 use crate::config::{LimitSettings, RateLimitSettings};
 use crate::domain::AttachmentRef;
 use crate::limits::Concurrency;

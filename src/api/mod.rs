@@ -8,6 +8,7 @@ pub mod convert;
 pub mod deadline;
 mod download;
 pub mod error;
+mod runtime;
 mod upload;
 mod watch;
 pub mod writes;
@@ -20,13 +21,13 @@ pub use self::deadline::Bounds;
 use self::deadline::deadline;
 pub use self::download::{DownloadStream, Downloads};
 pub use self::error::{Error, Op};
+pub use self::runtime::Runtime;
 pub use self::upload::{UploadLimits, Uploads};
 pub use self::watch::{WatchLimits, WatchStream, Watches};
 use self::writes::Writes;
 use crate::auth::Caller;
 use crate::config::UpstreamSettings;
 use crate::domain::{AttachmentRemoval, AttachmentUpdate, UpstreamName};
-use crate::metrics::Metrics;
 use crate::proto::wire::attachment_service_server::AttachmentService;
 use crate::proto::wire::{
     DeleteAttachmentRequest, DeleteAttachmentResponse, DownloadAttachmentRequest,
@@ -35,21 +36,7 @@ use crate::proto::wire::{
     UploadAttachmentResponse, WatchAttachmentsRequest,
 };
 use crate::proto::{Attachment, AttachmentEventType};
-use crate::recorder::Recorder;
 use crate::store::writes::{Fingerprint, WriteKey};
-use crate::upstream::Upstream;
-
-/// What every path of the service shares, made once when the gateway is built.
-#[derive(Clone)]
-pub struct Runtime {
-    pub metrics: Arc<Metrics>,
-    /// The shutdown's closing and cut, which bound every call.
-    pub bounds: Bounds,
-    /// The CorrigoPro client (budgeted, behind the breaker).
-    pub upstream: Arc<Upstream>,
-    /// Records the gateway's own writes into the event log (which watches read).
-    pub recorder: Recorder,
-}
 
 /// The timeouts of calls that set no shorter deadline.
 #[derive(Debug, Clone, Copy)]

@@ -22,10 +22,10 @@ use tokio::time::Instant;
 use tokio::time::timeout;
 use tonic::{Code, Streaming};
 
-use super::Runtime;
 use super::convert;
 use super::deadline::Bounds;
 use super::error::{Error, Op};
+use super::runtime::Runtime;
 use super::writes::{Start, Writes};
 use crate::config::{LimitSettings, RateLimitSettings};
 use crate::domain::{NewAttachment, UpstreamName};

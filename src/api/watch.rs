@@ -15,8 +15,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use super::Runtime;
 use super::error::Error;
+use super::runtime::Runtime;
 use crate::config::EventSettings;
 use crate::domain::FieldError;
 use crate::limits::{Concurrency, Slot};

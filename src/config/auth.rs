@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, Rate, at_least_a_second, https_or_loopback, invalid, nonzero};
+use super::checks::{ConfigError, at_least_a_second, https_or_loopback, invalid, nonzero};
+use super::rate_limit::Rate;
 
 /// Inbound authentication (who calls) and authorization (read/write scopes).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, garde::Validate)]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, at_least_a_second, invalid, nonzero};
+use super::checks::{ConfigError, at_least_a_second, invalid, nonzero};
 
 /// The event log and `WatchAttachments` subscribers.
 #[derive(Debug, Clone, Serialize, Deserialize, garde::Validate)]

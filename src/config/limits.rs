@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::nonzero;
+use super::checks::nonzero;
 use crate::domain::DEFAULT_MAX_UPLOAD_BYTES;
 
 /// The largest upload limit the gateway accepts as a setting (the upstream's is 20 MB).

@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -21,6 +20,7 @@ pub const ENV_PREFIX: &str = "ATTACHMENT_GATEWAY_";
 const VERBATIM_ENV: &[&str] = &["upstream__client_id", "upstream__client_secret"];
 
 mod auth;
+mod checks;
 mod events;
 mod limits;
 mod log;
@@ -36,6 +36,8 @@ mod webhooks;
 pub use self::auth::{
     ApiKeySettings, AuthSettings, FailedAttemptSettings, JwtSettings, MtlsSettings,
 };
+pub use self::checks::ConfigError;
+use self::checks::invalid;
 pub use self::events::EventSettings;
 pub use self::limits::{LimitSettings, MAX_UPLOAD_LIMIT};
 pub use self::log::{LogFormat, LogSettings};
@@ -110,56 +112,6 @@ impl Default for Settings {
             explicit: Explicit::default(),
         }
     }
-}
-
-/// A setting that cannot be used, named.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("invalid settings: {0}")]
-    Load(#[from] Box<figment::Error>),
-    /// A file a setting names cannot be read.
-    #[error("invalid setting `{setting}`: {source}")]
-    File {
-        setting: &'static str,
-        #[source]
-        source: crate::secret::SecretFileError,
-    },
-    #[error("invalid setting `{setting}`: {reason}")]
-    Invalid {
-        setting: std::borrow::Cow<'static, str>,
-        reason: String,
-    },
-}
-
-fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        setting: setting.into(),
-        reason: reason.into(),
-    }
-}
-
-/// A duration that must be greater than zero.
-fn nonzero(d: &Duration, _: &()) -> garde::Result {
-    if d.is_zero() {
-        return Err(garde::Error::new("must be greater than 0"));
-    }
-    Ok(())
-}
-
-/// A duration of at most one hour.
-fn at_most_an_hour(d: &Duration, _: &()) -> garde::Result {
-    if *d > Duration::from_secs(3600) {
-        return Err(garde::Error::new("must be at most 1h"));
-    }
-    Ok(())
-}
-
-/// A duration of at least one second.
-fn at_least_a_second(d: &Duration, _: &()) -> garde::Result {
-    if *d < Duration::from_secs(1) {
-        return Err(garde::Error::new("must be at least 1s"));
-    }
-    Ok(())
 }
 
 /// Command-line values that override every other layer, when given.
@@ -281,7 +233,7 @@ impl Settings {
         }
         self.upstream.validate()?;
         if !self.sandbox.enabled {
-            self.upstream.validate_credentials()?;
+            self.validate_credentials()?;
         }
         self.server.validate()?;
         self.sandbox.validate()?;
@@ -307,6 +259,25 @@ impl Settings {
         self.shared_state.validate()?;
         self.events.validate()?;
         self.log.validate()
+    }
+
+    /// The upstream client id and secret, unless the sandbox brings its own.
+    fn validate_credentials(&self) -> Result<(), ConfigError> {
+        if self.upstream.client_id.trim().is_empty() {
+            return Err(invalid(
+                "upstream.client_id",
+                format!("required (set {ENV_PREFIX}UPSTREAM__CLIENT_ID), or run with --sandbox"),
+            ));
+        }
+        if self.upstream.client_secret.is_empty() {
+            return Err(invalid(
+                "upstream.client_secret",
+                format!(
+                    "required (set {ENV_PREFIX}UPSTREAM__CLIENT_SECRET_FILE or {ENV_PREFIX}UPSTREAM__CLIENT_SECRET), or run with --sandbox"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// How webhooks are verified, once they are on (the sandbox trusts its own
@@ -359,44 +330,6 @@ impl Settings {
             *u = redact_url(u);
         }
         toml::to_string_pretty(&shown)
-    }
-}
-
-/// The one rule for the URLs the gateway calls (the upstream's base and token
-/// URLs, the JWKS, the webhook forward target): `https://`, or plain `http://`
-/// to a loopback IP address (`127.0.0.0/8`, `[::1]`) or `localhost`, where
-/// nothing travels beyond this host. `plain_http` names the setting that
-/// allows plain http elsewhere, when the section has one, and whether it is set.
-fn https_or_loopback(
-    setting: &'static str,
-    value: &str,
-    plain_http: Option<(&'static str, bool)>,
-) -> Result<reqwest::Url, ConfigError> {
-    let url = reqwest::Url::parse(value).map_err(|e| invalid(setting, e.to_string()))?;
-    let loopback = url.host_str().is_some_and(|host| {
-        host.eq_ignore_ascii_case("localhost")
-            || host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    });
-    match url.scheme() {
-        "https" => Ok(url),
-        "http" if loopback || plain_http.is_some_and(|(_, allowed)| allowed) => Ok(url),
-        "http" => {
-            let mut reason = String::from(
-                "plain http to a host other than loopback: what the gateway sends there (credentials, tokens, notifications) would travel in clear; use https",
-            );
-            if let Some((allow, _)) = plain_http {
-                reason.push_str(&format!(", or set {allow} = true"));
-            }
-            Err(invalid(setting, reason))
-        }
-        _ => Err(invalid(
-            setting,
-            "must be an https:// URL (http:// only to a loopback address or localhost)",
-        )),
     }
 }
 

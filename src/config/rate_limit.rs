@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, invalid};
+use super::checks::{ConfigError, invalid};
 
 /// A request rate: `rps` per second, bursts of up to `burst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, garde::Validate)]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, invalid, nonzero};
+use super::checks::{ConfigError, invalid, nonzero};
 
 /// Upper bound for `server.worker_threads` (a typo guard, not a tuning hint).
 pub const MAX_WORKER_THREADS: usize = 512;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, invalid, nonzero};
+use super::checks::{ConfigError, invalid, nonzero};
 
 /// State replicas share (write records by message id, quotas, the event log).
 /// Unset: each process keeps its own, which is right for one replica only.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, invalid};
+use super::checks::{ConfigError, invalid};
 
 /// TLS on the gRPC listener. With `client_ca_file`, clients must present a
 /// certificate signed by that CA (mTLS), and its SAN becomes the caller's identity.

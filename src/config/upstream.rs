@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, ENV_PREFIX, https_or_loopback, invalid, nonzero};
+use super::checks::{ConfigError, https_or_loopback, invalid, nonzero};
 use crate::secret::Secret;
 
 #[derive(Debug, Clone, Serialize, Deserialize, garde::Validate)]
@@ -146,25 +146,6 @@ impl UpstreamSettings {
             return Err(invalid(
                 "upstream.work_order_query_param",
                 "must be a non-empty name of letters, digits and `_`",
-            ));
-        }
-        Ok(())
-    }
-
-    /// The client id and secret (the sandbox brings its own).
-    pub(super) fn validate_credentials(&self) -> Result<(), ConfigError> {
-        if self.client_id.trim().is_empty() {
-            return Err(invalid(
-                "upstream.client_id",
-                format!("required (set {ENV_PREFIX}UPSTREAM__CLIENT_ID), or run with --sandbox"),
-            ));
-        }
-        if self.client_secret.is_empty() {
-            return Err(invalid(
-                "upstream.client_secret",
-                format!(
-                    "required (set {ENV_PREFIX}UPSTREAM__CLIENT_SECRET_FILE or {ENV_PREFIX}UPSTREAM__CLIENT_SECRET), or run with --sandbox"
-                ),
             ));
         }
         Ok(())

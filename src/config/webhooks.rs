@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, Rate, at_most_an_hour, https_or_loopback, invalid, nonzero};
+use super::checks::{ConfigError, at_most_an_hour, https_or_loopback, invalid, nonzero};
+use super::rate_limit::Rate;
 
 /// How webhook requests prove they come from CorrigoPro.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,7 +13,8 @@ use tonic::transport::Server;
 use tonic::transport::server::Router;
 use tower::layer::util::{Identity, Stack};
 
-use super::{Listeners, ServeError};
+use super::error::ServeError;
+use super::listeners::Listeners;
 use crate::api::writes::Writes;
 use crate::api::{AttachmentApi, Bounds, Downloads, Paths, Runtime, Timeouts, Uploads, Watches};
 use crate::auth::{AuthConfig, Authenticator};

@@ -2,7 +2,7 @@
 
 use tokio::net::TcpListener;
 
-use super::ServeError;
+use super::error::ServeError;
 use crate::config::Settings;
 
 /// The sockets the gateway serves on. All of them are bound before anything says

@@ -11,8 +11,8 @@ use tokio::sync::oneshot;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use super::ServeError;
 use super::build::Gateway;
+use super::error::ServeError;
 use crate::admin::Readiness;
 use crate::api::AttachmentApi;
 use crate::proto::wire::attachment_service_server::AttachmentServiceServer;

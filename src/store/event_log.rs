@@ -20,7 +20,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::StoreError;
+use super::error::StoreError;
 use crate::config::{EventSettings, WebhookSettings};
 
 /// An event to append: its work order (for subscribers' filters) and its body.

@@ -7,6 +7,7 @@
 //! [`redis`] holds the shared backends of both (and the shared quotas);
 //! [`Stores::open`] picks the backends the settings ask for.
 
+pub mod error;
 pub mod event_log;
 pub mod redis;
 pub mod writes;
@@ -14,6 +15,7 @@ pub mod writes;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use self::error::StoreError;
 use self::event_log::{MemoryEventLog, Retention, SharedLog};
 use self::redis::{FailureHook, Redis, RedisEventLog, RedisWrites, SetupError};
 use self::writes::{MemoryWrites, WriteStore};
@@ -60,8 +62,3 @@ impl Stores {
         })
     }
 }
-
-/// A shared store could not be reached or answered something unusable.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("the shared state store is unavailable: {0}")]
-pub struct StoreError(pub String);

@@ -17,6 +17,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, QuotaViolation, StatusExt};
 
+use self::upstream::RATE_LIMITED;
 pub use self::upstream::{BY_HTTP_STATUS, BY_UPSTREAM_CODE, classify};
 use crate::auth::AuthError;
 use crate::domain::{FieldError, Violation};
@@ -43,8 +44,6 @@ impl Op {
     }
 }
 
-/// The reason of every refusal by a limit.
-const RATE_LIMITED: &str = "RATE_LIMITED";
 /// The reason of a call the caller ended by resetting its stream.
 const CALLER_RESET: &str = "CALLER_RESET";
 /// What a caller is told that reuses a message id for another request.
@@ -245,7 +244,7 @@ impl Error {
     /// was sent, or a state the gateway cannot explain, is unknown.
     pub fn retry_safe(&self) -> RetrySafe {
         match self {
-            Self::Upstream { error, op } => upstream::retry_safe(error, *op),
+            Self::Upstream { error, op } => op.retry_safe(upstream::nothing_applied(error)),
             Self::Deadline {
                 op,
                 nothing_applied,
@@ -266,7 +265,7 @@ impl Error {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Limited(r) | Self::Auth(AuthError::Throttled(r)) => Some(r.retry_after),
-            Self::Upstream { error, op } => upstream::retry_after(error, *op),
+            Self::Upstream { error, op } => upstream::retry_after(error, *op == Op::Read),
             Self::ShuttingDown { .. } | Self::SubscriberStalled { .. } => Some(Duration::ZERO),
             Self::WriteInProgress
             | Self::WriteRecordUnavailable

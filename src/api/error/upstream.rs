@@ -9,7 +9,6 @@ use std::time::Duration;
 use tonic::Code;
 use tonic_types::FieldViolation;
 
-use super::{Op, RetrySafe};
 use crate::upstream::{ApiError, UpstreamError};
 
 /// Upstream error `Code`s, which win over the HTTP status.
@@ -46,6 +45,9 @@ pub const BY_HTTP_STATUS: &[(u16, Code, &str)] = &[
     (503, Code::Unavailable, "UPSTREAM_UNAVAILABLE"),
     (504, Code::DeadlineExceeded, "UPSTREAM_GATEWAY_TIMEOUT"),
 ];
+
+/// The reason of every refusal by a limit, the upstream budget's too.
+pub(super) const RATE_LIMITED: &str = "RATE_LIMITED";
 
 /// The retry delay suggested when the upstream gives none.
 const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -84,7 +86,7 @@ pub(super) fn code(e: &UpstreamError) -> Code {
 pub(super) fn reason(e: &UpstreamError) -> &'static str {
     match e {
         UpstreamError::Api(api) => classify(api).1,
-        UpstreamError::Throttled(_) => super::RATE_LIMITED,
+        UpstreamError::Throttled(_) => RATE_LIMITED,
         UpstreamError::CircuitOpen(_) => "UPSTREAM_CIRCUIT_OPEN",
         UpstreamError::CredentialsRejected(_) => "GATEWAY_CREDENTIALS_REJECTED",
         UpstreamError::TokenRejected => "UPSTREAM_TOKEN_REFRESHED",
@@ -96,27 +98,25 @@ pub(super) fn reason(e: &UpstreamError) -> &'static str {
     }
 }
 
-/// A refused request changed nothing; a 5xx, a timeout, a broken connection
-/// or an unreadable answer may come after the upstream acted.
-pub(super) fn retry_safe(e: &UpstreamError, op: Op) -> RetrySafe {
+/// Whether the upstream cannot have acted on the call: a refused request
+/// changed nothing, nor did one never sent; a 5xx, a timeout, a broken
+/// connection or an unreadable answer may come after the upstream acted.
+pub(super) fn nothing_applied(e: &UpstreamError) -> bool {
     match e {
-        UpstreamError::Api(api) => {
-            let applied_maybe = api.http_status >= 500 || api.http_status == 408;
-            op.retry_safe(!applied_maybe)
-        }
-        UpstreamError::Timeout | UpstreamError::Transport(_) | UpstreamError::Protocol(_) => {
-            op.retry_safe(false)
-        }
+        UpstreamError::Api(api) => !(api.http_status >= 500 || api.http_status == 408),
+        UpstreamError::Timeout | UpstreamError::Transport(_) | UpstreamError::Protocol(_) => false,
         UpstreamError::Throttled(_)
         | UpstreamError::CircuitOpen(_)
         | UpstreamError::CredentialsRejected(_)
         | UpstreamError::TokenRejected
         | UpstreamError::Connect(_)
-        | UpstreamError::LinkRefused(_) => RetrySafe::Yes,
+        | UpstreamError::LinkRefused(_) => true,
     }
 }
 
-pub(super) fn retry_after(e: &UpstreamError, op: Op) -> Option<Duration> {
+/// When a retry can succeed; a connection broken mid-call is worth a retry
+/// for a `read` only.
+pub(super) fn retry_after(e: &UpstreamError, read: bool) -> Option<Duration> {
     match e {
         UpstreamError::Api(api) => {
             matches!(classify(api).0, Code::ResourceExhausted | Code::Unavailable)
@@ -125,7 +125,7 @@ pub(super) fn retry_after(e: &UpstreamError, op: Op) -> Option<Duration> {
         UpstreamError::Throttled(r) | UpstreamError::CircuitOpen(r) => Some(r.retry_after),
         UpstreamError::TokenRejected => Some(Duration::ZERO),
         UpstreamError::Connect(_) => Some(DEFAULT_RETRY_DELAY),
-        UpstreamError::Transport(_) => (op == Op::Read).then_some(DEFAULT_RETRY_DELAY),
+        UpstreamError::Transport(_) => read.then_some(DEFAULT_RETRY_DELAY),
         UpstreamError::CredentialsRejected(_)
         | UpstreamError::Timeout
         | UpstreamError::LinkRefused(_)

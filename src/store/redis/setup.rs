@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use super::conn::{FailureHook, Redis};
 use crate::config::{SharedStateSettings, redact_url};
 use crate::secret::{Secret, SecretFileError};
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 
 /// Why the shared state cannot be set up.
 #[derive(Debug, thiserror::Error)]

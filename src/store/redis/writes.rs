@@ -7,7 +7,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::conn::{EPOCH_GRACE, Redis, millis, new_epoch, replace_epoch};
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 use crate::store::writes::{Begin, Fingerprint, LeaseToken, Outcome, WriteKey, WriteStore};
 use tokio::time::Instant;
 
