@@ -109,7 +109,8 @@ fn parse_jwks(bytes: &[u8]) -> Result<Vec<Key>, String> {
     Ok(keys)
 }
 
-fn asymmetric(a: Algorithm) -> bool {
+/// The RSA algorithms (PKCS#1 v1.5 and PSS): one key serves them all.
+fn rsa(a: Algorithm) -> bool {
     matches!(
         a,
         Algorithm::RS256
@@ -118,23 +119,14 @@ fn asymmetric(a: Algorithm) -> bool {
             | Algorithm::PS256
             | Algorithm::PS384
             | Algorithm::PS512
-            | Algorithm::ES256
-            | Algorithm::ES384
     )
 }
 
+fn asymmetric(a: Algorithm) -> bool {
+    rsa(a) || matches!(a, Algorithm::ES256 | Algorithm::ES384)
+}
+
 fn same_family(a: Algorithm, b: Algorithm) -> bool {
-    let rsa = |x| {
-        matches!(
-            x,
-            Algorithm::RS256
-                | Algorithm::RS384
-                | Algorithm::RS512
-                | Algorithm::PS256
-                | Algorithm::PS384
-                | Algorithm::PS512
-        )
-    };
     a == b || (rsa(a) && rsa(b))
 }
 
