@@ -29,8 +29,6 @@ pub mod config;
 #[cfg(feature = "server")]
 pub mod domain;
 #[cfg(feature = "server")]
-pub mod events;
-#[cfg(feature = "server")]
 pub mod limits;
 #[cfg(feature = "server")]
 pub mod listener;
@@ -42,6 +40,8 @@ pub mod metrics;
 pub mod middleware;
 #[cfg(feature = "server")]
 pub mod periodic;
+#[cfg(feature = "server")]
+pub mod recorder;
 #[cfg(feature = "server")]
 pub mod sandbox;
 #[cfg(feature = "server")]

@@ -2,6 +2,7 @@
 //! signed download links travel in this type so no log line or error can print them.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -22,6 +23,28 @@ impl Secret {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Reads a secret from a file (a mounted Kubernetes Secret, say). The one
+    /// rule for every secret file: the line breaks at its end (`\n` or `\r\n`,
+    /// as editors and `echo` leave them) are not part of the secret; every
+    /// other character is, spaces included. The file must be UTF-8.
+    pub fn from_file(path: &Path) -> Result<Self, SecretFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SecretFileError {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self::new(text.trim_end_matches(['\r', '\n'])))
+    }
+}
+
+/// A secret file that cannot be read (the message names the file, never what
+/// it holds).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {}: {source}", path.display())]
+pub struct SecretFileError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
 }
 
 impl fmt::Debug for Secret {
@@ -91,5 +114,31 @@ mod tests {
         assert!(!format!("{s:?} {s}").contains("hunter2"));
         assert!(!serde_json::to_string(&s).unwrap().contains("hunter2"));
         assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn a_file_s_trailing_line_breaks_are_not_part_of_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        for (content, secret) in [
+            ("s3cret\n", "s3cret"),
+            ("s3cret\r\n", "s3cret"),
+            ("s3cret\n\n", "s3cret"),
+            (" s3 cret ", " s3 cret "),
+            ("s3cret", "s3cret"),
+        ] {
+            let path = dir.path().join("secret");
+            std::fs::write(&path, content).unwrap();
+            assert_eq!(
+                Secret::from_file(&path).unwrap().expose(),
+                secret,
+                "{content:?}"
+            );
+        }
+        let missing = dir.path().join("missing");
+        let err = Secret::from_file(&missing).unwrap_err().to_string();
+        assert!(
+            err.contains("cannot read") && err.contains("missing"),
+            "{err}"
+        );
     }
 }

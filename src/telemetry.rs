@@ -59,7 +59,16 @@ pub fn otlp_requested() -> bool {
         && (env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 }
 
-fn provider() -> Result<SdkTracerProvider, String> {
+/// Why logging and tracing cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("OTEL_EXPORTER_OTLP_PROTOCOL={0} is not supported: use grpc or http/protobuf")]
+    Protocol(String),
+    #[error("cannot set up OTLP export: {0}")]
+    Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
+}
+
+fn provider() -> Result<SdkTracerProvider, TelemetryError> {
     let service = std::env::var("OTEL_SERVICE_NAME")
         .ok()
         .filter(|s| !s.trim().is_empty())
@@ -78,18 +87,16 @@ fn provider() -> Result<SdkTracerProvider, String> {
             .unwrap_or_else(|_| "grpc".into());
         use opentelemetry_otlp::{Protocol, WithExportConfig};
         let exporter = match protocol.trim() {
-            "grpc" => opentelemetry_otlp::SpanExporter::builder().with_tonic().build(),
+            "grpc" => opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build(),
             "http/protobuf" => opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_protocol(Protocol::HttpBinary)
                 .build(),
-            other => {
-                return Err(format!(
-                    "OTEL_EXPORTER_OTLP_PROTOCOL={other} is not supported: use grpc or http/protobuf"
-                ));
-            }
+            other => return Err(TelemetryError::Protocol(other.to_string())),
         }
-        .map_err(|e| format!("cannot set up OTLP export: {e}"))?;
+        .map_err(TelemetryError::Exporter)?;
         builder = builder.with_batch_exporter(exporter);
     }
     Ok(builder.build())
@@ -97,7 +104,7 @@ fn provider() -> Result<SdkTracerProvider, String> {
 
 /// Installs logging and tracing for the process (a second call changes nothing).
 /// Must run inside the tokio runtime (the exporter's batch task lives there).
-pub fn init(settings: &LogSettings) -> Result<TelemetryGuard, String> {
+pub fn init(settings: &LogSettings) -> Result<TelemetryGuard, TelemetryError> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));

@@ -2,27 +2,74 @@
 //! chain and key, and for mTLS the CA that client certificates must chain to.
 //! HTTP/2 only (ALPN `h2`), the ring provider, TLS 1.2 and 1.3.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsSettings;
 
-fn certs(setting: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// Why the gRPC listener's TLS cannot be set up: the setting at fault, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{setting}: cannot read {}: {source}", path.display())]
+    Read {
+        setting: &'static str,
+        path: PathBuf,
+        #[source]
+        source: pem::Error,
+    },
+    #[error("{setting}: {}: {source}", path.display())]
+    NotPem {
+        setting: &'static str,
+        path: PathBuf,
+        #[source]
+        source: pem::Error,
+    },
+    #[error("{setting}: {} holds no certificate", path.display())]
+    NoCertificate {
+        setting: &'static str,
+        path: PathBuf,
+    },
+    #[error("tls.key_file: cannot read a private key from {}: {source}", path.display())]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: pem::Error,
+    },
+    /// rustls refused the configuration.
+    #[error("{setting}: {source}")]
+    Config {
+        setting: &'static str,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("tls.client_ca_file: {0}")]
+    ClientVerifier(#[source] VerifierBuilderError),
+}
+
+fn certs(setting: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{setting}: cannot read {}: {e}", path.display()))?
+        .map_err(|source| TlsError::Read {
+            setting,
+            path: path.to_path_buf(),
+            source,
+        })?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{setting}: {}: {e}", path.display()))?;
+        .map_err(|source| TlsError::NotPem {
+            setting,
+            path: path.to_path_buf(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(format!(
-            "{setting}: {} holds no certificate",
-            path.display()
-        ));
+        return Err(TlsError::NoCertificate {
+            setting,
+            path: path.to_path_buf(),
+        });
     }
     Ok(certs)
 }
@@ -40,39 +87,36 @@ pub fn certificate_not_after(s: &TlsSettings) -> Option<i64> {
 }
 
 /// The acceptor for `s`, or `None` when TLS is off.
-pub fn acceptor(s: &TlsSettings) -> Result<Option<TlsAcceptor>, String> {
+pub fn acceptor(s: &TlsSettings) -> Result<Option<TlsAcceptor>, TlsError> {
     let (Some(cert), Some(key)) = (&s.cert_file, &s.key_file) else {
         return Ok(None);
     };
+    let config = |setting| move |source| TlsError::Config { setting, source };
     let chain = certs("tls.cert_file", cert)?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-        format!(
-            "tls.key_file: cannot read a private key from {}: {e}",
-            key.display()
-        )
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Key {
+        path: key.clone(),
+        source,
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?;
+        .map_err(config("TLS"))?;
     let builder = match &s.client_ca_file {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = RootCertStore::empty();
             for c in certs("tls.client_ca_file", ca)? {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("tls.client_ca_file: {e}"))?;
+                roots.add(c).map_err(config("tls.client_ca_file"))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
-                .map_err(|e| format!("tls.client_ca_file: {e}"))?;
+                .map_err(TlsError::ClientVerifier)?;
             builder.with_client_cert_verifier(verifier)
         }
     };
     let mut config = builder
         .with_single_cert(chain, key)
-        .map_err(|e| format!("tls.cert_file / tls.key_file: {e}"))?;
+        .map_err(config("tls.cert_file / tls.key_file"))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Some(TlsAcceptor::from(Arc::new(config))))
 }

@@ -59,8 +59,12 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
 }
 
 /// Runs upstream work within a deadline and the shutdown cut.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Bounds {
+    /// Cancelled as the gateway closes its listener: watches, which never
+    /// finish by themselves, end then (not after the grace period meant for
+    /// calls that do finish).
+    pub closing: CancellationToken,
     /// Cancelled when the shutdown grace period is over: calls still running end
     /// with UNAVAILABLE (and their upstream requests are aborted).
     pub cut: CancellationToken,

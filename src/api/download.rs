@@ -17,6 +17,8 @@ use tracing::Instrument;
 
 use super::deadline::Bounds;
 use super::error::{Error, Op};
+use super::runtime::Runtime;
+use crate::config::{LimitSettings, RateLimitSettings};
 use crate::domain::AttachmentRef;
 use crate::limits::Concurrency;
 use crate::metrics::Metrics;
@@ -91,19 +93,20 @@ pub struct Downloads {
 }
 
 impl Downloads {
-    pub fn new(
-        upstream: Arc<Upstream>,
-        bounds: Bounds,
-        metrics: Arc<Metrics>,
-        chunk_bytes: usize,
-        slots: Arc<Concurrency>,
-    ) -> Self {
+    /// Downloads sent in chunks of `limits.download_chunk_bytes`, as many at
+    /// once as `rate_limit` lets.
+    pub fn new(rt: &Runtime, limits: &LimitSettings, rate_limit: &RateLimitSettings) -> Self {
         Self {
-            upstream,
-            bounds,
-            metrics,
-            chunk_bytes,
-            slots,
+            upstream: Arc::clone(&rt.upstream),
+            bounds: rt.bounds.clone(),
+            metrics: Arc::clone(&rt.metrics),
+            chunk_bytes: usize::try_from(limits.download_chunk_bytes).unwrap_or(usize::MAX),
+            slots: Concurrency::new(
+                "concurrent_downloads",
+                "concurrent_downloads_per_caller",
+                rate_limit.max_concurrent_downloads as usize,
+                rate_limit.max_concurrent_downloads_per_caller as usize,
+            ),
         }
     }
 

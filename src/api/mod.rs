@@ -8,6 +8,7 @@ pub mod convert;
 pub mod deadline;
 mod download;
 pub mod error;
+mod runtime;
 mod upload;
 mod watch;
 pub mod writes;
@@ -20,12 +21,13 @@ pub use self::deadline::Bounds;
 use self::deadline::deadline;
 pub use self::download::{DownloadStream, Downloads};
 pub use self::error::{Error, Op};
+pub use self::runtime::Runtime;
 pub use self::upload::{UploadLimits, Uploads};
 pub use self::watch::{WatchLimits, WatchStream, Watches};
 use self::writes::Writes;
 use crate::auth::Caller;
-use crate::domain::{AttachmentRemoval, AttachmentUpdate, UpstreamName};
-use crate::events::Recorder;
+use crate::config::UpstreamSettings;
+use crate::domain::{AttachmentRemoval, AttachmentUpdate, MessageId, UpstreamName};
 use crate::proto::wire::attachment_service_server::AttachmentService;
 use crate::proto::wire::{
     DeleteAttachmentRequest, DeleteAttachmentResponse, DownloadAttachmentRequest,
@@ -35,7 +37,8 @@ use crate::proto::wire::{
 };
 use crate::proto::{Attachment, AttachmentEventType};
 use crate::store::writes::{Fingerprint, WriteKey};
-use crate::upstream::Upstream;
+use crate::upstream::UpstreamError;
+use tokio::time::Instant;
 
 /// The timeouts of calls that set no shorter deadline.
 #[derive(Debug, Clone, Copy)]
@@ -46,29 +49,34 @@ pub struct Timeouts {
     pub transfer: std::time::Duration,
 }
 
+impl From<&UpstreamSettings> for Timeouts {
+    fn from(s: &UpstreamSettings) -> Self {
+        Self {
+            request: s.request_timeout,
+            transfer: s.transfer_timeout,
+        }
+    }
+}
+
 /// The paths of the service, each with what it needs.
 pub struct Paths {
     pub writes: Writes,
     pub uploads: Uploads,
     pub downloads: Downloads,
     pub watches: Watches,
-    /// Records the gateway's own writes as events.
-    pub events: Recorder,
 }
 
 pub struct AttachmentApi {
-    upstream: Arc<Upstream>,
+    rt: Runtime,
     timeouts: Timeouts,
-    bounds: Bounds,
     paths: Paths,
 }
 
 impl AttachmentApi {
-    pub fn new(upstream: Arc<Upstream>, timeouts: Timeouts, bounds: Bounds, paths: Paths) -> Self {
+    pub fn new(rt: Runtime, timeouts: Timeouts, paths: Paths) -> Self {
         Self {
-            upstream,
+            rt,
             timeouts,
-            bounds,
             paths,
         }
     }
@@ -126,6 +134,70 @@ fn record_work_order(id: i64) {
     tracing::Span::current().record("work_order_id", id);
 }
 
+/// An update or a delete: a write remembered by the caller's message id, and
+/// recorded as an event when it runs.
+struct RememberedWrite<'a> {
+    caller: Arc<str>,
+    /// The message id the caller gave; empty: none, and nothing is remembered.
+    caller_message_id: String,
+    deadline: Instant,
+    /// `update` or `delete`, in the record's key.
+    call: &'static str,
+    /// What the write does, for the logs and a deadline's message.
+    what: &'static str,
+    fingerprint: Fingerprint,
+    message_id: &'a MessageId,
+    /// The event it becomes, of this attachment.
+    event: AttachmentEventType,
+    work_order_id: i64,
+    attachment: Attachment,
+}
+
+impl AttachmentApi {
+    /// Runs `upstream` once per caller and message id, within the call's
+    /// deadline; a write that ran (not one answered from the record) is
+    /// recorded as its event. Answers the write's message id.
+    async fn write_once(
+        &self,
+        w: RememberedWrite<'_>,
+        upstream: impl Future<Output = Result<Option<String>, UpstreamError>>,
+    ) -> Result<String, Error> {
+        record_work_order(w.work_order_id);
+        let key = write_key(
+            Arc::clone(&w.caller),
+            w.call,
+            w.work_order_id,
+            w.caller_message_id,
+        );
+        let (message_id, replayed) = self
+            .paths
+            .writes
+            .once(
+                &self.rt.bounds,
+                key,
+                w.fingerprint,
+                w.message_id,
+                w.deadline,
+                w.what,
+                upstream,
+            )
+            .await?;
+        if !replayed {
+            self.rt
+                .recorder
+                .gateway_write(
+                    w.event,
+                    w.work_order_id,
+                    w.attachment,
+                    &w.caller,
+                    &message_id,
+                )
+                .await;
+        }
+        Ok(message_id)
+    }
+}
+
 #[tonic::async_trait]
 impl AttachmentService for AttachmentApi {
     async fn upload_attachment(
@@ -158,12 +230,13 @@ impl AttachmentService for AttachmentApi {
         let (wo, view) = convert::list_request(request.get_ref())?;
         record_work_order(wo.get());
         let items = self
+            .rt
             .bounds
             .run(
                 deadline,
                 Op::Read,
                 "listing attachments",
-                self.upstream.list(wo, view, deadline),
+                self.rt.upstream.list(wo, view, deadline),
             )
             .await?;
         Ok(Response::new(ListAttachmentsResponse {
@@ -187,12 +260,13 @@ impl AttachmentService for AttachmentApi {
         let target = convert::attachment_ref(r.work_order_id, &r.attachment_id)?;
         record_work_order(r.work_order_id);
         let link = self
+            .rt
             .bounds
             .run(
                 deadline,
                 Op::Read,
                 "getting a download link",
-                self.upstream.download_link(&target, deadline),
+                self.rt.upstream.download_link(&target, deadline),
             )
             .await?;
         Ok(Response::new(GetDownloadUrlResponse {
@@ -234,39 +308,24 @@ impl AttachmentService for AttachmentApi {
         let r = request.into_inner();
         let caller_message_id = r.message_id.clone();
         let u = convert::update(r)?;
-        let wo = u.target.work_order_id.get();
-        record_work_order(wo);
-        let (message_id, replayed) = self
-            .paths
-            .writes
-            .once(
-                &self.bounds,
-                write_key(Arc::clone(&caller), "update", wo, caller_message_id),
-                update_fingerprint(&u),
-                &u.message_id,
-                deadline,
-                "updating the attachment",
-                self.upstream.update(&u),
-            )
-            .await?;
-        if !replayed {
-            let changed = Attachment {
+        let write = RememberedWrite {
+            caller,
+            caller_message_id,
+            deadline,
+            call: "update",
+            what: "updating the attachment",
+            fingerprint: update_fingerprint(&u),
+            message_id: &u.message_id,
+            event: AttachmentEventType::Updated,
+            work_order_id: u.target.work_order_id.get(),
+            attachment: Attachment {
                 attachment_id: u.target.attachment_id.as_str().to_string(),
                 name: u.name.as_str().to_string(),
                 document_type: u.document_type.map_or(0, |d| d as i32),
                 ..Attachment::default()
-            };
-            self.paths
-                .events
-                .gateway_write(
-                    AttachmentEventType::Updated,
-                    wo,
-                    changed,
-                    &caller,
-                    &message_id,
-                )
-                .await;
-        }
+            },
+        };
+        let message_id = self.write_once(write, self.rt.upstream.update(&u)).await?;
         Ok(Response::new(UpdateAttachmentResponse { message_id }))
     }
 
@@ -283,37 +342,22 @@ impl AttachmentService for AttachmentApi {
         let r = request.into_inner();
         let caller_message_id = r.message_id.clone();
         let d = convert::removal(r)?;
-        let wo = d.target.work_order_id.get();
-        record_work_order(wo);
-        let (message_id, replayed) = self
-            .paths
-            .writes
-            .once(
-                &self.bounds,
-                write_key(Arc::clone(&caller), "delete", wo, caller_message_id),
-                delete_fingerprint(&d),
-                &d.message_id,
-                deadline,
-                "deleting the attachment",
-                self.upstream.delete(&d),
-            )
-            .await?;
-        if !replayed {
-            let removed = Attachment {
+        let write = RememberedWrite {
+            caller,
+            caller_message_id,
+            deadline,
+            call: "delete",
+            what: "deleting the attachment",
+            fingerprint: delete_fingerprint(&d),
+            message_id: &d.message_id,
+            event: AttachmentEventType::Removed,
+            work_order_id: d.target.work_order_id.get(),
+            attachment: Attachment {
                 attachment_id: d.target.attachment_id.as_str().to_string(),
                 ..Attachment::default()
-            };
-            self.paths
-                .events
-                .gateway_write(
-                    AttachmentEventType::Removed,
-                    wo,
-                    removed,
-                    &caller,
-                    &message_id,
-                )
-                .await;
-        }
+            },
+        };
+        let message_id = self.write_once(write, self.rt.upstream.delete(&d)).await?;
         Ok(Response::new(DeleteAttachmentResponse { message_id }))
     }
 

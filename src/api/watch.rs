@@ -16,13 +16,15 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::error::Error;
+use super::runtime::Runtime;
+use crate::config::EventSettings;
 use crate::domain::FieldError;
 use crate::limits::{Concurrency, Slot};
 use crate::metrics::Metrics;
 use crate::proto::raw_event::RawEvent;
 use crate::proto::wire::watch_attachments_response::Payload;
 use crate::proto::wire::{Heartbeat, WatchAttachmentsRequest, WatchAttachmentsResponse};
-use crate::store::events::{Cursor, ReadError, SharedLog};
+use crate::store::event_log::{Cursor, ReadError, SharedLog};
 
 /// The messages of a watch as the caller receives them.
 pub type WatchStream =
@@ -42,6 +44,16 @@ pub struct WatchLimits {
     pub buffer: usize,
     /// A subscriber whose buffer stays full this long is ended.
     pub stall_timeout: Duration,
+}
+
+impl From<&EventSettings> for WatchLimits {
+    fn from(s: &EventSettings) -> Self {
+        Self {
+            heartbeat: s.heartbeat_interval,
+            buffer: s.subscriber_buffer as usize,
+            stall_timeout: s.subscriber_stall_timeout,
+        }
+    }
 }
 
 /// The watch path: what `WatchAttachments` needs, and nothing else.
@@ -67,19 +79,20 @@ impl Drop for Open {
 }
 
 impl Watches {
-    pub fn new(
-        log: SharedLog,
-        limits: WatchLimits,
-        slots: Arc<Concurrency>,
-        metrics: Arc<Metrics>,
-        cut: CancellationToken,
-    ) -> Self {
+    /// Watches of the event log the runtime records into, bounded by the
+    /// `events` section; they end as the gateway closes its listener.
+    pub fn new(rt: &Runtime, s: &EventSettings) -> Self {
         Self {
-            log,
-            limits,
-            slots,
-            metrics,
-            cut,
+            log: Arc::clone(rt.recorder.log()),
+            limits: WatchLimits::from(s),
+            slots: Concurrency::new(
+                "concurrent_watches",
+                "concurrent_watches_per_caller",
+                s.max_subscribers as usize,
+                s.max_subscribers_per_caller as usize,
+            ),
+            metrics: Arc::clone(&rt.metrics),
+            cut: rt.bounds.closing.clone(),
         }
     }
 

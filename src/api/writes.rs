@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::deadline::Bounds;
 use super::error::{Error, Op};
+use crate::config::UpstreamSettings;
 use crate::domain::MessageId;
 use crate::store::writes::{Begin, Fingerprint, LeaseToken, Outcome, WriteKey, WriteStore};
 use crate::upstream::UpstreamError;
@@ -37,10 +38,15 @@ pub struct Writes {
 }
 
 impl Writes {
-    /// Outcomes are remembered for `ttl`; a running write holds a lease of
-    /// `lease`, renewed while it runs when the store lets leases expire.
-    pub fn new(store: Arc<dyn WriteStore>, ttl: Duration, lease: Duration) -> Self {
-        Self { store, ttl, lease }
+    /// Outcomes are remembered for `upstream.idempotency_ttl`; a running
+    /// write holds a lease of `upstream.idempotency_lease`, renewed while it
+    /// runs when the store lets leases expire.
+    pub fn new(store: Arc<dyn WriteStore>, s: &UpstreamSettings) -> Self {
+        Self {
+            store,
+            ttl: s.idempotency_ttl,
+            lease: s.idempotency_lease,
+        }
     }
 
     /// Starts a write. `key` is `None` when the caller sent no message id;

@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 
 use tokio::time::Instant;
 
-use super::{AuthError, AuthMethod, Caller, Scopes};
+use super::{AuthError, AuthMethod, Caller, Scopes, SetupError};
 use crate::metrics::Metrics;
 
 #[derive(Deserialize)]
@@ -53,6 +53,8 @@ pub struct ApiKeyStore {
     metrics: Arc<Metrics>,
     /// Bumped whenever the keys in force change.
     generation: std::sync::atomic::AtomicU64,
+    /// How often the file is checked for changes (see [`ApiKeyStore::keep_fresh`]).
+    reload_interval: Duration,
 }
 
 /// The hex SHA-256 of a key, as the key file stores it.
@@ -87,16 +89,16 @@ fn parse(text: &str) -> Result<Vec<Loaded>, String> {
 }
 
 impl ApiKeyStore {
-    /// Loads the file (which must be valid now) and watches it for changes. When
-    /// the file later becomes unreadable or invalid, the last good keys stay in
-    /// force for `max_stale`, then every API key is refused until it is fixed: a
-    /// broken file must not keep revoked keys alive.
+    /// Loads the file, which must be valid now; [`Self::keep_fresh`] watches it
+    /// for changes. When the file later becomes unreadable or invalid, the last
+    /// good keys stay in force for `max_stale`, then every API key is refused
+    /// until it is fixed: a broken file must not keep revoked keys alive.
     pub fn start(
         path: PathBuf,
         reload_interval: Duration,
         max_stale: Duration,
         metrics: Arc<Metrics>,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, SetupError> {
         let this = Arc::new(Self {
             path,
             entries: RwLock::new(Arc::new(Vec::new())),
@@ -105,15 +107,23 @@ impl ApiKeyStore {
             max_stale,
             metrics,
             generation: std::sync::atomic::AtomicU64::new(0),
+            reload_interval,
         });
-        this.reload()
-            .map_err(|e| format!("auth.api_keys.file: {e}"))?;
+        this.reload().map_err(|reason| SetupError::Invalid {
+            setting: "auth.api_keys.file",
+            reason,
+        })?;
+        Ok(this)
+    }
+
+    /// Checks the file for changes every `reload_interval`, for as long as
+    /// the store lives.
+    pub fn keep_fresh(self: &Arc<Self>) {
         crate::periodic::every(
-            &this,
-            reload_interval.max(Duration::from_millis(100)),
+            self,
+            self.reload_interval.max(Duration::from_millis(100)),
             |this| async move { this.reload_and_report() },
         );
-        Ok(this)
     }
 
     /// One periodic reload, with its failure counted and logged.

@@ -18,8 +18,9 @@ use sha2::Digest;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::{AuthError, AuthMethod, Caller, Scopes};
+use super::{AuthError, AuthMethod, Caller, Scopes, SetupError};
 use crate::config::JwtSettings;
+use crate::secret::Secret;
 
 /// The largest JWKS answer read (a real set is a few KiB).
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -55,6 +56,8 @@ pub struct JwtVerifier {
     /// The shortest time from the end of one unknown-`kid` fetch to the next.
     unknown_kid_interval: Duration,
     file_mtime: std::sync::Mutex<Option<SystemTime>>,
+    /// How often the keys are loaded again (see [`JwtVerifier::keep_fresh`]).
+    refresh_every: Duration,
 }
 
 #[derive(Deserialize)]
@@ -106,7 +109,8 @@ fn parse_jwks(bytes: &[u8]) -> Result<Vec<Key>, String> {
     Ok(keys)
 }
 
-fn asymmetric(a: Algorithm) -> bool {
+/// The RSA algorithms (PKCS#1 v1.5 and PSS): one key serves them all.
+fn rsa(a: Algorithm) -> bool {
     matches!(
         a,
         Algorithm::RS256
@@ -115,23 +119,14 @@ fn asymmetric(a: Algorithm) -> bool {
             | Algorithm::PS256
             | Algorithm::PS384
             | Algorithm::PS512
-            | Algorithm::ES256
-            | Algorithm::ES384
     )
 }
 
+fn asymmetric(a: Algorithm) -> bool {
+    rsa(a) || matches!(a, Algorithm::ES256 | Algorithm::ES384)
+}
+
 fn same_family(a: Algorithm, b: Algorithm) -> bool {
-    let rsa = |x| {
-        matches!(
-            x,
-            Algorithm::RS256
-                | Algorithm::RS384
-                | Algorithm::RS512
-                | Algorithm::PS256
-                | Algorithm::PS384
-                | Algorithm::PS512
-        )
-    };
     a == b || (rsa(a) && rsa(b))
 }
 
@@ -147,17 +142,29 @@ fn claim_scopes(v: &Value) -> Vec<String> {
 }
 
 impl JwtVerifier {
-    pub async fn start(s: &JwtSettings) -> Result<Arc<Self>, String> {
+    pub async fn start(s: &JwtSettings) -> Result<Arc<Self>, SetupError> {
+        let setting = |setting, reason| SetupError::Setting { setting, reason };
         let source = match (&s.jwks_file, &s.jwks_url) {
             (Some(f), _) => Source::File(f.clone()),
             (None, Some(u)) => Source::Url(u.clone()),
-            (None, None) => return Err("JWT auth needs a JWKS file or URL".into()),
+            (None, None) => {
+                return Err(setting(
+                    "auth.jwt.jwks_file",
+                    "JWT auth needs a JWKS file or URL",
+                ));
+            }
         };
         if s.issuers.is_empty() && !s.allow_any_issuer {
-            return Err("auth.jwt.issuers: JWT auth needs the accepted issuers".into());
+            return Err(setting(
+                "auth.jwt.issuers",
+                "JWT auth needs the accepted issuers",
+            ));
         }
         if s.audiences.is_empty() && !s.allow_any_audience {
-            return Err("auth.jwt.audiences: JWT auth needs the accepted audiences".into());
+            return Err(setting(
+                "auth.jwt.audiences",
+                "JWT auth needs the accepted audiences",
+            ));
         }
         if s.allow_any_issuer && s.issuers.is_empty() {
             tracing::warn!("auth.jwt.allow_any_issuer: JWT tokens of any issuer are accepted");
@@ -173,13 +180,27 @@ impl JwtVerifier {
             .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = &s.jwks_ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| format!("auth.jwt.jwks_ca_file: cannot read {}: {e}", ca.display()))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| format!("auth.jwt.jwks_ca_file: {e}"))?;
+            let pem = std::fs::read(ca).map_err(|source| SetupError::Read {
+                setting: "auth.jwt.jwks_ca_file",
+                path: ca.clone(),
+                source,
+            })?;
+            let cert =
+                reqwest::Certificate::from_pem(&pem).map_err(|source| SetupError::Client {
+                    setting: "auth.jwt.jwks_ca_file",
+                    source,
+                })?;
             builder = builder.add_root_certificate(cert);
         }
-        let http = builder.build().map_err(|e| e.to_string())?;
+        let http = builder.build().map_err(|source| SetupError::Client {
+            setting: "auth.jwt",
+            source,
+        })?;
+        // A file is cheap to look at: checked every 10 s at most.
+        let refresh_every = match source {
+            Source::File(_) => s.jwks_refresh.min(Duration::from_secs(10)),
+            Source::Url(_) => s.jwks_refresh,
+        };
         let this = Arc::new(Self {
             keys: RwLock::new(Arc::new(Vec::new())),
             source,
@@ -195,25 +216,32 @@ impl JwtVerifier {
             last_forced: Mutex::new(None),
             unknown_kid_interval: s.unknown_kid_refresh_interval,
             file_mtime: std::sync::Mutex::new(None),
+            refresh_every,
         });
         match (&this.source, this.refresh().await) {
             (_, Ok(())) => {}
             // A file must be right at start; a URL may be briefly unreachable.
-            (Source::File(_), Err(e)) => return Err(format!("auth.jwt.jwks_file: {e}")),
+            (Source::File(_), Err(reason)) => {
+                return Err(SetupError::Invalid {
+                    setting: "auth.jwt.jwks_file",
+                    reason,
+                });
+            }
             (Source::Url(_), Err(e)) => {
                 tracing::error!(error = %e, "cannot fetch the JWKS yet; retrying in the background")
             }
         }
-        let period = match this.source {
-            Source::File(_) => s.jwks_refresh.min(Duration::from_secs(10)),
-            Source::Url(_) => s.jwks_refresh,
-        };
-        crate::periodic::every(&this, period, |this| async move {
+        Ok(this)
+    }
+
+    /// Loads the keys again every `auth.jwt.jwks_refresh` (a file is checked
+    /// every 10 s at most), for as long as the verifier lives.
+    pub fn keep_fresh(self: &Arc<Self>) {
+        crate::periodic::every(self, self.refresh_every, |this| async move {
             if let Err(e) = this.refresh().await {
                 tracing::warn!(error = %e, "JWKS refresh failed; keeping the current keys");
             }
         });
-        Ok(this)
     }
 
     /// Loads the JWKS again; the current keys stay until a good set arrives.
@@ -239,9 +267,8 @@ impl JwtVerifier {
             Source::Url(url) => {
                 let mut req = self.http.get(url);
                 if let Some(f) = &self.token_file {
-                    let token = std::fs::read_to_string(f)
-                        .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
-                    req = req.bearer_auth(token.trim());
+                    let token = Secret::from_file(f).map_err(|e| e.to_string())?;
+                    req = req.bearer_auth(token.expose());
                 }
                 let mut resp = req.send().await.map_err(|e| e.without_url().to_string())?;
                 if !resp.status().is_success() {

@@ -122,7 +122,7 @@ pub enum AuthError {
         needed: &'static str,
     },
     /// Too many failed authentications: the credential was not checked.
-    #[error("{}", .0.description)]
+    #[error("{0}")]
     Throttled(crate::limits::Refusal),
 }
 
@@ -139,6 +139,39 @@ impl AuthError {
             Self::Throttled(_) => "TOO_MANY_FAILED_ATTEMPTS",
         }
     }
+}
+
+/// Why authentication cannot start: the setting at fault, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A setting cannot work (checked here too: `serve` may be given settings
+    /// that were never validated).
+    #[error("{setting}: {reason}")]
+    Setting {
+        setting: &'static str,
+        reason: &'static str,
+    },
+    /// A file a setting names cannot be read.
+    #[error("{setting}: cannot read {}: {source}", path.display())]
+    Read {
+        setting: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file a setting names holds nothing usable (the JWKS, the API keys).
+    #[error("{setting}: {reason}")]
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
+    /// The JWKS client cannot be built (its extra CA, say).
+    #[error("{setting}: {source}")]
+    Client {
+        setting: &'static str,
+        #[source]
+        source: reqwest::Error,
+    },
 }
 
 /// Checks credentials with whichever modes the settings enable.
@@ -167,7 +200,7 @@ pub struct AuthConfig<'a> {
 }
 
 impl Authenticator {
-    pub async fn start(c: AuthConfig<'_>) -> Result<Self, String> {
+    pub async fn start(c: AuthConfig<'_>) -> Result<Self, SetupError> {
         let s = c.settings;
         let jwt = if s.jwt.enabled {
             Some(JwtVerifier::start(&s.jwt).await?)
@@ -196,6 +229,17 @@ impl Authenticator {
             anonymous: c.anonymous,
             public_reflection: c.public_reflection,
         })
+    }
+
+    /// Starts reloading what may change under a running gateway: the JWKS,
+    /// the API key file. Until then the keys loaded at start are in force.
+    pub fn keep_fresh(&self) {
+        if let Some(jwt) = &self.jwt {
+            jwt.keep_fresh();
+        }
+        if let Some(keys) = &self.keys {
+            keys.keep_fresh();
+        }
     }
 
     pub fn public_reflection(&self) -> bool {

@@ -92,7 +92,7 @@ fn check(args: &CheckArgs) -> ExitCode {
     let certs = match verify::certificates_from_file(&args.certificate) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {}", terminal_safe(&e));
+            eprintln!("error: {}", terminal_safe(&e.to_string()));
             return ExitCode::from(1);
         }
     };

@@ -62,6 +62,16 @@ impl CallerLimits {
         self
     }
 
+    /// The rates of `rate_limit`, shared through `redis` by every replica
+    /// when there is one.
+    pub fn with_redis(s: &RateLimitSettings, redis: Option<&Redis>) -> Self {
+        let limits = Self::new(s);
+        match redis {
+            Some(r) => limits.shared(r.for_use("caller_rate")),
+            None => limits,
+        }
+    }
+
     fn rate_of(&self, key: &str) -> Rate {
         self.overrides
             .get(key)

@@ -66,6 +66,19 @@ pub struct Refusal {
     pub retry_after: Duration,
 }
 
+/// What the caller is told: which limit, why, and when to retry.
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "refused by the `{}` limit: {}; retry in {} ms",
+            self.limit,
+            self.description,
+            self.retry_after.as_millis()
+        )
+    }
+}
+
 pub(crate) fn quota(r: Rate) -> Quota {
     let rps = NonZeroU32::new(r.rps).unwrap_or(NonZeroU32::MIN);
     let burst = NonZeroU32::new(r.burst).unwrap_or(NonZeroU32::MIN);

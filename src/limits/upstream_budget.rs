@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::{Refusal, TokioClock, quota};
 use crate::config::{Rate, RateLimitSettings};
-use crate::store::redis::{RedisQuota, Take};
+use crate::store::redis::{Redis, RedisQuota, Take};
 
 type Direct = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
 
@@ -52,6 +52,21 @@ impl UpstreamBudget {
     pub fn shared(mut self, quota: RedisQuota) -> Self {
         self.shared = Some(std::sync::Arc::new(quota));
         self
+    }
+
+    /// The budget of `rate_limit.upstream`, shared through `redis` by every
+    /// replica when there is one.
+    pub fn with_redis(s: &RateLimitSettings, redis: Option<&Redis>) -> Self {
+        let budget = Self::new(s);
+        match redis {
+            Some(r) => budget.shared(RedisQuota::new(
+                r.for_use("upstream_budget"),
+                "upstream",
+                s.upstream.rps,
+                s.upstream.burst,
+            )),
+            None => budget,
+        }
     }
 
     fn cooling_refusal(left: Duration) -> Refusal {

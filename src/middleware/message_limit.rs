@@ -19,7 +19,11 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 use crate::api::Error;
+use crate::config::LimitSettings;
 use crate::methods::{self, RequestSize};
+
+/// Room in a decoded message beyond the chunk itself (field tags, metadata).
+const MESSAGE_OVERHEAD: usize = 64 * 1024;
 
 /// The largest messages accepted.
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +32,17 @@ pub struct MessageLimits {
     pub small: usize,
     /// An upload chunk message (the chunk and its framing).
     pub chunk: usize,
+}
+
+impl From<&LimitSettings> for MessageLimits {
+    fn from(s: &LimitSettings) -> Self {
+        Self {
+            small: usize::try_from(s.max_request_message_bytes).unwrap_or(usize::MAX),
+            chunk: usize::try_from(s.max_chunk_bytes)
+                .unwrap_or(usize::MAX)
+                .saturating_add(MESSAGE_OVERHEAD),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -227,14 +242,17 @@ mod tests {
 
     impl Body for ResetAfterOne {
         type Data = Bytes;
-        type Error = Status;
+        type Error = std::io::Error;
 
         fn poll_frame(
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
             if self.sent {
-                return Poll::Ready(Some(Err(Status::cancelled("stream reset"))));
+                return Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "stream reset",
+                ))));
             }
             self.sent = true;
             Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&[

@@ -13,6 +13,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 pub mod codec;
 #[cfg(feature = "server")]
 pub mod deep;
+pub mod error_info;
 #[cfg(feature = "server")]
 pub mod raw_event;
 #[cfg(feature = "server")]

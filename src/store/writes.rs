@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use super::StoreError;
+use super::error::StoreError;
 
 /// What a remembered write is known by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -15,34 +15,45 @@ pub const MAX_MESSAGE_CHARS: usize = 1000;
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// The upstream answered with a status other than 200.
-    #[error("upstream answered HTTP {}", .0.http_status)]
+    #[error("{0}")]
     Api(Box<ApiError>),
     /// The token endpoint refused the gateway's client id/secret, or the API kept
     /// refusing a freshly fetched token: the gateway's own configuration is wrong.
-    #[error("the upstream refused the gateway's credentials ({0})")]
+    #[error(
+        "the upstream refused the gateway's own credentials; the gateway's operators must fix its client id/secret"
+    )]
     CredentialsRejected(&'static str),
     /// The API refused the token of a request whose body cannot be sent again (an
     /// upload); the token was dropped, so a retry of the whole call will work.
-    #[error("the upstream refused the gateway's access token; a new one will be fetched")]
+    #[error(
+        "the upstream refused the gateway's access token and nothing was stored; a new token is being fetched: retry"
+    )]
     TokenRejected,
     /// The call's deadline passed before the upstream answered.
     #[error("the upstream did not answer in time")]
     Timeout,
     /// No connection to the upstream could be made.
-    #[error("cannot connect to the upstream: {0}")]
+    #[error("cannot reach the upstream: {0}")]
     Connect(String),
     /// The connection failed while the request or answer was under way.
-    #[error("the connection to the upstream failed: {0}")]
+    #[error("the connection to the upstream failed during the call: {0}")]
     Transport(String),
     /// A limit toward the upstream refused the call before it was sent.
-    #[error("{}", .0.description)]
+    #[error("{0}")]
     Throttled(crate::limits::Refusal),
     /// The circuit breaker is open: the upstream kept failing; nothing was sent.
-    #[error("{}", .0.description)]
+    #[error(
+        "the upstream is failing; not tried ({}); retry in {} ms",
+        .0.description,
+        .0.retry_after.as_millis()
+    )]
     CircuitOpen(crate::limits::Refusal),
     /// The download link the upstream gave leads where the gateway does not fetch
     /// from (a private address, a host outside the allowlist, plain http).
-    #[error("{0}")]
+    #[error(
+        "the upstream's download link leads where the gateway does not fetch from: {}",
+        .0.rule
+    )]
     LinkRefused(super::link_guard::LinkRefused),
     /// The upstream answered 200 with a body the gateway cannot read.
     #[error("the upstream's answer is unreadable: {0}")]
@@ -59,6 +70,25 @@ pub struct ApiError {
     pub validation_errors: Vec<UpstreamViolation>,
     /// From `Retry-After` (seconds or an HTTP date).
     pub retry_after: Option<Duration>,
+}
+
+/// What the caller reads: the status, the upstream's `Code` and `Message`.
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the upstream refused the call (HTTP {}",
+            self.http_status
+        )?;
+        if let Some(c) = self.code {
+            write!(f, ", code {c}")?;
+        }
+        f.write_str(")")?;
+        if let Some(m) = &self.message {
+            write!(f, ": {m}")?;
+        }
+        Ok(())
+    }
 }
 
 /// One entry of `ValidationErrors`.

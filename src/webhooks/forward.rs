@@ -21,15 +21,16 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
-        let url = reqwest::Url::parse(url).map_err(|e| format!("webhooks.forward_url: {e}"))?;
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, super::SetupError> {
+        let url =
+            reqwest::Url::parse(url).map_err(|e| super::SetupError::ForwardUrl(e.to_string()))?;
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             // The target is the operator's; a redirect elsewhere is not followed.
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| format!("webhooks.forward_url: {e}"))?;
+            .map_err(super::SetupError::ForwardClient)?;
         Ok(Self { client, url })
     }
 

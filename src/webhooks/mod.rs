@@ -20,6 +20,7 @@
 mod forward;
 pub mod notification;
 pub mod refusal;
+mod setup;
 pub mod signature;
 pub mod token;
 pub mod verify;
@@ -39,14 +40,15 @@ use tokio::net::TcpListener;
 
 use self::forward::Forwarder;
 use self::notification::Notification;
+pub use self::setup::SetupError;
 use self::verify::Verifier;
 use crate::auth::cache::{Bounded, Digest32};
 use crate::auth::throttle::FailureThrottle;
 use crate::config::{WebhookSettings, WebhookVerify};
-use crate::events::Recorder;
 use crate::listener::{ConnLimits, PeerInfo};
 use crate::metrics::Metrics;
-use crate::store::events::Appended;
+use crate::recorder::Recorder;
+use crate::store::event_log::Appended;
 
 /// The path CorrigoPro posts to.
 pub const PATH: &str = "/webhooks/corrigopro";
@@ -91,7 +93,7 @@ impl Webhooks {
         trusted_pem: Option<&str>,
         recorder: Recorder,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SetupError> {
         let verifier = Arc::new(Verifier::new(w, trusted_pem)?);
         if let Some(t) = verifier.certificates_not_after() {
             metrics.webhook_certificate_not_after(t);

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 
 use super::refusal::Refused;
+use super::setup::SetupError;
 use super::token::{self, Claims, Parts, strip_bearer};
 use crate::config::{SignatureAlgorithm, SignedPart, WebhookSettings};
 
@@ -101,23 +102,27 @@ pub struct Certificate {
 }
 
 /// The certificates of a PEM text (at least one, each with an RSA key).
-pub fn certificates_from_pem(pem: &[u8], what: &str) -> Result<Vec<Certificate>, String> {
+pub fn certificates_from_pem(pem: &[u8], what: &str) -> Result<Vec<Certificate>, SetupError> {
     let mut certs = Vec::new();
     for block in x509_parser::pem::Pem::iter_from_buffer(pem) {
-        let block = block.map_err(|e| format!("{what}: not PEM: {e}"))?;
+        let block = block.map_err(|e| SetupError::NotPem {
+            what: what.into(),
+            reason: e.to_string(),
+        })?;
         if block.label != "CERTIFICATE" {
             continue;
         }
-        let cert = block
-            .parse_x509()
-            .map_err(|e| format!("{what}: not an X.509 certificate: {e}"))?;
+        let cert = block.parse_x509().map_err(|e| SetupError::NotX509 {
+            what: what.into(),
+            reason: e.to_string(),
+        })?;
         let spki = cert.public_key();
         if spki.algorithm.algorithm != x509_parser::oid_registry::OID_PKCS1_RSAENCRYPTION {
-            return Err(format!(
-                "{what}: the certificate of `{}` holds a key that is not RSA ({}): CorrigoPro's tokens carry RSA signatures",
-                cert.subject(),
-                spki.algorithm.algorithm
-            ));
+            return Err(SetupError::NotRsa {
+                what: what.into(),
+                subject: cert.subject().to_string(),
+                algorithm: spki.algorithm.algorithm.to_string(),
+            });
         }
         certs.push(Certificate {
             public_key: spki.subject_public_key.data.to_vec(),
@@ -126,20 +131,16 @@ pub fn certificates_from_pem(pem: &[u8], what: &str) -> Result<Vec<Certificate>,
         });
     }
     if certs.is_empty() {
-        return Err(format!(
-            "{what}: no certificate (PEM `CERTIFICATE` block) in it"
-        ));
+        return Err(SetupError::NoCertificate { what: what.into() });
     }
     Ok(certs)
 }
 
 /// The certificates of a file.
-pub fn certificates_from_file(path: &Path) -> Result<Vec<Certificate>, String> {
-    let pem = std::fs::read(path).map_err(|e| {
-        format!(
-            "webhooks.certificate_file: cannot read {}: {e}",
-            path.display()
-        )
+pub fn certificates_from_file(path: &Path) -> Result<Vec<Certificate>, SetupError> {
+    let pem = std::fs::read(path).map_err(|source| SetupError::ReadCertificate {
+        path: path.to_path_buf(),
+        source,
     })?;
     certificates_from_pem(&pem, "webhooks.certificate_file")
 }
@@ -327,7 +328,9 @@ pub(crate) mod tests {
             .unwrap()
             .self_signed(&key)
             .unwrap();
-        let e = certificates_from_pem(cert.pem().as_bytes(), "f").unwrap_err();
+        let e = certificates_from_pem(cert.pem().as_bytes(), "f")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not RSA"), "{e}");
         let certs = certificates_from_pem(NOTIFIER_CERT_PEM.as_bytes(), "f").unwrap();
         assert!(certs[0].not_after > 1_700_000_000);

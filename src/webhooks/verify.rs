@@ -26,6 +26,7 @@ use std::time::SystemTime;
 use subtle::ConstantTimeEq;
 
 pub use super::refusal::{Refusal, Refused};
+use super::setup::SetupError;
 use super::signature::{
     Certificate, Reading, TokenRules, certificates_from_file, certificates_from_pem,
     verifying_reading,
@@ -33,23 +34,14 @@ use super::signature::{
 use super::token::{self, strip_bearer};
 use crate::config::{WebhookSettings, WebhookVerify};
 
-fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
-    let text = std::fs::read(path).map_err(|e| {
-        format!(
-            "webhooks.shared_secret_file: cannot read {}: {e}",
-            path.display()
-        )
-    })?;
-    let secret = text
-        .strip_suffix(b"\n")
-        .map(|t| t.strip_suffix(b"\r").unwrap_or(t))
-        .unwrap_or(&text)
-        .to_vec();
+/// The shared secret's bytes (trailing line ends dropped), at least 16 of them.
+fn read_secret(path: &Path) -> Result<Vec<u8>, SetupError> {
+    let secret = crate::secret::Secret::from_file(path).map_err(SetupError::ReadSecret)?;
+    let secret = secret.expose().as_bytes().to_vec();
     if secret.len() < 16 {
-        return Err(format!(
-            "webhooks.shared_secret_file: {} holds fewer than 16 bytes: too easy to guess",
-            path.display()
-        ));
+        return Err(SetupError::WeakSecret {
+            path: path.to_path_buf(),
+        });
     }
     Ok(secret)
 }
@@ -92,7 +84,7 @@ pub struct Verifier {
 impl Verifier {
     /// From the settings; `trusted_pem` is a certificate to trust when no file is
     /// set (the sandbox's own).
-    pub fn new(w: &WebhookSettings, trusted_pem: Option<&str>) -> Result<Self, String> {
+    pub fn new(w: &WebhookSettings, trusted_pem: Option<&str>) -> Result<Self, SetupError> {
         let mode = match w.verify {
             WebhookVerify::SignedToken => {
                 let (certs, source) = match (&w.certificate_file, trusted_pem) {
@@ -100,12 +92,7 @@ impl Verifier {
                     (None, Some(pem)) => {
                         (certificates_from_pem(pem.as_bytes(), "the sandbox")?, None)
                     }
-                    (None, None) => {
-                        return Err(
-                            "webhooks.verify = \"signed-token\" needs webhooks.certificate_file"
-                                .into(),
-                        );
-                    }
+                    (None, None) => return Err(SetupError::NeedsCertificate),
                 };
                 if w.expected_name.is_none() {
                     tracing::warn!(
@@ -129,10 +116,7 @@ impl Verifier {
             }
             WebhookVerify::SharedSecret => {
                 let Some(path) = &w.shared_secret_file else {
-                    return Err(
-                        "webhooks.verify = \"shared-secret\" needs webhooks.shared_secret_file"
-                            .into(),
-                    );
+                    return Err(SetupError::NeedsSecretFile);
                 };
                 Mode::SharedSecret {
                     secret: RwLock::new(Arc::new(read_secret(path)?)),

@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod notify;
 pub mod redis;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -437,4 +439,13 @@ pub fn write_keys(path: &std::path::Path, keys: &[(&str, &str, &[&str])]) {
         ));
     }
     std::fs::write(path, text).expect("write keys");
+}
+
+/// Every upload the upstream saw start ended stored, rejected or aborted.
+pub async fn nothing_half_done(sandbox: &Sandbox) {
+    eventually("every upstream upload ended", || {
+        let s = sandbox.stats();
+        s.uploads_started == s.uploads_stored + s.uploads_rejected + s.uploads_aborted
+    })
+    .await;
 }

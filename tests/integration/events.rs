@@ -8,153 +8,19 @@ use std::time::{Duration, SystemTime};
 use attachment_gateway::client::{GatewayClient, Watched};
 use attachment_gateway::proto::watch_attachments_response::Payload;
 use attachment_gateway::proto::{
-    AttachmentEvent, AttachmentEventType, DeleteAttachmentRequest, EventSource,
-    WatchAttachmentsRequest, WatchAttachmentsResponse,
+    AttachmentEventType, DeleteAttachmentRequest, EventSource, WatchAttachmentsRequest,
 };
-use attachment_gateway::sandbox::notifier::{AUDIENCE, Signer};
-use attachment_gateway::sandbox::{NOTIFIER_KEY_PEM, SandboxConfig};
+use attachment_gateway::sandbox::SandboxConfig;
+use attachment_gateway::sandbox::notifier::AUDIENCE;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tonic::{Code, Streaming};
+use tonic::Code;
 
+use crate::common::notify::{added, bearer, forged_token, http, metric, post, token};
+use crate::common::watch::{next_event, next_message, no_event_for, watch};
 use crate::common::*;
-
-pub(crate) type Watch = Streaming<WatchAttachmentsResponse>;
-
-/// Opens a watch and reads its first message (a heartbeat with its cursor).
-pub(crate) async fn watch(
-    c: &mut Client,
-    work_order_ids: Vec<i64>,
-    after: &str,
-) -> (Watch, String) {
-    let mut w = c
-        .watch_attachments(WatchAttachmentsRequest {
-            work_order_ids,
-            after_event_id: after.to_string(),
-        })
-        .await
-        .expect("watch")
-        .into_inner();
-    let first = next_message(&mut w).await;
-    let Some(Payload::Heartbeat(h)) = first.payload else {
-        panic!("a watch starts with a heartbeat: {first:?}")
-    };
-    assert!(
-        !h.last_event_id.is_empty(),
-        "the first heartbeat has the cursor"
-    );
-    (w, h.last_event_id)
-}
-
-pub(crate) async fn next_message(w: &mut Watch) -> WatchAttachmentsResponse {
-    tokio::time::timeout(Duration::from_secs(10), w.message())
-        .await
-        .expect("a message in time")
-        .expect("no error")
-        .expect("the watch went on")
-}
-
-/// The next event, skipping heartbeats.
-pub(crate) async fn next_event(w: &mut Watch) -> AttachmentEvent {
-    loop {
-        if let Some(Payload::Event(e)) = next_message(w).await.payload {
-            return e;
-        }
-    }
-}
-
-/// Nothing but heartbeats for `d`.
-pub(crate) async fn no_event_for(w: &mut Watch, d: Duration) {
-    let until = tokio::time::Instant::now() + d;
-    while let Ok(m) = tokio::time::timeout_at(until, w.message()).await {
-        let m = m.expect("no error").expect("the watch went on");
-        if let Some(Payload::Event(e)) = m.payload {
-            panic!("no event expected, got {e:?}");
-        }
-    }
-}
-
-pub(crate) fn signer() -> Signer {
-    Signer::from_pem(NOTIFIER_KEY_PEM).expect("key")
-}
-
-pub(crate) fn token(audience: &str, issued: SystemTime) -> String {
-    signer()
-        .token(audience, issued, Duration::from_secs(1200), true)
-        .expect("token")
-}
-
-/// A key that is not the sandbox's (`tests/fixtures/webhooks/`).
-pub(crate) const OTHER_KEY_PEM: &str = include_str!("../fixtures/webhooks/other-key.pem");
-
-/// A token of the right shape and claims whose signature does not verify: signed
-/// by another key. Each call makes another (a flood of distinct credentials).
-pub(crate) fn forged_token() -> String {
-    static FORGER: std::sync::OnceLock<Signer> = std::sync::OnceLock::new();
-    FORGER
-        .get_or_init(|| Signer::from_pem(OTHER_KEY_PEM).expect("other key"))
-        .token(
-            AUDIENCE,
-            SystemTime::now(),
-            Duration::from_secs(1200),
-            false,
-        )
-        .expect("token")
-}
-
-pub(crate) fn added(work_order_id: i64, attachment_id: &str, message_id: &str) -> Value {
-    json!({
-        "AttachmentId": attachment_id, "Name": "test.doc", "MimeType": "application/msword",
-        "Size": 234256, "Subtype": "x",
-        "Header": {"WorkOrderId": work_order_id, "BranchId": 492042,
-            "Sender": {"Name": "Jon Snow", "Phone": "+12025550141", "Type": "CorrigoPro"},
-            "Action": "AttachmentAdded", "ActionDate": "2017-10-04T08:28:36.9484279Z",
-            "ApiVersion": "1.0", "MessageId": message_id}
-    })
-}
-
-pub(crate) fn http() -> reqwest::Client {
-    attachment_gateway::upstream::install_crypto_provider();
-    reqwest::Client::new()
-}
-
-/// Posts a notification with `authorization` (none when `None`).
-pub(crate) async fn post(
-    url: &str,
-    authorization: Option<String>,
-    body: &Value,
-) -> reqwest::Response {
-    let mut r = http()
-        .post(url)
-        .header("content-type", "application/json; charset=utf-8")
-        .header(
-            "event-type",
-            body["Header"]["Action"].as_str().unwrap_or_default(),
-        )
-        .body(body.to_string());
-    if let Some(a) = authorization {
-        r = r.header("authorization", a);
-    }
-    r.send().await.expect("post")
-}
-
-pub(crate) fn bearer(t: &str) -> Option<String> {
-    Some(format!("Bearer {t}"))
-}
-
-/// A metric's value, by the start of its line without the common prefix.
-pub(crate) fn metric(h: &Hooked, line_start: &str) -> u64 {
-    let line_start = format!("attachment_gateway_{line_start}");
-    h.metrics
-        .render()
-        .lines()
-        .find(|l| l.starts_with(&line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
 
 #[tokio::test]
 async fn a_customers_attachment_reaches_a_subscriber_with_its_fields() {

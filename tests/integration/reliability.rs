@@ -685,12 +685,3 @@ async fn randomized_run_against_a_faulty_upstream_keeps_upstream_and_answers_in_
         "no attachment beyond the OK uploads"
     );
 }
-
-/// Every upload the upstream saw start ended stored, rejected or aborted.
-pub(crate) async fn nothing_half_done(sandbox: &attachment_gateway::sandbox::Sandbox) {
-    eventually("every upstream upload ended", || {
-        let s = sandbox.stats();
-        s.uploads_started == s.uploads_stored + s.uploads_rejected + s.uploads_aborted
-    })
-    .await;
-}

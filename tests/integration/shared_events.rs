@@ -11,16 +11,17 @@ use attachment_gateway::proto::{AttachmentEvent, WatchAttachmentsRequest};
 use attachment_gateway::sandbox::notifier::AUDIENCE;
 use attachment_gateway::sandbox::{Sandbox, SandboxConfig};
 use attachment_gateway::server;
-use attachment_gateway::store::events::{
+use attachment_gateway::store::event_log::{
     Appended, Cursor, EventLog, NewEvent, ReadError, Retention,
 };
 use attachment_gateway::store::redis::{Redis, RedisEventLog};
 use tokio::net::TcpListener;
 use tonic::Code;
 
+use crate::common::notify::{added, bearer, post, token};
 use crate::common::redis::{RedisServer, free_port};
+use crate::common::watch::{Watch, next_event, watch};
 use crate::common::*;
-use crate::events::{Watch, added, bearer, next_event, post, token, watch};
 
 /// A replica: its gateway and its webhook URL.
 struct Replica {

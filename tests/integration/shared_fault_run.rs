@@ -18,9 +18,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 
+use crate::common::redis::RedisServer;
 use crate::common::*;
-use crate::reliability::nothing_half_done;
-use crate::shared_state::RedisServer;
 
 const REPLICAS: usize = 3;
 /// Attempts per upload (and again after an OK answer the caller "lost").

@@ -19,8 +19,7 @@ use tonic::Code;
 
 use crate::common::*;
 
-pub(crate) use crate::common::redis::RedisServer;
-use crate::common::redis::free_port;
+use crate::common::redis::{RedisServer, free_port};
 
 async fn redis_store(url: &str, prefix: &str) -> Arc<dyn WriteStore> {
     let r = Redis::connect(url, None, prefix, Duration::from_millis(500))

@@ -14,11 +14,9 @@ use serde_json::json;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::common::notify::{OTHER_KEY_PEM, added, bearer, forged_token, metric, post, signer};
+use crate::common::watch::{next_event, no_event_for, watch};
 use crate::common::*;
-use crate::events::{
-    OTHER_KEY_PEM, added, bearer, forged_token, metric, next_event, no_event_for, post, signer,
-    watch,
-};
 
 const TTL: Duration = Duration::from_secs(1200);
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 
 /// Told of each command to Redis that failed or timed out, with the use it
 /// served (`write_records`, `upstream_budget`, `caller_rate`, `event_log`).

@@ -55,11 +55,13 @@ end
 }
 
 mod conn;
-mod events;
+mod event_log;
 mod quota;
+mod setup;
 mod writes;
 
 pub use conn::{EPOCH_GRACE, FailureHook, Redis};
-pub use events::RedisEventLog;
+pub use event_log::RedisEventLog;
 pub use quota::{RedisQuota, Take};
+pub use setup::{SetupError, connect};
 pub use writes::RedisWrites;

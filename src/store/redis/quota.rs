@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::conn::{Redis, millis};
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 
 /// What the shared quota says of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

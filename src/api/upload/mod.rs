@@ -7,141 +7,39 @@
 //! check passed: any other end (error, cancellation, limit, the handler dropped)
 //! makes the body fail, which aborts the upstream request mid-body.
 
-use std::io;
-use std::pin::Pin;
+mod body;
+mod progress;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::Stream;
-use sha2::{Digest, Sha256};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio::time::timeout;
 use tonic::{Code, Streaming};
 
+use self::body::{Chunk, UploadBody};
+use self::progress::Progress;
 use super::convert;
 use super::deadline::Bounds;
 use super::error::{Error, Op};
+use super::runtime::Runtime;
 use super::writes::{Start, Writes};
+use crate::config::{LimitSettings, RateLimitSettings};
 use crate::domain::{NewAttachment, UpstreamName};
-use crate::events::Recorder;
 use crate::limits::Concurrency;
 use crate::metrics::Metrics;
 use crate::proto::wire::upload_attachment_request::Payload;
 use crate::proto::wire::{UploadAttachmentRequest, UploadAttachmentResponse};
+use crate::recorder::Recorder;
 use crate::store::writes::{Fingerprint, Outcome, WriteKey};
 use crate::upstream::Upstream;
 
 /// Chunks queued between the caller's stream and the upstream body: memory per
 /// upload stays within a few chunks.
 const QUEUED_CHUNKS: usize = 2;
-
-/// A chunk on its way upstream, holding its share of the in-flight byte budget
-/// until the HTTP client takes it.
-struct Chunk {
-    bytes: Bytes,
-    _permit: OwnedSemaphorePermit,
-}
-
-/// The body handed to the upstream request.
-struct UploadBody {
-    rx: mpsc::Receiver<Chunk>,
-    complete: Arc<AtomicBool>,
-    failed: bool,
-}
-
-impl Stream for UploadBody {
-    type Item = Result<Bytes, io::Error>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.failed {
-            return Poll::Ready(None);
-        }
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(c)) => Poll::Ready(Some(Ok(c.bytes))),
-            Poll::Ready(None) if self.complete.load(Ordering::Acquire) => Poll::Ready(None),
-            Poll::Ready(None) => {
-                self.failed = true;
-                Poll::Ready(Some(Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "upload abandoned before its last byte",
-                ))))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-/// Byte count, hash and limits of one upload.
-struct Progress {
-    received: u64,
-    hasher: Sha256,
-    limit: u64,
-    declared: Option<u64>,
-    max_chunk: usize,
-}
-
-impl Progress {
-    fn accept(&mut self, chunk: &[u8]) -> Result<(), Error> {
-        if chunk.len() > self.max_chunk {
-            return Err(Error::invalid(
-                "chunk",
-                "CHUNK_TOO_LARGE",
-                format!(
-                    "a chunk of {} bytes exceeds the limit of {} bytes per message",
-                    chunk.len(),
-                    self.max_chunk
-                ),
-            ));
-        }
-        let total = self.received + chunk.len() as u64;
-        if let Some(declared) = self.declared
-            && total > declared
-        {
-            return Err(Error::invalid(
-                "metadata.size_bytes",
-                "SIZE_MISMATCH",
-                format!(
-                    "declares {declared} bytes, but byte {} arrived",
-                    declared + 1
-                ),
-            ));
-        }
-        if total > self.limit {
-            return Err(Error::invalid(
-                "chunk",
-                "FILE_TOO_LARGE",
-                format!(
-                    "the file exceeds the limit of {} bytes (byte {} arrived)",
-                    self.limit,
-                    self.limit + 1
-                ),
-            ));
-        }
-        self.hasher.update(chunk);
-        self.received = total;
-        Ok(())
-    }
-
-    fn finish(self) -> Result<(u64, String), Error> {
-        if let Some(declared) = self.declared
-            && declared != self.received
-        {
-            return Err(Error::invalid(
-                "metadata.size_bytes",
-                "SIZE_MISMATCH",
-                format!(
-                    "declares {declared} bytes, but the stream ended after {}",
-                    self.received
-                ),
-            ));
-        }
-        Ok((self.received, hex::encode(self.hasher.finalize())))
-    }
-}
 
 /// The next message's payload; a message with neither field is invalid. A message
 /// too large for the transport surfaces as INVALID_ARGUMENT naming `chunk`.
@@ -189,6 +87,21 @@ pub struct UploadLimits {
     pub idle_timeout: Duration,
 }
 
+impl UploadLimits {
+    /// The sizes and timeouts of `limits`; the bytes in memory at once, of
+    /// every upload together, of `rate_limit`.
+    pub fn new(limits: &LimitSettings, rate_limit: &RateLimitSettings) -> Self {
+        Self {
+            max_upload_bytes: limits.max_upload_bytes,
+            max_chunk_bytes: usize::try_from(limits.max_chunk_bytes).unwrap_or(usize::MAX),
+            max_inflight_upload_bytes: usize::try_from(rate_limit.max_inflight_upload_bytes)
+                .unwrap_or(usize::MAX),
+            first_message_timeout: limits.upload_first_message_timeout,
+            idle_timeout: limits.upload_idle_timeout,
+        }
+    }
+}
+
 /// Counts an upload in progress while alive.
 struct InFlight<'a>(&'a Metrics);
 
@@ -210,7 +123,7 @@ pub struct Uploads {
     /// One permit per upload byte held in memory.
     bytes: Arc<Semaphore>,
     /// Records each upload as an event.
-    events: Recorder,
+    recorder: Recorder,
 }
 
 /// An upload's digest for the record of writes: every metadata field that makes
@@ -234,26 +147,31 @@ fn fingerprint(a: &NewAttachment) -> Fingerprint {
 }
 
 impl Uploads {
+    /// Uploads held to `limits` and to the concurrency and memory bounds of
+    /// `rate_limit`, remembered in `writes`.
     pub fn new(
-        upstream: Arc<Upstream>,
-        limits: UploadLimits,
-        slots: Arc<Concurrency>,
-        bounds: Bounds,
+        rt: &Runtime,
+        limits: &LimitSettings,
+        rate_limit: &RateLimitSettings,
         writes: Writes,
-        events: Recorder,
-        metrics: Arc<Metrics>,
     ) -> Self {
+        let limits = UploadLimits::new(limits, rate_limit);
         Self {
-            upstream,
-            events,
+            upstream: Arc::clone(&rt.upstream),
+            recorder: rt.recorder.clone(),
             bytes: Arc::new(Semaphore::new(
                 limits.max_inflight_upload_bytes.min(Semaphore::MAX_PERMITS),
             )),
-            slots,
+            slots: Concurrency::new(
+                "concurrent_uploads",
+                "concurrent_uploads_per_caller",
+                rate_limit.max_concurrent_uploads as usize,
+                rate_limit.max_concurrent_uploads_per_caller as usize,
+            ),
             limits,
-            bounds,
+            bounds: rt.bounds.clone(),
             writes,
-            metrics,
+            metrics: Arc::clone(&rt.metrics),
         }
     }
 
@@ -305,15 +223,21 @@ impl Uploads {
         &self,
         stream: &mut Streaming<UploadAttachmentRequest>,
     ) -> Result<Option<Payload>, Error> {
-        timeout(
-            self.limits.idle_timeout,
-            next_payload(stream, self.limits.max_chunk_bytes),
-        )
-        .await
-        .map_err(|_| Error::StreamIdle {
-            waited: self.limits.idle_timeout,
-            what: "the next upload message",
-        })?
+        let idle = self.limits.idle_timeout;
+        self.next_within(stream, idle, "the next upload message")
+            .await
+    }
+
+    /// The next message, within `wait`: else the stream is idle, waiting for `what`.
+    async fn next_within(
+        &self,
+        stream: &mut Streaming<UploadAttachmentRequest>,
+        wait: Duration,
+        what: &'static str,
+    ) -> Result<Option<Payload>, Error> {
+        timeout(wait, next_payload(stream, self.limits.max_chunk_bytes))
+            .await
+            .map_err(|_| Error::StreamIdle { waited: wait, what })?
     }
 
     /// The upload, start to end: its metadata, a slot, the record of writes, then
@@ -367,7 +291,7 @@ impl Uploads {
             })
             .await;
         }
-        self.events
+        self.recorder
             .gateway_write(
                 crate::proto::AttachmentEventType::Added,
                 attachment.work_order_id.get(),
@@ -385,15 +309,10 @@ impl Uploads {
         &self,
         stream: &mut Streaming<UploadAttachmentRequest>,
     ) -> Result<(NewAttachment, String), Error> {
-        let first = timeout(
-            self.limits.first_message_timeout,
-            next_payload(stream, self.limits.max_chunk_bytes),
-        )
-        .await
-        .map_err(|_| Error::StreamIdle {
-            waited: self.limits.first_message_timeout,
-            what: "the metadata message",
-        })??;
+        let wait = self.limits.first_message_timeout;
+        let first = self
+            .next_within(stream, wait, "the metadata message")
+            .await?;
         let meta = match first {
             Some(Payload::Metadata(m)) => m,
             Some(Payload::Chunk(_)) => {
@@ -425,13 +344,11 @@ impl Uploads {
         sent: &AtomicBool,
     ) -> Result<UploadAttachmentResponse, Error> {
         let max_chunk = self.limits.max_chunk_bytes;
-        let mut progress = Progress {
-            received: 0,
-            hasher: Sha256::new(),
-            limit: self.limits.max_upload_bytes,
-            declared: attachment.declared_size,
+        let mut progress = Progress::new(
+            self.limits.max_upload_bytes,
             max_chunk,
-        };
+            attachment.declared_size,
+        );
 
         // Nothing goes upstream before the first byte: an empty file is refused here.
         let first = loop {
@@ -550,13 +467,11 @@ impl Uploads {
         else {
             return Err(Error::Internal("the write record answered another call"));
         };
-        let mut progress = Progress {
-            received: 0,
-            hasher: Sha256::new(),
-            limit: self.limits.max_upload_bytes,
-            declared: attachment.declared_size,
-            max_chunk: self.limits.max_chunk_bytes,
-        };
+        let mut progress = Progress::new(
+            self.limits.max_upload_bytes,
+            self.limits.max_chunk_bytes,
+            attachment.declared_size,
+        );
         loop {
             match self.next(&mut stream).await? {
                 Some(Payload::Chunk(b)) => progress.accept(&b)?,

@@ -1,21 +1,21 @@
-//! Write records in Redis (see the module above for the layout).
+//! Write records in Redis (see the module above for the layout): the store
+//! itself here; a record's key and value in `record`, the Lua scripts in
+//! `scripts`, and the records this replica remembers (and puts back into a
+//! Redis that lost them) in `mirror`.
 
-use std::collections::{HashMap, VecDeque};
+mod mirror;
+mod record;
+mod scripts;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
+use self::mirror::{Mirror, put_back};
+use self::record::{holder, parse, running};
+use self::scripts::{abandon_script, begin_script, complete_script, epoch_script, renew_script};
 use super::conn::{EPOCH_GRACE, Redis, millis, new_epoch, replace_epoch};
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 use crate::store::writes::{Begin, Fingerprint, LeaseToken, Outcome, WriteKey, WriteStore};
-use tokio::time::Instant;
-
-script!(begin_script, BEGIN);
-script!(epoch_script, EPOCH);
-script!(renew_script, RENEW);
-script!(complete_script, COMPLETE);
-script!(abandon_script, ABANDON);
 
 /// Write records in Redis, shared by every replica. Each replica also keeps
 /// the records it wrote (bounded) and puts them back into a Redis that lost
@@ -39,8 +39,6 @@ pub struct RedisWrites {
 
 /// Leases of failed begins released at once, at most; past that they expire.
 const MAX_RELEASES: usize = 256;
-/// How long restoring keeps trying (Redis may still be loading).
-const RESTORE_FOR: Duration = Duration::from_secs(30);
 
 /// Releases a lease a `begin` may have left when the begin did not finish
 /// (failed, or cut off by the caller's deadline while its command was sent).
@@ -101,203 +99,9 @@ impl RedisWrites {
     }
 
     fn key(&self, k: &WriteKey) -> String {
-        let mut h = Sha256::new();
-        for f in [
-            k.caller.as_bytes(),
-            k.call.as_bytes(),
-            &k.work_order_id.to_le_bytes(),
-            k.message_id.as_bytes(),
-        ] {
-            h.update((f.len() as u64).to_le_bytes());
-            h.update(f);
-        }
-        format!("{}w:{}", self.redis.prefix, hex::encode(h.finalize()))
+        record::key(&self.redis.prefix, k)
     }
 }
-
-fn running(token: LeaseToken, fp: Fingerprint) -> String {
-    format!("r|{:032x}|{}", token.0, hex::encode(fp.0))
-}
-
-fn holder(token: LeaseToken) -> String {
-    format!("r|{:032x}|", token.0)
-}
-
-fn fingerprint(hex_fp: &str) -> Result<Fingerprint, StoreError> {
-    let bytes =
-        hex::decode(hex_fp).map_err(|_| StoreError("a write record is malformed".into()))?;
-    let arr: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| StoreError("a write record is malformed".into()))?;
-    Ok(Fingerprint(arr))
-}
-
-/// Reads a stored record.
-fn parse(v: &str) -> Result<Begin, StoreError> {
-    let bad = || StoreError("a write record is malformed".into());
-    let mut parts = v.splitn(3, '|');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some("r"), Some(_token), Some(fp)) => Ok(Begin::Running {
-            fingerprint: fingerprint(fp)?,
-        }),
-        (Some("d"), Some(fp), Some(outcome)) => Ok(Begin::Done {
-            fingerprint: fingerprint(fp)?,
-            outcome: serde_json::from_str(outcome).map_err(|_| bad())?,
-        }),
-        _ => Err(bad()),
-    }
-}
-
-/// Looks a key up and takes it when free (KEYS: record, epoch, restoring;
-/// ARGV: the running value, the lease in ms, then the epoch arguments).
-/// Returns the epoch, then `have` and the record, `restoring` (Redis lost its
-/// data moments ago and replicas are putting back what they remember), or `go`.
-const BEGIN: &str = concat!(
-    ensure_epoch!(),
-    r"
-local e = epoch(KEYS[2], KEYS[3], ARGV[3], ARGV[4])
-local cur = redis.call('GET', KEYS[1])
-if cur then return {e, 'have', cur} end
-if redis.call('EXISTS', KEYS[3]) == 1 then return {e, 'restoring'} end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return {e, 'go'}"
-);
-
-/// The epoch, made when missing (KEYS: epoch, restoring; ARGV: the epoch arguments).
-const EPOCH: &str = concat!(
-    ensure_epoch!(),
-    r"
-return epoch(KEYS[1], KEYS[2], ARGV[1], ARGV[2])"
-);
-
-/// Extends the lease when the caller still holds it, or takes the key back
-/// when it is free (a Redis that lost it while the write ran).
-const RENEW: &str = r"
-local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if not v then
-  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2])
-  return 1
-end
-return 0";
-
-/// Stores the outcome unless another replica holds the key now.
-const COMPLETE: &str = r"
-local v = redis.call('GET', KEYS[1])
-if (not v) or string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return 1
-end
-return 0";
-
-/// Drops the lease when the caller still holds it.
-const ABANDON: &str = r"
-local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0";
-
-/// The records this replica wrote, kept in memory until they expire, bounded;
-/// the oldest go first.
-#[derive(Default)]
-struct Mirror {
-    /// Redis key -> (value, expiry, generation).
-    map: HashMap<String, (String, Instant, u64)>,
-    order: VecDeque<(u64, String)>,
-    bytes: usize,
-    generation: u64,
-    /// The key of the outcome stored last.
-    newest_done: Option<String>,
-}
-
-impl Mirror {
-    fn put(&mut self, key: &str, value: String, ttl: Duration) {
-        self.generation += 1;
-        let g = self.generation;
-        let size = key.len() + value.len();
-        if let Some((old, _, _)) = self
-            .map
-            .insert(key.to_string(), (value, Instant::now() + ttl, g))
-        {
-            self.bytes -= key.len() + old.len();
-        }
-        self.bytes += size;
-        if self
-            .map
-            .get(key)
-            .is_some_and(|(v, _, _)| v.starts_with("d|"))
-        {
-            self.newest_done = Some(key.to_string());
-        }
-        self.order.push_back((g, key.to_string()));
-        while self.map.len() > MIRROR_RECORDS
-            || self.bytes > MIRROR_BYTES
-            || self.order.len() > 2 * MIRROR_RECORDS
-        {
-            let Some((g, k)) = self.order.pop_front() else {
-                break;
-            };
-            if self.map.get(&k).is_some_and(|(_, _, at)| *at == g)
-                && let Some((v, _, _)) = self.map.remove(&k)
-            {
-                self.bytes -= k.len() + v.len();
-            }
-        }
-    }
-
-    /// The outcome stored last, if still held: its key and the time it has left.
-    fn newest_done(&self) -> Option<(String, Duration)> {
-        let k = self.newest_done.as_ref()?;
-        let (v, left) = self.get(k)?;
-        v.starts_with("d|").then(|| (k.clone(), left))
-    }
-
-    /// Puts a running value unless the key already holds an outcome.
-    fn put_unless_done(&mut self, key: &str, value: String, ttl: Duration) {
-        if self
-            .map
-            .get(key)
-            .is_some_and(|(v, _, _)| v.starts_with("d|"))
-        {
-            return;
-        }
-        self.put(key, value, ttl);
-    }
-
-    fn get(&self, key: &str) -> Option<(String, Duration)> {
-        let (v, until, _) = self.map.get(key)?;
-        let left = until.checked_duration_since(Instant::now())?;
-        Some((v.clone(), left))
-    }
-
-    fn forget(&mut self, key: &str) {
-        if let Some((v, _, _)) = self.map.remove(key) {
-            self.bytes -= key.len() + v.len();
-        }
-    }
-
-    /// What has not expired: key, value, time left.
-    fn live(&self) -> Vec<(String, String, Duration)> {
-        let now = Instant::now();
-        self.map
-            .iter()
-            .filter_map(|(k, (v, until, _))| {
-                until
-                    .checked_duration_since(now)
-                    .map(|left| (k.clone(), v.clone(), left))
-            })
-            .collect()
-    }
-}
-
-/// Records (and bytes) one replica keeps to put back into a Redis that lost them.
-const MIRROR_RECORDS: usize = 50_000;
-const MIRROR_BYTES: usize = 32 << 20;
 
 impl RedisWrites {
     fn mirror(&self) -> std::sync::MutexGuard<'_, Mirror> {
@@ -329,64 +133,17 @@ impl RedisWrites {
         }
     }
 
-    /// Puts this replica's live records back (`SET NX`: what another replica
-    /// wrote since wins), in pipelines of a bounded size; one restore at a time,
-    /// trying again for up to `RESTORE_FOR` while Redis is not ready (a
-    /// restarted Redis may still be loading), and keeping the grace period up
-    /// while it works so that no write whose record is on its way runs.
+    /// Puts this replica's live records back, one restore at a time.
     async fn restore(&self) {
         use std::sync::atomic::Ordering;
         if self.restoring.swap(true, Ordering::AcqRel) {
             return;
         }
         let live = self.mirror().live();
-        if live.is_empty() {
-            self.restoring.store(false, Ordering::Release);
-            return;
-        }
-        let until = tokio::time::Instant::now() + RESTORE_FOR;
-        let mut restored = 0usize;
-        for chunk in live.chunks(500) {
-            loop {
-                let mut pipe = redis::pipe();
-                pipe.cmd("SET")
-                    .arg(&self.restoring_key)
-                    .arg(1)
-                    .arg("PX")
-                    .arg(millis(EPOCH_GRACE))
-                    .ignore();
-                for (k, v, left) in chunk {
-                    pipe.cmd("SET")
-                        .arg(k)
-                        .arg(v)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(millis(*left))
-                        .ignore();
-                }
-                match self
-                    .redis
-                    .run(async move |mut c| pipe.query_async::<()>(&mut c).await)
-                    .await
-                {
-                    Ok(()) => {
-                        restored += chunk.len();
-                        break;
-                    }
-                    Err(e) if tokio::time::Instant::now() < until => {
-                        tracing::warn!(error = %e, restored, "putting write records back into Redis: trying again");
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, restored, left = live.len() - restored, "putting write records back into Redis failed: those writes may run again if retried");
-                        self.restoring.store(false, Ordering::Release);
-                        return;
-                    }
-                }
-            }
+        if !live.is_empty() {
+            put_back(&self.redis, &self.restoring_key, &live).await;
         }
         self.restoring.store(false, Ordering::Release);
-        tracing::info!(restored, "write records put back into Redis");
     }
 
     /// Drops, once Redis answers, a lease a failed `begin` may have left (only
@@ -631,39 +388,5 @@ impl WriteStore for RedisWrites {
 
     fn leases_expire(&self) -> bool {
         true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn the_mirror_is_bounded_and_keeps_its_byte_count() {
-        let mut m = Mirror::default();
-        for i in 0..MIRROR_RECORDS + 10 {
-            m.put(&format!("k{i}"), "v".repeat(10), Duration::from_secs(60));
-        }
-        assert_eq!(m.map.len(), MIRROR_RECORDS);
-        assert!(m.get("k0").is_none(), "the oldest went first");
-        assert!(m.get(&format!("k{}", MIRROR_RECORDS + 9)).is_some());
-        // Replacing a record (running -> done) counts its bytes once.
-        m.put("k100", "x".repeat(1000), Duration::from_secs(60));
-        let sum: usize = m.map.iter().map(|(k, (v, _, _))| k.len() + v.len()).sum();
-        assert_eq!(m.bytes, sum);
-        m.forget("k100");
-        let sum: usize = m.map.iter().map(|(k, (v, _, _))| k.len() + v.len()).sum();
-        assert_eq!(m.bytes, sum);
-        // Large records are bounded by bytes.
-        let mut m = Mirror::default();
-        for i in 0..100 {
-            m.put(
-                &format!("k{i}"),
-                "v".repeat(1 << 20),
-                Duration::from_secs(60),
-            );
-        }
-        assert!(m.bytes <= MIRROR_BYTES);
-        assert!(m.live().len() <= 32);
     }
 }

@@ -20,7 +20,8 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::StoreError;
+use super::error::StoreError;
+use crate::config::{EventSettings, WebhookSettings};
 
 /// An event to append: its work order (for subscribers' filters) and its body.
 #[derive(Debug, Clone)]
@@ -115,6 +116,20 @@ pub struct Retention {
     pub dedupe_ttl: Duration,
     /// Dedupe keys kept at most; the oldest go first.
     pub max_dedupe_keys: usize,
+}
+
+impl Retention {
+    /// The retention of `events`; the dedupe horizon of `webhooks` (how long
+    /// CorrigoPro may deliver a notification again).
+    pub fn new(events: &EventSettings, webhooks: &WebhookSettings) -> Self {
+        Self {
+            max_events: events.max_events as usize,
+            max_bytes: usize::try_from(events.max_bytes).unwrap_or(usize::MAX),
+            max_age: events.max_age,
+            dedupe_ttl: webhooks.dedupe_ttl,
+            max_dedupe_keys: webhooks.max_dedupe_keys as usize,
+        }
+    }
 }
 
 struct Entry {

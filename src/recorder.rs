@@ -10,8 +10,8 @@ use prost::Message;
 
 use crate::metrics::Metrics;
 use crate::proto::{Attachment, AttachmentEvent, AttachmentEventType, EventSource};
-use crate::store::StoreError;
-use crate::store::events::{Appended, NewEvent, SharedLog};
+use crate::store::error::StoreError;
+use crate::store::event_log::{Appended, NewEvent, SharedLog};
 
 /// How long a gateway write waits for its event to be recorded: the write is
 /// done either way, so its caller is not held up for long by a slow log.

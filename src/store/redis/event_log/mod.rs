@@ -27,8 +27,8 @@ use tokio::sync::watch;
 
 use self::tail::{Ring, Shared};
 use super::conn::{EPOCH_GRACE, Redis, millis, new_epoch};
-use crate::store::StoreError;
-use crate::store::events::{
+use crate::store::error::StoreError;
+use crate::store::event_log::{
     Appended, BadCursor, Cursor, EventLog, NewEvent, ReadError, Recorded, Retention,
     format_event_id, parse_event_id,
 };

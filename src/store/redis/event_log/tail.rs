@@ -12,7 +12,7 @@ use redis::Value;
 use tokio::sync::watch;
 
 use super::{Keys, Pos, entries, fields, head, parse_pos, pos_id, store_err};
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 use crate::store::redis::conn::{Redis, replace_epoch};
 
 /// How long the tail's `XREAD` waits for new entries.
