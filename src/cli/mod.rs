@@ -214,11 +214,13 @@ fn exit_code(e: &ClientError) -> u8 {
 
 fn report(e: &ClientError, json_out: bool) -> ExitCode {
     if json_out {
-        let v = json!({"error": {
+        let mut v = json!({"error": {
             "code": format!("{:?}", e.code), "message": e.message, "reason": e.reason,
-            "retry_safe": e.retry_safe, "retry_after_ms": e.retry_after.map(|d| d.as_millis() as u64),
+            "retry_after_ms": e.retry_after.map(|d| d.as_millis() as u64),
             "fields": e.field_violations.iter().map(|(f, d)| json!({"field": f, "description": d})).collect::<Vec<_>>(),
         }});
+        // The same name as in the status's ErrorInfo.
+        v["error"][attachment_gateway::proto::error_info::RETRY_SAFE] = json!(e.retry_safe);
         eprintln!("{v}");
     } else {
         eprintln!("error: {:?}: {}", e.code, terminal_safe(&e.message));
