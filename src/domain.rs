@@ -421,6 +421,36 @@ pub struct NewAttachment {
     pub performed_by: PerformedBy,
     pub message_id: MessageId,
     pub declared_size: Option<u64>,
+    /// The SHA-256 the caller says the file has (lowercase hex).
+    pub expected_sha256: Option<Sha256Hex>,
+}
+
+/// A SHA-256 as lowercase hex: 64 characters of `0-9a-f`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sha256Hex(String);
+
+impl Sha256Hex {
+    /// Empty: none given.
+    pub fn new_optional(v: &str) -> Result<Option<Self>, FieldError> {
+        if v.is_empty() {
+            return Ok(None);
+        }
+        if v.len() == 64
+            && v.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            Ok(Some(Self(v.to_string())))
+        } else {
+            Err(FieldError::new(
+                "INVALID_SHA256",
+                "must be a SHA-256 in lowercase hex: 64 characters of 0-9 and a-f",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// One attachment of one work order.

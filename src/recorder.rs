@@ -21,6 +21,19 @@ pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(t)
 }
 
+/// A gateway write's event, and how it is deduplicated.
+#[derive(Debug, Clone)]
+pub struct GatewayEvent {
+    pub kind: AttachmentEventType,
+    pub work_order_id: i64,
+    pub attachment: Attachment,
+    pub caller: Arc<str>,
+    pub message_id: String,
+    /// The write's key (or, without one, its generated message id): a write's
+    /// event is appended at most once under it.
+    pub dedupe: String,
+}
+
 /// Records events into the log, counting them.
 #[derive(Clone)]
 pub struct Recorder {
@@ -68,38 +81,30 @@ impl Recorder {
         appended
     }
 
-    /// Records a write of this gateway that the upstream accepted. The write is
-    /// done whatever happens here: a log that fails is logged and counted, and
-    /// the caller still gets its answer.
-    pub async fn gateway_write(
-        &self,
-        kind: AttachmentEventType,
-        work_order_id: i64,
-        attachment: Attachment,
-        caller: &str,
-        message_id: &str,
-    ) {
+    /// Records a write of this gateway that the upstream accepted, at most
+    /// once per `e.dedupe`, within a bound of its own; the caller decides
+    /// what to do when the log fails.
+    pub async fn gateway_write(&self, e: &GatewayEvent) -> Result<(), StoreError> {
         let now = timestamp(SystemTime::now());
         let event = AttachmentEvent {
             event_id: String::new(),
-            r#type: kind as i32,
-            work_order_id,
-            attachment: Some(attachment),
+            r#type: e.kind as i32,
+            work_order_id: e.work_order_id,
+            attachment: Some(e.attachment.clone()),
             source: EventSource::Gateway as i32,
-            caller: caller.to_string(),
+            caller: e.caller.to_string(),
             sender: None,
             occurred_at: Some(now),
             received_at: Some(now),
-            upstream_message_id: message_id.to_string(),
+            upstream_message_id: e.message_id.clone(),
         };
-        match tokio::time::timeout(RECORD_TIMEOUT, self.record(vec![event], None)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "the gateway's write is done but its event could not be recorded");
-            }
+        match tokio::time::timeout(RECORD_TIMEOUT, self.record(vec![event], Some(&e.dedupe))).await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(err),
             Err(_) => {
                 self.metrics.event_record_failed("gateway");
-                tracing::error!("the gateway's write is done but recording its event timed out");
+                Err(StoreError("recording the event timed out".into()))
             }
         }
     }

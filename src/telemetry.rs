@@ -237,6 +237,16 @@ fn registry(dispatch: &Dispatch) -> Option<&Registry> {
     dispatch.downcast_ref::<Registry>()
 }
 
+/// The trace id of `span` (lowercase hex), for log lines that name it; `None`
+/// when no tracing is installed.
+pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
+    let id = match ids_of(span) {
+        Some(ids) => ids.trace_id(),
+        None => span.context().span().span_context().trace_id(),
+    };
+    (id != TraceId::INVALID).then(|| id.to_string())
+}
+
 /// The trace context the light layer keeps for `span`, if it is installed.
 fn ids_of(span: &tracing::Span) -> Option<SpanContext> {
     span.with_subscriber(|(id, dispatch)| {

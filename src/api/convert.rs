@@ -4,7 +4,7 @@
 use super::error::Error;
 use crate::domain::{
     AttachmentId, AttachmentName, AttachmentRef, AttachmentRemoval, AttachmentUpdate, DocumentType,
-    FieldError, ListView, MessageId, MimeType, NewAttachment, PerformedBy, UpstreamName,
+    FieldError, ListView, MessageId, MimeType, NewAttachment, PerformedBy, Sha256Hex, UpstreamName,
     Violations, Visibility, WorkOrderId, declared_size,
 };
 use crate::proto::wire as proto;
@@ -78,6 +78,10 @@ pub fn new_attachment(
         "metadata.size_bytes",
         declared_size(m.size_bytes, max_upload_bytes),
     );
+    let expected_sha256 = v.check(
+        "metadata.expected_sha256",
+        Sha256Hex::new_optional(&m.expected_sha256),
+    );
     let value = (|| {
         Some(NewAttachment {
             work_order_id: work_order_id?,
@@ -88,6 +92,7 @@ pub fn new_attachment(
             performed_by: PerformedBy::new(person_name?, phone?),
             message_id: message_id?,
             declared_size: size?,
+            expected_sha256: expected_sha256?,
         })
     })();
     done(v, value)

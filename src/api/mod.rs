@@ -8,6 +8,7 @@ pub mod convert;
 pub mod deadline;
 mod download;
 pub mod error;
+mod reconcile;
 mod runtime;
 mod upload;
 mod watch;
@@ -24,10 +25,10 @@ pub use self::error::{Error, Op};
 pub use self::runtime::Runtime;
 pub use self::upload::{UploadLimits, Uploads};
 pub use self::watch::{WatchLimits, WatchStream, Watches};
-use self::writes::Writes;
+use self::writes::{Call, MetadataWrite, Writes};
 use crate::auth::Caller;
 use crate::config::UpstreamSettings;
-use crate::domain::{AttachmentRemoval, AttachmentUpdate, MessageId, UpstreamName};
+use crate::domain::{AttachmentRemoval, AttachmentUpdate, UpstreamName};
 use crate::proto::wire::attachment_service_server::AttachmentService;
 use crate::proto::wire::{
     DeleteAttachmentRequest, DeleteAttachmentResponse, DownloadAttachmentRequest,
@@ -36,9 +37,7 @@ use crate::proto::wire::{
     UploadAttachmentResponse, WatchAttachmentsRequest,
 };
 use crate::proto::{Attachment, AttachmentEventType};
-use crate::store::writes::{Fingerprint, WriteKey};
-use crate::upstream::UpstreamError;
-use tokio::time::Instant;
+use crate::store::writes::{Attempt, Fingerprint, UpdateAttempt, WriteKey};
 
 /// The timeouts of calls that set no shorter deadline.
 #[derive(Debug, Clone, Copy)]
@@ -132,70 +131,6 @@ fn delete_fingerprint(d: &AttachmentRemoval) -> Fingerprint {
 /// Puts the work order on the call's span, so every log line of the call has it.
 fn record_work_order(id: i64) {
     tracing::Span::current().record("work_order_id", id);
-}
-
-/// An update or a delete: a write remembered by the caller's message id, and
-/// recorded as an event when it runs.
-struct RememberedWrite<'a> {
-    caller: Arc<str>,
-    /// The message id the caller gave; empty: none, and nothing is remembered.
-    caller_message_id: String,
-    deadline: Instant,
-    /// `update` or `delete`, in the record's key.
-    call: &'static str,
-    /// What the write does, for the logs and a deadline's message.
-    what: &'static str,
-    fingerprint: Fingerprint,
-    message_id: &'a MessageId,
-    /// The event it becomes, of this attachment.
-    event: AttachmentEventType,
-    work_order_id: i64,
-    attachment: Attachment,
-}
-
-impl AttachmentApi {
-    /// Runs `upstream` once per caller and message id, within the call's
-    /// deadline; a write that ran (not one answered from the record) is
-    /// recorded as its event. Answers the write's message id.
-    async fn write_once(
-        &self,
-        w: RememberedWrite<'_>,
-        upstream: impl Future<Output = Result<Option<String>, UpstreamError>>,
-    ) -> Result<String, Error> {
-        record_work_order(w.work_order_id);
-        let key = write_key(
-            Arc::clone(&w.caller),
-            w.call,
-            w.work_order_id,
-            w.caller_message_id,
-        );
-        let (message_id, replayed) = self
-            .paths
-            .writes
-            .once(
-                &self.rt.bounds,
-                key,
-                w.fingerprint,
-                w.message_id,
-                w.deadline,
-                w.what,
-                upstream,
-            )
-            .await?;
-        if !replayed {
-            self.rt
-                .recorder
-                .gateway_write(
-                    w.event,
-                    w.work_order_id,
-                    w.attachment,
-                    &w.caller,
-                    &message_id,
-                )
-                .await;
-        }
-        Ok(message_id)
-    }
 }
 
 #[tonic::async_trait]
@@ -308,24 +243,41 @@ impl AttachmentService for AttachmentApi {
         let r = request.into_inner();
         let caller_message_id = r.message_id.clone();
         let u = convert::update(r)?;
-        let write = RememberedWrite {
-            caller,
-            caller_message_id,
-            deadline,
-            call: "update",
-            what: "updating the attachment",
+        record_work_order(u.target.work_order_id.get());
+        let upstream = Arc::clone(&self.rt.upstream);
+        let run_u = u.clone();
+        let write = MetadataWrite {
+            call: Call::Update,
+            key: write_key(
+                Arc::clone(&caller),
+                "update",
+                u.target.work_order_id.get(),
+                caller_message_id,
+            ),
             fingerprint: update_fingerprint(&u),
-            message_id: &u.message_id,
-            event: AttachmentEventType::Updated,
-            work_order_id: u.target.work_order_id.get(),
+            message_id: u.message_id.clone(),
+            work_order: u.target.work_order_id,
+            attempt: Attempt::Update(UpdateAttempt {
+                attachment_id: u.target.attachment_id.as_str().to_string(),
+                name: u.name.as_str().to_string(),
+                document_type: u.document_type.map(|d| d.upstream_name().to_string()),
+            }),
+            kind: AttachmentEventType::Updated,
             attachment: Attachment {
                 attachment_id: u.target.attachment_id.as_str().to_string(),
                 name: u.name.as_str().to_string(),
                 document_type: u.document_type.map_or(0, |d| d as i32),
                 ..Attachment::default()
             },
+            caller,
         };
-        let message_id = self.write_once(write, self.rt.upstream.update(&u)).await?;
+        let run = Box::pin(async move { upstream.update(&run_u).await });
+        let message_id = self
+            .paths
+            .writes
+            .metadata_write(&self.rt.bounds, write, run, deadline)
+            .await?
+            .value;
         Ok(Response::new(UpdateAttachmentResponse { message_id }))
     }
 
@@ -342,22 +294,37 @@ impl AttachmentService for AttachmentApi {
         let r = request.into_inner();
         let caller_message_id = r.message_id.clone();
         let d = convert::removal(r)?;
-        let write = RememberedWrite {
-            caller,
-            caller_message_id,
-            deadline,
-            call: "delete",
-            what: "deleting the attachment",
+        record_work_order(d.target.work_order_id.get());
+        let upstream = Arc::clone(&self.rt.upstream);
+        let run_d = d.clone();
+        let write = MetadataWrite {
+            call: Call::Delete,
+            key: write_key(
+                Arc::clone(&caller),
+                "delete",
+                d.target.work_order_id.get(),
+                caller_message_id,
+            ),
             fingerprint: delete_fingerprint(&d),
-            message_id: &d.message_id,
-            event: AttachmentEventType::Removed,
-            work_order_id: d.target.work_order_id.get(),
+            message_id: d.message_id.clone(),
+            work_order: d.target.work_order_id,
+            attempt: Attempt::Delete {
+                attachment_id: d.target.attachment_id.as_str().to_string(),
+            },
+            kind: AttachmentEventType::Removed,
             attachment: Attachment {
                 attachment_id: d.target.attachment_id.as_str().to_string(),
                 ..Attachment::default()
             },
+            caller,
         };
-        let message_id = self.write_once(write, self.rt.upstream.delete(&d)).await?;
+        let run = Box::pin(async move { upstream.delete(&run_d).await });
+        let message_id = self
+            .paths
+            .writes
+            .metadata_write(&self.rt.bounds, write, run, deadline)
+            .await?
+            .value;
         Ok(Response::new(DeleteAttachmentResponse { message_id }))
     }
 

@@ -1,32 +1,107 @@
-//! Writes run once per caller and message id: a caller that retries a write after
-//! losing its answer gets the first answer again instead of a second upload or a
-//! NOT_FOUND from a second delete; a retry while the first is still running gets
-//! ABORTED; the same id reused for a different request is refused, never answered
-//! with the other request's outcome. Writes without a caller-given message id are
-//! not remembered (the gateway made the id up, so no retry can carry it).
+//! Writes happen once per caller and message id, and what a write's caller (or
+//! its retry) is told is what happened upstream.
+//!
+//! A write named by a message id keeps a record (see [`WriteStore`]): a lease
+//! while it is prepared, a committed record from its **commit point** (the
+//! moment its request is sent whole: an upload's multipart closing boundary, an
+//! update's or delete's request) until its outcome is known, then its outcome.
+//! What holds wherever the call is cut:
+//!
+//! - **Before the commit point** (metadata, the lease, the bytes streaming):
+//!   nothing is stored upstream; the lease is dropped (or expires, if the
+//!   replica died); a retry runs the write.
+//! - **At the commit point**: the lease becomes the committed record only while
+//!   it is held (one atomic step); a lease lost meanwhile (a replica cut off
+//!   from Redis past its lease, whose key another replica may hold now) aborts
+//!   the body, so nothing is stored. A renewal never takes a key back.
+//! - **After it**: the upstream call runs to its end in a task of its own,
+//!   which no deadline, reset or departure of the caller cuts (the upstream
+//!   client's own timeouts bound it). That task records the outcome, then
+//!   appends the write's event, deduplicated by the write's key, so neither
+//!   can be lost to the caller going away, and no event is appended twice. A
+//!   retry meanwhile gets ABORTED `WRITE_IN_PROGRESS` with `RetryInfo`, then
+//!   the first attempt's answer.
+//! - **The answer lost** (the connection dropped, a 5xx, no answer in time):
+//!   the task asks the upstream what became of the write (see [`reconcile`]);
+//!   when the upstream's list shows the write came true, that is the outcome
+//!   (`reconciled`). When it cannot be told yet, the record says the outcome is
+//!   unknown, and the caller is told to retry with the same message id: the
+//!   retry reconciles again, never runs the write blindly.
+//! - **The outcome's record lost** (Redis unreachable at that moment): the
+//!   record stays committed; once [`Writes::settle`] has passed since the
+//!   commit point, a retry reconciles it.
+//! - **The event lost** (the event log unreachable for the task's tries): a
+//!   retry answered from the record appends it (the same dedupe key: at most
+//!   once).
+//!
+//! Writes without a caller-given message id have no record (the gateway made
+//! the id up, so no retry can carry it); their upstream call and event still
+//! run to their end in a task of their own.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use futures_util::future::BoxFuture;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::deadline::Bounds;
 use super::error::{Error, Op};
+use super::reconcile;
+use super::runtime::Runtime;
+use crate::audit;
 use crate::config::UpstreamSettings;
-use crate::domain::MessageId;
-use crate::store::writes::{Begin, Fingerprint, LeaseToken, Outcome, WriteKey, WriteStore};
-use crate::upstream::UpstreamError;
+use crate::domain::{MessageId, WorkOrderId};
+use crate::metrics::Metrics;
+use crate::proto::{Attachment, AttachmentEventType};
+use crate::recorder::{GatewayEvent, Recorder};
+use crate::store::writes::{
+    Attempt, Begin, Fingerprint, LeaseToken, Outcome, Pending, WriteKey, WriteStore,
+};
+use crate::upstream::{Upstream, UpstreamError};
 
-/// Whether a write was answered from the record (done before) rather than run.
-pub type Replayed = bool;
+/// How long after a write's commit point its holder may still be waiting for
+/// the upstream's answer, past the upstream's own timeout: until then, a write
+/// the upstream does not show may still be on its way.
+const SETTLE_GRACE: Duration = Duration::from_secs(30);
+
+/// How long the task that finishes a write keeps trying to append its event.
+const EVENT_TRIES_FOR: Duration = Duration::from_secs(15);
 
 /// How a remembered write starts.
 pub enum Start {
     /// Done before, by the same caller with the same request: answer as then.
     /// (An upload's bytes are compared by the caller of `begin`.)
     Replay(Outcome),
-    /// Go ahead; complete the guard (when there is one) with the outcome.
+    /// Go ahead; commit and complete the guard (when there is one).
     Go(Option<WriteGuard>),
+    /// An earlier attempt was sent whole and its outcome is not recorded:
+    /// reconcile before anything.
+    Unsettled(Unsettled),
+}
+
+/// An earlier attempt of this write whose outcome is not recorded.
+pub struct Unsettled {
+    key: WriteKey,
+    fingerprint: Fingerprint,
+    token: LeaseToken,
+    pub pending: Pending,
+    /// Since its commit point.
+    age: Duration,
+}
+
+impl Unsettled {
+    /// Whether its holder can no longer be waiting for the upstream's answer.
+    pub fn settled(&self, settle: Duration) -> bool {
+        self.age >= settle
+    }
+
+    /// How long until it is settled.
+    pub fn wait(&self, settle: Duration) -> Duration {
+        settle.saturating_sub(self.age)
+    }
 }
 
 /// The writes of this gateway, remembered in a [`WriteStore`].
@@ -35,18 +110,61 @@ pub struct Writes {
     store: Arc<dyn WriteStore>,
     ttl: Duration,
     lease: Duration,
+    /// How long after a commit point a write's answer may still come.
+    settle: Duration,
+    /// How long a write's task waits for the upstream's answer after its
+    /// commit point.
+    answer_timeout: Duration,
+    upstream: Arc<Upstream>,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+}
+
+/// What a finished write was, for its caller, its event and the audit trail.
+#[derive(Debug, Clone)]
+pub struct Finished<T> {
+    pub value: T,
+    /// Answered from the record (done before), not run now.
+    pub replayed: bool,
+    /// Found by reconciling with the upstream after its answer was lost.
+    pub reconciled: bool,
 }
 
 impl Writes {
     /// Outcomes are remembered for `upstream.idempotency_ttl`; a running
     /// write holds a lease of `upstream.idempotency_lease`, renewed while it
-    /// runs when the store lets leases expire.
-    pub fn new(store: Arc<dyn WriteStore>, s: &UpstreamSettings) -> Self {
+    /// runs when the store lets leases expire. After its commit point, a write
+    /// waits up to `upstream.transfer_timeout` for its answer.
+    pub fn new(store: Arc<dyn WriteStore>, s: &UpstreamSettings, rt: &Runtime) -> Self {
+        let answer_timeout = s.transfer_timeout.max(s.request_timeout);
         Self {
             store,
             ttl: s.idempotency_ttl,
             lease: s.idempotency_lease,
+            settle: answer_timeout + SETTLE_GRACE,
+            answer_timeout,
+            upstream: Arc::clone(&rt.upstream),
+            recorder: rt.recorder.clone(),
+            metrics: Arc::clone(&rt.metrics),
         }
+    }
+
+    /// How long after its commit point a write's answer may still come.
+    pub fn settle(&self) -> Duration {
+        self.settle
+    }
+
+    /// How long a write's task waits for the upstream's answer.
+    pub fn answer_timeout(&self) -> Duration {
+        self.answer_timeout
+    }
+
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Starts a write. `key` is `None` when the caller sent no message id;
@@ -69,22 +187,31 @@ impl Writes {
                 Error::WriteRecordUnavailable
             })?;
         match begun {
-            Begin::Go(token) => Ok(Start::Go(Some(WriteGuard::new(
-                Arc::clone(&self.store),
-                key,
-                token,
-                fingerprint,
-                self.ttl,
-                self.lease,
-            )))),
+            Begin::Go(token) => Ok(Start::Go(Some(self.guard(key, token, fingerprint)))),
             Begin::Done {
                 fingerprint: stored,
                 outcome,
             } if stored == fingerprint => Ok(Start::Replay(outcome)),
             Begin::Running {
                 fingerprint: stored,
-            } if stored == fingerprint => Err(Error::WriteInProgress),
-            Begin::Done { .. } | Begin::Running { .. } => {
+            } if stored == fingerprint => Err(Error::WriteInProgress {
+                retry_after: Duration::from_secs(1),
+            }),
+            Begin::Committed {
+                fingerprint: stored,
+                token,
+                pending,
+            } if stored == fingerprint => {
+                let age = now_ms().saturating_sub(pending.committed_at_ms);
+                Ok(Start::Unsettled(Unsettled {
+                    key,
+                    fingerprint,
+                    token,
+                    pending,
+                    age: Duration::from_millis(age),
+                }))
+            }
+            Begin::Done { .. } | Begin::Running { .. } | Begin::Committed { .. } => {
                 tracing::info!(
                     call = key.call,
                     "a message_id reused for another request: refused"
@@ -94,48 +221,402 @@ impl Writes {
         }
     }
 
-    /// Runs a metadata write (update, delete) once per caller and message id.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn once(
+    fn guard(&self, key: WriteKey, token: LeaseToken, fingerprint: Fingerprint) -> WriteGuard {
+        WriteGuard::new(
+            Arc::clone(&self.store),
+            key,
+            token,
+            fingerprint,
+            self.ttl,
+            self.lease,
+        )
+    }
+
+    /// Records what reconciling found, in place of the earlier attempt's
+    /// committed record.
+    pub async fn resolve(&self, u: &Unsettled, outcome: &Outcome) {
+        self.metrics.write_outcome("reconciled");
+        match self
+            .store
+            .complete(&u.key, u.token, u.fingerprint, outcome, self.ttl)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!("a reconciled write was settled by another retry meanwhile")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a reconciled write's outcome could not be recorded: the next retry reconciles again")
+            }
+        }
+    }
+
+    /// Runs the write again, as the earlier attempt provably did not happen:
+    /// its committed record becomes this attempt's lease.
+    pub async fn take_over(&self, u: Unsettled) -> Result<WriteGuard, Error> {
+        match self
+            .store
+            .take_over(&u.key, u.token, u.fingerprint, self.lease)
+            .await
+        {
+            Ok(Some(token)) => Ok(self.guard(u.key, token, u.fingerprint)),
+            Ok(None) => Err(Error::WriteInProgress {
+                retry_after: Duration::from_secs(1),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "the write record is unavailable");
+                Err(Error::WriteRecordUnavailable)
+            }
+        }
+    }
+
+    /// Appends a write's event, trying for a while: called by the task that
+    /// finishes the write (whose caller may be gone), and by a replay (which
+    /// heals an event its first attempt could not append). `dedupe` makes it
+    /// at most once.
+    pub async fn record_event(&self, e: GatewayEvent) {
+        let until = Instant::now() + EVENT_TRIES_FOR;
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match self.recorder.gateway_write(&e).await {
+                Ok(()) => return,
+                Err(err) if Instant::now() + wait < until => {
+                    tracing::warn!(error = %err, "a write's event could not be recorded: trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(4));
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "a write is done but its event could not be recorded; a retry with its message_id records it");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs an update or a delete once per caller and message id, within the
+    /// caller's `deadline` for the caller's part (see the module's text for
+    /// what holds where it is cut).
+    pub async fn metadata_write(
         &self,
         bounds: &Bounds,
-        key: Option<WriteKey>,
-        fingerprint: Fingerprint,
-        sent: &MessageId,
+        w: MetadataWrite,
+        run: UpstreamCall,
         deadline: Instant,
-        what: &'static str,
-        fut: impl Future<Output = Result<Option<String>, UpstreamError>>,
-    ) -> Result<(String, Replayed), Error> {
+    ) -> Result<Finished<String>, Error> {
         // The record's look-up is bounded by the caller's deadline too.
-        let begun = tokio::time::timeout_at(deadline, self.begin(key, fingerprint, "message_id"))
-            .await
-            .map_err(|_| Error::Deadline {
-                op: Op::Write,
-                what: "the write record",
-                nothing_applied: true,
-            })??;
-        let guard = match begun {
-            Start::Replay(Outcome::MessageId(m)) => return Ok((m, true)),
+        let begun = tokio::time::timeout_at(
+            deadline,
+            self.begin(w.key.clone(), w.fingerprint, "message_id"),
+        )
+        .await
+        .map_err(|_| Error::Deadline {
+            op: Op::Write,
+            what: "the write record",
+            nothing_applied: true,
+        })??;
+        let (guard, rerun) = match begun {
+            Start::Replay(Outcome::MessageId(m)) => {
+                self.record_event(w.event(&m)).await;
+                w.audit(&m, "ok", "OK", true, false);
+                return Ok(Finished {
+                    value: m,
+                    replayed: true,
+                    reconciled: false,
+                });
+            }
             // Another call's outcome under this key: the call is part of the key,
             // so the store gave back something it was not asked for.
             Start::Replay(Outcome::Upload { .. }) => {
                 return Err(Error::Internal("the write record answered another call"));
             }
-            Start::Go(g) => g,
+            Start::Go(g) => (g, false),
+            Start::Unsettled(u) => {
+                let listed = bounds
+                    .run(
+                        deadline,
+                        Op::Read,
+                        "looking up what became of an earlier attempt",
+                        self.upstream
+                            .list(w.work_order, crate::domain::ListView::Basic, deadline),
+                    )
+                    .await?;
+                if w.came_true(&listed) {
+                    let m = u.pending.message_id.clone();
+                    self.resolve(&u, &Outcome::MessageId(m.clone())).await;
+                    self.record_event(w.event(&m)).await;
+                    w.audit(&m, "reconciled", "OK", false, true);
+                    return Ok(Finished {
+                        value: m,
+                        replayed: false,
+                        reconciled: true,
+                    });
+                }
+                // Running an update or a delete again does no harm: it asks
+                // for what the first asked for.
+                (Some(self.take_over(u).await?), true)
+            }
         };
-        let received = bounds.run(deadline, Op::Write, what, fut).await?;
-        // The upstream's message id when it answers one, else the one sent.
-        let message_id = received.unwrap_or_else(|| sent.as_str().to_string());
-        if let Some(g) = guard {
-            g.complete(Outcome::MessageId(message_id.clone())).await;
+        let attempt = w.attempt.clone();
+        let mut guard = guard;
+        if let Some(g) = guard.as_mut() {
+            let pending = Pending {
+                committed_at_ms: now_ms(),
+                given_up: false,
+                message_id: w.message_id.as_str().to_string(),
+                attempt,
+            };
+            tokio::time::timeout_at(deadline, g.commit(pending))
+                .await
+                .map_err(|_| Error::Deadline {
+                    op: Op::Write,
+                    what: "the write record",
+                    nothing_applied: true,
+                })??;
         }
-        Ok((message_id, false))
+        // From here on, the write runs to its end whatever the caller does.
+        let (tx, rx) = oneshot::channel();
+        let this = self.clone();
+        let keyed = guard.is_some();
+        tokio::spawn(
+            async move {
+                let r = this.finish_metadata_write(w, run, guard, rerun).await;
+                let _ = tx.send(r);
+            }
+            .in_current_span(),
+        );
+        await_finished(bounds, rx, deadline, keyed).await
+    }
+
+    /// The part of an update or delete that no caller can cut: the upstream
+    /// call, its outcome recorded, its event appended.
+    async fn finish_metadata_write(
+        &self,
+        w: MetadataWrite,
+        run: UpstreamCall,
+        guard: Option<WriteGuard>,
+        rerun: bool,
+    ) -> Result<Finished<String>, Error> {
+        let sent = w.message_id.as_str().to_string();
+        let answer = match tokio::time::timeout(self.answer_timeout, run).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout),
+        };
+        let answer = match answer {
+            // Run again after an attempt whose outcome was lost: the attachment
+            // gone means the first delete came true.
+            Err(UpstreamError::Api(api))
+                if rerun && w.call == Call::Delete && api.http_status == 404 =>
+            {
+                Ok(None)
+            }
+            other => other,
+        };
+        match answer {
+            Ok(received) => {
+                // The upstream's message id when it answers one, else the one sent.
+                let m = received.unwrap_or(sent);
+                if let Some(g) = guard {
+                    g.complete(Outcome::MessageId(m.clone())).await;
+                }
+                self.metrics.write_outcome("ok");
+                self.record_event(w.event(&m)).await;
+                w.audit(&m, "ok", "OK", false, false);
+                Ok(Finished {
+                    value: m,
+                    replayed: false,
+                    reconciled: false,
+                })
+            }
+            Err(e) if super::error::nothing_applied(&e) => {
+                if let Some(g) = guard {
+                    g.failed().await;
+                }
+                self.metrics.write_outcome("failed");
+                let err = Error::upstream(e, Op::Write);
+                w.audit(&sent, "failed", code_name(&err), false, false);
+                Err(err)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a write's answer was lost after it was sent: asking the upstream what became of it");
+                let listed = tokio::time::timeout(
+                    self.answer_timeout,
+                    self.upstream.list(
+                        w.work_order,
+                        crate::domain::ListView::Basic,
+                        Instant::now() + self.answer_timeout,
+                    ),
+                )
+                .await;
+                if let Ok(Ok(listed)) = listed
+                    && w.came_true(&listed)
+                {
+                    if let Some(g) = guard {
+                        g.complete(Outcome::MessageId(sent.clone())).await;
+                    }
+                    self.metrics.write_outcome("reconciled");
+                    self.record_event(w.event(&sent)).await;
+                    w.audit(&sent, "reconciled", "OK", false, true);
+                    return Ok(Finished {
+                        value: sent,
+                        replayed: false,
+                        reconciled: true,
+                    });
+                }
+                self.metrics.write_outcome("outcome_unknown");
+                let err = match guard {
+                    Some(g) => {
+                        g.give_up().await;
+                        Error::OutcomeUnknown {
+                            cause: e.to_string(),
+                            retry_after: Duration::from_secs(1),
+                        }
+                    }
+                    None => Error::upstream(e, Op::Write),
+                };
+                w.audit(&sent, "outcome_unknown", code_name(&err), false, false);
+                Err(err)
+            }
+        }
     }
 }
 
-/// A running write's hold on its key: renews the lease while alive (when leases
-/// expire), stores the outcome on `complete`, and gives the key up when dropped
-/// without one (the write failed or was cancelled).
+/// The gRPC code's name, for the audit trail.
+pub fn code_name(e: &Error) -> &'static str {
+    super::error::code_name(e.code())
+}
+
+/// Waits for a write's task within the caller's deadline and the shutdown
+/// cut. A caller that stops waiting is told whether a retry with the same
+/// message id gets the outcome (`keyed`).
+pub async fn await_finished<T>(
+    bounds: &Bounds,
+    rx: oneshot::Receiver<Result<Finished<T>, Error>>,
+    deadline: Instant,
+    keyed: bool,
+) -> Result<Finished<T>, Error> {
+    tokio::select! {
+        r = tokio::time::timeout_at(deadline, rx) => match r {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(Error::Internal("a write's task ended without its outcome")),
+            Err(_) if keyed => Err(Error::OutcomePending {
+                why: "the deadline passed",
+                deadline: true,
+            }),
+            Err(_) => Err(Error::Deadline { op: Op::Write, what: "the write", nothing_applied: false }),
+        },
+        () = bounds.cut.cancelled() => Err(if keyed {
+            Error::OutcomePending { why: "the gateway is shutting down", deadline: false }
+        } else {
+            Error::ShuttingDown { op: Op::Write, nothing_applied: false }
+        }),
+    }
+}
+
+/// Which metadata write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Update,
+    Delete,
+}
+
+/// The dedupe key of a write's event.
+pub fn event_dedupe(key: Option<&WriteKey>, call: &str, message_id: &str) -> String {
+    match key {
+        Some(k) => {
+            let d = Fingerprint::of(&[
+                k.caller.as_bytes(),
+                k.call.as_bytes(),
+                &k.work_order_id.to_le_bytes(),
+                k.message_id.as_bytes(),
+            ]);
+            format!("gw:{}", hex::encode(&d.0[..16]))
+        }
+        None => format!("gw:{call}:{message_id}"),
+    }
+}
+
+/// An update or a delete, ready to run.
+pub struct MetadataWrite {
+    pub call: Call,
+    pub key: Option<WriteKey>,
+    pub fingerprint: Fingerprint,
+    /// The message id sent upstream.
+    pub message_id: MessageId,
+    pub work_order: WorkOrderId,
+    pub attempt: Attempt,
+    /// The event it becomes (without its message id).
+    pub kind: AttachmentEventType,
+    pub attachment: Attachment,
+    pub caller: Arc<str>,
+}
+
+/// A metadata write's upstream call.
+pub type UpstreamCall = BoxFuture<'static, Result<Option<String>, UpstreamError>>;
+
+impl MetadataWrite {
+    fn event(&self, message_id: &str) -> GatewayEvent {
+        GatewayEvent {
+            kind: self.kind,
+            work_order_id: self.work_order.get(),
+            attachment: self.attachment.clone(),
+            caller: Arc::clone(&self.caller),
+            message_id: message_id.to_string(),
+            dedupe: event_dedupe(
+                self.key.as_ref(),
+                self.call_name(),
+                self.message_id.as_str(),
+            ),
+        }
+    }
+
+    fn call_name(&self) -> &'static str {
+        match self.call {
+            Call::Update => "update",
+            Call::Delete => "delete",
+        }
+    }
+
+    /// Whether the upstream's list shows the write came true.
+    fn came_true(&self, listed: &[crate::upstream::model::UpstreamAttachment]) -> bool {
+        match &self.attempt {
+            Attempt::Delete { attachment_id } => reconcile::deleted(listed, attachment_id),
+            Attempt::Update(u) => reconcile::updated(listed, u) == reconcile::Updated::Yes,
+            Attempt::Upload(_) => false,
+        }
+    }
+
+    fn audit(&self, message_id: &str, outcome: &str, code: &str, replayed: bool, reconciled: bool) {
+        audit::write(&audit::Write {
+            caller: &self.caller,
+            method: match self.call {
+                Call::Update => "UpdateAttachment",
+                Call::Delete => "DeleteAttachment",
+            },
+            work_order_id: self.work_order.get(),
+            attachment_id: &self.attachment.attachment_id,
+            name: &self.attachment.name,
+            size_bytes: None,
+            sha256: None,
+            message_id,
+            outcome,
+            code,
+            replayed,
+            reconciled,
+        });
+    }
+}
+
+/// Milliseconds since the Unix epoch, by this replica's clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A write's hold on its key: renews the lease while alive (when leases
+/// expire), turns it into the committed record at the commit point, stores
+/// the outcome, and when dropped without an outcome gives the key up (before
+/// the commit point) or marks the outcome unknown (after it).
 pub struct WriteGuard {
     store: Arc<dyn WriteStore>,
     key: WriteKey,
@@ -143,7 +624,10 @@ pub struct WriteGuard {
     fingerprint: Fingerprint,
     ttl: Duration,
     renewer: Option<tokio::task::JoinHandle<()>>,
-    done: bool,
+    /// Fired when a renewal finds the lease lost: the write must stop.
+    lost: CancellationToken,
+    committed: Option<Pending>,
+    finished: bool,
 }
 
 impl WriteGuard {
@@ -155,8 +639,14 @@ impl WriteGuard {
         ttl: Duration,
         lease: Duration,
     ) -> Self {
+        let lost = CancellationToken::new();
         let renewer = store.leases_expire().then(|| {
-            let (store, key, fp) = (Arc::clone(&store), key.clone(), fingerprint);
+            let (store, key, fp, lost) = (
+                Arc::clone(&store),
+                key.clone(),
+                fingerprint,
+                lost.clone(),
+            );
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(lease / 3);
                 tick.tick().await;
@@ -165,7 +655,10 @@ impl WriteGuard {
                     match store.renew(&key, token, fp, lease).await {
                         Ok(true) => {}
                         Ok(false) => {
-                            tracing::warn!("the lease of a running write was lost");
+                            tracing::warn!(
+                                "the lease of a running write was lost: the write stops before it is sent whole"
+                            );
+                            lost.cancel();
                             return;
                         }
                         Err(e) => tracing::warn!(error = %e, "cannot renew a write's lease"),
@@ -180,38 +673,103 @@ impl WriteGuard {
             fingerprint,
             ttl,
             renewer,
-            done: false,
+            lost,
+            committed: None,
+            finished: false,
         }
     }
 
-    /// Stores the outcome of the write. A store that fails now loses only the
-    /// memory of the write, never the write: logged, and the caller still gets
-    /// its answer.
-    ///
-    /// The write is done upstream by now: its record is stored by a task of its
-    /// own, so a caller whose deadline passes (or who goes away) meanwhile does
-    /// not cut it off, and a retry gets this answer instead of running again.
-    pub async fn complete(mut self, outcome: Outcome) {
-        self.done = true;
+    /// Fired when the lease is lost before the commit point.
+    pub fn lost(&self) -> CancellationToken {
+        self.lost.clone()
+    }
+
+    /// The commit point: the lease becomes the committed record, only while it
+    /// is held. An error means the write must not be sent whole.
+    pub async fn commit(&mut self, pending: Pending) -> Result<(), Error> {
         if let Some(r) = self.renewer.take() {
             r.abort();
         }
-        let (store, key, token, fp, ttl) = (
-            Arc::clone(&self.store),
-            self.key.clone(),
+        if self.lost.is_cancelled() {
+            return Err(Error::LeaseLost);
+        }
+        match self
+            .store
+            .commit(&self.key, self.token, self.fingerprint, &pending, self.ttl)
+            .await
+        {
+            Ok(true) => {
+                self.committed = Some(pending);
+                Ok(())
+            }
+            Ok(false) => Err(Error::LeaseLost),
+            Err(e) => {
+                tracing::warn!(error = %e, "the write record is unavailable at the commit point: the write is not sent");
+                Err(Error::WriteRecordUnavailable)
+            }
+        }
+    }
+
+    /// Stores the write's outcome. A store that fails now loses only the
+    /// record's last step: the record stays committed, and a retry reconciles.
+    pub async fn complete(mut self, outcome: Outcome) -> bool {
+        self.finished = true;
+        if let Some(r) = self.renewer.take() {
+            r.abort();
+        }
+        match self
+            .store
+            .complete(&self.key, self.token, self.fingerprint, &outcome, self.ttl)
+            .await
+        {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::error!(error = %e, "a completed write's outcome could not be recorded: its record stays committed, and a retry with its message_id reconciles it");
+                false
+            }
+        }
+    }
+
+    /// The upstream refused the write: nothing happened, a retry may run it.
+    pub async fn failed(mut self) {
+        self.finished = true;
+        if let Some(r) = self.renewer.take() {
+            r.abort();
+        }
+        if let Err(e) = self.store.abandon(&self.key, self.token).await {
+            tracing::warn!(error = %e, "cannot release a failed write's key; it frees itself when its lease (or record) expires");
+        }
+    }
+
+    /// The write's answer was lost after its commit point: its record says so.
+    pub async fn give_up(mut self) {
+        self.finished = true;
+        give_up(
+            &self.store,
+            &self.key,
             self.token,
             self.fingerprint,
+            self.committed.take(),
             self.ttl,
-        );
-        let stored =
-            tokio::spawn(async move { store.complete(&key, token, fp, &outcome, ttl).await });
-        match stored.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "a completed write could not be recorded: a retry with its message_id would run again");
-            }
-            Err(e) => tracing::error!(error = %e, "recording a completed write failed"),
-        }
+        )
+        .await;
+    }
+}
+
+async fn give_up(
+    store: &Arc<dyn WriteStore>,
+    key: &WriteKey,
+    token: LeaseToken,
+    fingerprint: Fingerprint,
+    committed: Option<Pending>,
+    ttl: Duration,
+) {
+    let Some(mut pending) = committed else {
+        return;
+    };
+    pending.given_up = true;
+    if let Err(e) = store.give_up(key, token, fingerprint, &pending, ttl).await {
+        tracing::warn!(error = %e, "cannot mark a write's outcome unknown; a retry reconciles it once it has settled");
     }
 }
 
@@ -220,12 +778,24 @@ impl Drop for WriteGuard {
         if let Some(r) = self.renewer.take() {
             r.abort();
         }
-        if self.done {
+        if self.finished {
             return;
         }
-        let (store, key, token) = (Arc::clone(&self.store), self.key.clone(), self.token);
-        tokio::spawn(async move {
-            if let Err(e) = store.abandon(&key, token).await {
+        let (store, key, token, fp, ttl) = (
+            Arc::clone(&self.store),
+            self.key.clone(),
+            self.token,
+            self.fingerprint,
+            self.ttl,
+        );
+        let committed = self.committed.take();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            if committed.is_some() {
+                give_up(&store, &key, token, fp, committed, ttl).await;
+            } else if let Err(e) = store.abandon(&key, token).await {
                 tracing::warn!(error = %e, "cannot release a failed write's key; it frees itself when its lease expires");
             }
         });

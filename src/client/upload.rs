@@ -31,6 +31,9 @@ pub struct NewUpload {
     pub visibility: MessageVisibility,
     /// Empty: the gateway generates one. Set it to make retries recognizable.
     pub message_id: String,
+    /// The file's SHA-256 (lowercase hex): the gateway stores nothing unless
+    /// the bytes it receives have it. `upload_file` computes it when empty.
+    pub expected_sha256: String,
 }
 
 impl NewUpload {
@@ -44,6 +47,7 @@ impl NewUpload {
             document_type: DocumentType::Unspecified,
             visibility: MessageVisibility::Unspecified,
             message_id: String::new(),
+            expected_sha256: String::new(),
         }
     }
 }
@@ -138,6 +142,7 @@ impl GatewayClient {
                 }),
                 message_id: meta.message_id.clone(),
                 size_bytes: size.unwrap_or(0),
+                expected_sha256: meta.expected_sha256.clone(),
             })),
         };
         let mut progress = progress;
@@ -203,6 +208,11 @@ impl GatewayClient {
         if meta.message_id.is_empty() {
             meta.message_id = uuid::Uuid::new_v4().to_string();
         }
+        if meta.expected_sha256.is_empty() {
+            // Read once more before sending: the gateway then stores the file
+            // only if every byte it got is the file's.
+            meta.expected_sha256 = file_sha256(path).await?;
+        }
         let progress = progress.map(|p| std::sync::Arc::new(std::sync::Mutex::new(p)));
         self.retrying(|| {
             let meta = meta.clone();
@@ -239,6 +249,25 @@ async fn open_file(path: &Path) -> Result<(tokio::fs::File, u64), ClientError> {
         ));
     }
     Ok((file, meta.len()))
+}
+
+/// A file's SHA-256, lowercase hex.
+pub async fn file_sha256(path: &Path) -> Result<String, ClientError> {
+    use sha2::Digest;
+    let (mut file, _) = open_file(path).await?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .await
+            .map_err(|e| ClientError::local_file(path, &e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", hasher.finalize()))
 }
 
 /// A chunk of bytes, for callers building their own upload streams.

@@ -19,6 +19,10 @@ pub enum RetrySafe {
     /// A write was interrupted after it was sent: it may or may not have been
     /// applied upstream.
     Unknown,
+    /// Repeating the call as it is would do the wrong thing (an upload whose
+    /// earlier attempt may have created one of the attachments named): look
+    /// first.
+    No,
 }
 
 impl RetrySafe {
@@ -27,12 +31,13 @@ impl RetrySafe {
         match self {
             Self::Yes => "true",
             Self::Unknown => "unknown",
+            Self::No => "false",
         }
     }
 
     /// Reads the value under [`RETRY_SAFE`].
     pub fn parse(value: &str) -> Option<Self> {
-        [Self::Yes, Self::Unknown]
+        [Self::Yes, Self::Unknown, Self::No]
             .into_iter()
             .find(|v| v.as_str() == value)
     }

@@ -61,6 +61,9 @@ pub struct Faults {
     pub fail_mid_upload: f64,
     /// Each API request is delayed by up to this many milliseconds.
     pub max_delay_ms: u64,
+    /// Chance that a write (upload, update, delete) is applied and its answer
+    /// then lost: the connection dropped without one, or a 502 (half each).
+    pub lose_answer: f64,
 }
 
 impl Default for SandboxConfig {
@@ -116,6 +119,8 @@ pub struct Counters {
     pub downloads_with_credentials: AtomicU64,
     /// Faults injected (503s and mid-upload failures).
     pub faults_injected: AtomicU64,
+    /// Writes applied whose answer was then lost (dropped or 502).
+    pub answers_lost: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -131,6 +136,7 @@ pub struct Stats {
     pub downloads: u64,
     pub downloads_with_credentials: u64,
     pub faults_injected: u64,
+    pub answers_lost: u64,
 }
 
 pub(crate) struct State {
@@ -145,6 +151,8 @@ pub(crate) struct State {
     notifier: Arc<notifier::Notifier>,
     /// The id of the next work order the customer creates.
     next_work_order: std::sync::atomic::AtomicI64,
+    /// Writes (by message id) whose answer is to be lost.
+    lose_requests: Mutex<std::collections::VecDeque<(String, routes::lost::How)>>,
 }
 
 impl State {
@@ -166,10 +174,94 @@ impl State {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn lose_requests(
+        &self,
+    ) -> MutexGuard<'_, std::collections::VecDeque<(String, routes::lost::How)>> {
+        self.lose_requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn tokens(&self) -> MutexGuard<'_, HashMap<String, tokio::time::Instant>> {
         self.tokens
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Serves the emulator until `stopped`: HTTP/1.1 and HTTP/2 as axum does, and
+/// a response marked [`routes::lost::DropConnection`] closes its connection
+/// without being sent (an answer lost after the write was applied).
+async fn serve(listener: TcpListener, app: axum::Router, stopped: oneshot::Receiver<()>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    tokio::pin!(stopped);
+    loop {
+        let tcp = tokio::select! {
+            a = listener.accept() => match a {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sandbox: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stopped => return,
+        };
+        let service = LoseAnswers(app.clone());
+        tokio::spawn(async move {
+            let _ = Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))
+                .await;
+        });
+    }
+}
+
+/// The router, but a response marked [`routes::lost::DropConnection`] becomes
+/// an error: hyper then closes the connection without an answer.
+#[derive(Clone)]
+struct LoseAnswers(axum::Router);
+
+impl<B> tower::Service<axum::http::Request<B>> for LoseAnswers
+where
+    B: axum::body::HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = axum::response::Response;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        use tower::ServiceExt;
+        let app = self.0.clone();
+        Box::pin(async move {
+            let resp = app
+                .oneshot(req.map(axum::body::Body::new))
+                .await
+                .map_err(std::io::Error::other)?;
+            if resp
+                .extensions()
+                .get::<routes::lost::DropConnection>()
+                .is_some()
+            {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the answer is lost (sandbox fault)",
+                ));
+            }
+            Ok(resp)
+        })
     }
 }
 
@@ -248,17 +340,11 @@ impl Sandbox {
             counters: Counters::default(),
             notifier,
             next_work_order: std::sync::atomic::AtomicI64::new(2001),
+            lose_requests: Mutex::new(std::collections::VecDeque::new()),
         });
         let app = routes::router(Arc::clone(&state));
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "sandbox server failed");
-            }
-        });
+        tokio::spawn(serve(listener, app, stopped));
         Ok(Self {
             addr,
             state,
@@ -308,6 +394,7 @@ impl Sandbox {
             downloads: g(&c.downloads),
             downloads_with_credentials: g(&c.downloads_with_credentials),
             faults_injected: g(&c.faults_injected),
+            answers_lost: g(&c.answers_lost),
         }
     }
 

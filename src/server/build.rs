@@ -152,7 +152,7 @@ impl Gateway {
         };
 
         // The AttachmentService, each path from the sections it needs.
-        let writes = Writes::new(stores.writes, &s.upstream);
+        let writes = Writes::new(stores.writes, &s.upstream, &rt);
         let paths = Paths {
             uploads: Uploads::new(&rt, &s.limits, &s.rate_limit, writes.clone()),
             downloads: Downloads::new(&rt, &s.limits, &s.rate_limit),

@@ -6,8 +6,12 @@
 //! order, the message id) and holds the request's [`Fingerprint`]: the same key
 //! with another fingerprint is another request reusing the id. While a write runs,
 //! its record is a lease that expires unless renewed, so a replica that dies
-//! mid-write does not block the key forever; when the write ends, the outcome is
-//! stored for the TTL. Failed writes are forgotten (a retry may run again).
+//! mid-write does not block the key forever. Just before the write is sent
+//! whole (its commit point), the lease becomes a committed record that lasts
+//! the TTL (see [`WriteStore`]); when the write ends, the outcome is stored in
+//! its place. Writes that provably did not happen are forgotten (a retry may
+//! run again); a committed write whose answer was lost waits for a retry that
+//! reconciles it with what the upstream shows.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -57,9 +61,58 @@ pub enum Outcome {
         message_id: String,
         size_bytes: u64,
         sha256: String,
+        /// Found by reconciling with the upstream after the answer was lost,
+        /// not received from it.
+        #[serde(default)]
+        reconciled: bool,
     },
     /// Updates and deletes answer their message id.
     MessageId(String),
+}
+
+/// What an upload sent, to find the attachment it may have created when its
+/// answer is lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadAttempt {
+    pub name: String,
+    pub mime_type: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+    /// The attachments of the work order that could have been this upload,
+    /// listed before it was sent; `None` when that list could not be had.
+    pub preexisting: Option<Vec<String>>,
+}
+
+/// What an update asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateAttempt {
+    pub attachment_id: String,
+    pub name: String,
+    /// The upstream spelling; `None` when not asked to change.
+    pub document_type: Option<String>,
+}
+
+/// What a write sent, for reconciling it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Attempt {
+    Upload(UploadAttempt),
+    Update(UpdateAttempt),
+    Delete { attachment_id: String },
+}
+
+/// A write that was sent whole upstream (its commit point passed) and whose
+/// outcome is not recorded yet: its holder waits for the upstream's answer, or
+/// lost it (`given_up`), or died.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// When the write was sent whole, in ms since the Unix epoch (the
+    /// committing replica's clock).
+    pub committed_at_ms: u64,
+    /// The holder lost the upstream's answer and stopped waiting for it.
+    pub given_up: bool,
+    /// The message id sent upstream.
+    pub message_id: String,
+    pub attempt: Attempt,
 }
 
 /// Proves that the holder runs the write under a key (a random value).
@@ -67,8 +120,14 @@ pub enum Outcome {
 pub struct LeaseToken(pub u128);
 
 impl LeaseToken {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Self(uuid::Uuid::new_v4().as_u128())
+    }
+}
+
+impl Default for LeaseToken {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -82,11 +141,28 @@ pub enum Begin {
         fingerprint: Fingerprint,
         outcome: Outcome,
     },
-    /// A write under the key runs now (its lease is live).
+    /// A write under the key runs now (its lease is live), not sent whole yet.
     Running { fingerprint: Fingerprint },
+    /// A write under the key was sent whole; its outcome is not recorded (yet).
+    Committed {
+        fingerprint: Fingerprint,
+        /// Its holder's token: what `complete`, `take_over` and `abandon` name.
+        token: LeaseToken,
+        pending: Pending,
+    },
 }
 
 /// Where writes are remembered.
+///
+/// A record goes: free -> running (a lease, renewed while the write is
+/// prepared and its body streams) -> committed (the lease turned into a record
+/// that lasts the TTL, in one step that succeeds only while the lease is held,
+/// just before the write is sent whole) -> done (its outcome). A write that
+/// failed before its commit point is abandoned (free again); one refused by
+/// the upstream after it is abandoned too. A committed write whose answer was
+/// lost stays committed until a retry reconciles it: `complete` with what the
+/// upstream shows, or `take_over` to run it again when it provably did not
+/// happen.
 #[tonic::async_trait]
 pub trait WriteStore: Send + Sync + 'static {
     /// Looks the key up; when it is free, takes a lease on it for `lease`.
@@ -98,7 +174,7 @@ pub trait WriteStore: Send + Sync + 'static {
     ) -> Result<Begin, StoreError>;
 
     /// Extends a lease the holder still has (the write of `fingerprint`);
-    /// `false` when it was lost.
+    /// `false` when it was lost. Never takes a key that is not held.
     async fn renew(
         &self,
         key: &WriteKey,
@@ -107,7 +183,21 @@ pub trait WriteStore: Send + Sync + 'static {
         lease: Duration,
     ) -> Result<bool, StoreError>;
 
-    /// Stores the outcome of the write for `ttl`, replacing the lease.
+    /// Turns the holder's live lease into a committed record kept for `ttl`;
+    /// `false` (and nothing changed) when the lease is not the holder's any
+    /// more: the write must not be sent.
+    async fn commit(
+        &self,
+        key: &WriteKey,
+        token: LeaseToken,
+        fingerprint: Fingerprint,
+        pending: &Pending,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Stores the outcome for `ttl` in place of the lease or committed record
+    /// `token` holds (or of nothing: a record the store lost); `false` when
+    /// another holds the key now.
     async fn complete(
         &self,
         key: &WriteKey,
@@ -115,9 +205,32 @@ pub trait WriteStore: Send + Sync + 'static {
         fingerprint: Fingerprint,
         outcome: &Outcome,
         ttl: Duration,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 
-    /// Drops the lease of a write that failed: a retry may run it again.
+    /// Replaces the committed record `token` holds with `pending` (its holder
+    /// lost the answer), keeping its expiry.
+    async fn give_up(
+        &self,
+        key: &WriteKey,
+        token: LeaseToken,
+        fingerprint: Fingerprint,
+        pending: &Pending,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Turns the committed record `token` holds into a new lease, for a retry
+    /// that found the write provably not applied and runs it again; `None` when
+    /// the record changed meanwhile.
+    async fn take_over(
+        &self,
+        key: &WriteKey,
+        token: LeaseToken,
+        fingerprint: Fingerprint,
+        lease: Duration,
+    ) -> Result<Option<LeaseToken>, StoreError>;
+
+    /// Drops the lease or committed record `token` holds: the write did not
+    /// happen, and a retry may run it again.
     async fn abandon(&self, key: &WriteKey, token: LeaseToken) -> Result<(), StoreError>;
 
     /// Whether leases expire unless renewed (shared stores); an in-process lease
@@ -125,19 +238,40 @@ pub trait WriteStore: Send + Sync + 'static {
     fn leases_expire(&self) -> bool;
 }
 
-/// The most completed writes remembered at once, per process; the oldest go first.
+/// The most records remembered at once, per process; the oldest go first.
 const CAPACITY: usize = 100_000;
 
-struct Running {
-    token: LeaseToken,
-    fingerprint: Fingerprint,
+/// A record as the in-process store holds it.
+#[derive(Debug, Clone)]
+enum Record {
+    Running {
+        token: LeaseToken,
+        fingerprint: Fingerprint,
+    },
+    Committed {
+        token: LeaseToken,
+        fingerprint: Fingerprint,
+        pending: Pending,
+    },
+    Done {
+        fingerprint: Fingerprint,
+        outcome: Outcome,
+    },
+}
+
+impl Record {
+    /// Whether `token` holds it (running or committed).
+    fn held_by(&self, t: LeaseToken) -> bool {
+        matches!(self, Self::Running { token, .. } | Self::Committed { token, .. } if *token == t)
+    }
 }
 
 #[derive(Default)]
 struct Inner {
-    done: HashMap<WriteKey, (Instant, Fingerprint, Outcome)>,
+    /// Each record, and when it was stored (committed and done records expire
+    /// after the TTL; running ones live as long as their holder).
+    records: HashMap<WriteKey, (Instant, Record)>,
     order: VecDeque<(Instant, WriteKey)>,
-    running: HashMap<WriteKey, Running>,
 }
 
 /// The in-process store: the default, for one replica.
@@ -147,8 +281,8 @@ pub struct MemoryWrites {
 }
 
 impl MemoryWrites {
-    /// Completed writes are kept for `ttl` (the TTL given to `complete` is the
-    /// same setting).
+    /// Committed and completed writes are kept for `ttl` (the TTL given to
+    /// `commit` and `complete` is the same setting).
     pub fn new(ttl: Duration) -> Self {
         Self {
             ttl,
@@ -171,11 +305,27 @@ impl Inner {
                 break;
             }
             if let Some((t, k)) = self.order.pop_front()
-                && self.done.get(&k).is_some_and(|(at, _, _)| *at == t)
+                && self
+                    .records
+                    .get(&k)
+                    .is_some_and(|(at, r)| *at == t && !matches!(r, Record::Running { .. }))
             {
-                self.done.remove(&k);
+                self.records.remove(&k);
             }
         }
+    }
+
+    fn store(&mut self, key: &WriteKey, r: Record) {
+        let now = Instant::now();
+        let lasting = !matches!(r, Record::Running { .. });
+        self.records.insert(key.clone(), (now, r));
+        if lasting {
+            self.order.push_back((now, key.clone()));
+        }
+    }
+
+    fn held(&self, key: &WriteKey, token: LeaseToken) -> bool {
+        self.records.get(key).is_some_and(|(_, r)| r.held_by(token))
     }
 }
 
@@ -189,20 +339,29 @@ impl WriteStore for MemoryWrites {
     ) -> Result<Begin, StoreError> {
         let mut g = self.lock()?;
         g.expire(self.ttl);
-        if let Some((_, fp, outcome)) = g.done.get(key) {
-            return Ok(Begin::Done {
-                fingerprint: *fp,
-                outcome: outcome.clone(),
-            });
-        }
-        if let Some(r) = g.running.get(key) {
-            return Ok(Begin::Running {
-                fingerprint: r.fingerprint,
+        if let Some((_, r)) = g.records.get(key) {
+            return Ok(match r.clone() {
+                Record::Running { fingerprint, .. } => Begin::Running { fingerprint },
+                Record::Committed {
+                    token,
+                    fingerprint,
+                    pending,
+                } => Begin::Committed {
+                    fingerprint,
+                    token,
+                    pending,
+                },
+                Record::Done {
+                    fingerprint,
+                    outcome,
+                } => Begin::Done {
+                    fingerprint,
+                    outcome,
+                },
             });
         }
         let token = LeaseToken::new();
-        g.running
-            .insert(key.clone(), Running { token, fingerprint });
+        g.store(key, Record::Running { token, fingerprint });
         Ok(Begin::Go(token))
     }
 
@@ -213,11 +372,34 @@ impl WriteStore for MemoryWrites {
         _: Fingerprint,
         _: Duration,
     ) -> Result<bool, StoreError> {
-        Ok(self
-            .lock()?
-            .running
-            .get(key)
-            .is_some_and(|r| r.token == token))
+        Ok(matches!(
+            self.lock()?.records.get(key),
+            Some((_, Record::Running { token: t, .. })) if *t == token
+        ))
+    }
+
+    async fn commit(
+        &self,
+        key: &WriteKey,
+        token: LeaseToken,
+        fingerprint: Fingerprint,
+        pending: &Pending,
+        _ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock()?;
+        if !matches!(g.records.get(key), Some((_, Record::Running { token: t, .. })) if *t == token)
+        {
+            return Ok(false);
+        }
+        g.store(
+            key,
+            Record::Committed {
+                token,
+                fingerprint,
+                pending: pending.clone(),
+            },
+        );
+        Ok(true)
     }
 
     async fn complete(
@@ -227,23 +409,71 @@ impl WriteStore for MemoryWrites {
         fingerprint: Fingerprint,
         outcome: &Outcome,
         _ttl: Duration,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut g = self.lock()?;
-        if g.running.get(key).is_some_and(|r| r.token == token) {
-            g.running.remove(key);
-        }
-        let now = Instant::now();
-        g.done
-            .insert(key.clone(), (now, fingerprint, outcome.clone()));
-        g.order.push_back((now, key.clone()));
         g.expire(self.ttl);
-        Ok(())
+        if g.records.contains_key(key) && !g.held(key, token) {
+            return Ok(false);
+        }
+        g.store(
+            key,
+            Record::Done {
+                fingerprint,
+                outcome: outcome.clone(),
+            },
+        );
+        Ok(true)
+    }
+
+    async fn give_up(
+        &self,
+        key: &WriteKey,
+        token: LeaseToken,
+        fingerprint: Fingerprint,
+        pending: &Pending,
+        _ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock()?;
+        match g.records.get_mut(key) {
+            Some((_, r @ Record::Committed { .. })) if r.held_by(token) => {
+                *r = Record::Committed {
+                    token,
+                    fingerprint,
+                    pending: pending.clone(),
+                };
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn take_over(
+        &self,
+        key: &WriteKey,
+        token: LeaseToken,
+        fingerprint: Fingerprint,
+        _lease: Duration,
+    ) -> Result<Option<LeaseToken>, StoreError> {
+        let mut g = self.lock()?;
+        if !matches!(g.records.get(key), Some((_, Record::Committed { token: t, .. })) if *t == token)
+        {
+            return Ok(None);
+        }
+        let new = LeaseToken::new();
+        g.store(
+            key,
+            Record::Running {
+                token: new,
+                fingerprint,
+            },
+        );
+        Ok(Some(new))
     }
 
     async fn abandon(&self, key: &WriteKey, token: LeaseToken) -> Result<(), StoreError> {
         let mut g = self.lock()?;
-        if g.running.get(key).is_some_and(|r| r.token == token) {
-            g.running.remove(key);
+        if g.held(key, token) {
+            g.records.remove(key);
         }
         Ok(())
     }

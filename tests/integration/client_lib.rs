@@ -101,31 +101,56 @@ async fn retries_only_what_the_gateway_calls_safe() {
         .with_priority(1)
         .mount(&server)
         .await;
+    // The attachment is still listed: a delete answered 503 did not come true.
     Mock::given(method("GET"))
         .and(path("/Direct/api/attachments"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!([{"AttachmentId": "abc", "Name": "a.txt"}])),
+        )
         .with_priority(2)
         .mount(&server)
         .await;
-    // A write that fails with 503: it may have been applied, so no retry.
+    // A write that fails with 503 may have been applied: the gateway asks the
+    // upstream (the list), keeps the outcome unknown under the write's message
+    // id, and says a retry with the same id is safe (the retry reconciles
+    // first). The client retries, always with the one message id.
     Mock::given(method("DELETE"))
         .respond_with(ResponseTemplate::new(503))
-        .expect(1)
         .mount(&server)
         .await;
     let gw = Gateway::start(settings_for(&server.uri())).await;
     let client = GatewayClient::builder(format!("http://{}", gw.addr))
         .timeout(Duration::from_secs(5))
+        .retries(2)
         .connect()
         .await
         .expect("connect");
     let list = client.list(1).await.expect("the read was retried");
-    assert!(list.is_empty());
+    assert_eq!(list.len(), 1);
     let err = client.delete(1, "abc").await.expect_err("503");
     assert_eq!(err.code, Code::Unavailable);
-    assert!(!err.retry_safe, "a failed write may have happened");
-    assert!(!err.is_retryable());
-    server.verify().await; // exactly one DELETE reached the upstream
+    assert_eq!(err.reason.as_deref(), Some("OUTCOME_UNKNOWN"));
+    assert!(err.retry_safe, "retrying with the same message id is safe");
+    let deletes: Vec<String> = server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.method.as_str() == "DELETE")
+        .map(|r| {
+            let body = String::from_utf8_lossy(&r.body).to_string();
+            let i = body.find("name=\"MessageId\"").expect("MessageId field");
+            body[i..]
+                .lines()
+                .nth(2)
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(deletes.len(), 3, "the first try and two retries");
+    assert!(deletes.iter().all(|m| *m == deletes[0]), "{deletes:?}");
 }
 
 /// A reader that yields `good` bytes, then fails.
@@ -235,7 +260,8 @@ async fn upload_with_progress_retries_with_one_message_id() {
         .await
         .unwrap_or_default()
         .iter()
-        .filter(|r| r.url.path() == "/Direct/api/attachments")
+        // The uploads (the GETs list what the work order held before).
+        .filter(|r| r.method.as_str() == "POST" && r.url.path() == "/Direct/api/attachments")
         .map(|r| {
             let body = String::from_utf8_lossy(&r.body).to_string();
             let i = body.find("name=\"MessageId\"").expect("MessageId field");

@@ -504,6 +504,7 @@ async fn randomized_run_against_a_faulty_upstream_keeps_upstream_and_answers_in_
             unavailable: 0.15,
             fail_mid_upload: 0.15,
             max_delay_ms: 5,
+            lose_answer: 0.0,
         }),
         ..Default::default()
     };

@@ -308,6 +308,7 @@ async fn randomized_run_against_three_replicas_and_one_redis_keeps_upstream_exac
             unavailable: 0.15,
             fail_mid_upload: 0.15,
             max_delay_ms: 5,
+            lose_answer: 0.0,
         }),
         ..Default::default()
     })

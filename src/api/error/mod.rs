@@ -18,7 +18,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, QuotaViolation, StatusExt};
 
 use self::upstream::RATE_LIMITED;
-pub use self::upstream::{BY_HTTP_STATUS, BY_UPSTREAM_CODE, classify};
+pub use self::upstream::{BY_HTTP_STATUS, BY_UPSTREAM_CODE, classify, nothing_applied};
 use crate::auth::AuthError;
 use crate::domain::{FieldError, Violation};
 use crate::limits::Refusal;
@@ -81,7 +81,45 @@ pub enum Error {
     #[error(
         "a write with this message_id is in progress; retry when it has finished to get its answer"
     )]
-    WriteInProgress,
+    WriteInProgress { retry_after: Duration },
+    /// The write's lease on its message id was lost before it was sent whole
+    /// (the record of writes was out of reach longer than a lease): it was
+    /// stopped, and nothing was stored upstream.
+    #[error(
+        "this write lost its hold on its message_id before it was sent whole (the record of writes was out of reach); it was stopped and nothing was stored upstream: retry"
+    )]
+    LeaseLost,
+    /// The write was sent whole and its answer was lost; the upstream does not
+    /// show yet whether it came true. A retry with the same message id asks
+    /// again, and never runs the write blindly.
+    #[error(
+        "the write was sent but its answer was lost ({cause}); whether it came true is not known yet: retry with the same message_id, and the gateway finds out before doing anything"
+    )]
+    OutcomeUnknown {
+        cause: String,
+        retry_after: Duration,
+    },
+    /// An earlier attempt's answer was lost, and the upstream shows several
+    /// attachments it may have created (or one that may be older): the
+    /// gateway cannot tell, and uploads nothing.
+    #[error(
+        "an earlier attempt with this message_id was sent but its answer was lost, and the gateway cannot tell which attachment (if any) it created: candidates {}; nothing was uploaded now. Check these attachments, then upload with a new message_id if none is yours",
+        .candidates.join(", ")
+    )]
+    OutcomeAmbiguous { candidates: Vec<String> },
+    /// The caller stopped waiting (deadline, shutdown) after the write was
+    /// sent whole: it runs to its end, and a retry with the same message id
+    /// gets its outcome.
+    #[error(
+        "{why} after the write was sent; it runs to its end and its outcome is recorded under its message_id: retry with the same message_id to get it"
+    )]
+    OutcomePending { why: &'static str, deadline: bool },
+    /// The bytes received do not have the SHA-256 the caller said they have:
+    /// nothing was stored upstream.
+    #[error(
+        "invalid request: metadata.expected_sha256: the file received has SHA-256 {actual}, not {expected}; the upload was stopped before its end and nothing was stored"
+    )]
+    ChecksumMismatch { expected: String, actual: String },
     /// The caller reused a message id for a different request. `field` names the
     /// message id in the request.
     #[error("invalid request: {field}: {}", MESSAGE_ID_REUSED)]
@@ -200,7 +238,13 @@ impl Error {
             Self::Upstream { error, .. } => upstream::code(error),
             Self::Deadline { .. } => Code::DeadlineExceeded,
             Self::ShuttingDown { .. } => Code::Unavailable,
-            Self::WriteInProgress => Code::Aborted,
+            Self::WriteInProgress { .. } => Code::Aborted,
+            Self::LeaseLost => Code::Unavailable,
+            Self::OutcomeUnknown { .. } => Code::Unavailable,
+            Self::OutcomeAmbiguous { .. } => Code::FailedPrecondition,
+            Self::OutcomePending { deadline: true, .. } => Code::DeadlineExceeded,
+            Self::OutcomePending { .. } => Code::Unavailable,
+            Self::ChecksumMismatch { .. } => Code::InvalidArgument,
             Self::MessageIdReused { .. } => Code::InvalidArgument,
             Self::WriteRecordUnavailable => Code::Unavailable,
             Self::UploadUnconfirmed => Code::Internal,
@@ -224,7 +268,11 @@ impl Error {
             Self::Upstream { error, .. } => upstream::reason(error),
             Self::Deadline { .. } => "DEADLINE_EXCEEDED",
             Self::ShuttingDown { .. } => "GATEWAY_SHUTTING_DOWN",
-            Self::WriteInProgress => "WRITE_IN_PROGRESS",
+            Self::WriteInProgress { .. } => "WRITE_IN_PROGRESS",
+            Self::LeaseLost => "WRITE_LEASE_LOST",
+            Self::OutcomeUnknown { .. } | Self::OutcomeAmbiguous { .. } => "OUTCOME_UNKNOWN",
+            Self::OutcomePending { .. } => "OUTCOME_PENDING",
+            Self::ChecksumMismatch { .. } => "CHECKSUM_MISMATCH",
             Self::MessageIdReused { .. } => "MESSAGE_ID_REUSED",
             Self::WriteRecordUnavailable => "WRITE_RECORD_UNAVAILABLE",
             Self::UploadUnconfirmed => "UPSTREAM_ANSWERED_EARLY",
@@ -255,6 +303,8 @@ impl Error {
                 nothing_applied,
             } => op.retry_safe(*nothing_applied),
             Self::UploadUnconfirmed | Self::Internal(_) => RetrySafe::Unknown,
+            // Only someone who checks the candidates can tell.
+            Self::OutcomeAmbiguous { .. } => RetrySafe::No,
             // A bad request is refused again, unchanged: no harm either. A
             // stream that failed took its upstream request (if any) with it.
             _ => RetrySafe::Yes,
@@ -267,8 +317,11 @@ impl Error {
             Self::Limited(r) | Self::Auth(AuthError::Throttled(r)) => Some(r.retry_after),
             Self::Upstream { error, op } => upstream::retry_after(error, *op == Op::Read),
             Self::ShuttingDown { .. } | Self::SubscriberStalled { .. } => Some(Duration::ZERO),
-            Self::WriteInProgress
-            | Self::WriteRecordUnavailable
+            Self::WriteInProgress { retry_after } | Self::OutcomeUnknown { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            Self::LeaseLost | Self::OutcomePending { .. } => Some(Duration::from_secs(1)),
+            Self::WriteRecordUnavailable
             | Self::EventLogUnavailable(_)
             | Self::WatchInterrupted { .. } => Some(Duration::from_secs(1)),
             _ => None,
@@ -302,6 +355,13 @@ impl Error {
             Self::StreamIdle { waited, .. } => {
                 put("waited_ms", waited.as_millis().to_string());
             }
+            Self::OutcomeAmbiguous { candidates } => {
+                put("candidate_attachment_ids", candidates.join(","));
+            }
+            Self::ChecksumMismatch { expected, actual } => {
+                put("expected_sha256", expected.clone());
+                put("actual_sha256", actual.clone());
+            }
             _ => {}
         }
         meta
@@ -324,6 +384,11 @@ impl Error {
             Self::MessageIdReused { field } => {
                 Some(vec![violation(field, self.reason(), MESSAGE_ID_REUSED)])
             }
+            Self::ChecksumMismatch { expected, actual } => Some(vec![violation(
+                "metadata.expected_sha256",
+                self.reason(),
+                &format!("the file received has SHA-256 {actual}, not {expected}"),
+            )]),
             Self::Upstream { error, .. } => upstream::field_violations(error),
             _ => None,
         }
@@ -358,6 +423,29 @@ impl From<Error> for Status {
             Error::Stream(s) if is_own(&s) && !is_caller_reset(&s) => s,
             e => Status::with_error_details(e.code(), e.to_string(), e.details()),
         }
+    }
+}
+
+/// A gRPC code's canonical name (`NOT_FOUND`), for logs and the audit trail.
+pub fn code_name(c: Code) -> &'static str {
+    match c {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -457,7 +545,25 @@ mod tests {
                 op: Op::Read,
                 nothing_applied: true,
             },
-            Error::WriteInProgress,
+            Error::WriteInProgress {
+                retry_after: Duration::from_secs(1),
+            },
+            Error::LeaseLost,
+            Error::OutcomeUnknown {
+                cause: "the connection dropped".into(),
+                retry_after: Duration::from_secs(2),
+            },
+            Error::OutcomeAmbiguous {
+                candidates: vec!["a".into(), "b".into()],
+            },
+            Error::OutcomePending {
+                why: "the deadline passed",
+                deadline: true,
+            },
+            Error::ChecksumMismatch {
+                expected: "aa".into(),
+                actual: "bb".into(),
+            },
             Error::MessageIdReused {
                 field: "metadata.message_id",
             },
@@ -492,7 +598,12 @@ mod tests {
                 | Error::Upstream { .. }
                 | Error::Deadline { .. }
                 | Error::ShuttingDown { .. }
-                | Error::WriteInProgress
+                | Error::WriteInProgress { .. }
+                | Error::LeaseLost
+                | Error::OutcomeUnknown { .. }
+                | Error::OutcomeAmbiguous { .. }
+                | Error::OutcomePending { .. }
+                | Error::ChecksumMismatch { .. }
                 | Error::MessageIdReused { .. }
                 | Error::WriteRecordUnavailable
                 | Error::UploadUnconfirmed
@@ -526,7 +637,7 @@ mod tests {
             assert!(
                 matches!(
                     info.metadata.get(RETRY_SAFE).map(String::as_str),
-                    Some("true" | "unknown")
+                    Some("true" | "unknown" | "false")
                 ),
                 "retry_safe on {text}: {:?}",
                 info.metadata

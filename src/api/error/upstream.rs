@@ -101,7 +101,8 @@ pub(super) fn reason(e: &UpstreamError) -> &'static str {
 /// Whether the upstream cannot have acted on the call: a refused request
 /// changed nothing, nor did one never sent; a 5xx, a timeout, a broken
 /// connection or an unreadable answer may come after the upstream acted.
-pub(super) fn nothing_applied(e: &UpstreamError) -> bool {
+/// Whether the upstream provably did not act on a write that failed this way.
+pub fn nothing_applied(e: &UpstreamError) -> bool {
     match e {
         UpstreamError::Api(api) => !(api.http_status >= 500 || api.http_status == 408),
         UpstreamError::Timeout | UpstreamError::Transport(_) | UpstreamError::Protocol(_) => false,

@@ -7,21 +7,23 @@
 //! check passed: any other end (error, cancellation, limit, the handler dropped)
 //! makes the body fail, which aborts the upstream request mid-body.
 
+mod again;
 mod body;
 mod progress;
+mod send;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio::time::timeout;
 use tonic::{Code, Streaming};
 
-use self::body::{Chunk, UploadBody};
-use self::progress::Progress;
+use self::again::Reconciled;
+use self::body::Chunk;
 use super::convert;
 use super::deadline::Bounds;
 use super::error::{Error, Op};
@@ -33,13 +35,8 @@ use crate::limits::Concurrency;
 use crate::metrics::Metrics;
 use crate::proto::wire::upload_attachment_request::Payload;
 use crate::proto::wire::{UploadAttachmentRequest, UploadAttachmentResponse};
-use crate::recorder::Recorder;
-use crate::store::writes::{Fingerprint, Outcome, WriteKey};
+use crate::store::writes::{Fingerprint, WriteKey};
 use crate::upstream::Upstream;
-
-/// Chunks queued between the caller's stream and the upstream body: memory per
-/// upload stays within a few chunks.
-const QUEUED_CHUNKS: usize = 2;
 
 /// The next message's payload; a message with neither field is invalid. A message
 /// too large for the transport surfaces as INVALID_ARGUMENT naming `chunk`.
@@ -122,8 +119,6 @@ pub struct Uploads {
     slots: Arc<Concurrency>,
     /// One permit per upload byte held in memory.
     bytes: Arc<Semaphore>,
-    /// Records each upload as an event.
-    recorder: Recorder,
 }
 
 /// An upload's digest for the record of writes: every metadata field that makes
@@ -146,6 +141,50 @@ fn fingerprint(a: &NewAttachment) -> Fingerprint {
     ])
 }
 
+/// How far an upload got, for what its caller is told when it is cut.
+#[derive(Default)]
+pub(super) struct Phase(AtomicU8);
+
+const BEFORE_COMMIT: u8 = 0;
+/// Sent whole; a retry with the same message id gets its outcome.
+const COMMITTED_KEYED: u8 = 1;
+/// Sent whole, with no message id of the caller's: nothing to retry by.
+const COMMITTED: u8 = 2;
+
+impl Phase {
+    pub(super) fn committed(&self, keyed: bool) {
+        let v = if keyed { COMMITTED_KEYED } else { COMMITTED };
+        self.0.store(v, Ordering::Release);
+    }
+
+    /// The error of an upload cut by `why` (a deadline, or the shutdown).
+    fn cut(&self, deadline: bool) -> Error {
+        let why = if deadline {
+            "the deadline passed"
+        } else {
+            "the gateway is shutting down"
+        };
+        match (self.0.load(Ordering::Acquire), deadline) {
+            (COMMITTED_KEYED, _) => Error::OutcomePending { why, deadline },
+            (phase, true) => Error::Deadline {
+                op: Op::Write,
+                what: "the upload",
+                nothing_applied: phase == BEFORE_COMMIT,
+            },
+            (phase, false) => Error::ShuttingDown {
+                op: Op::Write,
+                nothing_applied: phase == BEFORE_COMMIT,
+            },
+        }
+    }
+}
+
+/// Who uploads what, as the record of writes and the event know it.
+pub(super) struct Named {
+    pub(super) caller: Arc<str>,
+    pub(super) key: Option<WriteKey>,
+}
+
 impl Uploads {
     /// Uploads held to `limits` and to the concurrency and memory bounds of
     /// `rate_limit`, remembered in `writes`.
@@ -158,7 +197,6 @@ impl Uploads {
         let limits = UploadLimits::new(limits, rate_limit);
         Self {
             upstream: Arc::clone(&rt.upstream),
-            recorder: rt.recorder.clone(),
             bytes: Arc::new(Semaphore::new(
                 limits.max_inflight_upload_bytes.min(Semaphore::MAX_PERMITS),
             )),
@@ -175,31 +213,23 @@ impl Uploads {
         }
     }
 
-    /// Runs one upload for `caller` to its end: within `deadline` and the shutdown
-    /// cut; a call stopped by either aborts its upstream request mid-body unless
-    /// the body was complete.
+    /// Runs one upload for `caller`: its caller's part within `deadline` and
+    /// the shutdown cut. Cut before its commit point, the upstream request is
+    /// aborted mid-body (nothing stored); after it, the upload runs to its end
+    /// in a task of its own (see `writes`).
     pub async fn run(
         &self,
         caller: Arc<str>,
         stream: Streaming<UploadAttachmentRequest>,
         deadline: Instant,
     ) -> Result<UploadAttachmentResponse, Error> {
-        // Set once the whole body went upstream: from then on, stopping the call
-        // cannot tell whether the attachment was stored.
-        let sent = AtomicBool::new(false);
+        let phase = Phase::default();
         tokio::select! {
-            r = tokio::time::timeout_at(deadline, self.upload(caller, stream, &sent)) => match r {
+            r = tokio::time::timeout_at(deadline, self.upload(caller, stream, &phase)) => match r {
                 Ok(r) => r,
-                Err(_) => Err(Error::Deadline {
-                    op: Op::Write,
-                    what: "the upload",
-                    nothing_applied: !sent.load(Ordering::Acquire),
-                }),
+                Err(_) => Err(phase.cut(true)),
             },
-            () = self.bounds.cut.cancelled() => Err(Error::ShuttingDown {
-                op: Op::Write,
-                nothing_applied: !sent.load(Ordering::Acquire),
-            }),
+            () = self.bounds.cut.cancelled() => Err(phase.cut(false)),
         }
     }
 
@@ -240,13 +270,13 @@ impl Uploads {
             .map_err(|_| Error::StreamIdle { waited: wait, what })?
     }
 
-    /// The upload, start to end: its metadata, a slot, the record of writes, then
-    /// the bytes (or, for a write already done, the comparison of its bytes).
+    /// The upload, start to end: its metadata, a slot, the record of writes,
+    /// then the bytes (or, for a write seen before, its answer).
     async fn upload(
         &self,
         caller: Arc<str>,
         mut stream: Streaming<UploadAttachmentRequest>,
-        sent: &AtomicBool,
+        phase: &Phase,
     ) -> Result<UploadAttachmentResponse, Error> {
         let (attachment, caller_message_id) = self.metadata(&mut stream).await?;
         tracing::Span::current().record("work_order_id", attachment.work_order_id.get());
@@ -256,51 +286,34 @@ impl Uploads {
         })?;
         self.metrics.uploads_in_flight.inc();
         let _in_flight = InFlight(&self.metrics);
-        let caller_id = caller.to_string();
         let key = (!caller_message_id.is_empty()).then(|| WriteKey {
-            caller,
+            caller: Arc::clone(&caller),
             call: "upload",
             work_order_id: attachment.work_order_id.get(),
             message_id: caller_message_id,
         });
+        let named = Named { caller, key };
         let guard = match self
             .writes
-            .begin(key, fingerprint(&attachment), "metadata.message_id")
+            .begin(
+                named.key.clone(),
+                fingerprint(&attachment),
+                "metadata.message_id",
+            )
             .await?
         {
-            Start::Replay(outcome) => return self.replay(stream, &attachment, outcome).await,
+            Start::Replay(outcome) => {
+                return self.replay(stream, &attachment, outcome, &named).await;
+            }
+            Start::Unsettled(u) => {
+                match self.reconcile(&mut stream, &attachment, u, &named).await? {
+                    Reconciled::Answer(r) => return Ok(r),
+                    Reconciled::RunAgain(g) => Some(*g),
+                }
+            }
             Start::Go(g) => g,
         };
-        let answer = self.forward(stream, &attachment, sent).await?;
-        let added = crate::proto::Attachment {
-            attachment_id: answer.attachment_id.clone(),
-            name: attachment.name.as_str().to_string(),
-            mime_type: attachment.mime_type.as_str().to_string(),
-            size_bytes: answer.size_bytes,
-            document_type: attachment.document_type.map_or(0, |d| d as i32),
-            ..Default::default()
-        };
-        // The record first: it is what makes a retry get this answer, and the
-        // event may wait on a slow log.
-        if let Some(g) = guard {
-            g.complete(Outcome::Upload {
-                attachment_id: answer.attachment_id.clone(),
-                message_id: answer.message_id.clone(),
-                size_bytes: answer.size_bytes,
-                sha256: answer.sha256.clone(),
-            })
-            .await;
-        }
-        self.recorder
-            .gateway_write(
-                crate::proto::AttachmentEventType::Added,
-                attachment.work_order_id.get(),
-                added,
-                &caller_id,
-                &answer.message_id,
-            )
-            .await;
-        Ok(answer)
+        self.send(stream, attachment, guard, named, phase).await
     }
 
     /// The first message, which must be the metadata and arrive soon (no slot is
@@ -333,169 +346,6 @@ impl Uploads {
         let caller_message_id = meta.message_id.clone();
         let attachment = convert::new_attachment(meta, self.limits.max_upload_bytes)?;
         Ok((attachment, caller_message_id))
-    }
-
-    /// Streams the bytes into the upstream's multipart body as they arrive, and
-    /// answers with the upstream's receipt, the size and the SHA-256.
-    async fn forward(
-        &self,
-        mut stream: Streaming<UploadAttachmentRequest>,
-        attachment: &NewAttachment,
-        sent: &AtomicBool,
-    ) -> Result<UploadAttachmentResponse, Error> {
-        let max_chunk = self.limits.max_chunk_bytes;
-        let mut progress = Progress::new(
-            self.limits.max_upload_bytes,
-            max_chunk,
-            attachment.declared_size,
-        );
-
-        // Nothing goes upstream before the first byte: an empty file is refused here.
-        let first = loop {
-            match self.next(&mut stream).await? {
-                Some(Payload::Chunk(b)) if b.is_empty() => continue,
-                Some(Payload::Chunk(b)) => {
-                    progress.accept(&b)?;
-                    break b;
-                }
-                Some(Payload::Metadata(_)) => return Err(late_metadata()),
-                None => return Err(empty_file()),
-            }
-        };
-
-        let first = self.hold(first).await?;
-        let (tx, rx) = mpsc::channel::<Chunk>(QUEUED_CHUNKS);
-        let complete = Arc::new(AtomicBool::new(false));
-        let body = UploadBody {
-            rx,
-            complete: Arc::clone(&complete),
-            failed: false,
-        };
-        // Capacity is at least one, and the queue is empty: this cannot fail.
-        let _ = tx.try_send(first);
-        tracing::debug!(
-            work_order_id = attachment.work_order_id.get(),
-            declared = ?attachment.declared_size,
-            "upload: streaming to the upstream"
-        );
-        let upstream = self.upstream.upload(attachment, body);
-        tokio::pin!(upstream);
-
-        let pump = async {
-            loop {
-                match self.next(&mut stream).await? {
-                    Some(Payload::Chunk(b)) => {
-                        if b.is_empty() {
-                            continue;
-                        }
-                        progress.accept(&b)?;
-                        let chunk = self.hold(b).await?;
-                        if tx.send(chunk).await.is_err() {
-                            // The upstream stopped reading: its answer says why.
-                            return Ok(false);
-                        }
-                    }
-                    Some(Payload::Metadata(_)) => return Err(late_metadata()),
-                    None => return Ok(true),
-                }
-            }
-        };
-
-        let outcome = tokio::select! {
-            r = pump => r,
-            r = &mut upstream => {
-                // The upstream answered before the caller's stream ended.
-                return Err(match r {
-                    Err(e) => Error::upstream(e, Op::Write),
-                    Ok(_) => Error::UploadUnconfirmed,
-                });
-            }
-        };
-        match outcome {
-            Ok(true) => {
-                let (size, sha) = progress.finish()?;
-                tracing::Span::current().record("upload.bytes", size);
-                complete.store(true, Ordering::Release);
-                sent.store(true, Ordering::Release);
-                drop(tx);
-                let receipt = upstream.await.map_err(|e| {
-                    tracing::warn!(error = %e, "upload failed upstream");
-                    Error::upstream(e, Op::Write)
-                })?;
-                Ok(UploadAttachmentResponse {
-                    attachment_id: receipt.attachment_id,
-                    message_id: receipt
-                        .message_id
-                        .filter(|m| !m.is_empty())
-                        .unwrap_or_else(|| attachment.message_id.as_str().to_string()),
-                    size_bytes: size,
-                    sha256: sha,
-                })
-            }
-            Ok(false) => {
-                drop(tx);
-                match upstream.await {
-                    Err(e) => Err(Error::upstream(e, Op::Write)),
-                    Ok(_) => Err(Error::UploadUnconfirmed),
-                }
-            }
-            // `tx` drops without `complete`: the body fails and the upstream request
-            // is aborted; dropping `upstream` closes its connection too.
-            Err(e) => {
-                tracing::info!(code = ?e.code(), "upload refused mid-stream; upstream request aborted");
-                Err(e)
-            }
-        }
-    }
-
-    /// The same caller sent an upload with this message id and the same metadata
-    /// before, and it was stored. The bytes are read again (the caller sends them)
-    /// and compared with what was stored: the same file gets the first answer; a
-    /// different file under the same id is refused. Nothing goes upstream.
-    async fn replay(
-        &self,
-        mut stream: Streaming<UploadAttachmentRequest>,
-        attachment: &NewAttachment,
-        outcome: Outcome,
-    ) -> Result<UploadAttachmentResponse, Error> {
-        let Outcome::Upload {
-            attachment_id,
-            message_id,
-            size_bytes,
-            sha256,
-        } = outcome
-        else {
-            return Err(Error::Internal("the write record answered another call"));
-        };
-        let mut progress = Progress::new(
-            self.limits.max_upload_bytes,
-            self.limits.max_chunk_bytes,
-            attachment.declared_size,
-        );
-        loop {
-            match self.next(&mut stream).await? {
-                Some(Payload::Chunk(b)) => progress.accept(&b)?,
-                Some(Payload::Metadata(_)) => return Err(late_metadata()),
-                None => break,
-            }
-        }
-        if progress.received == 0 {
-            return Err(empty_file());
-        }
-        let (size, sha) = progress.finish()?;
-        if (size, sha.as_str()) != (size_bytes, sha256.as_str()) {
-            tracing::info!("a message_id reused for another file: refused");
-            return Err(Error::MessageIdReused {
-                field: "metadata.message_id",
-            });
-        }
-        tracing::info!("upload already done under this message_id: answering as before");
-        Ok(UploadAttachmentResponse {
-            attachment_id,
-            message_id,
-            size_bytes,
-            sha256,
-        })
     }
 }
 

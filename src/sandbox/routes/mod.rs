@@ -5,6 +5,7 @@
 
 mod fault;
 mod form;
+pub(crate) mod lost;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,6 +43,7 @@ pub(super) fn router(state: Arc<State>) -> Router {
             get(download_url),
         )
         .route("/files/{id}", get(file))
+        .route("/sandbox/faults/lose-answer", post(lost::request))
         .layer(DefaultBodyLimit::disable())
         .merge(super::customer::routes(state.cfg.max_file_bytes))
         .with_state(state)
@@ -224,7 +226,8 @@ async fn upload(AxState(st): St, _: Checked, multipart: Multipart) -> Result<Res
     });
     drop(orders);
     guard.settle(&st.counters.uploads_stored);
-    Ok(axum::Json(json!({"AttachmentId": id, "MessageId": message_id})).into_response())
+    let ok = axum::Json(json!({"AttachmentId": id, "MessageId": message_id})).into_response();
+    Ok(lost::answer(&st, fields.get("messageid"), ok))
 }
 
 async fn update(AxState(st): St, _: Checked, Fields(f): Fields) -> Result<Response, Fault> {
@@ -258,7 +261,9 @@ async fn update(AxState(st): St, _: Checked, Fields(f): Fields) -> Result<Respon
     {
         a.visibility = mv.into();
     }
-    Ok(axum::Json(json!({"MessageId": f.get("messageid")})).into_response())
+    drop(orders);
+    let ok = axum::Json(json!({"MessageId": f.get("messageid")})).into_response();
+    Ok(lost::answer(&st, f.get("messageid"), ok))
 }
 
 async fn remove(AxState(st): St, _: Checked, Fields(f): Fields) -> Result<Response, Fault> {
@@ -275,7 +280,9 @@ async fn remove(AxState(st): St, _: Checked, Fields(f): Fields) -> Result<Respon
     if order.attachments.len() == before {
         return Err(Fault::attachment_not_found(&id));
     }
-    Ok(axum::Json(json!({"MessageId": f.get("messageid")})).into_response())
+    drop(orders);
+    let ok = axum::Json(json!({"MessageId": f.get("messageid")})).into_response();
+    Ok(lost::answer(&st, f.get("messageid"), ok))
 }
 
 fn signature(key: &str, id: &str, expires: u64) -> String {

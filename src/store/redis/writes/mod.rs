@@ -11,11 +11,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use self::mirror::{Mirror, put_back};
-use self::record::{holder, parse, running};
-use self::scripts::{abandon_script, begin_script, complete_script, epoch_script, renew_script};
+use self::record::{committed, done, holder, parse, running, token_hex};
+use self::scripts::{
+    abandon_script, begin_script, commit_script, complete_script, epoch_script, give_up_script,
+    renew_script, take_over_script,
+};
 use super::conn::{EPOCH_GRACE, Redis, millis, new_epoch, replace_epoch};
 use crate::store::error::StoreError;
-use crate::store::writes::{Begin, Fingerprint, LeaseToken, Outcome, WriteKey, WriteStore};
+use crate::store::writes::{
+    Begin, Fingerprint, LeaseToken, Outcome, Pending as PendingOutcome, WriteKey, WriteStore,
+};
 
 /// Write records in Redis, shared by every replica. Each replica also keeps
 /// the records it wrote (bounded) and puts them back into a Redis that lost
@@ -159,7 +164,7 @@ impl RedisWrites {
         let redis = self.redis.clone();
         rt.spawn(async move {
             let _permit = permit;
-            let h = holder(token);
+            let h = token_hex(token);
             let until = tokio::time::Instant::now() + lease;
             let mut wait = Duration::from_millis(250);
             while tokio::time::Instant::now() < until {
@@ -320,8 +325,7 @@ impl WriteStore for RedisWrites {
         lease: Duration,
     ) -> Result<bool, StoreError> {
         let k = self.key(key);
-        let value = running(token, fingerprint);
-        let (k1, h, ms, v) = (k.clone(), holder(token), millis(lease), value.clone());
+        let (k1, h, ms) = (k.clone(), holder(token), millis(lease));
         let n: i64 = self
             .redis
             .run(async move |mut c| {
@@ -329,14 +333,43 @@ impl WriteStore for RedisWrites {
                     .key(&k1)
                     .arg(&h)
                     .arg(ms)
-                    .arg(&v)
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
         if n == 1 {
             // Unless the write completed meanwhile (its outcome replaces this).
-            self.mirror().put_unless_done(&k, value, lease);
+            self.mirror()
+                .put_unless_done(&k, running(token, fingerprint), lease);
+        }
+        Ok(n == 1)
+    }
+
+    async fn commit(
+        &self,
+        key: &WriteKey,
+        token: LeaseToken,
+        fingerprint: Fingerprint,
+        pending: &PendingOutcome,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let value = committed(token, fingerprint, pending)?;
+        let k = self.key(key);
+        let (k1, h, v, ms) = (k.clone(), holder(token), value.clone(), millis(ttl));
+        let n: i64 = self
+            .redis
+            .run(async move |mut c| {
+                commit_script()
+                    .key(&k1)
+                    .arg(&h)
+                    .arg(&v)
+                    .arg(ms)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        if n == 1 {
+            self.mirror().put(&k, value, ttl);
         }
         Ok(n == 1)
     }
@@ -348,40 +381,100 @@ impl WriteStore for RedisWrites {
         fingerprint: Fingerprint,
         outcome: &Outcome,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let json = serde_json::to_string(outcome).map_err(|e| StoreError(e.to_string()))?;
-        let value = format!("d|{}|{json}", hex::encode(fingerprint.0));
+    ) -> Result<bool, StoreError> {
+        let value = done(fingerprint, outcome)?;
         let k = self.key(key);
-        // Remembered here first: a Redis that fails now gets it back later.
-        self.mirror().put(&k, value.clone(), ttl);
-        let (k1, h, ms) = (k, holder(token), millis(ttl));
+        let (k1, t, v, ms) = (k.clone(), token_hex(token), value.clone(), millis(ttl));
         let n: i64 = self
             .redis
             .run(async move |mut c| {
                 complete_script()
                     .key(&k1)
-                    .arg(&h)
-                    .arg(&value)
+                    .arg(&t)
+                    .arg(&v)
                     .arg(ms)
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
-        if n == 0 {
+        if n == 1 {
+            // Remembered only once Redis has it: an outcome Redis never got is
+            // not mistaken later for one Redis lost.
+            self.mirror().put(&k, value, ttl);
+        } else {
             tracing::warn!(
                 "a write's lease was taken by another replica before it completed: its outcome is not stored"
             );
         }
-        Ok(())
+        Ok(n == 1)
+    }
+
+    async fn give_up(
+        &self,
+        key: &WriteKey,
+        token: LeaseToken,
+        fingerprint: Fingerprint,
+        pending: &PendingOutcome,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let value = committed(token, fingerprint, pending)?;
+        let k = self.key(key);
+        let (k1, t, v, ms) = (k.clone(), token_hex(token), value.clone(), millis(ttl));
+        let n: i64 = self
+            .redis
+            .run(async move |mut c| {
+                give_up_script()
+                    .key(&k1)
+                    .arg(&t)
+                    .arg(&v)
+                    .arg(ms)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        if n == 1 {
+            self.mirror().put(&k, value, ttl);
+        }
+        Ok(n == 1)
+    }
+
+    async fn take_over(
+        &self,
+        key: &WriteKey,
+        token: LeaseToken,
+        fingerprint: Fingerprint,
+        lease: Duration,
+    ) -> Result<Option<LeaseToken>, StoreError> {
+        let new = LeaseToken::new();
+        let value = running(new, fingerprint);
+        let k = self.key(key);
+        let (k1, t, v, ms) = (k.clone(), token_hex(token), value.clone(), millis(lease));
+        let n: i64 = self
+            .redis
+            .run(async move |mut c| {
+                take_over_script()
+                    .key(&k1)
+                    .arg(&t)
+                    .arg(&v)
+                    .arg(ms)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        if n == 1 {
+            self.mirror().put(&k, value, lease);
+            return Ok(Some(new));
+        }
+        Ok(None)
     }
 
     async fn abandon(&self, key: &WriteKey, token: LeaseToken) -> Result<(), StoreError> {
         let k = self.key(key);
         self.mirror().forget(&k);
-        let h = holder(token);
+        let t = token_hex(token);
         let _: i64 = self
             .redis
-            .run(async move |mut c| abandon_script().key(&k).arg(&h).invoke_async(&mut c).await)
+            .run(async move |mut c| abandon_script().key(&k).arg(&t).invoke_async(&mut c).await)
             .await?;
         Ok(())
     }

@@ -1,10 +1,11 @@
 //! A write record as Redis holds it: its key, `<prefix>w:<hex>` (the SHA-256
 //! of the write's key fields, as [`Fingerprint::of`] digests fields), and its
 //! value: `r|<lease token>|<fingerprint>` while the write runs,
-//! `d|<fingerprint>|<outcome as JSON>` once done.
+//! `c|<token>|<fingerprint>|<pending as JSON>` once it was sent whole and until
+//! its outcome is known, `d|<fingerprint>|<outcome as JSON>` once done.
 
 use crate::store::error::StoreError;
-use crate::store::writes::{Begin, Fingerprint, LeaseToken, WriteKey};
+use crate::store::writes::{Begin, Fingerprint, LeaseToken, Outcome, Pending, WriteKey};
 
 /// The Redis key of a write's record.
 pub(super) fn key(prefix: &str, k: &WriteKey) -> String {
@@ -24,7 +25,32 @@ pub(super) fn running(token: LeaseToken, fp: Fingerprint) -> String {
 
 /// How a running record held by `token` starts (what the scripts compare).
 pub(super) fn holder(token: LeaseToken) -> String {
-    format!("r|{:032x}|", token.0)
+    format!("r|{}|", token_hex(token))
+}
+
+/// A token as the records and scripts write it.
+pub(super) fn token_hex(token: LeaseToken) -> String {
+    format!("{:032x}", token.0)
+}
+
+/// The value of a record sent whole whose outcome is not known yet.
+pub(super) fn committed(
+    token: LeaseToken,
+    fp: Fingerprint,
+    pending: &Pending,
+) -> Result<String, StoreError> {
+    let json = serde_json::to_string(pending).map_err(|e| StoreError(e.to_string()))?;
+    Ok(format!(
+        "c|{}|{}|{json}",
+        token_hex(token),
+        hex::encode(fp.0)
+    ))
+}
+
+/// The value of a record whose write is done.
+pub(super) fn done(fp: Fingerprint, outcome: &Outcome) -> Result<String, StoreError> {
+    let json = serde_json::to_string(outcome).map_err(|e| StoreError(e.to_string()))?;
+    Ok(format!("d|{}|{json}", hex::encode(fp.0)))
 }
 
 fn fingerprint(hex_fp: &str) -> Result<Fingerprint, StoreError> {
@@ -39,15 +65,27 @@ fn fingerprint(hex_fp: &str) -> Result<Fingerprint, StoreError> {
 /// Reads a stored record.
 pub(super) fn parse(v: &str) -> Result<Begin, StoreError> {
     let bad = || StoreError("a write record is malformed".into());
-    let mut parts = v.splitn(3, '|');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some("r"), Some(_token), Some(fp)) => Ok(Begin::Running {
+    let mut parts = v.splitn(4, '|');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("r"), Some(_token), Some(fp), None) => Ok(Begin::Running {
             fingerprint: fingerprint(fp)?,
         }),
-        (Some("d"), Some(fp), Some(outcome)) => Ok(Begin::Done {
+        (Some("c"), Some(token), Some(fp), Some(pending)) => Ok(Begin::Committed {
             fingerprint: fingerprint(fp)?,
-            outcome: serde_json::from_str(outcome).map_err(|_| bad())?,
+            token: LeaseToken(u128::from_str_radix(token, 16).map_err(|_| bad())?),
+            pending: serde_json::from_str(pending).map_err(|_| bad())?,
         }),
+        (Some("d"), Some(fp), Some(first), rest) => {
+            // The outcome's JSON may hold `|`: it is everything after the fingerprint.
+            let outcome = match rest {
+                Some(r) => format!("{first}|{r}"),
+                None => first.to_string(),
+            };
+            Ok(Begin::Done {
+                fingerprint: fingerprint(fp)?,
+                outcome: serde_json::from_str(&outcome).map_err(|_| bad())?,
+            })
+        }
         _ => Err(bad()),
     }
 }
@@ -55,6 +93,56 @@ pub(super) fn parse(v: &str) -> Result<Begin, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::writes::{Attempt, Outcome};
+
+    #[test]
+    fn every_record_reads_back_as_written() {
+        let fp = Fingerprint::of(&[b"x"]);
+        let t = LeaseToken(0xabc);
+        assert_eq!(
+            parse(&running(t, fp)).unwrap(),
+            Begin::Running { fingerprint: fp }
+        );
+        let pending = Pending {
+            committed_at_ms: 5,
+            given_up: true,
+            message_id: "m|1".into(),
+            attempt: Attempt::Delete {
+                attachment_id: "a|b".into(),
+            },
+        };
+        assert_eq!(
+            parse(&committed(t, fp, &pending).unwrap()).unwrap(),
+            Begin::Committed {
+                fingerprint: fp,
+                token: t,
+                pending
+            }
+        );
+        let outcome = Outcome::MessageId("with | bars".into());
+        assert_eq!(
+            parse(&done(fp, &outcome).unwrap()).unwrap(),
+            Begin::Done {
+                fingerprint: fp,
+                outcome
+            }
+        );
+        // An outcome stored before `reconciled` existed still reads.
+        let old = format!(
+            r#"d|{}|{{"Upload":{{"attachment_id":"a","message_id":"m","size_bytes":1,"sha256":"s"}}}}"#,
+            hex::encode(fp.0)
+        );
+        assert!(matches!(
+            parse(&old).unwrap(),
+            Begin::Done {
+                outcome: Outcome::Upload {
+                    reconciled: false,
+                    ..
+                },
+                ..
+            }
+        ));
+    }
 
     /// Keys are what they were when the digest was written out by hand: the
     /// records replicas stored before still answer.
