@@ -62,11 +62,6 @@ use crate::store::writes::{
 };
 use crate::upstream::{Upstream, UpstreamError};
 
-/// How long after a write's commit point its holder may still be waiting for
-/// the upstream's answer, past the upstream's own timeout: until then, a write
-/// the upstream does not show may still be on its way.
-const SETTLE_GRACE: Duration = Duration::from_secs(30);
-
 /// How long the task that finishes a write keeps trying to append its event.
 const EVENT_TRIES_FOR: Duration = Duration::from_secs(15);
 
@@ -134,14 +129,18 @@ impl Writes {
     /// Outcomes are remembered for `upstream.idempotency_ttl`; a running
     /// write holds a lease of `upstream.idempotency_lease`, renewed while it
     /// runs when the store lets leases expire. After its commit point, a write
-    /// waits up to `upstream.transfer_timeout` for its answer.
+    /// waits up to `upstream.request_timeout` for its answer (the upstream has
+    /// the whole request by then); twice that after the commit point, a write
+    /// the upstream does not show is taken as not applied (its holder cannot
+    /// be waiting for it any more, and the upstream had as long again to store
+    /// it).
     pub fn new(store: Arc<dyn WriteStore>, s: &UpstreamSettings, rt: &Runtime) -> Self {
-        let answer_timeout = s.transfer_timeout.max(s.request_timeout);
+        let answer_timeout = s.request_timeout;
         Self {
             store,
             ttl: s.idempotency_ttl,
             lease: s.idempotency_lease,
-            settle: answer_timeout + SETTLE_GRACE,
+            settle: answer_timeout * 2,
             answer_timeout,
             upstream: Arc::clone(&rt.upstream),
             recorder: rt.recorder.clone(),

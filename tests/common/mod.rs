@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod lossy;
 pub mod notify;
 pub mod redis;
 pub mod watch;

@@ -17,6 +17,7 @@ mod binary;
 mod callers;
 mod client_lib;
 mod events;
+mod exactly_once;
 mod grpcurl;
 mod hostile;
 mod lifecycle;

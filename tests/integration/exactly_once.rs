@@ -1,0 +1,265 @@
+//! Exactly once, for real: an upstream that applies a write and then loses its
+//! answer (the connection dropped, or a 502), a retry with the same message
+//! id, and what the upstream holds afterwards: one attachment per message id,
+//! the retry answering OK with it or naming the candidates; a retried delete
+//! of an attachment the first attempt removed ends OK. The upstream here is an
+//! independent mock (`common::lossy`), and the sandbox with its per-write
+//! fault.
+
+use std::time::Duration;
+
+use attachment_gateway::proto::{DeleteAttachmentRequest, UploadAttachmentResponse};
+use tonic::{Code, Status};
+
+use crate::common::lossy::{Lose, LossyUpstream};
+use crate::common::*;
+
+const WO: i64 = 77;
+
+fn upload_msgs(
+    name: &str,
+    data: &[u8],
+    message_id: &str,
+) -> Vec<attachment_gateway::proto::UploadAttachmentRequest> {
+    let mut m = metadata(WO, name);
+    m.message_id = message_id.into();
+    m.mime_type = "image/jpeg".into();
+    upload_messages(m, data, 16 * 1024)
+}
+
+async fn upload(
+    c: &mut Client,
+    name: &str,
+    data: &[u8],
+    message_id: &str,
+) -> Result<UploadAttachmentResponse, Status> {
+    c.upload_attachment(tokio_stream::iter(upload_msgs(name, data, message_id)))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn gateway_for(mock: &LossyUpstream) -> Gateway {
+    let mut s = settings_for(&mock.url);
+    // Answers after the commit point wait 1 s; a write the upstream does not
+    // show 2 s after its commit point did not happen.
+    s.upstream.request_timeout = Duration::from_secs(1);
+    Gateway::start(s).await
+}
+
+#[tokio::test]
+async fn an_upload_applied_then_its_answer_lost_is_one_attachment_in_both_shapes() {
+    let mock = LossyUpstream::start().await;
+    // An older file of the same name, size and type is already there.
+    let data = pattern(100_000, 3);
+    let older = mock.put(WO, "photo.jpg", "image/jpeg", &data);
+    let gw = gateway_for(&mock).await;
+    let mut c = gw.client();
+    for (i, how) in [Lose::DropAfterApply, Lose::BadGatewayAfterApply]
+        .into_iter()
+        .enumerate()
+    {
+        let mid = format!("lost-answer-{i}");
+        mock.lose(&[how]);
+        let first = upload(&mut c, "photo.jpg", &data, &mid)
+            .await
+            .unwrap_or_else(|e| panic!("{how:?}: reconciled at once: {e:?}"));
+        assert!(
+            first.reconciled,
+            "{how:?}: the answer says it was found, not received"
+        );
+        assert_ne!(first.attachment_id, older, "never the older identical file");
+        assert_eq!(first.sha256, sha256_hex(&data));
+        // The caller retries anyway: the same answer, nothing uploaded again.
+        let again = upload(&mut c, "photo.jpg", &data, &mid)
+            .await
+            .expect("retry");
+        assert_eq!(again.attachment_id, first.attachment_id);
+        let held: Vec<_> = mock
+            .held(WO)
+            .into_iter()
+            .filter(|h| h.message_id == mid)
+            .collect();
+        assert_eq!(held.len(), 1, "{how:?}: one attachment for the message id");
+        assert_eq!(held[0].attachment_id, first.attachment_id);
+        assert_eq!(held[0].bytes.as_ref(), data.as_slice());
+    }
+    assert_eq!(
+        mock.with(|s| s.uploads_received),
+        2,
+        "each upload sent once"
+    );
+}
+
+#[tokio::test]
+async fn a_retried_delete_whose_first_attempt_came_true_ends_ok() {
+    let mock = LossyUpstream::start().await;
+    let gw = gateway_for(&mock).await;
+    let mut c = gw.client();
+    for how in [Lose::DropAfterApply, Lose::BadGatewayAfterApply] {
+        let id = mock.put(WO, "old.txt", "text/plain", b"x");
+        mock.lose(&[how]);
+        let req = || DeleteAttachmentRequest {
+            work_order_id: WO,
+            attachment_id: id.clone(),
+            message_id: format!("del-{id}"),
+        };
+        c.delete_attachment(req())
+            .await
+            .unwrap_or_else(|e| panic!("{how:?}: the attachment is gone: OK ({e:?})"));
+        // Retried with the same message id: OK, not NOT_FOUND.
+        c.delete_attachment(req()).await.expect("retried delete");
+        assert!(mock.held(WO).is_empty());
+    }
+}
+
+#[tokio::test]
+async fn when_the_gateway_cannot_tell_it_names_the_candidates_and_uploads_nothing() {
+    let mock = LossyUpstream::start().await;
+    let gw = gateway_for(&mock).await;
+    let mut c = gw.client();
+    let data = pattern(50_000, 9);
+    // Applied, and an identical file appears beside it; the answer is lost.
+    mock.lose(&[Lose::DuplicateThenDrop]);
+    let first = upload(&mut c, "twin.jpg", &data, "twin-1")
+        .await
+        .expect_err("cannot tell");
+    assert_eq!(first.code(), Code::Unavailable, "{first:?}");
+    assert_eq!(error_reason(&first), "OUTCOME_UNKNOWN");
+    assert_eq!(error_metadata(&first)["retry_safe"], "true");
+    let retry = upload(&mut c, "twin.jpg", &data, "twin-1")
+        .await
+        .expect_err("still cannot tell");
+    assert_eq!(retry.code(), Code::FailedPrecondition, "{retry:?}");
+    assert_eq!(error_reason(&retry), "OUTCOME_UNKNOWN");
+    let meta = error_metadata(&retry);
+    assert_eq!(meta["retry_safe"], "false");
+    let held: Vec<String> = mock.held(WO).into_iter().map(|h| h.attachment_id).collect();
+    let named: Vec<&str> = meta["candidate_attachment_ids"].split(',').collect();
+    assert_eq!(named.len(), 2);
+    assert!(
+        named.iter().all(|n| held.iter().any(|h| h == n)),
+        "{named:?} {held:?}"
+    );
+    assert_eq!(
+        mock.with(|s| s.uploads_received),
+        1,
+        "nothing uploaded again"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_upload_that_stored_nothing_runs_again_once_it_has_settled() {
+    let mock = LossyUpstream::start().await;
+    let gw = gateway_for(&mock).await;
+    let mut c = gw.client();
+    let data = pattern(20_000, 1);
+    mock.lose(&[Lose::BadGatewayBeforeApply]);
+    let first = upload(&mut c, "late.jpg", &data, "late-1")
+        .await
+        .expect_err("not known yet");
+    assert_eq!(error_reason(&first), "OUTCOME_UNKNOWN");
+    // Too soon: the first attempt may still be on its way.
+    let soon = upload(&mut c, "late.jpg", &data, "late-1")
+        .await
+        .expect_err("wait");
+    assert_eq!(soon.code(), Code::Aborted, "{soon:?}");
+    assert_eq!(error_reason(&soon), "WRITE_IN_PROGRESS");
+    let wait = retry_delay(&soon).expect("RetryInfo");
+    assert!(wait <= Duration::from_secs(2), "{wait:?}");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let ok = upload(&mut c, "late.jpg", &data, "late-1")
+        .await
+        .expect("settled: run again");
+    assert!(!ok.reconciled);
+    assert_eq!(mock.held(WO).len(), 1);
+    assert_eq!(mock.with(|s| s.uploads_received), 2);
+    // And once more: the recorded answer.
+    let again = upload(&mut c, "late.jpg", &data, "late-1")
+        .await
+        .expect("replay");
+    assert_eq!(again.attachment_id, ok.attachment_id);
+}
+
+#[tokio::test]
+async fn a_wrong_checksum_stores_nothing_upstream() {
+    let mock = LossyUpstream::start().await;
+    let gw = gateway_for(&mock).await;
+    let mut c = gw.client();
+    let data = pattern(300_000, 4);
+    let mut m = metadata(WO, "sum.bin");
+    m.expected_sha256 = sha256_hex(&pattern(300_000, 5));
+    let e = c
+        .upload_attachment(tokio_stream::iter(upload_messages(m, &data, 64 * 1024)))
+        .await
+        .expect_err("mismatch");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(error_reason(&e), "CHECKSUM_MISMATCH");
+    let meta = error_metadata(&e);
+    assert_eq!(meta["actual_sha256"], sha256_hex(&data));
+    assert_eq!(meta["expected_sha256"], sha256_hex(&pattern(300_000, 5)));
+    assert_eq!(violations(&e)[0].0, "metadata.expected_sha256");
+    eventually("the upstream saw the body break off", || {
+        mock.with(|s| s.uploads_broken) == 1
+    })
+    .await;
+    assert!(mock.held(WO).is_empty(), "nothing stored");
+    assert_eq!(mock.with(|s| s.uploads_received), 0);
+    // Not hex, or upper case: refused before anything is sent.
+    for bad in ["abc", &sha256_hex(&data).to_uppercase()] {
+        let mut m = metadata(WO, "sum.bin");
+        m.expected_sha256 = bad.to_string();
+        let e = c
+            .upload_attachment(tokio_stream::iter(upload_messages(m, &data, 64 * 1024)))
+            .await
+            .expect_err("bad");
+        assert_invalid(&e, "metadata.expected_sha256", "INVALID_SHA256");
+    }
+    // The right one: stored.
+    let mut m = metadata(WO, "sum.bin");
+    m.expected_sha256 = sha256_hex(&data);
+    c.upload_attachment(tokio_stream::iter(upload_messages(m, &data, 64 * 1024)))
+        .await
+        .expect("matching checksum");
+    assert_eq!(mock.held(WO).len(), 1);
+}
+
+#[tokio::test]
+async fn the_sandbox_loses_an_answer_on_request_and_the_retry_gets_the_one_attachment() {
+    let h = with_sandbox().await;
+    let mut c = h.gateway.client();
+    let emulator = h.sandbox.base_url().trim_end_matches("/Direct").to_string();
+    let http = reqwest::Client::new();
+    for how in ["drop", "502"] {
+        let mid = format!("sbx-lost-{how}");
+        let r = http
+            .post(format!("{emulator}/sandbox/faults/lose-answer"))
+            .json(&serde_json::json!({"message_id": mid, "how": how}))
+            .send()
+            .await
+            .expect("fault");
+        assert_eq!(r.status(), 204);
+        let data = pattern(40_000, 2);
+        let mut m = metadata(1002, &format!("lost-{how}.bin"));
+        m.message_id = mid.clone();
+        let first = c
+            .upload_attachment(tokio_stream::iter(upload_messages(m.clone(), &data, 8192)))
+            .await
+            .expect("reconciled")
+            .into_inner();
+        assert!(first.reconciled, "{how}");
+        let again = c
+            .upload_attachment(tokio_stream::iter(upload_messages(m, &data, 8192)))
+            .await
+            .expect("retry")
+            .into_inner();
+        assert_eq!(again.attachment_id, first.attachment_id);
+        let held: Vec<_> = h
+            .sandbox
+            .attachments(1002)
+            .into_iter()
+            .filter(|a| a.message_id == mid)
+            .collect();
+        assert_eq!(held.len(), 1, "{how}");
+    }
+    assert_eq!(h.sandbox.stats().answers_lost, 2);
+}
