@@ -5,6 +5,7 @@
 
 pub mod lossy;
 pub mod notify;
+pub mod proxy;
 pub mod redis;
 pub mod watch;
 

@@ -263,3 +263,188 @@ async fn the_sandbox_loses_an_answer_on_request_and_the_retry_gets_the_one_attac
     }
     assert_eq!(h.sandbox.stats().answers_lost, 2);
 }
+
+// ---------------------------------------------------------------- with Redis
+
+mod shared {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use attachment_gateway::sandbox::{Sandbox, SandboxConfig};
+    use attachment_gateway::store::redis::{Redis, RedisQuota, RedisWrites, Take};
+    use attachment_gateway::store::writes::{
+        Attempt, Begin, Fingerprint, Outcome, Pending, WriteKey, WriteStore,
+    };
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::Code;
+
+    use crate::common::proxy::Proxy;
+    use crate::common::redis::RedisServer;
+    use crate::common::*;
+
+    /// A replica cut off from Redis past its lease, the upstream still in
+    /// reach: another replica takes the message id and uploads; the first one
+    /// stops before its body ends. One attachment.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_cut_off_past_its_lease_stops_before_its_commit_point() {
+        let redis = RedisServer::start();
+        let proxy = Proxy::start(redis.port).await;
+        let sandbox = Sandbox::start(SandboxConfig::default())
+            .await
+            .expect("sandbox");
+        let mut s = base_settings();
+        s.upstream = sandbox.upstream_settings(&s.upstream);
+        s.upstream.idempotency_lease = Duration::from_secs(1);
+        s.shared_state.command_timeout = Duration::from_millis(300);
+        let mut sa = s.clone();
+        sa.shared_state.redis_url = Some(format!("redis://127.0.0.1:{}", proxy.port));
+        s.shared_state.redis_url = Some(redis.url());
+        let a = Gateway::start(sa).await;
+        let b = Gateway::start(s).await;
+        let data = pattern(200_000, 7);
+        let mut m = metadata(1002, "fenced.bin");
+        m.message_id = "fenced-1".into();
+        let msgs = upload_messages(m, &data, 20_000);
+        // A starts, and is cut off from Redis mid-stream.
+        let (tx, rx) = mpsc::channel(4);
+        let mut ca = a.client();
+        let call = tokio::spawn(async move { ca.upload_attachment(ReceiverStream::new(rx)).await });
+        let mut msgs_a = msgs.clone().into_iter();
+        for m in msgs_a.by_ref().take(3) {
+            tx.send(m).await.expect("send");
+        }
+        eventually("A's upload reached the upstream", || {
+            sandbox.stats().uploads_started == 1
+        })
+        .await;
+        proxy.partition();
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        // B gets the message id (A's lease expired) and uploads.
+        let ok = b
+            .client()
+            .upload_attachment(tokio_stream::iter(msgs))
+            .await
+            .expect("B uploads")
+            .into_inner();
+        proxy.heal();
+        // A's caller sends the rest: A must not end its body.
+        for m in msgs_a {
+            if tx.send(m).await.is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        let st = call.await.expect("task").expect_err("A stops");
+        assert!(
+            matches!(
+                error_reason(&st).as_str(),
+                "WRITE_LEASE_LOST" | "WRITE_RECORD_UNAVAILABLE"
+            ),
+            "{st:?}"
+        );
+        assert_eq!(st.code(), Code::Unavailable);
+        assert_eq!(error_metadata(&st)["retry_safe"], "true");
+        let held: Vec<_> = sandbox
+            .attachments(1002)
+            .into_iter()
+            .filter(|x| x.message_id == "fenced-1")
+            .collect();
+        assert_eq!(held.len(), 1, "one attachment");
+        assert_eq!(held[0].attachment_id, ok.attachment_id);
+        assert_eq!(sandbox.stats().uploads_stored, 1);
+    }
+
+    fn key(id: &str) -> WriteKey {
+        WriteKey {
+            caller: Arc::from("api_key:t"),
+            call: "delete",
+            work_order_id: 1,
+            message_id: id.into(),
+        }
+    }
+
+    /// An outcome whose COMPLETE never reached Redis is no loss of Redis's
+    /// data: the epoch stays (no watch is told its cursor expired), and the
+    /// record is still there, committed, for a retry to reconcile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_complete_is_no_false_alarm_and_leaves_the_record_committed() {
+        let redis = RedisServer::start();
+        let proxy = Proxy::start(redis.port).await;
+        let r = Redis::connect(
+            &format!("redis://127.0.0.1:{}", proxy.port),
+            None,
+            "t:",
+            Duration::from_millis(300),
+        )
+        .await
+        .expect("redis");
+        let store = RedisWrites::start(r).await.expect("writes");
+        let fp = Fingerprint::of(&[b"d"]);
+        let lease = Duration::from_millis(300);
+        let Begin::Go(t) = store.begin(&key("m"), fp, lease).await.expect("begin") else {
+            panic!("free")
+        };
+        let pending = Pending {
+            committed_at_ms: 1,
+            given_up: false,
+            message_id: "m".into(),
+            attempt: Attempt::Delete {
+                attachment_id: "a".into(),
+            },
+        };
+        assert!(
+            store
+                .commit(&key("m"), t, fp, &pending, Duration::from_secs(60))
+                .await
+                .expect("commit")
+        );
+        let epoch = redis.cli(&["GET", "t:epoch"]);
+        proxy.partition();
+        let lost = store
+            .complete(
+                &key("m"),
+                t,
+                fp,
+                &Outcome::MessageId("m".into()),
+                Duration::from_secs(60),
+            )
+            .await;
+        assert!(lost.is_err(), "COMPLETE did not get through");
+        // Past a lease's length, the partition heals and the canary is checked.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        proxy.heal();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        store.check_epoch().await;
+        assert_eq!(redis.cli(&["GET", "t:epoch"]), epoch, "no new epoch");
+        // The COMPLETE the partition held may have landed after all; either
+        // way the record answers, never as a free key.
+        match store.begin(&key("m"), fp, lease).await.expect("begin") {
+            Begin::Committed { .. } | Begin::Done { .. } => {}
+            other => panic!("the record was lost: {other:?}"),
+        }
+    }
+
+    /// A later, shorter cool-down (a 503 streak's second) does not cut an
+    /// earlier, longer one (a `Retry-After: 120`).
+    #[tokio::test]
+    async fn a_shared_cool_down_is_only_ever_extended() {
+        let redis = RedisServer::start();
+        let r = Redis::connect(&redis.url(), None, "q:", Duration::from_millis(500))
+            .await
+            .expect("redis");
+        let q = RedisQuota::new(r, "upstream", 20, 20);
+        q.cool(Duration::from_secs(120)).await.expect("cool");
+        q.cool(Duration::from_secs(1)).await.expect("cool");
+        match q.take().await.expect("take") {
+            Take::Cooling(left) => assert!(left > Duration::from_secs(100), "{left:?}"),
+            other => panic!("{other:?}"),
+        }
+        // A longer one extends it.
+        q.cool(Duration::from_secs(200)).await.expect("cool");
+        match q.take().await.expect("take") {
+            Take::Cooling(left) => assert!(left > Duration::from_secs(150), "{left:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

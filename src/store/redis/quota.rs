@@ -37,6 +37,19 @@ return 0";
 
 script!(gcra_script, GCRA);
 
+/// Starts the cool-down, or extends it; never shortens it: a `Retry-After: 120`
+/// is not cut to a second by a later 503 streak (KEYS: the cool-down; ARGV: its
+/// length in ms).
+const COOL: &str = r"
+local left = redis.call('PTTL', KEYS[1])
+if left < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], 1, 'PX', ARGV[1])
+  return 1
+end
+return 0";
+
+script!(cool_script, COOL);
+
 /// A request budget shared by every replica (the upstream's quota).
 pub struct RedisQuota {
     redis: Redis,
@@ -85,20 +98,12 @@ impl RedisQuota {
         })
     }
 
-    /// Starts (or extends) the shared cool-down.
+    /// Starts (or extends, never shortens) the shared cool-down.
     pub async fn cool(&self, d: Duration) -> Result<(), StoreError> {
         let (k, ms) = (self.cool_key.clone(), millis(d));
-        let _: () = self
+        let _: i64 = self
             .redis
-            .run(async move |mut c| {
-                redis::cmd("SET")
-                    .arg(&k)
-                    .arg(1)
-                    .arg("PX")
-                    .arg(ms)
-                    .query_async(&mut c)
-                    .await
-            })
+            .run(async move |mut c| cool_script().key(&k).arg(ms).invoke_async(&mut c).await)
             .await?;
         Ok(())
     }
