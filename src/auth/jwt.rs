@@ -46,6 +46,8 @@ pub struct JwtVerifier {
     leeway: Duration,
     default_scopes: Vec<String>,
     subject_scopes: BTreeMap<String, Vec<String>>,
+    /// Callers are `<iss> <sub>` (more than one issuer is accepted).
+    names_issuer: bool,
     /// Bumped whenever the key set changes, so cached verifications are dropped.
     generation: AtomicU64,
     /// The SHA-256 of the JWKS last loaded, to tell a change from a refetch.
@@ -62,6 +64,7 @@ pub struct JwtVerifier {
 
 #[derive(Deserialize)]
 struct Claims {
+    iss: Option<String>,
     sub: Option<String>,
     exp: Option<u64>,
     scope: Option<Value>,
@@ -211,6 +214,7 @@ impl JwtVerifier {
             leeway: s.leeway,
             default_scopes: s.default_scopes.clone(),
             subject_scopes: s.subject_scopes.clone(),
+            names_issuer: s.names_issuer(),
             generation: AtomicU64::new(0),
             set_digest: std::sync::Mutex::new(None),
             last_forced: Mutex::new(None),
@@ -384,10 +388,23 @@ impl JwtVerifier {
             })
         })?;
         let c = data.claims;
+        // Who the caller is: its subject, and its issuer when more than one is
+        // accepted (subjects of two issuers are two callers: their records,
+        // rates, watches and scopes are apart). A token that names neither
+        // cannot be told from another's, and is refused.
         let sub = c
             .sub
             .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "unknown-subject".into());
+            .ok_or_else(|| invalid("the token names no subject (sub)"))?;
+        let sub = if self.names_issuer {
+            let iss = c
+                .iss
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| invalid("the token names no issuer (iss)"))?;
+            format!("{iss} {sub}")
+        } else {
+            sub
+        };
         let scopes = match self.subject_scopes.get(&sub) {
             Some(names) => Scopes::from_names(names.iter().map(String::as_str)),
             None => {

@@ -96,9 +96,19 @@ pub struct JwtSettings {
     pub leeway: Duration,
     /// Scopes given to every valid token that carries no `scope`/`scp` claim.
     pub default_scopes: Vec<String>,
-    /// Scopes by `sub` (e.g. `system:serviceaccount:billing:billing-api`); they
-    /// replace the token's own and the default.
+    /// Scopes by caller (e.g. `system:serviceaccount:billing:billing-api`);
+    /// they replace the token's own and the default. A caller is its `sub`
+    /// when one issuer is accepted, else `<iss> <sub>` (callers of different
+    /// issuers are never one caller).
     pub subject_scopes: BTreeMap<String, Vec<String>>,
+}
+
+impl JwtSettings {
+    /// Whether a JWT caller is named by its issuer and subject (`<iss> <sub>`)
+    /// rather than its subject alone: when more than one issuer is accepted.
+    pub fn names_issuer(&self) -> bool {
+        self.allow_any_issuer || self.issuers.len() > 1
+    }
 }
 
 impl Default for JwtSettings {
@@ -213,6 +223,16 @@ impl JwtSettings {
             return Err(invalid(
                 "auth.jwt.audiences",
                 "JWT auth needs the accepted audiences (callers project tokens for this gateway's audience); set auth.jwt.allow_any_audience = true to accept tokens minted for any service",
+            ));
+        }
+        if self.names_issuer()
+            && let Some(k) = self.subject_scopes.keys().find(|k| !k.contains(' '))
+        {
+            return Err(invalid(
+                "auth.jwt.subject_scopes",
+                format!(
+                    "with more than one issuer accepted, a JWT caller is `<iss> <sub>` (one issuer's subject is not another's): `{k}` names no issuer"
+                ),
             ));
         }
         Ok(())

@@ -1013,3 +1013,103 @@ async fn no_auth_configured_refuses_to_start() {
     s.auth.allow_unauthenticated = true;
     s.validate().expect("explicitly insecure is allowed");
 }
+
+/// Two issuers' tokens with one subject are two callers: their write
+/// records, rates, watches and scopes are apart, and a token without a
+/// subject (or, with several issuers, without an issuer) is refused.
+#[tokio::test]
+async fn callers_of_two_issuers_are_two_callers() {
+    let full = vec!["attachments.read".into(), "attachments.write".into()];
+    let (_sb, gw) = gateway_with(|s| {
+        jwt_settings(s);
+        s.auth.jwt.jwks_file = Some(format!("{FIXTURES}/jwks.json").into());
+        s.auth.jwt.issuers = vec!["https://a.test".into(), "https://b.test".into()];
+        s.auth
+            .jwt
+            .subject_scopes
+            .insert("https://a.test shared".into(), full.clone());
+        s.auth
+            .jwt
+            .subject_scopes
+            .insert("https://b.test shared".into(), full.clone());
+        s.auth.jwt.subject_scopes.insert(
+            "https://a.test reader".into(),
+            vec!["attachments.read".into()],
+        );
+    })
+    .await;
+    let mut c = gw.client();
+    let token = |iss: &str, sub: Option<&str>| {
+        let mut cl = json!({"iss": iss, "aud": "attachment-gateway", "exp": now() + 600});
+        if let Some(s) = sub {
+            cl["sub"] = json!(s);
+        }
+        format!("Bearer {}", sign(Algorithm::RS256, "rsa-1", cl))
+    };
+    // One issuer's subject does not get the other's scopes.
+    c.list_attachments(list_req(Some((
+        "authorization",
+        &token("https://a.test", Some("reader")),
+    ))))
+    .await
+    .expect("a's reader reads");
+    let err = c
+        .list_attachments(list_req(Some((
+            "authorization",
+            &token("https://b.test", Some("reader")),
+        ))))
+        .await
+        .expect_err("b's reader is not a's");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // One message id, two callers: two writes, neither refused as a reuse.
+    for (iss, seed) in [("https://a.test", 1u8), ("https://b.test", 2)] {
+        let mut m = metadata(1002, "same-id.bin");
+        m.message_id = "shared-message-id".into();
+        let mut req = Request::new(tokio_stream::iter(upload_messages(
+            m,
+            &pattern(1000, seed),
+            500,
+        )));
+        req.metadata_mut().insert(
+            "authorization",
+            token(iss, Some("shared")).parse().expect("header"),
+        );
+        c.upload_attachment(req)
+            .await
+            .unwrap_or_else(|e| panic!("{iss}: its own write: {e:?}"));
+    }
+    // No subject: refused, never one shared "unknown" caller.
+    let err = c
+        .list_attachments(list_req(Some((
+            "authorization",
+            &token("https://a.test", None),
+        ))))
+        .await
+        .expect_err("no sub");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("sub"), "{}", err.message());
+}
+
+#[test]
+fn with_several_issuers_subject_scopes_must_name_the_issuer() {
+    let mut s = settings_for("http://127.0.0.1:1");
+    s.auth.jwt.enabled = true;
+    s.auth.jwt.jwks_file = Some(format!("{FIXTURES}/jwks.json").into());
+    s.auth.jwt.audiences = vec!["attachment-gateway".into()];
+    s.auth.jwt.issuers = vec!["https://a.test".into(), "https://b.test".into()];
+    s.auth
+        .jwt
+        .subject_scopes
+        .insert("billing".into(), vec!["attachments.read".into()]);
+    let err = s.validate().expect_err("ambiguous subject").to_string();
+    assert!(
+        err.contains("auth.jwt.subject_scopes") && err.contains("billing"),
+        "{err}"
+    );
+    s.auth.jwt.subject_scopes.clear();
+    s.auth.jwt.subject_scopes.insert(
+        "https://a.test billing".into(),
+        vec!["attachments.read".into()],
+    );
+    s.validate().expect("named by issuer");
+}
