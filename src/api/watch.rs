@@ -254,6 +254,8 @@ enum Sent {
     Gone,
     /// The buffer stayed full past the stall timeout.
     Stalled,
+    /// The gateway is shutting down.
+    Cut,
 }
 
 impl Feed {
@@ -265,8 +267,18 @@ impl Feed {
                 Err(_) => Sent::Stalled,
             },
             // Shutdown does not wait for a caller that stopped reading.
-            () = self.cut.cancelled() => Sent::Gone,
+            () = self.cut.cancelled() => Sent::Cut,
         }
+    }
+
+    /// The gateway is shutting down: the watch ends saying so (never as a
+    /// clean end, which would read as complete), after what is buffered.
+    async fn shutting_down(&self) {
+        self.end(Error::ShuttingDown {
+            op: super::Op::Read,
+            nothing_applied: true,
+        })
+        .await;
     }
 
     /// Ends the watch with `e`, after what is buffered.
@@ -294,6 +306,7 @@ impl Feed {
             Sent::Yes => {}
             Sent::Gone => return,
             Sent::Stalled => return self.stalled().await,
+            Sent::Cut => return self.shutting_down().await,
         }
         let mut quiet_since = tokio::time::Instant::now();
         loop {
@@ -325,20 +338,20 @@ impl Feed {
                 tokio::select! {
                     changed = changes.changed() => {
                         if changed.is_err() {
-                            return;
+                            // The log is gone: the gateway is stopping.
+                            return self.shutting_down().await;
                         }
                         continue;
                     }
                     () = tokio::time::sleep(wait) => {}
-                    () = self.cut.cancelled() => {
-                        return self.end(Error::ShuttingDown { op: super::Op::Read, nothing_applied: true }).await;
-                    }
+                    () = self.cut.cancelled() => return self.shutting_down().await,
                     () = self.tx.closed() => return,
                 }
                 match self.send(Ok(self.heartbeat())).await {
                     Sent::Yes => quiet_since = tokio::time::Instant::now(),
                     Sent::Gone => return,
                     Sent::Stalled => return self.stalled().await,
+                    Sent::Cut => return self.shutting_down().await,
                 }
                 continue;
             }
@@ -360,6 +373,7 @@ impl Feed {
                         }
                         Sent::Gone => return,
                         Sent::Stalled => return self.stalled().await,
+                        Sent::Cut => return self.shutting_down().await,
                     }
                 }
                 self.cursor = next;

@@ -950,3 +950,35 @@ async fn a_flood_of_bad_requests_does_not_lock_out_a_sender_that_verified() {
         429
     );
 }
+
+/// A watch whose feed waits on a full buffer when the gateway shuts down ends
+/// UNAVAILABLE `GATEWAY_SHUTTING_DOWN` after what was buffered, as an idle one
+/// does; never as a clean end, which would read as complete.
+#[tokio::test]
+async fn a_watch_blocked_on_a_full_buffer_at_shutdown_ends_shutting_down() {
+    let mut h = with_webhooks(|s| {
+        s.events.subscriber_buffer = 2;
+        s.events.subscriber_stall_timeout = Duration::from_secs(60);
+        s.server.drain_delay = Duration::ZERO;
+        s.server.shutdown_grace = Duration::from_secs(20);
+    })
+    .await;
+    let mut c = h.gateway.client();
+    let (mut w, _) = watch(&mut c, vec![], "").await;
+    // More than the buffer and the HTTP/2 windows hold: the feed waits.
+    post_large(&h, "full", 300).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.gateway.shutdown();
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), w.message())
+            .await
+            .expect("the watch ends within seconds")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("a watch never ends cleanly"),
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(error_reason(&status), "GATEWAY_SHUTTING_DOWN");
+}
