@@ -54,7 +54,9 @@ impl Stores {
         crate::periodic::every(&writes, Duration::from_secs(1), |w| async move {
             w.check_epoch().await
         });
-        let log = RedisEventLog::start(redis.for_use("event_log"), retention).await?;
+        // The event log on a connection of its own: resuming watches pull
+        // history in bulk, and must not hold up the write records and quotas.
+        let log = RedisEventLog::start(redis.own_connection("event_log").await?, retention).await?;
         Ok(Self {
             redis: Some(redis),
             writes,

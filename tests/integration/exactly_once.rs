@@ -447,4 +447,134 @@ mod shared {
             other => panic!("{other:?}"),
         }
     }
+
+    /// A crowd of watches resuming from the oldest cursor pulls the event
+    /// log's history from Redis; writes with a message id meanwhile must not
+    /// wait behind it for their records (WRITE_RECORD_UNAVAILABLE).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn resuming_watches_do_not_starve_the_write_records() {
+        use attachment_gateway::config::{EventSettings, WebhookSettings};
+        use attachment_gateway::proto::WatchAttachmentsRequest;
+        use attachment_gateway::store::event_log::{Appended, EventLog, NewEvent, Retention};
+        use attachment_gateway::store::redis::RedisEventLog;
+
+        let redis = RedisServer::start();
+        // The log holds 200 events of 6 KB, written before the gateway starts
+        // (none is in its memory: every resuming watch reads Redis).
+        let r = Redis::connect(
+            &redis.url(),
+            None,
+            "attachment-gateway:",
+            Duration::from_secs(2),
+        )
+        .await
+        .expect("redis");
+        let log = RedisEventLog::start(
+            r,
+            Retention::new(&EventSettings::default(), &WebhookSettings::default()),
+        )
+        .await
+        .expect("log");
+        let mut first = None;
+        for i in 0..200 {
+            let body = attachment_gateway::proto::AttachmentEvent {
+                work_order_id: 1001,
+                caller: "x".repeat(6000),
+                upstream_message_id: format!("hist-{i}"),
+                ..Default::default()
+            };
+            let appended = log
+                .append(
+                    vec![NewEvent {
+                        work_order_id: 1001,
+                        body: prost::Message::encode_to_vec(&body).into(),
+                    }],
+                    None,
+                )
+                .await
+                .expect("append");
+            if let (None, Appended::New(ids)) = (&first, appended) {
+                first = ids.into_iter().next();
+            }
+        }
+        drop(log);
+        // The log made the epoch as after a loss of data (a grace period in
+        // which write records are refused): this Redis is new, not restored.
+        redis.cli(&["DEL", "attachment-gateway:restoring"]);
+        let first = first.expect("an event id");
+        let sandbox = Sandbox::start(SandboxConfig::default())
+            .await
+            .expect("sandbox");
+        let mut s = base_settings();
+        s.upstream = sandbox.upstream_settings(&s.upstream);
+        s.shared_state.redis_url = Some(redis.url());
+        s.events.max_subscribers = 1000;
+        s.events.max_subscribers_per_caller = 1000;
+        s.rate_limit.per_caller = attachment_gateway::config::Rate {
+            rps: 10_000,
+            burst: 10_000,
+        };
+
+        let gw = Gateway::start(s).await;
+        // 200 watches resume from the first event, over a few connections.
+        let mut watches = Vec::new();
+        let quiet = std::env::var("NO_WATCHES").is_ok();
+        for i in 0..(if quiet { 0 } else { 200 }) {
+            let _ = i;
+            let mut c = gw.client();
+            let first = first.clone();
+            watches.push(tokio::spawn(async move {
+                let mut w = c
+                    .watch_attachments(WatchAttachmentsRequest {
+                        work_order_ids: vec![],
+                        after_event_id: first,
+                    })
+                    .await
+                    .expect("watch")
+                    .into_inner();
+                let mut n = 0;
+                while n < 199 {
+                    match w.message().await {
+                        Ok(Some(m)) => {
+                            if matches!(m.payload, Some(attachment_gateway::proto::watch_attachments_response::Payload::Event(_))) {
+                                n += 1;
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                n
+            }));
+        }
+        // Meanwhile, writes with message ids: each must find its record.
+        let mut c = gw.client();
+        let mut refused = Vec::new();
+        for i in 0..20 {
+            let mut m = metadata(1002, &format!("busy-{i}.bin"));
+            m.message_id = format!("busy-{i}");
+            if let Err(e) = c
+                .upload_attachment(tokio_stream::iter(upload_messages(
+                    m,
+                    &pattern(2000, 1),
+                    1000,
+                )))
+                .await
+            {
+                refused.push(format!("{:?} {}", e.code(), error_reason(&e)));
+            }
+        }
+        assert!(
+            refused.is_empty(),
+            "writes refused while watches resumed: {refused:?}"
+        );
+        let mut read = 0;
+        for w in watches {
+            read += w.await.expect("watch task");
+        }
+        assert_eq!(
+            read,
+            200 * 199,
+            "every watch read every event after its cursor"
+        );
+    }
 }

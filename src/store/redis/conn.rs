@@ -84,16 +84,7 @@ impl Redis {
             .map_err(|_| StoreError("Redis did not answer PING in time".into()))?
             .map_err(|e| StoreError(format!("Redis refused PING: {e}")))?;
         drop(first);
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let conn = tokio::time::timeout(
-            timeout * 4,
-            ConnectionManager::new_with_config(client.clone(), config),
-        )
-        .await
-        .map_err(|_| StoreError("connecting to Redis timed out".into()))?
-        .map_err(|e| StoreError(format!("cannot connect to Redis: {e}")))?;
+        let conn = manager(&client, timeout).await?;
         Ok(Self {
             client,
             conn,
@@ -134,6 +125,18 @@ impl Redis {
     pub fn with_failure_hook(mut self, hook: FailureHook) -> Self {
         self.on_failure = Some(hook);
         self
+    }
+
+    /// A handle on a connection of its own (the same server and settings),
+    /// whose failures count for `purpose`: a use that moves much data (the
+    /// event log's history, read by every resuming watch) does not queue the
+    /// small commands of another (write records, quotas) behind it.
+    pub async fn own_connection(&self, purpose: &'static str) -> Result<Self, StoreError> {
+        Ok(Self {
+            conn: manager(&self.client, self.timeout).await?,
+            purpose,
+            ..self.clone()
+        })
     }
 
     /// A handle (on the same connection) whose failures count for `purpose`.
@@ -185,6 +188,23 @@ impl Redis {
         .map_err(|_| StoreError("connecting to Redis timed out".into()))?
         .map_err(|e| StoreError(format!("cannot connect to Redis: {e}")))
     }
+}
+
+/// A connection manager (it reconnects by itself), every command bounded.
+async fn manager(
+    client: &redis::Client,
+    timeout: Duration,
+) -> Result<ConnectionManager, StoreError> {
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    tokio::time::timeout(
+        timeout * 4,
+        ConnectionManager::new_with_config(client.clone(), config),
+    )
+    .await
+    .map_err(|_| StoreError("connecting to Redis timed out".into()))?
+    .map_err(|e| StoreError(format!("cannot connect to Redis: {e}")))
 }
 
 /// After Redis lost its data, how long write records nobody has put back yet

@@ -63,8 +63,15 @@ struct Keys {
 }
 
 /// The event log in Redis (see the module's documentation).
+/// Reads of history from Redis in flight at once, per replica.
+const HISTORY_READS: usize = 8;
+
 pub struct RedisEventLog {
     redis: Redis,
+    /// Reads of history (past the in-memory ring) in flight at once: a crowd
+    /// of watches resuming from old cursors queues here, in order, instead of
+    /// in front of every other command on the connection.
+    history: tokio::sync::Semaphore,
     keys: Arc<Keys>,
     retention: Retention,
     shared: Arc<Shared>,
@@ -102,6 +109,7 @@ impl RedisEventLog {
             Arc::clone(&keys),
         ));
         Ok(Self {
+            history: tokio::sync::Semaphore::new(HISTORY_READS),
             redis,
             keys,
             retention,
@@ -283,6 +291,11 @@ impl EventLog for RedisEventLog {
             self.keys.gone.clone(),
         );
         let (epoch, from) = (after.epoch.clone(), pos_id(after.at));
+        let _permit = self
+            .history
+            .acquire()
+            .await
+            .map_err(|_| store_err("the history reads' bound was closed"))?;
         let reply: Vec<Value> = self
             .redis
             .run(async move |mut c| {
