@@ -313,6 +313,9 @@ async fn handle(
             also_other,
         }) => {
             let n = events.len();
+            // What the audit trail says of each change (read before the events
+            // go to the log).
+            let changes: Vec<AuditedChange> = events.iter().map(AuditedChange::of).collect();
             let recorded =
                 tokio::time::timeout(RECORD_TIMEOUT, h.recorder.record(events, Some(&dedupe)))
                     .await;
@@ -341,6 +344,18 @@ async fn handle(
                     );
                 }
             };
+            for c in &changes {
+                crate::audit::notification(&crate::audit::Notification {
+                    action: c.action,
+                    work_order_id: c.work_order_id,
+                    attachment_id: &c.attachment_id,
+                    name: &c.name,
+                    size_bytes: c.size_bytes,
+                    message_id: &c.message_id,
+                    outcome,
+                    integration: verified.name.as_deref().unwrap_or(""),
+                });
+            }
             match (&h.forward, also_other) {
                 (Some(f), true) => {
                     tracing::debug!(outcome, "{detail}; forwarding the notification too");
@@ -348,6 +363,34 @@ async fn handle(
                 }
                 _ => answer(m, StatusCode::OK, outcome, &detail),
             }
+        }
+    }
+}
+
+/// A change recorded from a notification, as the audit trail names it.
+struct AuditedChange {
+    action: &'static str,
+    work_order_id: i64,
+    attachment_id: String,
+    name: String,
+    size_bytes: u64,
+    message_id: String,
+}
+
+impl AuditedChange {
+    fn of(e: &crate::proto::AttachmentEvent) -> Self {
+        let a = e.attachment.clone().unwrap_or_default();
+        Self {
+            action: if e.r#type == crate::proto::AttachmentEventType::Removed as i32 {
+                "AttachmentRemoved"
+            } else {
+                "AttachmentAdded"
+            },
+            work_order_id: e.work_order_id,
+            attachment_id: a.attachment_id,
+            name: a.name,
+            size_bytes: a.size_bytes,
+            message_id: e.upstream_message_id.clone(),
         }
     }
 }

@@ -74,6 +74,8 @@ pub struct Verified {
     /// Until when the credential is valid, when it says (its `.expires` plus the
     /// clock skew).
     pub valid_until: Option<SystemTime>,
+    /// Who the token was issued for (its name claim), when it says.
+    pub name: Option<String>,
 }
 
 /// Checks webhook requests' credentials.
@@ -239,6 +241,7 @@ impl Verifier {
                 Ok(Verified {
                     reading: Some(reading),
                     valid_until: claims.expires.checked_add(rules.skew),
+                    name: claims.name,
                 })
             }
         }

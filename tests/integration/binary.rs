@@ -1122,3 +1122,161 @@ fn the_token_checker_names_the_reading_the_claims_and_the_verdict() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("webhooks.certificate_file"), "{err}");
 }
+
+/// The audit trail: one JSON line on the `audit` target per write that reached
+/// the upstream (or was answered from its record) and per change CorrigoPro
+/// notified, every field of the documented schema there, and no token, link
+/// or file byte.
+#[tokio::test]
+async fn the_audit_trail_has_one_line_per_change_with_every_field() {
+    use attachment_gateway::proto::{DeleteAttachmentRequest, UpdateAttachmentRequest};
+    let mut child = tokio::task::spawn_blocking(|| {
+        gateway()
+            .args([
+                "--sandbox",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    })
+    .await
+    .expect("join");
+    let stdout = child.stdout.take().expect("stdout");
+    let (addr, banner) = tokio::task::spawn_blocking(move || read_banner(stdout))
+        .await
+        .expect("join");
+    let emulator = banner
+        .lines()
+        .find_map(|l| l.strip_prefix("sandbox upstream (CorrigoPro emulator): "))
+        .expect("emulator")
+        .trim_end_matches("/Direct")
+        .to_string();
+    let mut c = crate::common::connect(addr).await;
+    let data = crate::common::pattern(5000, 3);
+    let mut m = crate::common::metadata(1002, "audited.bin");
+    m.message_id = "audit-upload-1".into();
+    let up = c
+        .upload_attachment(tokio_stream::iter(crate::common::upload_messages(
+            m.clone(),
+            &data,
+            1000,
+        )))
+        .await
+        .expect("upload")
+        .into_inner();
+    // The same again: answered from the record.
+    c.upload_attachment(tokio_stream::iter(crate::common::upload_messages(
+        m, &data, 1000,
+    )))
+    .await
+    .expect("replay");
+    c.update_attachment(UpdateAttachmentRequest {
+        work_order_id: 1002,
+        attachment_id: up.attachment_id.clone(),
+        name: "renamed.bin".into(),
+        message_id: "audit-update-1".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("update");
+    let err = c
+        .upload_attachment(tokio_stream::iter(crate::common::upload_messages(
+            crate::common::metadata(1003, "refused.bin"),
+            &data,
+            1000,
+        )))
+        .await
+        .expect_err("a rejected work order");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    c.delete_attachment(DeleteAttachmentRequest {
+        work_order_id: 1002,
+        attachment_id: up.attachment_id.clone(),
+        message_id: "audit-delete-1".into(),
+    })
+    .await
+    .expect("delete");
+    // The customer adds one: CorrigoPro notifies it.
+    let r = crate::common::notify::http()
+        .post(format!(
+            "{emulator}/sandbox/customer/work-orders/1001/attachments?name=from-customer.txt"
+        ))
+        .body("hello")
+        .send()
+        .await
+        .expect("customer");
+    assert!(r.status().is_success());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid = child.id().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("output");
+    let logs = String::from_utf8_lossy(&out.stderr).into_owned();
+    let audit: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "audit")
+        .collect();
+    let by = |method: &str| -> Vec<&serde_json::Value> {
+        audit.iter().filter(|v| v["method"] == method).collect()
+    };
+    let uploads = by("UploadAttachment");
+    assert_eq!(uploads.len(), 3, "{audit:#?}");
+    for (u, (outcome, replayed, code)) in uploads.iter().zip([
+        ("ok", false, "OK"),
+        ("ok", true, "OK"),
+        ("failed", false, "FAILED_PRECONDITION"),
+    ]) {
+        assert_eq!(u["audit"], "write");
+        assert_eq!(u["caller"], "anonymous:anonymous");
+        assert_eq!(u["outcome"], outcome, "{u}");
+        assert_eq!(u["code"], code, "{u}");
+        assert_eq!(u["replayed"], replayed, "{u}");
+        assert_eq!(u["reconciled"], false, "{u}");
+        assert_eq!(u["size_bytes"], 5000, "{u}");
+        assert_eq!(u["sha256"], crate::common::sha256_hex(&data), "{u}");
+        assert_eq!(u["trace_id"].as_str().map(str::len), Some(32), "{u}");
+        assert!(u["timestamp"].is_string(), "{u}");
+        assert!(u["message_id"].is_string(), "{u}");
+        assert!(u["name"].is_string() && u["work_order_id"].is_i64(), "{u}");
+    }
+    assert_eq!(uploads[0]["attachment_id"], up.attachment_id.as_str());
+    assert_eq!(uploads[0]["message_id"], "audit-upload-1");
+    assert_eq!(uploads[0]["work_order_id"], 1002);
+    assert_eq!(uploads[0]["name"], "audited.bin");
+    let update = by("UpdateAttachment");
+    assert_eq!(update.len(), 1, "{audit:#?}");
+    assert_eq!(update[0]["name"], "renamed.bin");
+    assert_eq!(update[0]["message_id"], "audit-update-1");
+    assert_eq!(update[0]["outcome"], "ok");
+    let delete = by("DeleteAttachment");
+    assert_eq!(delete.len(), 1, "{audit:#?}");
+    assert_eq!(delete[0]["attachment_id"], up.attachment_id.as_str());
+    let notified = by("AttachmentAdded");
+    assert_eq!(notified.len(), 1, "{audit:#?}");
+    let n = notified[0];
+    assert_eq!(n["audit"], "notification");
+    assert_eq!(n["caller"], "corrigopro");
+    assert_eq!(n["name"], "from-customer.txt");
+    assert_eq!(n["size_bytes"], 5);
+    assert_eq!(n["work_order_id"], 1001);
+    assert_eq!(n["outcome"], "recorded");
+    assert_eq!(n["integration"], "sandbox-integration-0001");
+    assert!(!n["message_id"].as_str().unwrap_or_default().is_empty());
+    // Never a token, a link or file bytes.
+    for line in logs.lines().filter(|l| l.contains("\"audit\"")) {
+        assert!(
+            !line.contains("Bearer") && !line.contains("sig=") && !line.contains("<---->"),
+            "{line}"
+        );
+    }
+}

@@ -228,7 +228,7 @@ async fn the_sandbox_loses_an_answer_on_request_and_the_retry_gets_the_one_attac
     let h = with_sandbox().await;
     let mut c = h.gateway.client();
     let emulator = h.sandbox.base_url().trim_end_matches("/Direct").to_string();
-    let http = reqwest::Client::new();
+    let http = crate::common::notify::http();
     for how in ["drop", "502"] {
         let mid = format!("sbx-lost-{how}");
         let r = http
