@@ -92,8 +92,8 @@ EVENTS_ON_REDIS=1 cargo test --locked --test integration events:: -- --skip shar
 step "build the binary and the examples under their plain names (for the pytest suites)"
 cargo build --locked --bins --examples
 
-step "Helm chart (its bundled Valkey's configuration served against redis-server), callers (Python stubs, Rust examples, CLI) against the sandbox gateway, and the alerts and dashboard (promtool; a Prometheus scraping the gateway)"
-GATEWAY_BIN="$PWD/target/debug/attachment-gateway" "$TOOLS/venv/bin/python" -m pytest -q tests/helm tests/clients tests/ops
+step "the docs (every link and anchor, every setting), the Helm chart (its bundled Valkey's configuration served against redis-server), callers (Python stubs, Rust examples, CLI) against the sandbox gateway, and the alerts and dashboard (promtool; a Prometheus scraping the gateway)"
+GATEWAY_BIN="$PWD/target/debug/attachment-gateway" "$TOOLS/venv/bin/python" -m pytest -q tests/helm tests/clients tests/ops tests/docs
 
 step "fuzz the upstream-answer parsers and the error mapper (cargo-fuzz, 10 s per target)"
 scripts/fuzz.sh
