@@ -269,6 +269,41 @@ impl Writes {
         }
     }
 
+    /// Once a write whose answer was lost can no longer be on its way (its
+    /// settle time after its commit point), asks the upstream again what
+    /// became of it, unless a retry settled it meanwhile: what came true is
+    /// recorded with its event; what provably did not frees the message id
+    /// (a retry runs it); what still cannot be told stays unknown. So a write's
+    /// outcome and event settle even when its caller never retries.
+    pub async fn settle_later<F>(&self, held: Held, committed_at_ms: u64, check: F)
+    where
+        F: AsyncFnOnce() -> Settled,
+    {
+        let age = Duration::from_millis(now_ms().saturating_sub(committed_at_ms));
+        tokio::time::sleep(self.settle.saturating_sub(age)).await;
+        match check().await {
+            Settled::Happened(outcome, event) => {
+                let stored = self
+                    .store
+                    .complete(&held.key, held.token, held.fingerprint, &outcome, self.ttl)
+                    .await;
+                if matches!(stored, Ok(true)) {
+                    tracing::info!("a write whose answer was lost is found upstream: recorded");
+                    self.metrics.write_outcome("reconciled");
+                    self.record_event(*event).await;
+                }
+            }
+            Settled::DidNot => {
+                tracing::info!(
+                    "a write whose answer was lost did not happen upstream: its message id is free again"
+                );
+                // Only the record this write left (not one a retry made since).
+                let _ = self.store.abandon(&held.key, held.token).await;
+            }
+            Settled::Unknown => {}
+        }
+    }
+
     /// Appends a write's event, trying for a while: called by the task that
     /// finishes the write (whose caller may be gone), and by a replay (which
     /// heals an event its first attempt could not append). `dedupe` makes it
@@ -462,17 +497,42 @@ impl Writes {
                     });
                 }
                 self.metrics.write_outcome("outcome_unknown");
-                let err = match guard {
-                    Some(g) => {
-                        g.give_up().await;
-                        Error::OutcomeUnknown {
-                            cause: e.to_string(),
-                            retry_after: Duration::from_secs(1),
-                        }
-                    }
-                    None => Error::upstream(e, Op::Write),
+                let Some(g) = guard else {
+                    let err = Error::upstream(e, Op::Write);
+                    w.audit(&sent, "outcome_unknown", code_name(&err), false, false);
+                    return Err(err);
+                };
+                let held = g.give_up().await;
+                let err = Error::OutcomeUnknown {
+                    cause: e.to_string(),
+                    retry_after: Duration::from_secs(1),
                 };
                 w.audit(&sent, "outcome_unknown", code_name(&err), false, false);
+                // Settled later by this same task, once the caller has its answer.
+                let (this, committed_at) = (self.clone(), now_ms());
+                tokio::spawn(
+                    async move {
+                        let check = async || match this
+                            .upstream
+                            .list(
+                                w.work_order,
+                                crate::domain::ListView::Basic,
+                                Instant::now() + this.answer_timeout,
+                            )
+                            .await
+                        {
+                            Ok(listed) if w.came_true(&listed) => Settled::Happened(
+                                Outcome::MessageId(sent.clone()),
+                                Box::new(w.event(&sent)),
+                            ),
+                            // Running an update or a delete again does no harm.
+                            Ok(_) => Settled::DidNot,
+                            Err(_) => Settled::Unknown,
+                        };
+                        this.settle_later(held, committed_at, check).await;
+                    }
+                    .in_current_span(),
+                );
                 Err(err)
             }
         }
@@ -603,6 +663,23 @@ impl MetadataWrite {
             reconciled,
         });
     }
+}
+
+/// What a write's record is known by, to settle it later.
+pub struct Held {
+    key: WriteKey,
+    token: LeaseToken,
+    fingerprint: Fingerprint,
+}
+
+/// What asking the upstream again found of a write whose answer was lost.
+pub enum Settled {
+    /// It came true: its outcome, and its event.
+    Happened(Outcome, Box<GatewayEvent>),
+    /// It provably did not.
+    DidNot,
+    /// It still cannot be told.
+    Unknown,
 }
 
 /// Milliseconds since the Unix epoch, by this replica's clock.
@@ -741,7 +818,8 @@ impl WriteGuard {
     }
 
     /// The write's answer was lost after its commit point: its record says so.
-    pub async fn give_up(mut self) {
+    /// What the record is known by, to settle it later.
+    pub async fn give_up(mut self) -> Held {
         self.finished = true;
         give_up(
             &self.store,
@@ -752,6 +830,11 @@ impl WriteGuard {
             self.ttl,
         )
         .await;
+        Held {
+            key: self.key.clone(),
+            token: self.token,
+            fingerprint: self.fingerprint,
+        }
     }
 }
 

@@ -48,6 +48,11 @@ pub struct MockState {
     /// Upload requests whose body did not.
     pub uploads_broken: usize,
     pub deletes_received: usize,
+    /// The next lists fail (500).
+    pub fail_lists: usize,
+    /// Once the next upload is applied, lists fail for this long.
+    pub fail_lists_after_upload: std::time::Duration,
+    fail_lists_until: Option<std::time::Instant>,
 }
 
 /// A running mock; `url` is its base (`{url}/Direct/api/…`, `{url}/oauth/token`).
@@ -125,7 +130,14 @@ async fn list(State(st): St, Query(q): Query<HashMap<String, String>>) -> Respon
         .find(|(k, _)| k.eq_ignore_ascii_case("workorderid"))
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0);
-    let s = st.lock().expect("mock");
+    let mut s = st.lock().expect("mock");
+    let failing = s
+        .fail_lists_until
+        .is_some_and(|t| std::time::Instant::now() < t);
+    if s.fail_lists > 0 || failing {
+        s.fail_lists = s.fail_lists.saturating_sub(1);
+        return (StatusCode::INTERNAL_SERVER_ERROR, "list failed").into_response();
+    }
     let items: Vec<_> = s
         .held
         .iter()
@@ -200,6 +212,10 @@ async fn upload(State(st): St, m: Multipart) -> Response {
         });
     }
     let mid = field("messageid");
+    let d = std::mem::take(&mut s.fail_lists_after_upload);
+    if !d.is_zero() {
+        s.fail_lists_until = Some(std::time::Instant::now() + d);
+    }
     lost_or(&mut s, how, json!({"AttachmentId": id, "MessageId": mid}))
 }
 

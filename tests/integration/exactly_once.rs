@@ -180,6 +180,52 @@ async fn a_lost_upload_that_stored_nothing_runs_again_once_it_has_settled() {
     assert_eq!(again.attachment_id, ok.attachment_id);
 }
 
+/// The answer lost, the upstream not even listable at that moment, and the
+/// caller never retries: once the write has settled, the gateway asks again
+/// by itself, records the outcome and appends the event.
+#[tokio::test]
+async fn a_lost_outcome_settles_by_itself_with_its_event_when_nobody_retries() {
+    use attachment_gateway::proto::watch_attachments_response::Payload;
+    let mock = LossyUpstream::start().await;
+    let gw = gateway_for(&mock).await;
+    let mut c = gw.client();
+    let (mut w, _) = crate::common::watch::watch(&mut c, vec![], "").await;
+    let data = pattern(30_000, 6);
+    mock.lose(&[Lose::DropAfterApply]);
+    // Lists fail for a second after the upload is applied: the gateway cannot
+    // tell at once.
+    mock.with(|s| s.fail_lists_after_upload = Duration::from_millis(1000));
+    let first = upload(&mut c, "quiet.jpg", &data, "quiet-1")
+        .await
+        .expect_err("not known yet");
+    assert_eq!(error_reason(&first), "OUTCOME_UNKNOWN", "{first:?}");
+    // Nobody retries. Past the settle time (2 s), the event arrives.
+    let event = loop {
+        let m = tokio::time::timeout(Duration::from_secs(6), w.message())
+            .await
+            .expect("the event in time")
+            .expect("watch")
+            .expect("watch");
+        if let Some(Payload::Event(e)) = m.payload {
+            break e;
+        }
+    };
+    assert_eq!(event.upstream_message_id, "quiet-1");
+    let held = mock.held(WO);
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        event.attachment.expect("attachment").attachment_id,
+        held[0].attachment_id
+    );
+    // A late retry gets the recorded outcome; nothing is sent again.
+    let again = upload(&mut c, "quiet.jpg", &data, "quiet-1")
+        .await
+        .expect("replay");
+    assert!(again.reconciled);
+    assert_eq!(again.attachment_id, held[0].attachment_id);
+    assert_eq!(mock.with(|s| s.uploads_received), 1);
+}
+
 #[tokio::test]
 async fn a_wrong_checksum_stores_nothing_upstream() {
     let mock = LossyUpstream::start().await;

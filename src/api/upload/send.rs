@@ -17,7 +17,7 @@ use super::progress::Progress;
 use super::{Named, Phase, Uploads, empty_file, late_metadata};
 use crate::api::error::{Error, Op, nothing_applied};
 use crate::api::reconcile::{self, Found};
-use crate::api::writes::{Finished, WriteGuard, Writes, code_name, event_dedupe, now_ms};
+use crate::api::writes::{Finished, Settled, WriteGuard, Writes, code_name, event_dedupe, now_ms};
 use crate::audit;
 use crate::domain::{ListView, NewAttachment, WorkOrderId};
 use crate::proto::AttachmentEventType;
@@ -311,17 +311,58 @@ impl Finish {
             }
         }
         self.writes.metrics().write_outcome("outcome_unknown");
-        let err = match self.guard.take() {
-            Some(g) => {
-                g.give_up().await;
-                Error::OutcomeUnknown {
-                    cause: e.to_string(),
-                    retry_after: Duration::from_secs(1),
-                }
-            }
-            None => Error::upstream(e, Op::Write),
+        let Some(g) = self.guard.take() else {
+            let err = Error::upstream(e, Op::Write);
+            self.audit("", &sent, "outcome_unknown", code_name(&err), false);
+            return Err(err);
+        };
+        let held = g.give_up().await;
+        let err = Error::OutcomeUnknown {
+            cause: e.to_string(),
+            retry_after: Duration::from_secs(1),
         };
         self.audit("", &sent, "outcome_unknown", code_name(&err), false);
+        // Settled later by a task of its own (the caller has its answer now).
+        let committed_at = now_ms();
+        tokio::spawn(
+            async move {
+                let writes = self.writes.clone();
+                let check = async || {
+                    let Some(l) = listed(
+                        self.writes.upstream(),
+                        self.attachment.work_order_id,
+                        self.writes.answer_timeout(),
+                    )
+                    .await
+                    else {
+                        return Settled::Unknown;
+                    };
+                    match reconcile::upload(&l, &self.attempt, &sent) {
+                        Found::Ours(a) => {
+                            let outcome = Outcome::Upload {
+                                attachment_id: a.attachment_id.clone(),
+                                message_id: sent.clone(),
+                                size_bytes: self.attempt.size_bytes,
+                                sha256: self.attempt.sha256.clone(),
+                                reconciled: true,
+                            };
+                            let event = upload_event(
+                                &self.attachment,
+                                &self.named,
+                                &a.attachment_id,
+                                self.attempt.size_bytes,
+                                &sent,
+                            );
+                            Settled::Happened(outcome, Box::new(event))
+                        }
+                        Found::Absent => Settled::DidNot,
+                        Found::Ambiguous(_) => Settled::Unknown,
+                    }
+                };
+                writes.settle_later(held, committed_at, check).await;
+            }
+            .in_current_span(),
+        );
         Err(err)
     }
 
