@@ -701,13 +701,14 @@ async fn fault_run(replicas: usize, seed: u64, ops: usize) {
     drop(pause_tx);
     let pauses = pauser.await.expect("pauser");
     nothing_half_done(sandbox).await;
-    // Writes that lost their caller finish in tasks of their own, and the
-    // customer's notifications are delivered: let them settle.
+    // Writes that lost their caller finish in tasks of their own (those whose
+    // answer was lost settle by themselves 2 x request_timeout = 4 s after),
+    // and the customer's notifications are delivered: let them settle.
     eventually("every notification delivered", || {
         sandbox.deliveries().iter().all(|d| d.delivered)
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     uploads.sort_by_key(|u| u.name.clone());
 
     // The log, read whole from the start; the follower must have seen it all.
