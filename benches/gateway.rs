@@ -499,6 +499,7 @@ async fn gateway_download(c: &mut Client) -> usize {
         .download_attachment(DownloadAttachmentRequest {
             work_order_id: 1001,
             attachment_id: "a".into(),
+            ..Default::default()
         })
         .await
         .expect("download")

@@ -4,16 +4,14 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use futures_util::Stream;
 use percent_encoding::percent_decode_str;
 use reqwest::header::{self, HeaderMap};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-use tracing::Instrument;
 
 use super::deadline::Bounds;
 use super::error::{Error, Op};
@@ -23,15 +21,12 @@ use crate::domain::AttachmentRef;
 use crate::limits::Concurrency;
 use crate::metrics::Metrics;
 use crate::proto::wire::download_attachment_response::Payload;
-use crate::proto::wire::{Attachment, DownloadAttachmentResponse};
+use crate::proto::wire::{Attachment, ByteRange, DownloadAttachmentResponse};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// The messages of a download as the caller receives them.
 pub type DownloadStream =
     Pin<Box<dyn Stream<Item = Result<DownloadAttachmentResponse, Status>> + Send + 'static>>;
-
-/// Messages queued toward a slow caller before the upstream read waits.
-const QUEUED_MESSAGES: usize = 4;
 
 /// The file name a `Content-Disposition` header gives, if any: `filename*`
 /// (RFC 5987, percent-encoded UTF-8) when it reads well, else `filename`.
@@ -58,7 +53,97 @@ pub fn content_disposition_filename(value: &str) -> Option<String> {
     extended.or(plain)
 }
 
-fn metadata(target: &AttachmentRef, headers: &HeaderMap, length: Option<u64>) -> Attachment {
+/// Which bytes of the file a download serves, as the link host's answer says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Served {
+    /// Bytes of the body to drop first (a host that ignored the `Range`).
+    pub skip: u64,
+    /// The file's offset of the first byte sent.
+    pub offset: u64,
+    /// Bytes sent at most (`None`: to the end of the body).
+    pub limit: Option<u64>,
+    /// Bytes the body holds, when the host says (`Content-Length`).
+    pub body_length: Option<u64>,
+    /// The whole file's size, when the host says.
+    pub total: Option<u64>,
+}
+
+/// `Content-Range: bytes <first>-<last>/<total or *>`.
+fn content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (span, total) = rest.split_once('/')?;
+    let (first, last) = span.split_once('-')?;
+    let (first, last) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
+    (first <= last).then_some((first, last, total.trim().parse().ok()))
+}
+
+/// What the answer to a download asked from `offset`, at most `limit` bytes
+/// (0: to the end), serves: a 206 says its range; a 200 is the whole file
+/// (the host ignored the range), whose first `offset` bytes the gateway drops.
+pub(crate) fn served(
+    status: reqwest::StatusCode,
+    headers: &HeaderMap,
+    body_length: Option<u64>,
+    offset: u64,
+    limit: u64,
+) -> Result<Served, UpstreamError> {
+    let limit = (limit > 0).then_some(limit);
+    if status == reqwest::StatusCode::PARTIAL_CONTENT {
+        let (first, last, total) = headers
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(content_range)
+            .ok_or_else(|| {
+                UpstreamError::Protocol(
+                    "a partial download without a readable Content-Range".into(),
+                )
+            })?;
+        if first > offset {
+            return Err(UpstreamError::Protocol(format!(
+                "the link host served bytes from {first}, not from {offset}"
+            )));
+        }
+        let skip = offset - first;
+        let have = last - offset + 1;
+        return Ok(Served {
+            skip,
+            offset,
+            limit: Some(limit.map_or(have, |l| l.min(have))),
+            body_length: body_length.or(Some(last - first + 1)),
+            total,
+        });
+    }
+    // The whole file: its length is its size.
+    if let Some(size) = body_length
+        && offset > 0
+        && offset >= size
+    {
+        return Err(UpstreamError::RangeNotSatisfiable { size: Some(size) });
+    }
+    Ok(Served {
+        skip: offset,
+        offset,
+        limit,
+        body_length,
+        total: body_length,
+    })
+}
+
+impl Served {
+    /// How many bytes the stream carries, when known.
+    fn length(&self) -> Option<u64> {
+        let rest = self
+            .total
+            .map(|t| t.saturating_sub(self.offset))
+            .or_else(|| self.body_length.map(|b| b.saturating_sub(self.skip)));
+        match (rest, self.limit) {
+            (Some(r), Some(l)) => Some(r.min(l)),
+            (r, l) => r.or(l),
+        }
+    }
+}
+
+fn metadata(target: &AttachmentRef, headers: &HeaderMap, total: Option<u64>) -> Attachment {
     let text = |h: header::HeaderName| {
         headers
             .get(h)
@@ -71,7 +156,7 @@ fn metadata(target: &AttachmentRef, headers: &HeaderMap, length: Option<u64>) ->
             .and_then(|v| content_disposition_filename(&v))
             .unwrap_or_default(),
         mime_type: text(header::CONTENT_TYPE).unwrap_or_default(),
-        size_bytes: length.unwrap_or(0),
+        size_bytes: total.unwrap_or(0),
         ..Attachment::default()
     }
 }
@@ -79,6 +164,7 @@ fn metadata(target: &AttachmentRef, headers: &HeaderMap, length: Option<u64>) ->
 fn chunk_message(b: Bytes) -> DownloadAttachmentResponse {
     DownloadAttachmentResponse {
         payload: Some(Payload::Chunk(b)),
+        range: None,
     }
 }
 
@@ -110,12 +196,14 @@ impl Downloads {
         }
     }
 
-    /// Opens the download for `caller`; its bytes then stream to the caller as
-    /// they arrive. The download holds a slot until its last byte.
+    /// Opens the download for `caller`, from `offset`, at most `limit` bytes
+    /// (0: to the end); its bytes then stream to the caller as the caller's
+    /// side asks for them. The download holds a slot until its last byte.
     pub async fn open(
         &self,
         caller: &Arc<str>,
         target: AttachmentRef,
+        (offset, limit): (u64, u64),
         deadline: Instant,
     ) -> Result<DownloadStream, Error> {
         let slot = self.slots.try_acquire(caller).map_err(|refusal| {
@@ -131,90 +219,244 @@ impl Downloads {
                 self.upstream.download_link(&target, deadline),
             )
             .await?;
-        let mut resp = self
+        let range = (offset > 0 || limit > 0).then_some((offset, Some(limit)));
+        let resp = self
             .bounds
             .run(
                 deadline,
                 Op::Read,
                 "opening the download",
-                self.upstream.open_download(&link, deadline),
+                self.upstream.open_download(&link, deadline, range),
             )
             .await?;
-        let length = resp.content_length();
+        let served = served(
+            resp.status(),
+            resp.headers(),
+            resp.content_length(),
+            offset,
+            limit,
+        )
+        .map_err(|e| Error::upstream(e, Op::Read))?;
         let first = DownloadAttachmentResponse {
-            payload: Some(Payload::Metadata(metadata(&target, resp.headers(), length))),
+            payload: Some(Payload::Metadata(metadata(
+                &target,
+                resp.headers(),
+                served.total,
+            ))),
+            range: Some(ByteRange {
+                offset: served.offset,
+                length: served.length().unwrap_or(0),
+                total_size: served.total.unwrap_or(0),
+            }),
         };
-        let chunk_size = self.chunk_bytes;
-        let cut = self.bounds.cut.clone();
-        let metrics = Arc::clone(&self.metrics);
-        let (tx, rx) = mpsc::channel::<Result<DownloadAttachmentResponse, Status>>(QUEUED_MESSAGES);
-        // Capacity is at least one, and the queue is empty.
-        let _ = tx.try_send(Ok(first));
-        tokio::spawn(
-            async move {
-                let _slot = slot;
-                let mut sent: u64 = 0;
-                loop {
-                    let read = tokio::select! {
-                        r = tokio::time::timeout_at(deadline, resp.chunk()) => r,
-                        () = cut.cancelled() => {
-                            let e = Error::ShuttingDown { op: Op::Read, nothing_applied: true };
-                            let _ = tx.send(Err(e.into())).await;
-                            return;
-                        }
-                    };
-                    let next = match read {
-                        Err(_) => Err(Error::Deadline {
-                            op: Op::Read,
-                            what: "the download",
-                            nothing_applied: true,
-                        }),
-                        Ok(Err(e)) => {
-                            Err(Error::upstream(UpstreamError::from_reqwest(e), Op::Read))
-                        }
-                        Ok(Ok(next)) => Ok(next),
-                    };
-                    match next {
-                        Ok(Some(mut bytes)) => {
-                            sent += bytes.len() as u64;
-                            metrics.download_bytes.inc_by(bytes.len() as u64);
-                            while !bytes.is_empty() {
-                                let piece = bytes.split_to(bytes.len().min(chunk_size));
-                                if tx.send(Ok(chunk_message(piece))).await.is_err() {
-                                    // The caller went away: dropping `resp` closes the download.
-                                    return;
-                                }
-                            }
-                        }
-                        Ok(None) => {
-                            if let Some(expected) = length
-                                && expected != sent
-                            {
-                                let e = Error::DownloadTruncated {
-                                    received: sent,
-                                    expected,
-                                };
-                                let _ = tx.send(Err(e.into())).await;
-                            }
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::warn!(sent, code = ?e.code(), "download broke off");
-                            let _ = tx.send(Err(e.into())).await;
-                            return;
-                        }
+        Ok(Box::pin(Pump {
+            first: Some(first),
+            body: Box::pin(resp.bytes_stream()),
+            piece: Bytes::new(),
+            chunk_size: self.chunk_bytes,
+            received: 0,
+            skip: served.skip,
+            left: served.limit,
+            body_length: served.body_length,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            cut: Box::pin(self.bounds.cut.clone().cancelled_owned()),
+            metrics: Arc::clone(&self.metrics),
+            span: tracing::Span::current(),
+            done: false,
+            _slot: slot,
+        }))
+    }
+}
+
+/// A download's messages, read from the link as the caller's side asks for
+/// them: the reads run in the task that writes the caller's HTTP/2 stream, not
+/// in a task of their own behind a queue (each chunk wakes one task fewer);
+/// the link's socket and hyper's read buffer still read ahead.
+struct Pump {
+    first: Option<DownloadAttachmentResponse>,
+    body: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    /// What is left of the last read, handed on `chunk_size` bytes at a time.
+    piece: Bytes,
+    chunk_size: usize,
+    /// Bytes read from the body.
+    received: u64,
+    /// Bytes still to drop from the body's start.
+    skip: u64,
+    /// Bytes still to send, when limited.
+    left: Option<u64>,
+    body_length: Option<u64>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    cut: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    metrics: Arc<Metrics>,
+    /// The call's span, for what is logged after the handler returned.
+    span: tracing::Span,
+    done: bool,
+    /// The download's slot, held to its last byte.
+    _slot: crate::limits::Slot,
+}
+
+impl Pump {
+    fn fail(&mut self, e: Error) -> Poll<Option<Result<DownloadAttachmentResponse, Status>>> {
+        self.done = true;
+        Poll::Ready(Some(Err(e.into())))
+    }
+
+    /// Takes what of `bytes` is to be sent: past the bytes to skip, within the
+    /// limit (reaching it ends the download).
+    fn keep(&mut self, mut bytes: Bytes) -> Bytes {
+        if self.skip > 0 {
+            let drop = usize::try_from(self.skip)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            bytes = bytes.split_off(drop);
+            self.skip -= drop as u64;
+        }
+        if let Some(left) = self.left.as_mut() {
+            let n = usize::try_from(*left)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            bytes.truncate(n);
+            *left -= n as u64;
+            if *left == 0 {
+                self.done = true;
+            }
+        }
+        bytes
+    }
+}
+
+impl Stream for Pump {
+    type Item = Result<DownloadAttachmentResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(Ok(first)));
+        }
+        loop {
+            if !this.piece.is_empty() {
+                let n = this.piece.len().min(this.chunk_size);
+                return Poll::Ready(Some(Ok(chunk_message(this.piece.split_to(n)))));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if this.cut.as_mut().poll(cx).is_ready() {
+                return this.fail(Error::ShuttingDown {
+                    op: Op::Read,
+                    nothing_applied: true,
+                });
+            }
+            if this.deadline.as_mut().poll(cx).is_ready() {
+                return this.fail(Error::Deadline {
+                    op: Op::Read,
+                    what: "the download",
+                    nothing_applied: true,
+                });
+            }
+            match ready!(this.body.as_mut().poll_next(cx)) {
+                Some(Ok(bytes)) => {
+                    this.received += bytes.len() as u64;
+                    let kept = this.keep(bytes);
+                    this.metrics.download_bytes.inc_by(kept.len() as u64);
+                    this.piece = kept;
+                }
+                Some(Err(e)) => {
+                    let e = Error::upstream(UpstreamError::from_reqwest(e), Op::Read);
+                    let received = this.received;
+                    this.span.in_scope(|| {
+                        tracing::warn!(received, code = ?e.code(), "download broke off");
+                    });
+                    return this.fail(e);
+                }
+                None => {
+                    // A whole file (of no stated length) that ends before
+                    // the offset asked for: the offset is past its end.
+                    if this.skip > 0 {
+                        let size = Some(this.received);
+                        return this.fail(Error::upstream(
+                            UpstreamError::RangeNotSatisfiable { size },
+                            Op::Read,
+                        ));
                     }
+                    if let Some(expected) = this.body_length
+                        && expected != this.received
+                    {
+                        let received = this.received;
+                        return this.fail(Error::DownloadTruncated { received, expected });
+                    }
+                    this.done = true;
                 }
             }
-            .in_current_span(),
-        );
-        Ok(Box::pin(ReceiverStream::new(rx)))
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                header::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                v.parse().expect("value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn a_partial_answer_serves_its_content_range() {
+        use reqwest::StatusCode as S;
+        let h = headers(&[("content-range", "bytes 100-199/1000")]);
+        let s = served(S::PARTIAL_CONTENT, &h, Some(100), 100, 0).expect("served");
+        assert_eq!(
+            s,
+            Served {
+                skip: 0,
+                offset: 100,
+                limit: Some(100),
+                body_length: Some(100),
+                total: Some(1000),
+            }
+        );
+        assert_eq!(s.length(), Some(100));
+        // A host that starts earlier than asked: the difference is dropped.
+        let h = headers(&[("content-range", "bytes 0-999/*")]);
+        let s = served(S::PARTIAL_CONTENT, &h, None, 10, 5).expect("served");
+        assert_eq!((s.skip, s.limit, s.total), (10, Some(5), None));
+        assert_eq!(s.length(), Some(5));
+        // One that starts later than asked, or says nothing readable, lies.
+        let late = headers(&[("content-range", "bytes 20-999/1000")]);
+        assert!(served(S::PARTIAL_CONTENT, &late, None, 10, 0).is_err());
+        for bad in ["", "bytes */1000", "bytes 9-3/10", "items 0-1/2"] {
+            let h = headers(&[("content-range", bad)]);
+            assert!(served(S::PARTIAL_CONTENT, &h, None, 0, 0).is_err(), "{bad}");
+        }
+        assert!(served(S::PARTIAL_CONTENT, &HeaderMap::new(), None, 0, 0).is_err());
+    }
+
+    #[test]
+    fn a_whole_file_answer_is_skipped_to_the_offset() {
+        use reqwest::StatusCode as S;
+        let s = served(S::OK, &HeaderMap::new(), Some(1000), 300, 0).expect("served");
+        assert_eq!(
+            (s.skip, s.offset, s.limit, s.total),
+            (300, 300, None, Some(1000))
+        );
+        assert_eq!(s.length(), Some(700));
+        let s = served(S::OK, &HeaderMap::new(), Some(1000), 300, 50).expect("served");
+        assert_eq!(s.length(), Some(50));
+        assert!(matches!(
+            served(S::OK, &HeaderMap::new(), Some(1000), 1000, 0),
+            Err(UpstreamError::RangeNotSatisfiable { size: Some(1000) })
+        ));
+        // No stated length: the body's end tells.
+        let s = served(S::OK, &HeaderMap::new(), None, 300, 0).expect("served");
+        assert_eq!((s.skip, s.length()), (300, None));
+    }
 
     #[test]
     fn content_disposition_names() {

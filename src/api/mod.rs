@@ -226,7 +226,10 @@ impl AttachmentService for AttachmentApi {
         let target = convert::attachment_ref(r.work_order_id, &r.attachment_id)?;
         record_work_order(r.work_order_id);
         Ok(Response::new(
-            self.paths.downloads.open(&caller, target, deadline).await?,
+            self.paths
+                .downloads
+                .open(&caller, target, (r.offset, r.limit), deadline)
+                .await?,
         ))
     }
 

@@ -81,11 +81,11 @@ pub async fn download(
     work_order: i64,
     attachment_id: &str,
     out: Option<PathBuf>,
-    force: bool,
+    (force, resume): (bool, bool),
 ) -> Result<String, ClientError> {
     let client = connect(conn).await?;
     let target = Target::from_arg(out.as_deref());
-    if matches!(target, Target::Stdout) {
+    if matches!(target, Target::Stdout) && !resume {
         let mut stdout = tokio::io::stdout();
         let m = client
             .download_to(work_order, attachment_id, &mut stdout, None)
@@ -97,8 +97,15 @@ pub async fn download(
         });
     }
     let progress = progress_bar(!conn.quiet && !conn.json);
-    let (m, dest) =
-        download::to_file(&client, work_order, attachment_id, target, force, progress).await?;
+    let (m, dest) = download::to_file(
+        &client,
+        work_order,
+        attachment_id,
+        target,
+        (force, resume),
+        progress,
+    )
+    .await?;
     Ok(if conn.json {
         let mut v = attachment_json(&m);
         v["path"] = json!(dest.display().to_string());

@@ -1,7 +1,11 @@
 //! Where a download goes on disk: into a temporary file beside the destination,
 //! renamed once complete (no partial file under the final name), never over an
 //! existing file unless asked (the name may come from the storage's
-//! Content-Disposition), and cleaned up on Ctrl-C.
+//! Content-Disposition), and cleaned up on Ctrl-C, unless `--resume` asked to
+//! keep it: then it has a name of its own (`.attachment-<work order>-<id>.part`
+//! in the destination's folder), a run that fails or is interrupted keeps it,
+//! and the next `--resume` continues from its length (an attachment's content
+//! never changes upstream). The partial file is locked while a run writes it.
 
 use std::path::{Path, PathBuf};
 
@@ -60,15 +64,65 @@ impl Drop for Partial {
     }
 }
 
+/// The partial file `--resume` keeps for `attachment_id` of `work_order` in
+/// `dir`: a name of its own, made of characters safe anywhere.
+pub fn resume_path(dir: &Path, work_order: i64, attachment_id: &str) -> PathBuf {
+    let id: String = attachment_id
+        .chars()
+        .take(128)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    dir.join(format!(".attachment-{work_order}-{id}.part"))
+}
+
+/// Opens the partial file: a fresh one under a random name, or (`resume`) the
+/// kept one, created when missing, locked against a second run. Returns the
+/// file, positioned at its end, and the bytes it holds.
+fn open_partial(path: &Path, resume: bool) -> std::io::Result<(tokio::fs::File, u64)> {
+    let mut o = std::fs::OpenOptions::new();
+    if resume {
+        o.read(true).write(true).create(true);
+    } else {
+        o.write(true).create_new(true);
+    }
+    let f = o.open(path)?;
+    if resume {
+        f.try_lock().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                "another download is writing this partial file",
+            )
+        })?;
+    }
+    let len = f.metadata()?.len();
+    let mut f = tokio::fs::File::from_std(f);
+    if len > 0 {
+        // Appending from here; a std seek on the owned file is immediate.
+        let mut std_f = f
+            .try_into_std()
+            .map_err(|_| std::io::Error::other("file busy"))?;
+        std::io::Seek::seek(&mut std_f, std::io::SeekFrom::End(0))?;
+        f = tokio::fs::File::from_std(std_f);
+    }
+    Ok((f, len))
+}
+
 /// Downloads into a file (or folder) under a temporary name, then moves it into
 /// place without replacing an existing file unless `force`. Ctrl-C removes the
-/// temporary file and ends the call. Returns the metadata and the final path.
+/// temporary file (keeps it, with `resume`) and ends the call. Returns the
+/// metadata and the final path.
 pub async fn to_file(
     client: &GatewayClient,
     work_order: i64,
     attachment_id: &str,
     target: Target,
-    force: bool,
+    (force, resume): (bool, bool),
     progress: Option<Progress>,
 ) -> Result<(Attachment, PathBuf), ClientError> {
     let (dir, file) = match target {
@@ -82,7 +136,10 @@ pub async fn to_file(
             (dir, Some(f))
         }
         Target::Stdout => {
-            return Err(ClientError::local(Code::Internal, "stdout is not a file"));
+            return Err(ClientError::local(
+                Code::InvalidArgument,
+                "standard output is not a file: --resume and a partial file need --out <file or folder>",
+            ));
         }
     };
     if !dir.is_dir() {
@@ -97,32 +154,109 @@ pub async fn to_file(
     {
         return Err(exists(f));
     }
-    let tmp = dir.join(format!(".attachment-{}.part", uuid::Uuid::new_v4()));
-    let mut out = tokio::fs::File::create(&tmp).await.map_err(|e| {
+    let tmp = if resume {
+        resume_path(&dir, work_order, attachment_id)
+    } else {
+        dir.join(format!(".attachment-{}.part", uuid::Uuid::new_v4()))
+    };
+    let (mut out, have) = open_partial(&tmp, resume).map_err(|e| {
         ClientError::local(
             Code::InvalidArgument,
-            format!("cannot write in {}: {e}", dir.display()),
+            format!("cannot write {}: {e}", tmp.display()),
         )
     })?;
-    let partial = Partial {
+    let mut partial = Partial {
         path: tmp.clone(),
-        keep: false,
+        keep: resume,
+    };
+    let kept = |what: &str| {
+        format!(
+            "{what}; the partial download is kept in {} (run again with --resume to continue)",
+            tmp.display()
+        )
+    };
+    let run = async {
+        match client
+            .download_from(work_order, attachment_id, have, &mut out, progress)
+            .await
+        {
+            // Every byte was there already: the metadata from the list.
+            Err(e) if have > 0 && e.reason.as_deref() == Some("OFFSET_PAST_END") => {
+                complete_already(client, work_order, attachment_id, have, &e).await
+            }
+            r => r,
+        }
     };
     let meta = tokio::select! {
-        r = client.download_to(work_order, attachment_id, &mut out, progress) => r?,
+        r = run => match r {
+            Ok(m) => m,
+            // A partial file that is not this attachment's says so itself.
+            Err(e) if resume && e.code == Code::FailedPrecondition => return Err(e),
+            Err(mut e) if resume && e.code != Code::NotFound => {
+                e.message = kept(&e.message);
+                return Err(e);
+            }
+            Err(e) => {
+                partial.keep = false;
+                return Err(e);
+            }
+        },
         _ = tokio::signal::ctrl_c() => {
             drop(out);
-            drop(partial);
-            return Err(ClientError::local(Code::Cancelled, "interrupted; nothing was kept"));
+            let m = if resume { kept("interrupted") } else { "interrupted; nothing was kept".into() };
+            return Err(ClientError::local(Code::Cancelled, m));
         }
     };
     out.sync_all().await?;
     drop(out);
     let dest = file.unwrap_or_else(|| dir.join(safe_file_name(&meta.name)));
-    place(&tmp, &dest, force)?;
-    let mut partial = partial;
-    partial.keep = true;
-    Ok((meta, dest))
+    match place(&tmp, &dest, force) {
+        Ok(()) => {
+            partial.keep = true;
+            Ok((meta, dest))
+        }
+        Err(mut e) if resume => {
+            e.message = kept(&e.message);
+            Err(e)
+        }
+        Err(e) => {
+            partial.keep = false;
+            Err(e)
+        }
+    }
+}
+
+/// A kept partial file that already holds `have` bytes, and the gateway says
+/// the attachment has no byte past them: complete when its listed size is
+/// exactly that (a longer partial file is not this attachment's).
+async fn complete_already(
+    client: &GatewayClient,
+    work_order: i64,
+    attachment_id: &str,
+    have: u64,
+    past_end: &ClientError,
+) -> Result<Attachment, ClientError> {
+    let size = past_end
+        .detail("size_bytes")
+        .and_then(|s| s.parse::<u64>().ok());
+    let listed = client
+        .list(work_order)
+        .await?
+        .into_iter()
+        .find(|a| a.attachment_id == attachment_id);
+    match (size, listed) {
+        (Some(size), Some(a)) if size == have => Ok(Attachment {
+            size_bytes: size,
+            ..a
+        }),
+        (size, _) => Err(ClientError::local(
+            Code::FailedPrecondition,
+            format!(
+                "the partial file holds {have} bytes but the attachment has {}: it is not a part of this attachment; remove it and download again",
+                size.map_or_else(|| "fewer".to_string(), |s| s.to_string())
+            ),
+        )),
+    }
 }
 
 fn exists(dest: &Path) -> ClientError {

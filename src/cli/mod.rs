@@ -149,6 +149,10 @@ pub enum Command {
         /// Replace a file that exists already.
         #[arg(long)]
         force: bool,
+        /// Keep a partial download when the run fails or is interrupted, and
+        /// continue the one a run before kept (from its last byte).
+        #[arg(long)]
+        resume: bool,
     },
     /// Print a temporary download link (valid 15 minutes; do not store it).
     Url {
@@ -219,6 +223,13 @@ fn report(e: &ClientError, json_out: bool) -> ExitCode {
             "retry_after_ms": e.retry_after.map(|d| d.as_millis() as u64),
             "fields": e.field_violations.iter().map(|(f, d)| json!({"field": f, "description": d})).collect::<Vec<_>>(),
         }});
+        // What else the ErrorInfo said (e.g. `size_bytes`), by its own keys.
+        v["error"]["details"] = e
+            .metadata
+            .iter()
+            .map(|(k, d)| (k.clone(), json!(d)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
         // The same name as in the status's ErrorInfo.
         v["error"][attachment_gateway::proto::error_info::RETRY_SAFE] = json!(e.retry_safe);
         eprintln!("{v}");
@@ -301,8 +312,10 @@ pub async fn run(cmd: Command) -> ExitCode {
             attachment_id,
             out,
             force,
+            resume,
         } => {
-            let r = commands::download(&conn, work_order, &attachment_id, out, force).await;
+            let r =
+                commands::download(&conn, work_order, &attachment_id, out, (force, resume)).await;
             (conn, r)
         }
         Command::Url {

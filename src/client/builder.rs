@@ -159,6 +159,11 @@ impl GatewayClient {
         self.inner.clone()
     }
 
+    /// How many more times a failed call (or a broken download) is tried.
+    pub(super) fn retries(&self) -> u32 {
+        self.retries
+    }
+
     /// Runs a call again while the gateway says a retry is safe, at most
     /// `retries` more times, waiting its RetryInfo delay (else 200 ms, doubling).
     pub(super) async fn retrying<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>

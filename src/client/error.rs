@@ -23,6 +23,9 @@ pub struct ClientError {
     pub retry_after: Option<Duration>,
     /// The fields the gateway named (BadRequest), as (field, description).
     pub field_violations: Vec<(String, String)>,
+    /// `ErrorInfo.metadata`, as (key, value): what the gateway said of the
+    /// failure (e.g. `size_bytes` of an offset past the end); see [`Self::detail`].
+    pub metadata: Vec<(String, String)>,
 }
 
 impl ClientError {
@@ -39,6 +42,14 @@ impl ClientError {
             )
     }
 
+    /// One `ErrorInfo.metadata` value the gateway sent, by key.
+    pub fn detail(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     pub fn local(code: Code, message: impl Into<String>) -> Self {
         Self {
             code,
@@ -47,6 +58,7 @@ impl ClientError {
             retry_safe: false,
             retry_after: None,
             field_violations: Vec::new(),
+            metadata: Vec::new(),
         }
     }
 }
@@ -73,6 +85,13 @@ impl From<Status> for ClientError {
                         .iter()
                         .map(|v| (v.field.clone(), v.description.clone()))
                         .collect()
+                })
+                .unwrap_or_default(),
+            metadata: info
+                .map(|i| {
+                    let mut m: Vec<(String, String)> = i.metadata.clone().into_iter().collect();
+                    m.sort();
+                    m
                 })
                 .unwrap_or_default(),
         }

@@ -21,11 +21,11 @@ pub async fn check_status(resp: reqwest::Response) -> Result<reqwest::Response, 
     ))))
 }
 
-/// As [`check_status`], without reading the body of a non-200 answer (one that
-/// may quote what must not be passed on).
+/// As [`check_status`] (a 206 with a range passes too), without reading the
+/// body of another answer (one that may quote what must not be passed on).
 pub fn check_status_quietly(resp: reqwest::Response) -> Result<reqwest::Response, UpstreamError> {
     let status = resp.status();
-    if status == StatusCode::OK {
+    if status == StatusCode::OK || status == StatusCode::PARTIAL_CONTENT {
         return Ok(resp);
     }
     Err(UpstreamError::Api(Box::new(error::parse_error_body(

@@ -58,6 +58,10 @@ pub enum UpstreamError {
     /// The upstream answered 200 with a body the gateway cannot read.
     #[error("the upstream's answer is unreadable: {0}")]
     Protocol(String),
+    /// A download's offset is at or past the end of the file (the link host
+    /// answered 416, or the file is shorter); `size` when the host said it.
+    #[error("the offset is at or past the end of the file{}", .size.map(|s| format!(" ({s} bytes)")).unwrap_or_default())]
+    RangeNotSatisfiable { size: Option<u64> },
 }
 
 /// A non-200 answer, with what its body says when it says anything.

@@ -371,11 +371,14 @@ impl Upstream {
         answers::parse_download_link(&self.ok_body(resp).await?, asked_at)
     }
 
-    /// Opens the link's bytes, without the bearer token (the link is its own key).
+    /// Opens the link's bytes, without the bearer token (the link is its own
+    /// key); from `range.0` on, at most `range.1` bytes, when asked (`Range`:
+    /// a host that does not serve ranges answers 200 with the whole file).
     pub async fn open_download(
         &self,
         link: &DownloadLink,
         deadline: Instant,
+        range: Option<(u64, Option<u64>)>,
     ) -> Result<reqwest::Response, UpstreamError> {
         let url = reqwest::Url::parse(link.url.expose())
             .map_err(|_| UpstreamError::Protocol("the download link is not a valid URL".into()))?;
@@ -385,14 +388,27 @@ impl Upstream {
         })?;
         let resp = self
             .with_read_retries(deadline, || {
-                self.send(
-                    &self.download,
-                    "download",
-                    self.download.get(link.url.expose()),
-                    false,
-                )
+                let mut get = self.download.get(link.url.expose());
+                if let Some((from, limit)) = range {
+                    let last = limit
+                        .filter(|n| *n > 0)
+                        .map(|n| from.saturating_add(n - 1).to_string())
+                        .unwrap_or_default();
+                    get = get.header(header::RANGE, format!("bytes={from}-{last}"));
+                }
+                self.send(&self.download, "download", get, false)
             })
             .await?;
+        if resp.status() == StatusCode::RANGE_NOT_SATISFIABLE {
+            // `Content-Range: bytes */<size>`.
+            let size = resp
+                .headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().strip_prefix("bytes */"))
+                .and_then(|n| n.trim().parse().ok());
+            return Err(UpstreamError::RangeNotSatisfiable { size });
+        }
         // Classified by its status alone: a storage host's error body can quote
         // the signed request (key id, signature), so it is neither read nor
         // passed on.

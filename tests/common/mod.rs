@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod link_host;
 pub mod lossy;
 pub mod notify;
 pub mod proxy;

@@ -879,6 +879,141 @@ async fn cli_download_interrupted_leaves_nothing_behind() {
     );
 }
 
+/// Runs `download` of work order `wo`'s `id` in `dir`, off the runtime's
+/// threads (the gateway it talks to runs on them).
+async fn cli_download(
+    addr: std::net::SocketAddr,
+    wo: i64,
+    id: &str,
+    args: &[&str],
+    dir: &std::path::Path,
+) -> (i32, String, String) {
+    let mut c = gateway();
+    c.arg("download")
+        .args(["--addr", &format!("http://{addr}")])
+        .args(["--work-order", &wo.to_string(), id])
+        .args(args)
+        .current_dir(dir);
+    tokio::task::spawn_blocking(move || output(&mut c))
+        .await
+        .expect("join")
+}
+
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `download --resume` keeps what a failed run received and continues from
+/// its last byte; without it a failed run leaves nothing behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_download_resume_continues_a_kept_partial_file() {
+    use crate::common::link_host::{Cut, LinkHost};
+    let data = crate::common::pattern(1_000_000, 6);
+    let host = LinkHost::start(data.clone(), true).await;
+    let gw = crate::common::Gateway::start(crate::common::settings_for(&host.uri)).await;
+    let dir = crate::common::scratch("cli-resume");
+    let d = dir.path();
+    let breaks = || {
+        [
+            Cut::After(400_000),
+            Cut::After(0),
+            Cut::After(0),
+            Cut::After(0),
+        ]
+    };
+
+    // Without --resume: the run fails, nothing is kept.
+    host.cut_next(breaks());
+    let (code, _, err) = cli_download(gw.addr, 7, "x", &[], d).await;
+    assert_ne!(code, 0, "{err}");
+    assert!(names_in(d).is_empty(), "{:?}", names_in(d));
+    host.heal();
+
+    // With --resume: the bytes received are kept, and the error says where.
+    host.cut_next(breaks());
+    let (code, _, err) = cli_download(gw.addr, 7, "x", &["--resume"], d).await;
+    assert_ne!(code, 0, "{err}");
+    assert_eq!(names_in(d), vec![".attachment-7-x.part".to_string()]);
+    assert!(
+        err.contains(".attachment-7-x.part") && err.contains("--resume"),
+        "{err}"
+    );
+    let kept = std::fs::read(d.join(".attachment-7-x.part")).expect("partial");
+    assert!(
+        kept == data[..400_000],
+        "the first 400000 bytes, {} kept",
+        kept.len()
+    );
+    host.heal();
+
+    // Again with --resume: from byte 400000, into its own name, the partial gone.
+    let before = host.ranges_asked().len();
+    let (code, out, err) = cli_download(gw.addr, 7, "x", &["--resume"], d).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("blob.bin"), "{out}");
+    assert_eq!(
+        host.ranges_asked()[before..],
+        [Some("bytes=400000-".to_string())],
+        "one request, from the kept length"
+    );
+    assert_eq!(names_in(d), vec!["blob.bin".to_string()]);
+    assert!(std::fs::read(d.join("blob.bin")).expect("file") == data);
+
+    // No-clobber still holds: the finished file is not replaced, the new
+    // partial is kept for a run with --force or --out.
+    let (code, _, err) = cli_download(gw.addr, 7, "x", &["--resume"], d).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--force"), "{err}");
+    assert!(std::fs::read(d.join("blob.bin")).expect("file") == data);
+    let (code, _, err) = cli_download(gw.addr, 7, "x", &["--resume", "--out", "-"], d).await;
+    assert_eq!(code, 2, "standard output cannot be resumed: {err}");
+}
+
+/// A kept partial file that already holds every byte is finished from the
+/// list; one longer than the attachment is refused, and left for the user.
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_download_resume_of_a_complete_or_foreign_partial_file() {
+    let h = crate::common::with_sandbox().await;
+    let mut c = h.gateway.client();
+    let data = crate::common::pattern(50_000, 8);
+    let msgs =
+        crate::common::upload_messages(crate::common::metadata(1001, "done.bin"), &data, 16 * 1024);
+    let id = c
+        .upload_attachment(tokio_stream::iter(msgs))
+        .await
+        .expect("upload")
+        .into_inner()
+        .attachment_id;
+    let dir = crate::common::scratch("cli-resume-done");
+    let d = dir.path();
+    let part = d.join(format!(".attachment-1001-{id}.part"));
+    std::fs::write(&part, &data).expect("write");
+    let (code, _, err) = cli_download(h.gateway.addr, 1001, &id, &["--resume"], d).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(names_in(d), vec!["done.bin".to_string()]);
+    assert!(std::fs::read(d.join("done.bin")).expect("file") == data);
+
+    let mut longer = data.clone();
+    longer.extend_from_slice(b"more");
+    std::fs::write(&part, &longer).expect("write");
+    let (code, _, err) = cli_download(
+        h.gateway.addr,
+        1001,
+        &id,
+        &["--resume", "--out", "again.bin"],
+        d,
+    )
+    .await;
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("not a part of this attachment"), "{err}");
+    assert_eq!(std::fs::read(&part).expect("kept").len(), longer.len());
+}
+
 #[test]
 fn webhook_settings_say_what_verification_needs() {
     let creds = [

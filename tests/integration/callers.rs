@@ -273,6 +273,7 @@ async fn downloads_are_bounded_per_caller_and_in_all() {
             DownloadAttachmentRequest {
                 work_order_id: 1005,
                 attachment_id: up.attachment_id.clone(),
+                ..Default::default()
             },
         )
     };

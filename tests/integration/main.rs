@@ -16,6 +16,7 @@ mod auth;
 mod binary;
 mod callers;
 mod client_lib;
+mod downloads;
 mod events;
 mod exactly_once;
 mod grpcurl;

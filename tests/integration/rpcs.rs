@@ -120,6 +120,7 @@ async fn upload_list_download_update_delete() {
         .download_attachment(DownloadAttachmentRequest {
             work_order_id: 1002,
             attachment_id: up.attachment_id.clone(),
+            ..Default::default()
         })
         .await
         .expect("download")
@@ -360,6 +361,7 @@ async fn an_expired_link_is_refused_by_the_download_host() {
         .download_attachment(DownloadAttachmentRequest {
             work_order_id: 1001,
             attachment_id: "3f2b8c1e-5d4a-4e7b-9c61-0a1b2c3d4e5f".into(),
+            ..Default::default()
         })
         .await
         .expect("download")

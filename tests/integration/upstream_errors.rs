@@ -540,6 +540,7 @@ async fn the_download_host_never_gets_the_bearer_token() {
         .download_attachment(DownloadAttachmentRequest {
             work_order_id: 7,
             attachment_id: "abc".into(),
+            ..Default::default()
         })
         .await
         .expect("download")
@@ -582,6 +583,7 @@ async fn a_download_that_breaks_off_ends_with_an_error() {
         .download_attachment(DownloadAttachmentRequest {
             work_order_id: 7,
             attachment_id: "x".into(),
+            ..Default::default()
         })
         .await
         .expect_err("404 from storage");
@@ -638,6 +640,7 @@ async fn streaming_error_paths_carry_details() {
         .download_attachment(DownloadAttachmentRequest {
             work_order_id: 7,
             attachment_id: "x".into(),
+            ..Default::default()
         })
         .await
         .expect("the download starts")
@@ -844,6 +847,7 @@ async fn download_links_are_held_to_the_link_policy() {
                 .download_attachment(DownloadAttachmentRequest {
                     work_order_id: wo,
                     attachment_id: "x".into(),
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();
@@ -941,6 +945,7 @@ async fn a_download_hosts_error_answer_is_not_passed_on() {
         .download_attachment(DownloadAttachmentRequest {
             work_order_id: 7,
             attachment_id: "abc".into(),
+            ..Default::default()
         })
         .await
         .expect_err("refused");

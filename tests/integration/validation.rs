@@ -377,6 +377,7 @@ async fn unary_requests_are_validated() {
         .download_attachment(DownloadAttachmentRequest {
             work_order_id: 1001,
             attachment_id: "a".repeat(37),
+            ..Default::default()
         })
         .await
         .expect_err("id");

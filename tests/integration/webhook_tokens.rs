@@ -334,6 +334,7 @@ async fn a_download_past_the_upload_limit_states_its_whole_size() {
         .download_attachment(DownloadAttachmentRequest {
             work_order_id: 7,
             attachment_id: "big".into(),
+            ..Default::default()
         })
         .await
         .expect("download")

@@ -80,6 +80,7 @@ pub(super) fn code(e: &UpstreamError) -> Code {
         UpstreamError::CredentialsRejected(_) | UpstreamError::Protocol(_) => Code::Internal,
         UpstreamError::LinkRefused(_) => Code::FailedPrecondition,
         UpstreamError::Timeout => Code::DeadlineExceeded,
+        UpstreamError::RangeNotSatisfiable { .. } => Code::OutOfRange,
     }
 }
 
@@ -95,6 +96,7 @@ pub(super) fn reason(e: &UpstreamError) -> &'static str {
         UpstreamError::Transport(_) => "UPSTREAM_CONNECTION_FAILED",
         UpstreamError::LinkRefused(_) => "DOWNLOAD_LINK_REFUSED",
         UpstreamError::Protocol(_) => "UPSTREAM_BAD_ANSWER",
+        UpstreamError::RangeNotSatisfiable { .. } => "OFFSET_PAST_END",
     }
 }
 
@@ -111,7 +113,8 @@ pub fn nothing_applied(e: &UpstreamError) -> bool {
         | UpstreamError::CredentialsRejected(_)
         | UpstreamError::TokenRejected
         | UpstreamError::Connect(_)
-        | UpstreamError::LinkRefused(_) => true,
+        | UpstreamError::LinkRefused(_)
+        | UpstreamError::RangeNotSatisfiable { .. } => true,
     }
 }
 
@@ -130,6 +133,7 @@ pub(super) fn retry_after(e: &UpstreamError, read: bool) -> Option<Duration> {
         UpstreamError::CredentialsRejected(_)
         | UpstreamError::Timeout
         | UpstreamError::LinkRefused(_)
+        | UpstreamError::RangeNotSatisfiable { .. }
         | UpstreamError::Protocol(_) => None,
     }
 }
@@ -159,6 +163,10 @@ pub(super) fn metadata(e: &UpstreamError, meta: &mut HashMap<String, String>) {
         UpstreamError::LinkRefused(r) => {
             put("host", r.host.clone());
         }
+        UpstreamError::RangeNotSatisfiable { size: Some(s) } => {
+            put("size_bytes", s.to_string());
+        }
+        UpstreamError::RangeNotSatisfiable { size: None } => {}
         UpstreamError::TokenRejected
         | UpstreamError::Timeout
         | UpstreamError::Connect(_)

@@ -389,5 +389,41 @@ async fn file(
     )) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
-    (StatusCode::OK, h, a.bytes).into_response()
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // `Range: bytes=<first>-[<last>]`, as object storage serves it.
+    let len = a.bytes.len() as u64;
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+        .and_then(|v| v.split_once('-'))
+        .and_then(|(f, l)| {
+            let first: u64 = f.trim().parse().ok()?;
+            let last = match l.trim() {
+                "" => len.saturating_sub(1),
+                l => l.parse::<u64>().ok()?.min(len.saturating_sub(1)),
+            };
+            Some((first, last))
+        });
+    match range {
+        // No range, or one that reads backwards (ignored, as RFC 9110 says).
+        None => (StatusCode::OK, h, a.bytes).into_response(),
+        Some((first, last)) if last < first && first < len => {
+            (StatusCode::OK, h, a.bytes).into_response()
+        }
+        Some((first, _)) if first >= len => {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+            (StatusCode::RANGE_NOT_SATISFIABLE, h).into_response()
+        }
+        Some((first, last)) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {first}-{last}/{len}")) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+            let part = a.bytes.slice(first as usize..=last.max(first) as usize);
+            (StatusCode::PARTIAL_CONTENT, h, part).into_response()
+        }
+    }
 }
