@@ -36,6 +36,11 @@ const QUEUED_CHUNKS: usize = 2;
 /// before the upload (taken while the bytes stream), at most.
 const LIST_BEFORE_WAIT: Duration = Duration::from_secs(5);
 
+/// Tries `listed` makes at most: the list from before an upload is what tells
+/// its attachment from an older identical one should its answer be lost, so a
+/// failed one is asked again while time remains (a read; at most twice more).
+const LIST_BEFORE_TRIES: u32 = 3;
+
 /// What the work order holds now (its attachments' typed fields), within
 /// `within`; `None` when it cannot be had.
 pub(super) async fn listed(
@@ -44,19 +49,27 @@ pub(super) async fn listed(
     within: Duration,
 ) -> Option<Vec<UpstreamAttachment>> {
     let deadline = Instant::now() + within;
-    match tokio::time::timeout_at(
-        deadline,
-        upstream.list(work_order, ListView::Basic, deadline),
-    )
-    .await
-    {
-        Ok(Ok(l)) => Some(l),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "the work order's attachments could not be listed");
-            None
+    let mut pause = Duration::from_millis(200);
+    for attempt in 1..=LIST_BEFORE_TRIES {
+        match tokio::time::timeout_at(
+            deadline,
+            upstream.list(work_order, ListView::Basic, deadline),
+        )
+        .await
+        {
+            Ok(Ok(l)) => return Some(l),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, attempt, "the work order's attachments could not be listed");
+            }
+            Err(_) => return None,
         }
-        Err(_) => None,
+        if Instant::now() + pause >= deadline {
+            return None;
+        }
+        tokio::time::sleep(pause).await;
+        pause *= 2;
     }
+    None
 }
 
 impl Uploads {
