@@ -98,18 +98,34 @@ pub(crate) fn served(
                     "a partial download without a readable Content-Range".into(),
                 )
             })?;
-        if first > offset {
-            return Err(UpstreamError::Protocol(format!(
-                "the link host served bytes from {first}, not from {offset}"
-            )));
+        let lie = |what: String| Err(UpstreamError::Protocol(what));
+        // The range must start at or before the offset, reach it, lie within
+        // the total it states, and be the body's length when one is stated.
+        if first > offset || last < offset {
+            return lie(format!(
+                "the link host served bytes {first}-{last}, which do not start at {offset}"
+            ));
         }
-        let skip = offset - first;
+        if total.is_some_and(|t| last >= t) {
+            return lie(format!(
+                "the link host served bytes {first}-{last} of a file it says is shorter"
+            ));
+        }
+        let Some(span) = (last - first).checked_add(1) else {
+            return lie("the link host's Content-Range is out of bounds".into());
+        };
+        if body_length.is_some_and(|b| b != span) {
+            return lie(format!(
+                "the link host's Content-Length is not the {span} bytes its Content-Range states"
+            ));
+        }
+        // `last >= offset`: at least one byte from the offset on.
         let have = last - offset + 1;
         return Ok(Served {
-            skip,
+            skip: offset - first,
             offset,
             limit: Some(limit.map_or(have, |l| l.min(have))),
-            body_length: body_length.or(Some(last - first + 1)),
+            body_length: Some(span),
             total,
         });
     }
@@ -136,10 +152,8 @@ impl Served {
             .total
             .map(|t| t.saturating_sub(self.offset))
             .or_else(|| self.body_length.map(|b| b.saturating_sub(self.skip)));
-        match (rest, self.limit) {
-            (Some(r), Some(l)) => Some(r.min(l)),
-            (r, l) => r.or(l),
-        }
+        // Unknown when the rest of the file is: a limit alone is an upper bound.
+        rest.map(|r| self.limit.map_or(r, |l| r.min(l)))
     }
 }
 
@@ -255,6 +269,8 @@ impl Downloads {
             piece: Bytes::new(),
             chunk_size: self.chunk_bytes,
             received: 0,
+            sent: 0,
+            offset,
             skip: served.skip,
             left: served.limit,
             body_length: served.body_length,
@@ -280,6 +296,10 @@ struct Pump {
     chunk_size: usize,
     /// Bytes read from the body.
     received: u64,
+    /// Bytes handed on to the caller.
+    sent: u64,
+    /// The offset the caller asked for.
+    offset: u64,
     /// Bytes still to drop from the body's start.
     skip: u64,
     /// Bytes still to send, when limited.
@@ -358,6 +378,7 @@ impl Stream for Pump {
                 Some(Ok(bytes)) => {
                     this.received += bytes.len() as u64;
                     let kept = this.keep(bytes);
+                    this.sent += kept.len() as u64;
                     this.metrics.download_bytes.inc_by(kept.len() as u64);
                     this.piece = kept;
                 }
@@ -370,9 +391,9 @@ impl Stream for Pump {
                     return this.fail(e);
                 }
                 None => {
-                    // A whole file (of no stated length) that ends before
-                    // the offset asked for: the offset is past its end.
-                    if this.skip > 0 {
+                    // A whole file (of no stated length) that ends at or
+                    // before the offset asked for: the offset is past its end.
+                    if this.skip > 0 || (this.offset > 0 && this.sent == 0) {
                         let size = Some(this.received);
                         return this.fail(Error::upstream(
                             UpstreamError::RangeNotSatisfiable { size },
@@ -428,9 +449,22 @@ mod tests {
         let s = served(S::PARTIAL_CONTENT, &h, None, 10, 5).expect("served");
         assert_eq!((s.skip, s.limit, s.total), (10, Some(5), None));
         assert_eq!(s.length(), Some(5));
-        // One that starts later than asked, or says nothing readable, lies.
-        let late = headers(&[("content-range", "bytes 20-999/1000")]);
-        assert!(served(S::PARTIAL_CONTENT, &late, None, 10, 0).is_err());
+        // A range that does not reach the offset, starts later, overflows,
+        // passes its own total or disagrees with the body's length: lies.
+        for (range, length, offset) in [
+            ("bytes 20-999/1000", None, 10),
+            ("bytes 0-9/1000", None, 10),
+            ("bytes 0-8/1000", None, 10),
+            ("bytes 0-18446744073709551615/*", None, 10),
+            ("bytes 0-1000/1000", None, 10),
+            ("bytes 0-999/1000", Some(999), 10),
+        ] {
+            let h = headers(&[("content-range", range)]);
+            assert!(
+                served(S::PARTIAL_CONTENT, &h, length, offset, 0).is_err(),
+                "{range} {length:?}"
+            );
+        }
         for bad in ["", "bytes */1000", "bytes 9-3/10", "items 0-1/2"] {
             let h = headers(&[("content-range", bad)]);
             assert!(served(S::PARTIAL_CONTENT, &h, None, 0, 0).is_err(), "{bad}");
@@ -453,9 +487,12 @@ mod tests {
             served(S::OK, &HeaderMap::new(), Some(1000), 1000, 0),
             Err(UpstreamError::RangeNotSatisfiable { size: Some(1000) })
         ));
-        // No stated length: the body's end tells.
+        // No stated length: the body's end tells, and a limit alone does not
+        // say how many bytes come.
         let s = served(S::OK, &HeaderMap::new(), None, 300, 0).expect("served");
         assert_eq!((s.skip, s.length()), (300, None));
+        let s = served(S::OK, &HeaderMap::new(), None, 300, 50).expect("served");
+        assert_eq!(s.length(), None);
     }
 
     #[test]

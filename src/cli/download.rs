@@ -65,52 +65,92 @@ impl Drop for Partial {
 }
 
 /// The partial file `--resume` keeps for `attachment_id` of `work_order` in
-/// `dir`: a name of its own, made of characters safe anywhere.
+/// `dir`: one name per attachment and one attachment per name. An id of
+/// lowercase letters, digits and `-` (the upstream's UUIDs) is used as it is;
+/// any other is written in hex after a `_`, which the first form never holds.
 pub fn resume_path(dir: &Path, work_order: i64, attachment_id: &str) -> PathBuf {
-    let id: String = attachment_id
-        .chars()
-        .take(128)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    dir.join(format!(".attachment-{work_order}-{id}.part"))
+    let plain = !attachment_id.is_empty()
+        && attachment_id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let id = if plain {
+        format!("-{attachment_id}")
+    } else {
+        format!("_{}", hex::encode(attachment_id.as_bytes()))
+    };
+    dir.join(format!(".attachment-{work_order}{id}.part"))
+}
+
+/// A partial file this run may write: opened without following a symbolic
+/// link, a regular file of this user's with one name, that nobody else may
+/// write (a folder shared with others cannot plant one).
+fn open_checked(path: &Path, resume: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    if resume {
+        o.read(true).create(true);
+    } else {
+        o.create_new(true);
+    }
+    let f = o.open(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            std::io::Error::new(e.kind(), "it is a symbolic link; refused")
+        } else {
+            e
+        }
+    })?;
+    let m = f.metadata()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let refuse = |why: &str| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            why.to_string(),
+        ))
+    };
+    if !m.file_type().is_file() {
+        return refuse("it is not a regular file; refused");
+    }
+    if m.uid() != me || m.nlink() != 1 || m.mode() & 0o022 != 0 {
+        return refuse(
+            "it is not a file of this user's alone (another owner, another name, or writable by others); refused",
+        );
+    }
+    Ok(f)
+}
+
+/// The partial file opened: written through `file` (positioned at its end),
+/// locked (with `--resume`) through `lock` until dropped, holding `len` bytes.
+struct Opened {
+    file: tokio::fs::File,
+    lock: Option<std::fs::File>,
+    len: u64,
 }
 
 /// Opens the partial file: a fresh one under a random name, or (`resume`) the
-/// kept one, created when missing, locked against a second run. Returns the
-/// file, positioned at its end, and the bytes it holds.
-fn open_partial(path: &Path, resume: bool) -> std::io::Result<(tokio::fs::File, u64)> {
-    let mut o = std::fs::OpenOptions::new();
-    if resume {
-        o.read(true).write(true).create(true);
-    } else {
-        o.write(true).create_new(true);
-    }
-    let f = o.open(path)?;
-    if resume {
+/// kept one, created when missing, locked against a second run.
+fn open_partial(path: &Path, resume: bool) -> std::io::Result<Opened> {
+    let mut f = open_checked(path, resume)?;
+    let lock = if resume {
         f.try_lock().map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::WouldBlock,
                 "another download is writing this partial file",
             )
         })?;
-    }
-    let len = f.metadata()?.len();
-    let mut f = tokio::fs::File::from_std(f);
-    if len > 0 {
-        // Appending from here; a std seek on the owned file is immediate.
-        let mut std_f = f
-            .try_into_std()
-            .map_err(|_| std::io::Error::other("file busy"))?;
-        std::io::Seek::seek(&mut std_f, std::io::SeekFrom::End(0))?;
-        f = tokio::fs::File::from_std(std_f);
-    }
-    Ok((f, len))
+        // The lock is the open file's: a second handle keeps it held until
+        // the file is in place, after the writer is closed.
+        Some(f.try_clone()?)
+    } else {
+        None
+    };
+    let len = std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0))?;
+    Ok(Opened {
+        file: tokio::fs::File::from_std(f),
+        lock,
+        len,
+    })
 }
 
 /// Downloads into a file (or folder) under a temporary name, then moves it into
@@ -159,7 +199,11 @@ pub async fn to_file(
     } else {
         dir.join(format!(".attachment-{}.part", uuid::Uuid::new_v4()))
     };
-    let (mut out, have) = open_partial(&tmp, resume).map_err(|e| {
+    let Opened {
+        file: mut out,
+        lock: _lock,
+        len: have,
+    } = open_partial(&tmp, resume).map_err(|e| {
         ClientError::local(
             Code::InvalidArgument,
             format!("cannot write {}: {e}", tmp.display()),
@@ -169,7 +213,14 @@ pub async fn to_file(
         path: tmp.clone(),
         keep: resume,
     };
-    let kept = |what: &str| {
+    // With --resume, a failed run keeps what it received (an empty file is
+    // not worth keeping) and says where.
+    let kept = |partial: &mut Partial, what: &str| {
+        let empty = std::fs::metadata(&tmp).map_or(true, |m| m.len() == 0);
+        if empty {
+            partial.keep = false;
+            return what.to_string();
+        }
         format!(
             "{what}; the partial download is kept in {} (run again with --resume to continue)",
             tmp.display()
@@ -193,7 +244,8 @@ pub async fn to_file(
             // A partial file that is not this attachment's says so itself.
             Err(e) if resume && e.code == Code::FailedPrecondition => return Err(e),
             Err(mut e) if resume && e.code != Code::NotFound => {
-                e.message = kept(&e.message);
+                drop(out);
+                e.message = kept(&mut partial, &e.message);
                 return Err(e);
             }
             Err(e) => {
@@ -203,7 +255,7 @@ pub async fn to_file(
         },
         _ = tokio::signal::ctrl_c() => {
             drop(out);
-            let m = if resume { kept("interrupted") } else { "interrupted; nothing was kept".into() };
+            let m = if resume { kept(&mut partial, "interrupted") } else { "interrupted; nothing was kept".into() };
             return Err(ClientError::local(Code::Cancelled, m));
         }
     };
@@ -216,7 +268,7 @@ pub async fn to_file(
             Ok((meta, dest))
         }
         Err(mut e) if resume => {
-            e.message = kept(&e.message);
+            e.message = kept(&mut partial, &e.message);
             Err(e)
         }
         Err(e) => {
@@ -227,8 +279,9 @@ pub async fn to_file(
 }
 
 /// A kept partial file that already holds `have` bytes, and the gateway says
-/// the attachment has no byte past them: complete when its listed size is
-/// exactly that (a longer partial file is not this attachment's).
+/// the attachment has no byte past them: complete when the attachment's size
+/// (from the gateway's answer, else the list) is exactly that; a longer
+/// partial file is not this attachment's.
 async fn complete_already(
     client: &GatewayClient,
     work_order: i64,
@@ -236,24 +289,38 @@ async fn complete_already(
     have: u64,
     past_end: &ClientError,
 ) -> Result<Attachment, ClientError> {
-    let size = past_end
-        .detail("size_bytes")
-        .and_then(|s| s.parse::<u64>().ok());
     let listed = client
         .list(work_order)
         .await?
         .into_iter()
-        .find(|a| a.attachment_id == attachment_id);
-    match (size, listed) {
-        (Some(size), Some(a)) if size == have => Ok(Attachment {
+        .find(|a| a.attachment_id == attachment_id)
+        .ok_or_else(|| {
+            ClientError::local(
+                Code::NotFound,
+                format!(
+                    "attachment {attachment_id} is no longer listed on work order {work_order}"
+                ),
+            )
+        })?;
+    let size = past_end
+        .detail("size_bytes")
+        .and_then(|s| s.parse::<u64>().ok())
+        .or((listed.size_bytes > 0).then_some(listed.size_bytes));
+    match size {
+        Some(size) if size == have => Ok(Attachment {
             size_bytes: size,
-            ..a
+            ..listed
         }),
-        (size, _) => Err(ClientError::local(
+        Some(size) => Err(ClientError::local(
             Code::FailedPrecondition,
             format!(
-                "the partial file holds {have} bytes but the attachment has {}: it is not a part of this attachment; remove it and download again",
-                size.map_or_else(|| "fewer".to_string(), |s| s.to_string())
+                "the partial file holds {have} bytes but the attachment has {size}: it is not a part of this attachment; remove it and download again"
+            ),
+        )),
+        None => Err(ClientError::local(
+            Code::FailedPrecondition,
+            format!(
+                "the partial file holds {have} bytes and neither the gateway nor the list says the attachment's size, so whether it is complete cannot be told; remove it and download again"
             ),
         )),
     }
@@ -289,6 +356,32 @@ fn place(tmp: &Path, dest: &Path, force: bool) -> Result<(), ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_partial_file_name_per_attachment() {
+        let d = Path::new("/d");
+        let name = |wo, id| resume_path(d, wo, id).display().to_string();
+        assert_eq!(
+            name(7, "0f8e7a52-1b2c-4d3e-9f00-aa11bb22cc33"),
+            "/d/.attachment-7-0f8e7a52-1b2c-4d3e-9f00-aa11bb22cc33.part"
+        );
+        // Ids that a character-for-character cleaning would merge stay apart,
+        // and none leaves the folder.
+        let ids = ["a.b", "a_b", "a/b", "A-b", "a-b", "../x", "61-62", "_6162"];
+        let names: std::collections::HashSet<String> = ids.iter().map(|i| name(7, i)).collect();
+        assert_eq!(names.len(), ids.len(), "{names:?}");
+        assert!(
+            names
+                .iter()
+                .all(|n| n.starts_with("/d/.attachment-7") && !n[3..].contains('/'))
+        );
+        assert_ne!(name(7, "x"), name(70, "x"));
+        assert_ne!(
+            name(7, "1-x"),
+            name(71, "x"),
+            "the work order and the id do not run together"
+        );
+    }
 
     #[test]
     fn names_from_the_gateway_stay_in_their_folder() {

@@ -16,6 +16,18 @@ use crate::proto::{Attachment, DownloadAttachmentRequest};
 /// The longest wait before a broken download is opened again.
 const RESUME_MAX_BACKOFF: Duration = Duration::from_secs(10);
 
+/// An attempt that brings fewer bytes than this (and does not finish) counts
+/// as one without progress: a link that breaks after every few bytes is not
+/// followed byte by byte.
+const MIN_PROGRESS: u64 = 256 * 1024;
+
+/// Streams opened for one download at most, whatever their progress.
+const MAX_STREAMS: u32 = 100;
+
+/// The reason of an error writing the download locally: never resumed (the
+/// bytes counted may not all be on disk).
+pub const LOCAL_WRITE_FAILED: &str = "LOCAL_WRITE_FAILED";
+
 /// Whether a download that ended with `e` can be opened again where it broke.
 fn resumable(e: &ClientError) -> bool {
     matches!(
@@ -27,7 +39,16 @@ fn resumable(e: &ClientError) -> bool {
             | Code::Unknown
             | Code::Cancelled
             | Code::Internal
-    ) && e.reason.as_deref() != Some("GATEWAY_INTERNAL")
+    ) && !matches!(
+        e.reason.as_deref(),
+        Some("GATEWAY_INTERNAL" | LOCAL_WRITE_FAILED | "RANGE_NOT_SERVED")
+    )
+}
+
+fn local_write(e: std::io::Error) -> ClientError {
+    let mut err = ClientError::local(Code::Internal, format!("writing the download: {e}"));
+    err.reason = Some(LOCAL_WRITE_FAILED.into());
+    err
 }
 
 /// What a download has got so far.
@@ -76,11 +97,13 @@ impl GatewayClient {
             meta: None,
             total: None,
         };
-        let mut failures = 0;
+        // Attempts in a row that brought no progress, and streams opened.
+        let (mut stalled, mut streams) = (0u32, 0u32);
         let mut backoff = Duration::from_millis(200);
         loop {
             let before = got.at;
-            match self
+            streams += 1;
+            let e = match self
                 .download_once(
                     work_order_id,
                     attachment_id,
@@ -91,17 +114,25 @@ impl GatewayClient {
                 .await
             {
                 Ok(()) => break,
-                Err(e) if resumable(&e) && failures < self.retries() => {
-                    // A stream that brought bytes starts the count again.
-                    failures = if got.at > before { 1 } else { failures + 1 };
-                    let wait = e.retry_after.unwrap_or(backoff).min(RESUME_MAX_BACKOFF);
-                    tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(RESUME_MAX_BACKOFF);
-                }
-                Err(e) => return Err(e),
+                Err(e) => e,
+            };
+            if got.at - before >= MIN_PROGRESS {
+                stalled = 0;
+                backoff = Duration::from_millis(200);
+            } else {
+                stalled += 1;
             }
+            if !resumable(&e) || stalled > self.retries() || streams >= MAX_STREAMS {
+                return Err(e);
+            }
+            // Bytes written before the break must be on their way to disk
+            // before more are appended after them.
+            writer.flush().await.map_err(local_write)?;
+            let wait = e.retry_after.unwrap_or(backoff).min(RESUME_MAX_BACKOFF);
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(RESUME_MAX_BACKOFF);
         }
-        writer.flush().await?;
+        writer.flush().await.map_err(local_write)?;
         let meta = got
             .meta
             .ok_or_else(|| ClientError::local(Code::Internal, "the download sent no metadata"))?;
@@ -142,6 +173,9 @@ impl GatewayClient {
             self.timeout * 10,
         );
         let mut stream = c.download_attachment(req).await?.into_inner();
+        // Where this stream should end, once its range says.
+        let mut end: Option<u64> = None;
+        let mut ranged = false;
         while let Some(msg) = stream.message().await? {
             if let Some(r) = msg.range {
                 if r.offset != got.at {
@@ -153,21 +187,36 @@ impl GatewayClient {
                         ),
                     ));
                 }
+                ranged = true;
                 if r.total_size > 0 {
                     got.total = Some(r.total_size);
                 }
+                end = (r.length > 0)
+                    .then(|| r.offset.saturating_add(r.length))
+                    .or(got.total);
             }
             match msg.payload {
                 Some(Down::Metadata(m)) => {
                     if got.total.is_none() && m.size_bytes > 0 && got.at == 0 {
                         got.total = Some(m.size_bytes);
+                        end = end.or(got.total);
                     }
                     if got.meta.is_none() {
                         got.meta = Some(m);
                     }
                 }
                 Some(Down::Chunk(b)) => {
-                    writer.write_all(&b).await?;
+                    // From an offset, only a gateway that says it serves the
+                    // range can be appended to what is there.
+                    if got.at > 0 && !ranged {
+                        let mut e = ClientError::local(
+                            Code::FailedPrecondition,
+                            "the gateway does not serve downloads from an offset (an older version?): nothing was appended",
+                        );
+                        e.reason = Some("RANGE_NOT_SERVED".into());
+                        return Err(e);
+                    }
+                    writer.write_all(&b).await.map_err(local_write)?;
                     got.at += b.len() as u64;
                     if let Some(p) = progress.as_mut() {
                         p(got.at, got.total);
@@ -176,6 +225,13 @@ impl GatewayClient {
                 None => {}
             }
         }
-        Ok(())
+        // A clean end short of where the range said: a break like any other.
+        match end {
+            Some(end) if got.at < end => Err(ClientError::local(
+                Code::DataLoss,
+                format!("the stream ended at byte {} of {end}", got.at),
+            )),
+            _ => Ok(()),
+        }
     }
 }

@@ -24,6 +24,7 @@ mod upload;
 mod watch;
 
 pub use self::builder::{ClientBuilder, Credentials, DEFAULT_CHUNK_BYTES, GatewayClient};
+pub use self::download::LOCAL_WRITE_FAILED;
 pub use self::error::ClientError;
 pub use self::upload::{NewUpload, Progress, chunk, guess_mime};
 pub use self::watch::Watched;

@@ -64,6 +64,19 @@ pub enum UpstreamError {
     RangeNotSatisfiable { size: Option<u64> },
 }
 
+impl UpstreamError {
+    /// Whether asking again soon may get another answer: a 5xx or 429, a
+    /// connection that failed or was lost, no answer in time. Refusals (4xx,
+    /// credentials, an unreadable answer, an open breaker) are not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Api(a) => a.http_status >= 500 || a.http_status == 429,
+            Self::Timeout | Self::Connect(_) | Self::Transport(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// A non-200 answer, with what its body says when it says anything.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ApiError {

@@ -156,6 +156,12 @@ impl Upstream {
         })
     }
 
+    /// Takes one retry from the read retry budget (shared with the reads'
+    /// own retries): false when retries are being spent faster than calls.
+    pub fn take_read_retry(&self) -> bool {
+        self.retry_budget.withdraw()
+    }
+
     /// Runs a read, retrying transient failures (connection errors, 502/503/504)
     /// with exponential backoff and full jitter, while the retry budget, the
     /// deadline and `read_attempts` allow.

@@ -927,6 +927,32 @@ async fn cli_download_resume_continues_a_kept_partial_file() {
         ]
     };
 
+    // A partial file planted by someone else is refused, never written
+    // through: a symbolic link (to a file of the user's), or a file that
+    // others may write.
+    let part = d.join(".attachment-7-x.part");
+    let victim = d.join("victim.txt");
+    std::fs::write(&victim, b"mine").expect("write");
+    std::os::unix::fs::symlink(&victim, &part).expect("symlink");
+    let (code, _, err) = cli_download(gw.addr, 7, "x", &["--resume"], d).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read(&victim).expect("victim"), b"mine");
+    std::fs::remove_file(&part).expect("unlink");
+    std::fs::remove_file(&victim).expect("unlink");
+    std::fs::write(&part, b"planted").expect("write");
+    std::fs::set_permissions(&part, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .expect("chmod");
+    let (code, _, err) = cli_download(gw.addr, 7, "x", &["--resume"], d).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("writable by others"), "{err}");
+    assert_eq!(std::fs::read(&part).expect("planted"), b"planted");
+    std::fs::remove_file(&part).expect("unlink");
+    assert!(
+        host.ranges_asked().is_empty(),
+        "nothing was downloaded for them"
+    );
+
     // Without --resume: the run fails, nothing is kept.
     host.cut_next(breaks());
     let (code, _, err) = cli_download(gw.addr, 7, "x", &[], d).await;

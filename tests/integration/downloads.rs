@@ -145,10 +145,12 @@ async fn a_host_that_ignores_ranges_is_skipped_to_the_offset_by_the_gateway() {
         (r.offset, r.total_size, b.as_slice()),
         (199_990, 0, &data[199_990..])
     );
-    let e = ranged(&mut c, 7, "x", total + 5, 0)
-        .await
-        .expect_err("past the end, chunked");
-    assert_past_end(&e, Some("200000"));
+    for offset in [total, total + 5] {
+        let e = ranged(&mut c, 7, "x", offset, 0)
+            .await
+            .expect_err("at or past the end, chunked");
+        assert_past_end(&e, Some("200000"));
+    }
 }
 
 #[tokio::test]

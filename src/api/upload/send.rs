@@ -38,7 +38,8 @@ const LIST_BEFORE_WAIT: Duration = Duration::from_secs(5);
 
 /// Tries `listed` makes at most: the list from before an upload is what tells
 /// its attachment from an older identical one should its answer be lost, so a
-/// failed one is asked again while time remains (a read; at most twice more).
+/// list that failed for a passing reason is asked again while time remains,
+/// at most twice more, each time from the read retry budget.
 const LIST_BEFORE_TRIES: u32 = 3;
 
 /// What the work order holds now (its attachments' typed fields), within
@@ -60,10 +61,13 @@ pub(super) async fn listed(
             Ok(Ok(l)) => return Some(l),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, attempt, "the work order's attachments could not be listed");
+                if !e.is_transient() {
+                    return None;
+                }
             }
             Err(_) => return None,
         }
-        if Instant::now() + pause >= deadline {
+        if Instant::now() + pause >= deadline || !upstream.take_read_retry() {
             return None;
         }
         tokio::time::sleep(pause).await;
@@ -211,9 +215,11 @@ impl Uploads {
             sha256: sha256.clone(),
             preexisting: None,
         };
-        if let Some(before) = before {
-            attempt.preexisting = tokio::time::timeout(LIST_BEFORE_WAIT, before)
-                .await
+        if let Some(mut before) = before {
+            let got = tokio::time::timeout(LIST_BEFORE_WAIT, &mut before).await;
+            // A list still under way is of no use past this point.
+            before.abort();
+            attempt.preexisting = got
                 .ok()
                 .and_then(Result::ok)
                 .flatten()

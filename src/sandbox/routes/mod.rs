@@ -400,17 +400,15 @@ async fn file(
         .and_then(|(f, l)| {
             let first: u64 = f.trim().parse().ok()?;
             let last = match l.trim() {
-                "" => len.saturating_sub(1),
-                l => l.parse::<u64>().ok()?.min(len.saturating_sub(1)),
+                "" => None,
+                l => Some(l.parse::<u64>().ok()?),
             };
             Some((first, last))
         });
     match range {
         // No range, or one that reads backwards (ignored, as RFC 9110 says).
         None => (StatusCode::OK, h, a.bytes).into_response(),
-        Some((first, last)) if last < first && first < len => {
-            (StatusCode::OK, h, a.bytes).into_response()
-        }
+        Some((first, Some(last))) if last < first => (StatusCode::OK, h, a.bytes).into_response(),
         Some((first, _)) if first >= len => {
             let mut h = HeaderMap::new();
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
@@ -419,6 +417,7 @@ async fn file(
             (StatusCode::RANGE_NOT_SATISFIABLE, h).into_response()
         }
         Some((first, last)) => {
+            let last = last.map_or(len - 1, |l| l.min(len - 1));
             if let Ok(v) = HeaderValue::from_str(&format!("bytes {first}-{last}/{len}")) {
                 h.insert(header::CONTENT_RANGE, v);
             }
