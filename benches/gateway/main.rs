@@ -27,7 +27,7 @@ use crate::clients::{
     connect, direct_download, direct_list, direct_upload, gateway_download, gateway_list,
     gateway_upload,
 };
-use crate::measure::{Row, median, percentile, run_concurrent};
+use crate::measure::{Row, median, per_gib, percentile, run_concurrent, sha256_seconds_per_gib};
 use crate::procs::{BaselineProcess, GatewayProcess, bench_cpu, grpc_floor_main, relay_main};
 use crate::sink::start_sink;
 
@@ -165,6 +165,8 @@ async fn bench() {
     // The bare hop's own CPU, for the same work as the gateway's.
     let (mut hop_up_cpu, mut hop_up_bytes, mut hop_un_cpu, mut hop_un_calls) =
         (0.0, 0usize, 0.0, 0usize);
+    // Downloads: the gateway's and the relay's own CPU for the same bytes.
+    let (mut dl_cpu, mut hop_dl_cpu, mut dl_bytes) = (0.0, 0.0, 0usize);
 
     // 1. One big upload, one stream.
     if run(1) {
@@ -465,12 +467,15 @@ async fn bench() {
             let t = Instant::now();
             assert_eq!(direct_download(&http, sink_addr).await, p.big);
             d.push(mib(p.big as f64) / t.elapsed().as_secs_f64());
-            let t = Instant::now();
+            let (t, cpu) = (Instant::now(), relay.cpu_seconds());
             assert_eq!(direct_download(&http, hop).await, p.big);
             hops.push(mib(p.big as f64) / t.elapsed().as_secs_f64());
-            let t = Instant::now();
+            hop_dl_cpu += relay.cpu_seconds() - cpu;
+            let (t, cpu) = (Instant::now(), gw.cpu_seconds());
             assert_eq!(gateway_download(&mut client.clone()).await, p.big);
             g.push(mib(p.big as f64) / t.elapsed().as_secs_f64());
+            dl_cpu += gw.cpu_seconds() - cpu;
+            dl_bytes += p.big;
         }
         rows.push(Row {
             scenario: format!("6. download {} MiB", p.big / MIB.max(1)),
@@ -560,6 +565,10 @@ async fn bench() {
     } else {
         f64::NAN
     };
+    // SHA-256 alone, as the upload path hashes (same implementation, the
+    // caller's chunk size), on this machine in this run: the part of the
+    // upload's CPU no relay pays.
+    let sha256_per_gib = sha256_seconds_per_gib(if p.quick { 16 } else { 256 }, p.chunk).await;
     let figures = report::Figures {
         gib,
         cpu_per_gib,
@@ -572,6 +581,9 @@ async fn bench() {
         idle_rss_kib,
         sink_bytes_in: sink.bytes_in.load(Ordering::Relaxed),
         health_p50,
+        dl_per_gib: per_gib(dl_cpu, dl_bytes),
+        hop_dl_per_gib: per_gib(hop_dl_cpu, dl_bytes),
+        sha256_per_gib,
     };
     report::print(&p, &rows, &figures);
     report::write_json(&p, &rows, &figures);

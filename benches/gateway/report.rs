@@ -20,6 +20,11 @@ pub(crate) struct Figures {
     pub(crate) sink_bytes_in: u64,
     /// A health check's p50 through the gateway and through a bare tonic server.
     pub(crate) health_p50: Option<(f64, f64)>,
+    /// The gateway's and the relay's own CPU per GiB downloaded (scenario 6).
+    pub(crate) dl_per_gib: f64,
+    pub(crate) hop_dl_per_gib: f64,
+    /// One thread hashing a GiB with SHA-256 as the upload path does.
+    pub(crate) sha256_per_gib: f64,
 }
 
 /// /proc counts CPU in 10 ms ticks: a quick run may be too short to see any.
@@ -95,6 +100,16 @@ pub(crate) fn print(p: &Params, rows: &[Row], f: &Figures) {
         ticks(f.hop_per_10k)
     );
     println!(
+        "| 7. gateway CPU per GiB downloaded (scenario 6) | s | | {} | | {} | | the relay process beside it |",
+        ticks(f.dl_per_gib),
+        ticks(f.hop_dl_per_gib)
+    );
+    println!(
+        "| 7. SHA-256 alone per GiB (sha2, {} KiB pieces, one thread) | s | | {:.3} | | | | part of the gateway's upload CPU |",
+        p.chunk / 1024,
+        f.sha256_per_gib
+    );
+    println!(
         "\npeak RSS growth (32 concurrent big uploads): {:.1} MiB; sink received {:.0} MiB",
         f.peak_growth_kib as f64 / 1024.0,
         f.sink_bytes_in as f64 / MIB as f64
@@ -121,6 +136,9 @@ pub(crate) fn write_json(p: &Params, rows: &[Row], f: &Figures) {
         "gateway_idle_rss_mib": f.idle_rss_kib as f64 / 1024.0,
         "bare_hop_cpu_seconds_per_gib_uploaded": f.hop_per_gib,
         "bare_hop_cpu_seconds_per_10k_unary": f.hop_per_10k,
+        "sha256_cpu_seconds_per_gib": f.sha256_per_gib,
+        "gateway_cpu_seconds_per_gib_downloaded": f.dl_per_gib,
+        "bare_hop_cpu_seconds_per_gib_downloaded": f.hop_dl_per_gib,
         "gateway_health_check_p50_ms": f.health_p50.map(|h| h.0),
         "bare_tonic_health_check_p50_ms": f.health_p50.map(|h| h.1),
     });
