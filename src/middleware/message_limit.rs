@@ -10,6 +10,10 @@
 //! A body that fails (the caller reset its stream) fails with ABORTED, never
 //! CANCELLED: the decoder would read a cancelled request stream as complete.
 //!
+//! An upload's checked body is set aside in the request's extensions
+//! ([`RawBody`]) for its handler, which reads the messages off it without
+//! tonic's decode buffer (`proto::frames`); tonic gets an empty body.
+//!
 //! A frame that holds a large message's prefix and then (some of) its bytes is
 //! handed on in two pieces, cut just after the prefix. tonic's decoder reserves
 //! the declared length as soon as it has read a prefix: with the message's bytes
@@ -28,6 +32,7 @@ use tower::{Layer, Service};
 use crate::api::Error;
 use crate::config::LimitSettings;
 use crate::methods::{self, RequestSize};
+use crate::proto::frames::RawBody;
 
 /// Room in a decoded message beyond the chunk itself (field tags, metadata).
 pub const MESSAGE_OVERHEAD: usize = 64 * 1024;
@@ -104,20 +109,28 @@ where
             RequestSize::Upload => (self.limits.small, self.limits.chunk),
         };
         let upload = method.request == RequestSize::Upload;
-        self.inner.call(req.map(|inner| {
-            tonic::body::Body::new(Checked {
-                inner: Box::pin(inner),
-                first,
-                rest,
-                upload,
-                messages: 0,
-                prefix: [0; 5],
-                have: 0,
-                remaining: 0,
-                failed: false,
-                held: None,
-            })
-        }))
+        let (mut head, inner) = req.into_parts();
+        let checked = tonic::body::Body::new(Checked {
+            inner: Box::pin(inner),
+            first,
+            rest,
+            upload,
+            messages: 0,
+            prefix: [0; 5],
+            have: 0,
+            remaining: 0,
+            failed: false,
+            held: None,
+        });
+        if upload {
+            // The upload handler reads the messages off the body itself, without
+            // tonic's decode buffer (see `proto::frames`); tonic gets an empty one.
+            head.extensions.insert(RawBody::new(checked));
+            return self
+                .inner
+                .call(http::Request::from_parts(head, tonic::body::Body::empty()));
+        }
+        self.inner.call(http::Request::from_parts(head, checked))
     }
 }
 
