@@ -6,6 +6,7 @@
 
 pub mod convert;
 pub mod deadline;
+mod direct_download;
 mod download;
 pub mod error;
 mod reconcile;
@@ -20,6 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 pub use self::deadline::Bounds;
 use self::deadline::deadline;
+pub use self::direct_download::DirectDownloads;
 pub use self::download::{DownloadStream, Downloads};
 pub use self::error::{Error, Op};
 pub use self::runtime::Runtime;
