@@ -264,11 +264,14 @@ async fn bench() {
             .await;
             d.push(mib((p.big_concurrency * p.big) as f64) / secs);
             let (hc, b) = (http.clone(), big.clone());
+            let cpu = relay.cpu_seconds();
             let secs = run_concurrent(p.big_concurrency, p.big_concurrency, move |_| {
                 let (hc, b) = (hc.clone(), b.clone());
                 async move { direct_upload(&hc, hop, b, p.chunk).await }
             })
             .await;
+            hop_up_cpu += relay.cpu_seconds() - cpu;
+            hop_up_bytes += p.big_concurrency * p.big;
             hops.push(mib((p.big_concurrency * p.big) as f64) / secs);
             gw.reset_peak();
             let before = gw.status_kib("VmRSS:");

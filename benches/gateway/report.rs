@@ -92,7 +92,7 @@ pub(crate) fn print(p: &Params, rows: &[Row], f: &Figures) {
         f.basic_cpu_per_10k, f.unary_calls
     );
     println!(
-        "| 7. bare hop's own CPU per GiB uploaded (scenario 1) | s | | | | {} | | the relay process |",
+        "| 7. bare hop's own CPU per GiB uploaded (scenarios 1 and 3) | s | | | | {} | | the relay process |",
         ticks(f.hop_per_gib)
     );
     println!(
