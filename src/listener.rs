@@ -320,6 +320,40 @@ impl AsyncWrite for Conn {
         }
     }
 
+    /// Vectored writes pass through: without them h2 writes each DATA frame in
+    /// two `send`s (its head and first KiB copied into its buffer, then the
+    /// rest), and with TCP_NODELAY the first goes out as a segment of its own.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.was_shed() {
+            return Poll::Ready(Err(shed()));
+        }
+        let polled = match &mut self.io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        };
+        match polled {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 && self.spoke {
+                    self.active();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending if self.timed_out(cx) => Poll::Ready(Err(idle())),
+            other => other,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.io {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
@@ -570,5 +604,44 @@ mod tests {
         let refuse = Slots::new(1, AtCap::Refuse);
         let _one = slot(refuse.admit());
         assert!(matches!(refuse.admit(), Admission::Refused));
+    }
+
+    #[tokio::test]
+    async fn vectored_writes_pass_through_whole() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let slots = Slots::new(1, AtCap::Refuse);
+        let mut conn = Conn {
+            io: Io::Plain(server),
+            peer: PeerInfo {
+                remote: None,
+                certs: None,
+            },
+            slot: slot(slots.admit()),
+            timer: Box::pin(tokio::time::sleep(Duration::from_secs(60))),
+            idle_timeout: Duration::from_secs(60),
+            spoke: true,
+            pushed: Instant::now(),
+        };
+        // What hyper asks before it writes a frame's head and payload together.
+        assert!(conn.is_write_vectored());
+        let (head, payload) = ([1u8; 9], vec![2u8; 64 * 1024]);
+        let mut sent = 0;
+        while sent < head.len() + payload.len() {
+            let bufs = if sent < head.len() {
+                vec![io::IoSlice::new(&head[sent..]), io::IoSlice::new(&payload)]
+            } else {
+                vec![io::IoSlice::new(&payload[sent - head.len()..])]
+            };
+            sent += conn.write_vectored(&bufs).await.expect("write");
+        }
+        conn.shutdown().await.expect("shutdown");
+        let mut got = Vec::new();
+        let mut client = client;
+        client.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, [&head[..], &payload[..]].concat());
     }
 }

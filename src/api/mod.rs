@@ -6,6 +6,7 @@
 
 pub mod convert;
 pub mod deadline;
+mod direct_download;
 mod download;
 pub mod error;
 mod reconcile;
@@ -20,15 +21,17 @@ use tonic::{Request, Response, Status, Streaming};
 
 pub use self::deadline::Bounds;
 use self::deadline::deadline;
+pub use self::direct_download::DirectDownloads;
 pub use self::download::{DownloadStream, Downloads};
 pub use self::error::{Error, Op};
 pub use self::runtime::Runtime;
-pub use self::upload::{UploadLimits, Uploads};
+pub use self::upload::{UploadLimits, UploadStream, Uploads};
 pub use self::watch::{WatchLimits, WatchStream, Watches};
 use self::writes::{Call, MetadataWrite, Writes};
 use crate::auth::Caller;
 use crate::config::UpstreamSettings;
 use crate::domain::{AttachmentRemoval, AttachmentUpdate, UpstreamName};
+use crate::proto::frames::RawBody;
 use crate::proto::wire::attachment_service_server::AttachmentService;
 use crate::proto::wire::{
     DeleteAttachmentRequest, DeleteAttachmentResponse, DownloadAttachmentRequest,
@@ -145,11 +148,17 @@ impl AttachmentService for AttachmentApi {
             self.timeouts.transfer,
         );
         let caller = caller(&request);
-        let r = self
-            .paths
-            .uploads
-            .run(caller, request.into_inner(), deadline)
-            .await?;
+        // The body the message limit layer set aside, read without tonic's
+        // decode buffer; else tonic's stream.
+        let raw = request
+            .extensions()
+            .get::<RawBody>()
+            .and_then(RawBody::take);
+        let stream = match raw {
+            Some(body) => UploadStream::frames(body, self.paths.uploads.max_chunk_bytes()),
+            None => UploadStream::Tonic(request.into_inner()),
+        };
+        let r = self.paths.uploads.run(caller, stream, deadline).await?;
         Ok(Response::new(r))
     }
 

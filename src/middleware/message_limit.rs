@@ -9,6 +9,17 @@
 //!
 //! A body that fails (the caller reset its stream) fails with ABORTED, never
 //! CANCELLED: the decoder would read a cancelled request stream as complete.
+//!
+//! An upload's checked body is set aside in the request's extensions
+//! ([`RawBody`]) for its handler, which reads the messages off it without
+//! tonic's decode buffer (`proto::frames`); tonic gets an empty body.
+//!
+//! A frame that holds a large message's prefix and then (some of) its bytes is
+//! handed on in two pieces, cut just after the prefix. tonic's decoder reserves
+//! the declared length as soon as it has read a prefix: with the message's bytes
+//! already in its buffer, that reservation reallocates the buffer and copies
+//! them a second time; with the buffer empty, it only allocates. Both pieces are
+//! slices of the frame: the cut copies nothing.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -21,9 +32,13 @@ use tower::{Layer, Service};
 use crate::api::Error;
 use crate::config::LimitSettings;
 use crate::methods::{self, RequestSize};
+use crate::proto::frames::RawBody;
 
 /// Room in a decoded message beyond the chunk itself (field tags, metadata).
-const MESSAGE_OVERHEAD: usize = 64 * 1024;
+pub const MESSAGE_OVERHEAD: usize = 64 * 1024;
+
+/// Messages from this size up are handed on apart from their prefix.
+const CUT_FROM: usize = 16 * 1024;
 
 /// The largest messages accepted.
 #[derive(Debug, Clone, Copy)]
@@ -94,19 +109,28 @@ where
             RequestSize::Upload => (self.limits.small, self.limits.chunk),
         };
         let upload = method.request == RequestSize::Upload;
-        self.inner.call(req.map(|inner| {
-            tonic::body::Body::new(Checked {
-                inner: Box::pin(inner),
-                first,
-                rest,
-                upload,
-                messages: 0,
-                prefix: [0; 5],
-                have: 0,
-                remaining: 0,
-                failed: false,
-            })
-        }))
+        let (mut head, inner) = req.into_parts();
+        let checked = tonic::body::Body::new(Checked {
+            inner: Box::pin(inner),
+            first,
+            rest,
+            upload,
+            messages: 0,
+            prefix: [0; 5],
+            have: 0,
+            remaining: 0,
+            failed: false,
+            held: None,
+        });
+        if upload {
+            // The upload handler reads the messages off the body itself, without
+            // tonic's decode buffer (see `proto::frames`); tonic gets an empty one.
+            head.extensions.insert(RawBody::new(checked));
+            return self
+                .inner
+                .call(http::Request::from_parts(head, tonic::body::Body::empty()));
+        }
+        self.inner.call(http::Request::from_parts(head, checked))
     }
 }
 
@@ -124,11 +148,16 @@ struct Checked<B> {
     /// Bytes of the current message still to come.
     remaining: u64,
     failed: bool,
+    /// The part of the last frame after a cut, handed on next.
+    held: Option<Bytes>,
 }
 
 impl<B> Checked<B> {
     /// Walks `data` through the framing; an error once a prefix declares too much.
-    fn check(&mut self, mut data: &[u8]) -> Result<(), Status> {
+    /// Stops just after the prefix of a large message whose bytes follow in
+    /// `data`, and says where: `data` is to be cut there.
+    fn check(&mut self, mut data: &[u8]) -> Result<Option<usize>, Status> {
+        let whole = data.len();
         while !data.is_empty() {
             if self.remaining > 0 {
                 let skip = (self.remaining.min(data.len() as u64)) as usize;
@@ -177,8 +206,23 @@ impl<B> Checked<B> {
             }
             self.messages += 1;
             self.remaining = len as u64;
+            if len >= CUT_FROM && !data.is_empty() {
+                return Ok(Some(whole - data.len()));
+            }
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// Checks `data` and hands it on, or its first piece if it is to be cut.
+    fn pass(&mut self, data: Bytes) -> Result<Bytes, Status> {
+        match self.check(&data)? {
+            Some(at) => {
+                let mut data = data;
+                self.held = Some(data.split_off(at));
+                Ok(data)
+            }
+            None => Ok(data),
+        }
     }
 }
 
@@ -197,17 +241,27 @@ where
         if self.failed {
             return Poll::Ready(None);
         }
+        if let Some(held) = self.held.take() {
+            return Poll::Ready(Some(match self.pass(held) {
+                Ok(data) => Ok(Frame::data(data)),
+                Err(status) => {
+                    self.failed = true;
+                    Err(Box::new(status))
+                }
+            }));
+        }
         let polled = self.inner.as_mut().poll_frame(cx);
         match polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref()
-                    && let Err(status) = self.check(data)
-                {
-                    self.failed = true;
-                    return Poll::Ready(Some(Err(Box::new(status))));
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => match self.pass(data) {
+                    Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Err(status) => {
+                        self.failed = true;
+                        Poll::Ready(Some(Err(Box::new(status))))
+                    }
+                },
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
             Poll::Ready(Some(Err(e))) => {
                 // The caller reset its stream (a cancelled call, a dropped
                 // connection) or the connection failed. The gRPC decoder reads a
@@ -223,11 +277,19 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.failed || self.inner.is_end_stream()
+        self.failed || (self.held.is_none() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        if let Some(held) = &self.held {
+            let n = held.len() as u64;
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + n);
+            }
+            hint.set_lower(hint.lower() + n);
+        }
+        hint
     }
 }
 
@@ -261,6 +323,67 @@ mod tests {
         }
     }
 
+    /// A body of the given frames, then its end.
+    struct Frames(std::collections::VecDeque<Bytes>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    fn message(len: usize, fill: u8) -> Vec<u8> {
+        let mut m = vec![0];
+        m.extend_from_slice(&(len as u32).to_be_bytes());
+        m.extend(std::iter::repeat_n(fill, len));
+        m
+    }
+
+    #[tokio::test]
+    async fn large_messages_are_handed_on_apart_from_their_prefix() {
+        let small = message(10, 1);
+        let big = message(CUT_FROM, 2);
+        let big2 = message(CUT_FROM + 3, 3);
+        // One frame: a small message, a large one, and the start of another.
+        let mut first = small.clone();
+        first.extend_from_slice(&big);
+        first.extend_from_slice(&big2[..100]);
+        let frames = vec![Bytes::from(first), Bytes::copy_from_slice(&big2[100..])];
+        let mut body = Checked {
+            inner: Box::pin(Frames(frames.into())),
+            first: 1 << 20,
+            rest: 1 << 20,
+            upload: true,
+            messages: 0,
+            prefix: [0; 5],
+            have: 0,
+            remaining: 0,
+            failed: false,
+            held: None,
+        };
+        let mut pieces = Vec::new();
+        while let Some(f) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            pieces.push(f.expect("a frame").into_data().expect("data"));
+        }
+        let lens: Vec<usize> = pieces.iter().map(Bytes::len).collect();
+        assert_eq!(
+            lens,
+            [small.len() + 5, CUT_FROM + 5, 95, big2.len() - 100],
+            "cut after each large message's prefix"
+        );
+        let mut all = small;
+        all.extend_from_slice(&big);
+        all.extend_from_slice(&big2);
+        assert_eq!(pieces.concat(), all, "the bytes as they came");
+        assert_eq!(body.messages, 3);
+    }
+
     #[tokio::test]
     async fn a_reset_stream_fails_as_aborted_not_cancelled() {
         let mut body = Checked {
@@ -273,6 +396,7 @@ mod tests {
             have: 0,
             remaining: 0,
             failed: false,
+            held: None,
         };
         let mut next = async || std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
         assert!(next().await.expect("a frame").is_ok());

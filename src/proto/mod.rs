@@ -15,6 +15,8 @@ pub mod codec;
 pub mod deep;
 pub mod error_info;
 #[cfg(feature = "server")]
+pub mod frames;
+#[cfg(feature = "server")]
 pub mod raw_event;
 #[cfg(feature = "server")]
 pub mod struct_wire;

@@ -16,7 +16,9 @@ use tower::layer::util::{Identity, Stack};
 use super::error::ServeError;
 use super::listeners::Listeners;
 use crate::api::writes::Writes;
-use crate::api::{AttachmentApi, Bounds, Downloads, Paths, Runtime, Timeouts, Uploads, Watches};
+use crate::api::{
+    AttachmentApi, Bounds, DirectDownloads, Downloads, Paths, Runtime, Timeouts, Uploads, Watches,
+};
 use crate::auth::{AuthConfig, Authenticator};
 use crate::config::{ServerSettings, Settings};
 use crate::limits::{CallerLimits, UpstreamBudget};
@@ -160,9 +162,15 @@ impl Gateway {
             writes,
         };
         let bounds = rt.bounds.clone();
-        let api = AttachmentApi::new(rt, Timeouts::from(&s.upstream), paths);
-        let service =
-            AttachmentServiceServer::new(api).max_decoding_message_size(message_limits.chunk);
+        let api = Arc::new(AttachmentApi::new(rt, Timeouts::from(&s.upstream), paths));
+        // DownloadAttachment is answered outside tonic's encoder (no copy of its
+        // bytes); every other method by the generated service.
+        let service = DirectDownloads::new(
+            AttachmentServiceServer::from_arc(Arc::clone(&api))
+                .max_decoding_message_size(message_limits.chunk),
+            api,
+            message_limits.chunk,
+        );
 
         // The layers every call passes, outermost first.
         let callers = Arc::new(CallerLimits::with_redis(

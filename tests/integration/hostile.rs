@@ -612,3 +612,139 @@ async fn a_tls_handshake_that_never_ends_is_cut() {
         .expect("and is served");
     serving.abort();
 }
+
+/// Sends `body` as one gRPC call to `path` over raw HTTP/2, in DATA frames of
+/// the given sizes (the last frame takes what is left), then ends the stream;
+/// answers the status and the response's data.
+async fn raw_call(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: &[u8],
+    frames: &[usize],
+) -> (Option<String>, Vec<u8>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(8 * 1024 * 1024)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .expect("h2 handshake");
+    let _conn = AbortOnDrop(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+    let mut client = client.ready().await.expect("ready");
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (resp, mut send) = client.send_request(req, false).expect("send");
+    let mut at = 0;
+    let sizes = frames.iter().copied().chain(std::iter::repeat(usize::MAX));
+    for size in sizes {
+        if at == body.len() {
+            break;
+        }
+        let n = size.min(body.len() - at);
+        send.reserve_capacity(n);
+        while send.capacity() < n {
+            match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+                Some(Ok(_)) => {}
+                _ => break,
+            }
+        }
+        let chunk = bytes::Bytes::copy_from_slice(&body[at..at + n]);
+        if send.send_data(chunk, false).is_err() {
+            break;
+        }
+        at += n;
+    }
+    let _ = send.send_data(bytes::Bytes::new(), true);
+    let resp = resp.await.expect("response");
+    let status = resp
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap_or("?").to_string());
+    let mut body_in = resp.into_body();
+    let mut data = Vec::new();
+    while let Some(d) = body_in.data().await {
+        let d = d.expect("data");
+        let _ = body_in.flow_control().release_capacity(d.len());
+        data.extend_from_slice(&d);
+    }
+    let trailers = body_in.trailers().await.ok().flatten();
+    let status = status.or_else(|| {
+        trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .map(|v| v.to_str().unwrap_or("?").to_string())
+    });
+    (status, data)
+}
+
+fn grpc_framed(m: &impl prost::Message) -> Vec<u8> {
+    let body = m.encode_to_vec();
+    let mut out = vec![0];
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// An upload whose messages come cut at odd places (a byte a frame, frames
+/// ending inside a prefix, inside a chunk's key and length, and large frames
+/// across chunks) is the same file: the gateway reads its messages off the
+/// frames, whatever their cuts.
+#[tokio::test]
+async fn an_upload_in_oddly_cut_frames_is_the_same_file() {
+    use prost::Message;
+    let h = with_sandbox().await;
+    let path = "/corrigopro.attachments.v1.AttachmentService/UploadAttachment";
+    let (a, b) = (pattern(300_000, 3), pattern(70_001, 5));
+    let body = [
+        grpc_framed(&meta_msg(metadata(1001, "cut.bin"))),
+        grpc_framed(&chunk_msg(a.clone())),
+        grpc_framed(&chunk_msg(b.clone())),
+    ]
+    .concat();
+    let meta_len = grpc_framed(&meta_msg(metadata(1001, "cut.bin"))).len();
+    let cuts: Vec<Vec<usize>> = vec![
+        // A byte a frame through the metadata and the first chunk's head.
+        [vec![1; meta_len + 9], vec![20_000; 40]].concat(),
+        // Inside the first chunk's prefix, then large frames across both.
+        vec![meta_len + 3, 4, 65_536, 131_072, 7, 200_000],
+        // Everything in one frame.
+        vec![usize::MAX],
+    ];
+    let whole = [a, b].concat();
+    for frames in cuts {
+        let (status, data) = raw_call(h.gateway.addr, path, &body, &frames).await;
+        assert_eq!(status.as_deref(), Some("0"), "{frames:?}");
+        let r = attachment_gateway::proto::UploadAttachmentResponse::decode(&data[5..])
+            .expect("a response");
+        assert_eq!(
+            (r.size_bytes, r.sha256),
+            (whole.len() as u64, sha256_hex(&whole))
+        );
+    }
+}
+
+/// An upload stream that ends inside a message, right after a chunk's prefix
+/// or inside its bytes, is no whole file: refused, nothing stored.
+#[tokio::test]
+async fn an_upload_cut_inside_a_message_stores_nothing() {
+    let h = with_sandbox().await;
+    let path = "/corrigopro.attachments.v1.AttachmentService/UploadAttachment";
+    let head = [
+        grpc_framed(&meta_msg(metadata(1001, "cut.bin"))),
+        grpc_framed(&chunk_msg(pattern(1000, 1))),
+    ]
+    .concat();
+    let next = grpc_framed(&chunk_msg(pattern(50_000, 2)));
+    for cut_at in [5, 5 + 3, 30_000] {
+        let body = [&head[..], &next[..cut_at]].concat();
+        let (status, _) = raw_call(h.gateway.addr, path, &body, &[]).await;
+        assert_eq!(status.as_deref(), Some("13"), "cut at {cut_at}");
+    }
+    nothing_stored(&h.sandbox).await;
+}

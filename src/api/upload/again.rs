@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use tonic::Streaming;
+use super::stream::UploadStream;
 
 use super::send::{listed, read_through, upload_audit, upload_event};
 use super::{Named, Uploads};
@@ -13,7 +13,7 @@ use crate::api::error::Error;
 use crate::api::reconcile::{self, Found};
 use crate::api::writes::{Unsettled, WriteGuard};
 use crate::domain::NewAttachment;
-use crate::proto::wire::{UploadAttachmentRequest, UploadAttachmentResponse};
+use crate::proto::wire::UploadAttachmentResponse;
 use crate::store::writes::{Attempt, Outcome};
 
 /// What reconciling an earlier attempt decided.
@@ -34,7 +34,7 @@ impl Uploads {
     /// upstream.
     pub(super) async fn replay(
         &self,
-        mut stream: Streaming<UploadAttachmentRequest>,
+        mut stream: UploadStream,
         attachment: &NewAttachment,
         outcome: Outcome,
         named: &Named,
@@ -92,7 +92,7 @@ impl Uploads {
     /// older) means the gateway cannot tell, and uploads nothing.
     pub(super) async fn reconcile(
         &self,
-        stream: &mut Streaming<UploadAttachmentRequest>,
+        stream: &mut UploadStream,
         attachment: &NewAttachment,
         u: Unsettled,
         named: &Named,

@@ -11,6 +11,7 @@ mod again;
 mod body;
 mod progress;
 mod send;
+mod stream;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -20,10 +21,11 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio::time::timeout;
-use tonic::{Code, Streaming};
+use tonic::Code;
 
 use self::again::Reconciled;
 use self::body::Chunk;
+pub use self::stream::UploadStream;
 use super::convert;
 use super::deadline::Bounds;
 use super::error::{Error, Op};
@@ -41,7 +43,7 @@ use crate::upstream::Upstream;
 /// The next message's payload; a message with neither field is invalid. A message
 /// too large for the transport surfaces as INVALID_ARGUMENT naming `chunk`.
 async fn next_payload(
-    stream: &mut Streaming<UploadAttachmentRequest>,
+    stream: &mut UploadStream,
     max_chunk: usize,
 ) -> Result<Option<Payload>, Error> {
     match stream.message().await {
@@ -220,7 +222,7 @@ impl Uploads {
     pub async fn run(
         &self,
         caller: Arc<str>,
-        stream: Streaming<UploadAttachmentRequest>,
+        stream: UploadStream,
         deadline: Instant,
     ) -> Result<UploadAttachmentResponse, Error> {
         let phase = Phase::default();
@@ -231,6 +233,11 @@ impl Uploads {
             },
             () = self.bounds.cut.cancelled() => Err(phase.cut(false)),
         }
+    }
+
+    /// The largest chunk accepted.
+    pub fn max_chunk_bytes(&self) -> usize {
+        self.limits.max_chunk_bytes
     }
 
     /// Waits for room in the in-flight byte budget for `bytes`.
@@ -249,10 +256,7 @@ impl Uploads {
     }
 
     /// The next message, within the idle timeout.
-    async fn next(
-        &self,
-        stream: &mut Streaming<UploadAttachmentRequest>,
-    ) -> Result<Option<Payload>, Error> {
+    async fn next(&self, stream: &mut UploadStream) -> Result<Option<Payload>, Error> {
         let idle = self.limits.idle_timeout;
         self.next_within(stream, idle, "the next upload message")
             .await
@@ -261,7 +265,7 @@ impl Uploads {
     /// The next message, within `wait`: else the stream is idle, waiting for `what`.
     async fn next_within(
         &self,
-        stream: &mut Streaming<UploadAttachmentRequest>,
+        stream: &mut UploadStream,
         wait: Duration,
         what: &'static str,
     ) -> Result<Option<Payload>, Error> {
@@ -275,7 +279,7 @@ impl Uploads {
     async fn upload(
         &self,
         caller: Arc<str>,
-        mut stream: Streaming<UploadAttachmentRequest>,
+        mut stream: UploadStream,
         phase: &Phase,
     ) -> Result<UploadAttachmentResponse, Error> {
         let (attachment, caller_message_id) = self.metadata(&mut stream).await?;
@@ -318,10 +322,7 @@ impl Uploads {
 
     /// The first message, which must be the metadata and arrive soon (no slot is
     /// held meanwhile), validated; with the message id the caller gave, if any.
-    async fn metadata(
-        &self,
-        stream: &mut Streaming<UploadAttachmentRequest>,
-    ) -> Result<(NewAttachment, String), Error> {
+    async fn metadata(&self, stream: &mut UploadStream) -> Result<(NewAttachment, String), Error> {
         let wait = self.limits.first_message_timeout;
         let first = self
             .next_within(stream, wait, "the metadata message")

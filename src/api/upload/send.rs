@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::stream::UploadStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
-use tonic::Streaming;
 use tracing::Instrument;
 
 use super::body::UploadBody;
@@ -81,7 +81,7 @@ impl Uploads {
     /// the module's text).
     pub(super) async fn send(
         &self,
-        mut stream: Streaming<crate::proto::wire::UploadAttachmentRequest>,
+        mut stream: UploadStream,
         attachment: NewAttachment,
         mut guard: Option<WriteGuard>,
         named: Named,
@@ -497,7 +497,7 @@ pub(super) fn upload_audit(
 /// upload answered without sending it): its size and SHA-256.
 pub(super) async fn read_through(
     uploads: &Uploads,
-    stream: &mut Streaming<crate::proto::wire::UploadAttachmentRequest>,
+    stream: &mut UploadStream,
     a: &NewAttachment,
 ) -> Result<(u64, String), Error> {
     let mut progress = Progress::new(

@@ -1,0 +1,784 @@
+//! gRPC messages read straight off a request body, without tonic's decode buffer.
+//!
+//! tonic's `Streaming` copies every HTTP/2 DATA frame into a buffer of its own
+//! before prost sees a byte. An upload's chunks are most of its bytes: read here,
+//! a message that lies within one frame is a slice of that frame, and prost's
+//! `Bytes` field a slice of it in turn.
+//!
+//! Most chunks do not lie within one frame: the caller's HTTP/2 stack cuts its
+//! DATA frames where the flow-control window ends. A message that is one `bytes`
+//! field (an upload's chunk) is then handed on in the pieces it came in, each as
+//! a message of its own ([`Messages::split`]): nothing is copied. Any other
+//! message cut across frames is put together, one copy, as tonic does.
+//!
+//! What a hostile caller could do with slices is bounded here, not left to the
+//! caller's framing: frames under [`GATHER_BELOW`] bytes are gathered (copied)
+//! into one buffer as they arrive, so neither the queue nor the pieces of a chunk
+//! grow with the number of frames (a chunk sent one byte a frame costs what it
+//! costs in tonic: a copy), and a piece is a slice of a frame only when that
+//! frame was large.
+//!
+//! Framing errors read as tonic's decoder reads them (codes and texts), with
+//! two differences, both refusals where tonic would end the stream cleanly: a
+//! body that ends (or ends in trailers) right after a message's prefix, and a
+//! body that fails with CANCELLED, are errors here: an upload cut there is not
+//! a whole one.
+
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::Body as _;
+use tonic::Status;
+
+/// The 5-byte prefix of each gRPC message: a compression flag and the length.
+const PREFIX: usize = 5;
+
+/// Frames smaller than this are gathered into one buffer (a copy) instead of
+/// being held as slices: bounds the queue and a chunk's pieces by bytes, not by
+/// how many frames a caller cuts them into.
+pub const GATHER_BELOW: usize = 16 * 1024;
+
+/// A request body set aside for its handler to read with [`Messages`]: the
+/// service sees an empty body in its place. Request extensions must be `Clone`
+/// and `Sync`; the body is taken once.
+#[derive(Clone)]
+pub struct RawBody(Arc<Mutex<Option<tonic::body::Body>>>);
+
+impl RawBody {
+    pub fn new(body: tonic::body::Body) -> Self {
+        Self(Arc::new(Mutex::new(Some(body))))
+    }
+
+    /// The body, the first time.
+    pub fn take(&self) -> Option<tonic::body::Body> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+/// The messages of a request body, decoded as they arrive.
+pub struct Messages<T> {
+    /// `None` once the body ended or failed.
+    body: Option<tonic::body::Body>,
+    /// Data received and not yet taken, in order; `gathered` follows it.
+    queued: VecDeque<Bytes>,
+    /// Small frames received after those in `queued`, copied together.
+    gathered: BytesMut,
+    /// Bytes in `queued` and `gathered`.
+    len: usize,
+    /// The largest message accepted.
+    max: usize,
+    /// Messages of one `bytes` field handed on in pieces (see [`Messages::split`]).
+    split: Option<Split<T>>,
+    /// Pieces of such a message not yet handed on.
+    pieces: VecDeque<Bytes>,
+    _message: PhantomData<fn() -> T>,
+}
+
+/// Which messages are handed on in pieces, and how a piece becomes a message.
+struct Split<T> {
+    /// The field's key byte (field number and wire type 2).
+    key: u8,
+    /// Fields larger than this are put together instead (the handler refuses
+    /// them whole, as it would have).
+    max: usize,
+    make: fn(Bytes) -> T,
+}
+
+/// What [`Messages::take`] found.
+enum Taken {
+    /// A message's bytes.
+    Whole(Bytes),
+    /// The first piece of a one-field message cut across frames; the others
+    /// were queued in `pieces`.
+    Piece(Bytes),
+}
+
+/// The error of a message whose bytes the queue does not hold after all: a
+/// broken invariant of this reader, reported, never a panic.
+fn lost() -> Status {
+    Status::internal("the request's message framing was lost")
+}
+
+impl<T: prost::Message + Default> Messages<T> {
+    /// The messages of `body`, each at most `max` bytes.
+    pub fn new(body: tonic::body::Body, max: usize) -> Self {
+        Self {
+            body: Some(body),
+            queued: VecDeque::new(),
+            gathered: BytesMut::new(),
+            len: 0,
+            max,
+            split: None,
+            pieces: VecDeque::new(),
+            _message: PhantomData,
+        }
+    }
+
+    /// A message whose only field is the `bytes` field `field` (at most `max`
+    /// bytes) and that came cut across frames is handed on as one message per
+    /// piece, each made by `make`. The pieces' bytes are the field's, in order.
+    /// `field` is below 16 (its key is one byte); others split nothing.
+    pub fn split(mut self, field: u8, max: usize, make: fn(Bytes) -> T) -> Self {
+        self.split = (field > 0 && field < 16).then_some(Split {
+            key: (field << 3) | 2,
+            max,
+            make,
+        });
+        self
+    }
+
+    /// The next message; `None` once the body ended cleanly. After an error,
+    /// `None`.
+    pub async fn message(&mut self) -> Result<Option<T>, Status> {
+        std::future::poll_fn(|cx| self.poll_message(cx)).await
+    }
+
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, Status>> {
+        loop {
+            if let Some(piece) = self.pieces.pop_front() {
+                return Poll::Ready(Ok(self.make(piece)));
+            }
+            match self.take() {
+                Ok(Some(Taken::Whole(m))) => {
+                    return Poll::Ready(match T::decode(m) {
+                        Ok(m) => Ok(Some(m)),
+                        // As tonic's prost decoder answers.
+                        Err(e) => Err(self.fail(Status::internal(e.to_string()))),
+                    });
+                }
+                Ok(Some(Taken::Piece(p))) => return Poll::Ready(Ok(self.make(p))),
+                Ok(None) => {}
+                Err(s) => return Poll::Ready(Err(self.fail(s))),
+            }
+            let Some(body) = self.body.as_mut() else {
+                return Poll::Ready(Ok(None));
+            };
+            match ready!(Pin::new(body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => self.push(data),
+                    // Trailers: the stream's end.
+                    Err(_) => return Poll::Ready(self.end()),
+                },
+                Some(Err(status)) => return Poll::Ready(Err(self.fail(status))),
+                None => return Poll::Ready(self.end()),
+            }
+        }
+    }
+
+    /// Takes in a frame: a large one as it is, a small one copied onto the
+    /// gathered ones.
+    fn push(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        self.len += data.len();
+        if data.len() < GATHER_BELOW {
+            self.gathered.extend_from_slice(&data);
+            return;
+        }
+        self.flush();
+        self.queued.push_back(data);
+    }
+
+    /// Moves the gathered bytes to the end of the queue.
+    fn flush(&mut self) {
+        if !self.gathered.is_empty() {
+            self.queued.push_back(self.gathered.split().freeze());
+        }
+    }
+
+    fn make(&self, piece: Bytes) -> Option<T> {
+        // Only called with pieces, which only `split` makes.
+        self.split.as_ref().map(|s| (s.make)(piece))
+    }
+
+    fn end(&mut self) -> Result<Option<T>, Status> {
+        self.body = None;
+        if self.len > 0 {
+            return Err(self.fail(Status::internal("Unexpected EOF decoding stream.")));
+        }
+        Ok(None)
+    }
+
+    fn fail(&mut self, status: Status) -> Status {
+        self.body = None;
+        self.queued.clear();
+        self.gathered = BytesMut::new();
+        self.pieces.clear();
+        self.len = 0;
+        status
+    }
+
+    /// A whole message's bytes, if they have all arrived; an error as soon as
+    /// a prefix is wrong.
+    fn take(&mut self) -> Result<Option<Taken>, Status> {
+        if self.len < PREFIX {
+            return Ok(None);
+        }
+        let mut prefix = [0u8; PREFIX];
+        self.peek(&mut prefix);
+        match prefix[0] {
+            0 => {}
+            1 => {
+                return Err(Status::internal(
+                    "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+                ));
+            }
+            f => {
+                return Err(Status::internal(format!(
+                    "protocol error: received message with invalid compression flag: {f} (valid flags are 0 and 1), while sending request"
+                )));
+            }
+        }
+        let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        if len > self.max {
+            return Err(Status::out_of_range(format!(
+                "Error, decoded message length too large: found {len} bytes, the limit is: {} bytes",
+                self.max
+            )));
+        }
+        if self.len - PREFIX < len {
+            return Ok(None);
+        }
+        self.flush();
+        if !self.advance(PREFIX) {
+            return Err(lost());
+        }
+        self.len -= PREFIX + len;
+        if len == 0 {
+            return Ok(Some(Taken::Whole(Bytes::new())));
+        }
+        if let Some(front) = self.queued.front_mut()
+            && front.len() >= len
+        {
+            // Within one frame: a slice of it, nothing copied.
+            let m = front.split_to(len);
+            if front.is_empty() {
+                self.queued.pop_front();
+            }
+            return Ok(Some(Taken::Whole(m)));
+        }
+        if let Some(field) = self.one_field(len) {
+            // One `bytes` field cut across frames: its pieces as they came.
+            if !self.advance(len - field) {
+                return Err(lost());
+            }
+            return match self.slices(field) {
+                Some(first) => Ok(Some(Taken::Piece(first))),
+                None => Err(lost()),
+            };
+        }
+        // Cut across frames: put together once.
+        let mut m = BytesMut::with_capacity(len);
+        while m.len() < len {
+            let Some(front) = self.queued.front_mut() else {
+                return Err(lost());
+            };
+            let n = (len - m.len()).min(front.len());
+            m.extend_from_slice(&front[..n]);
+            front.advance(n);
+            if front.is_empty() {
+                self.queued.pop_front();
+            }
+        }
+        Ok(Some(Taken::Whole(m.freeze())))
+    }
+
+    /// Copies the first `out.len()` bytes held (at most as many as there are)
+    /// to `out`.
+    fn peek(&self, out: &mut [u8]) {
+        let mut at = 0;
+        let held = self.queued.iter().map(|b| &b[..]);
+        for b in held.chain(std::iter::once(&self.gathered[..])) {
+            let n = (out.len() - at).min(b.len());
+            out[at..at + n].copy_from_slice(&b[..n]);
+            at += n;
+            if at == out.len() {
+                break;
+            }
+        }
+    }
+
+    /// For a queued message of `len` bytes (prefix taken) that is only the split
+    /// field, of `GATHER_BELOW` to the split's `max` bytes, the field's length.
+    fn one_field(&self, len: usize) -> Option<usize> {
+        let split = self.split.as_ref()?;
+        // The key and up to 10 bytes of length.
+        let mut head = [0u8; 11];
+        let n = head.len().min(len);
+        self.peek(&mut head[..n]);
+        if head[0] != split.key {
+            return None;
+        }
+        let mut rest = &head[1..n];
+        let field = usize::try_from(prost::encoding::decode_varint(&mut rest).ok()?).ok()?;
+        let field_head = n - rest.len();
+        let whole = field_head.checked_add(field)? == len;
+        // A small chunk is put together: a copy costs less than more messages.
+        (whole && field <= split.max && field >= GATHER_BELOW).then_some(field)
+    }
+
+    /// The next `n` queued bytes (there are that many, `n` > 0) as pieces: the
+    /// first is returned, the others queued in `pieces`. Slices, no copy.
+    fn slices(&mut self, mut n: usize) -> Option<Bytes> {
+        let mut first = None;
+        while n > 0 {
+            let front = self.queued.front_mut()?;
+            let piece = if front.len() <= n {
+                self.queued.pop_front()?
+            } else {
+                front.split_to(n)
+            };
+            n -= piece.len();
+            if first.is_none() {
+                first = Some(piece);
+            } else {
+                self.pieces.push_back(piece);
+            }
+        }
+        first
+    }
+
+    /// Drops `n` queued bytes (`len` is adjusted by the caller); `false` if
+    /// there were fewer.
+    fn advance(&mut self, mut n: usize) -> bool {
+        while n > 0 {
+            let Some(front) = self.queued.front_mut() else {
+                return false;
+            };
+            let k = n.min(front.len());
+            front.advance(k);
+            n -= k;
+            if front.is_empty() {
+                self.queued.pop_front();
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body::Frame;
+    use prost::Message as _;
+    use tonic::Code;
+    use tonic::codec::{Codec, Streaming};
+
+    use super::*;
+    use crate::proto::wire::upload_attachment_request::Payload;
+    use crate::proto::wire::{UploadAttachmentRequest, UploadMetadata};
+
+    type Req = UploadAttachmentRequest;
+    type Item = Result<Frame<Bytes>, Status>;
+
+    const MAX: usize = 1 << 20;
+
+    /// A body of the given frames (data, trailers or an error), then its end.
+    struct Frames(VecDeque<Item>);
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = Status;
+
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Item>> {
+            Poll::Ready(self.0.pop_front())
+        }
+    }
+
+    fn body(frames: &[Item]) -> tonic::body::Body {
+        let copy = frames.iter().map(|f| match f {
+            Ok(f) => Ok(match f.data_ref() {
+                Some(d) => Frame::data(d.clone()),
+                None => Frame::trailers(f.trailers_ref().cloned().unwrap_or_default()),
+            }),
+            Err(s) => Err(Status::new(s.code(), s.message())),
+        });
+        tonic::body::Body::new(Frames(copy.collect()))
+    }
+
+    /// `all` cut at `cuts`, one data frame per piece.
+    fn cut(all: &Bytes, cuts: &[usize]) -> Vec<Item> {
+        let mut frames = Vec::new();
+        let mut at = 0;
+        for c in cuts.iter().copied().chain([all.len()]) {
+            frames.push(Ok(Frame::data(all.slice(at..c))));
+            at = c;
+        }
+        frames
+    }
+
+    fn framed(m: &Req) -> Vec<u8> {
+        let body = m.encode_to_vec();
+        let mut out = vec![0];
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn chunk(fill: u8, n: usize) -> Req {
+        chunk_message(Bytes::from(vec![fill; n]))
+    }
+
+    fn chunk_message(b: Bytes) -> Req {
+        Req {
+            payload: Some(Payload::Chunk(b)),
+        }
+    }
+
+    fn metadata(name_len: usize) -> Req {
+        Req {
+            payload: Some(Payload::Metadata(UploadMetadata {
+                name: "n".repeat(name_len),
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// How a reading went: the messages, then its end (`None`: a clean one).
+    type Read = (Vec<Req>, Option<(Code, String)>);
+
+    /// A reading in brief, for failure messages (chunks can be large).
+    fn brief(r: &Read) -> String {
+        let kinds: Vec<String> =
+            r.0.iter()
+                .map(|m| match &m.payload {
+                    Some(Payload::Chunk(b)) => format!("chunk {}", b.len()),
+                    Some(Payload::Metadata(_)) => "metadata".into(),
+                    None => "none".into(),
+                })
+                .collect();
+        format!("{kinds:?} then {:?}", r.1)
+    }
+
+    #[track_caller]
+    fn same(got: &Read, want: &Read, what: &str) {
+        assert!(
+            got == want,
+            "{what}: {} instead of {}",
+            brief(got),
+            brief(want)
+        );
+    }
+
+    /// What tonic's decoder reads from `frames`.
+    async fn tonic_reads(frames: &[Item]) -> Read {
+        let decoder = tonic_prost::ProstCodec::<Req, Req>::default().decoder();
+        let mut s = Streaming::new_request(decoder, body(frames), None, Some(MAX));
+        let mut got = Vec::new();
+        loop {
+            match s.message().await {
+                Ok(Some(m)) => got.push(m),
+                Ok(None) => return (got, None),
+                Err(e) => return (got, Some((e.code(), e.message().to_string()))),
+            }
+        }
+    }
+
+    /// What [`Messages`] reads from `frames`; with `split`, chunks cut across
+    /// frames come in pieces. After its end, it stays ended.
+    async fn ours(frames: &[Item], split: bool) -> Read {
+        let mut m = Messages::<Req>::new(body(frames), MAX);
+        if split {
+            m = m.split(2, MAX, chunk_message);
+        }
+        let mut got = Vec::new();
+        let end = loop {
+            match m.message().await {
+                Ok(Some(msg)) => got.push(msg),
+                Ok(None) => break None,
+                Err(e) => break Some((e.code(), e.message().to_string())),
+            }
+        };
+        assert_eq!(m.message().await.ok(), Some(None), "ended for good");
+        (got, end)
+    }
+
+    /// Consecutive chunks as one: what a reader that hands chunks on in
+    /// pieces must still agree on.
+    fn joined(messages: Vec<Req>) -> Vec<Req> {
+        let mut out: Vec<Req> = Vec::new();
+        for m in messages {
+            if let (
+                Some(Req {
+                    payload: Some(Payload::Chunk(prev)),
+                }),
+                Some(Payload::Chunk(next)),
+            ) = (out.last_mut(), &m.payload)
+            {
+                *prev = Bytes::from([&prev[..], &next[..]].concat());
+                continue;
+            }
+            out.push(m);
+        }
+        out
+    }
+
+    /// A small stream of every kind of message: metadata, chunks, an empty
+    /// chunk and a message with no field.
+    fn small_stream() -> (Bytes, Vec<usize>) {
+        let messages = [
+            metadata(20),
+            chunk(1, 40),
+            Req { payload: None },
+            chunk(2, 0),
+            chunk(3, 9),
+        ];
+        let mut all = Vec::new();
+        let mut starts = Vec::new();
+        for m in &messages {
+            starts.push(all.len());
+            all.extend_from_slice(&framed(m));
+        }
+        (Bytes::from(all), starts)
+    }
+
+    #[tokio::test]
+    async fn every_cut_of_a_stream_reads_as_tonic_reads_it() {
+        let (all, _) = small_stream();
+        let want = tonic_reads(&cut(&all, &[])).await;
+        assert_eq!(want.0.len(), 5);
+        assert_eq!(want.1, None);
+        for a in 0..=all.len() {
+            for b in a..=all.len() {
+                let frames = cut(&all, &[a, b]);
+                same(
+                    &tonic_reads(&frames).await,
+                    &want,
+                    &format!("tonic, cuts {a} {b}"),
+                );
+                same(&ours(&frames, false).await, &want, &format!("cuts {a} {b}"));
+                let (got, end) = ours(&frames, true).await;
+                let want_joined = (joined(want.0.clone()), None);
+                same(
+                    &(joined(got), end),
+                    &want_joined,
+                    &format!("split, cuts {a} {b}"),
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_cut_of_large_chunks_reads_as_tonic_reads_it() {
+        // Chunks over GATHER_BELOW, cut into frames small and large.
+        let messages = [metadata(300), chunk(1, 70_000), chunk(2, 40_000)];
+        let all = Bytes::from(messages.iter().flat_map(framed).collect::<Vec<_>>());
+        let want = (messages.to_vec(), None);
+        for a in (0..all.len())
+            .step_by(997)
+            .chain([1, 5, 6, 305, 306, 311, 312])
+        {
+            for b in [a, a + 1, a + 20_000, all.len() - 1, all.len()] {
+                let b = b.min(all.len());
+                let frames = cut(&all, &[a, b]);
+                same(
+                    &tonic_reads(&frames).await,
+                    &want,
+                    &format!("tonic, cuts {a} {b}"),
+                );
+                same(&ours(&frames, false).await, &want, &format!("cuts {a} {b}"));
+                let (got, end) = ours(&frames, true).await;
+                let want_joined = (joined(want.0.clone()), None);
+                same(
+                    &(joined(got), end),
+                    &want_joined,
+                    &format!("split, cuts {a} {b}"),
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_short_fails_as_in_tonic_but_after_a_prefix() {
+        let (all, starts) = small_stream();
+        // Where tonic ends a stream cleanly that ends right after a message's
+        // prefix (it drops the prefix from its buffer before the body came).
+        let after_prefix: Vec<usize> = starts
+            .iter()
+            .zip(starts.iter().skip(1).chain([&all.len()]))
+            .filter(|(s, e)| *e - *s > PREFIX)
+            .map(|(s, _)| s + PREFIX)
+            .collect();
+        for end in 0..all.len() {
+            let short = all.slice(..end);
+            for frames in [cut(&short, &[]), cut(&short, &[end / 2])] {
+                let want = tonic_reads(&frames).await;
+                let got = ours(&frames, true).await;
+                if after_prefix.contains(&end) {
+                    assert_eq!(want.1, None, "tonic's clean end at {end}");
+                    assert_eq!(got.0, want.0, "{end}");
+                    assert_eq!(
+                        got.1,
+                        Some((Code::Internal, "Unexpected EOF decoding stream.".into())),
+                        "{end}"
+                    );
+                } else {
+                    same(&got, &want, &format!("ends at {end}"));
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_prefixes_and_messages_fail_as_in_tonic() {
+        let next = framed(&chunk(5, 3));
+        let too_large = (MAX as u32 + 1).to_be_bytes();
+        let cases: Vec<Vec<u8>> = vec![
+            vec![1, 0, 0, 0, 0],
+            vec![2, 0, 0, 0, 1, 0],
+            vec![255, 0, 0, 0, 0],
+            [&[0][..], &too_large[..]].concat(),
+            vec![0, 255, 255, 255, 255],
+            // Not protobuf: a truncated field, a bad wire type, a bad key.
+            vec![0, 0, 0, 0, 2, 0x12, 0x05],
+            vec![0, 0, 0, 0, 2, 0x17, 0x00],
+            vec![0, 0, 0, 0, 1, 0x00],
+            // A chunk whose length runs past its message.
+            vec![0, 0, 0, 0, 3, 0x12, 0x09, 0x01],
+        ];
+        for case in cases {
+            for tail in [&[][..], &next[..]] {
+                let all = Bytes::from([&case[..], tail].concat());
+                for cuts in [vec![], vec![1], vec![5]] {
+                    let frames = cut(&all, &cuts[..cuts.len().min(all.len())]);
+                    let want = tonic_reads(&frames).await;
+                    assert!(want.1.is_some(), "{case:?}");
+                    same(&ours(&frames, true).await, &want, &format!("{case:?}"));
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn body_errors_and_trailers_end_as_in_tonic() {
+        let whole = Bytes::from(framed(&chunk(1, 10)));
+        let trailers = Ok(Frame::trailers(http::HeaderMap::new()));
+        let cases: Vec<Vec<Item>> = vec![
+            vec![
+                Ok(Frame::data(whole.clone())),
+                Err(Status::aborted("reset")),
+            ],
+            vec![
+                Ok(Frame::data(whole.slice(..7))),
+                Err(Status::aborted("reset")),
+            ],
+            vec![Err(Status::invalid_argument("too large"))],
+            vec![Ok(Frame::data(whole.clone())), trailers],
+        ];
+        for frames in cases {
+            assert_eq!(ours(&frames, true).await, tonic_reads(&frames).await);
+        }
+        // Trailers after part of a message: tonic ends cleanly, a cut here.
+        let frames = vec![
+            Ok(Frame::data(whole.slice(..8))),
+            Ok(Frame::trailers(http::HeaderMap::new())),
+        ];
+        assert_eq!(tonic_reads(&frames).await.1, None);
+        assert_eq!(
+            ours(&frames, true).await.1.map(|e| e.0),
+            Some(Code::Internal)
+        );
+        // A cancelled body: tonic's clean end of a request stream, an error here.
+        let frames = vec![Ok(Frame::data(whole)), Err(Status::cancelled("reset"))];
+        assert_eq!(tonic_reads(&frames).await, (vec![chunk(1, 10)], None));
+        let (got, end) = ours(&frames, true).await;
+        assert_eq!(got, vec![chunk(1, 10)]);
+        assert_eq!(end.map(|e| e.0), Some(Code::Cancelled));
+    }
+
+    #[tokio::test]
+    async fn a_chunk_within_one_frame_is_a_slice_of_it() {
+        let frame = Bytes::from(framed(&chunk(7, 300_000)));
+        let range = frame.as_ptr_range();
+        let mut m = Messages::<Req>::new(body(&[Ok(Frame::data(frame.clone()))]), MAX);
+        let Some(Req {
+            payload: Some(Payload::Chunk(b)),
+        }) = m.message().await.expect("a message")
+        else {
+            panic!("a chunk");
+        };
+        assert_eq!(b.len(), 300_000);
+        assert!(range.contains(&b.as_ptr()), "not copied");
+    }
+
+    #[tokio::test]
+    async fn a_chunk_cut_across_large_frames_comes_in_its_pieces_uncopied() {
+        let (meta, a, b) = (metadata(300), chunk(1, 200_000), chunk(2, 90_000));
+        let all = Bytes::from([framed(&meta), framed(&a), framed(&b)].concat());
+        for cuts in [vec![100, 150_000], vec![1, 310, 312, 100_000, 200_312]] {
+            let frames = cut(&all, &cuts);
+            let mut m = Messages::<Req>::new(body(&frames), MAX).split(2, MAX, chunk_message);
+            assert_eq!(m.message().await.expect("ok"), Some(meta.clone()));
+            let mut got = Vec::new();
+            while let Some(msg) = m.message().await.expect("ok") {
+                let Some(Payload::Chunk(piece)) = msg.payload else {
+                    panic!("a chunk");
+                };
+                let large_frame = frames.iter().any(|f| {
+                    f.as_ref().ok().and_then(Frame::data_ref).is_some_and(|d| {
+                        d.len() >= GATHER_BELOW && d.as_ptr_range().contains(&piece.as_ptr())
+                    })
+                });
+                assert!(large_frame || piece.len() < GATHER_BELOW, "{cuts:?}");
+                got.push(piece);
+            }
+            assert!(got.len() > 2, "in pieces: {cuts:?}");
+            let want: Vec<u8> = [vec![1; 200_000], vec![2; 90_000]].concat();
+            assert_eq!(got.concat(), want, "{cuts:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn tiny_frames_are_gathered_not_held_one_by_one() {
+        // A chunk sent a byte a frame, then one sent in frames alternately of
+        // one byte and of GATHER_BELOW: the pieces stay few.
+        let (a, b) = (chunk(1, 50_000), chunk(2, 200_000));
+        let (fa, fb) = (Bytes::from(framed(&a)), Bytes::from(framed(&b)));
+        let mut frames: Vec<Item> = (0..fa.len())
+            .map(|i| Ok(Frame::data(fa.slice(i..i + 1))))
+            .collect();
+        let mut at = 0;
+        let mut large = 0;
+        while at < fb.len() {
+            let n = if frames.len() % 2 == 0 {
+                1
+            } else {
+                GATHER_BELOW
+            };
+            let n = n.min(fb.len() - at);
+            large += usize::from(n >= GATHER_BELOW);
+            frames.push(Ok(Frame::data(fb.slice(at..at + n))));
+            at += n;
+        }
+        let mut m = Messages::<Req>::new(body(&frames), MAX).split(2, MAX, chunk_message);
+        let first = m.message().await.expect("ok");
+        assert_eq!(first, Some(a), "a byte a frame: gathered into one message");
+        let mut pieces = 0;
+        let mut got = Vec::new();
+        while let Some(Req {
+            payload: Some(Payload::Chunk(p)),
+        }) = m.message().await.expect("ok")
+        {
+            pieces += 1;
+            got.push(p);
+        }
+        assert!(
+            pieces <= 2 * large + 2,
+            "{pieces} pieces, {large} large frames"
+        );
+        assert_eq!(got.concat(), vec![2; 200_000]);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_over_the_split_limit_comes_whole() {
+        let all = Bytes::from(framed(&chunk(4, 100_000)));
+        let frames = cut(&all, &[50_000]);
+        let mut m = Messages::<Req>::new(body(&frames), MAX).split(2, 99_999, chunk_message);
+        assert_eq!(m.message().await.expect("ok"), Some(chunk(4, 100_000)));
+        assert_eq!(m.message().await.expect("end"), None);
+    }
+}
