@@ -40,6 +40,7 @@ use tokio::net::TcpListener;
 
 use self::forward::Forwarder;
 use self::notification::Notification;
+use self::refusal::Refused;
 pub use self::setup::SetupError;
 use self::verify::Verifier;
 use crate::auth::cache::{Bounded, Digest32};
@@ -68,6 +69,24 @@ const VERIFIED_FOR: Duration = Duration::from_secs(300);
 /// verification, whatever its `.expires` says.
 const VERIFIED_AT_MOST: Duration = Duration::from_secs(3600);
 
+/// How long a credential refused for good is refused without a check (a
+/// certificate rotated in by the periodic reload may make a token refused for
+/// a bad signature good again: it waits at most this long).
+const REFUSED_FOR: Duration = Duration::from_secs(60);
+
+/// The 401 of a refused credential.
+fn unauthorized(m: &Metrics, refused: Refused) -> Response {
+    let mut resp = answer(
+        m,
+        StatusCode::UNAUTHORIZED,
+        refused.label(),
+        &refused.to_string(),
+    );
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
+}
+
 /// The webhook side of the gateway: what it needs and nothing of the gRPC side
 /// but the event log's recorder.
 pub struct Webhooks {
@@ -77,6 +96,10 @@ pub struct Webhooks {
     /// held up by the failure throttle, which a flood of bad requests can empty
     /// for everyone behind one ingress address. They are still checked.
     verified: std::sync::Mutex<Bounded<()>>,
+    /// Credentials (by digest) refused after a check, for good: the same one
+    /// again is refused without a check and without spending the budget (a
+    /// replayed bad token costs one check, not one per request).
+    refused: std::sync::Mutex<Bounded<Refused>>,
     recorder: Recorder,
     forward: Option<Forwarder>,
     metrics: Arc<Metrics>,
@@ -121,6 +144,7 @@ impl Webhooks {
             // total would let one bad sender lock CorrigoPro out.
             throttle: FailureThrottle::new(w.failed_checks, w.failed_checks),
             verified: std::sync::Mutex::new(Bounded::new()),
+            refused: std::sync::Mutex::new(Bounded::new()),
             recorder,
             forward,
             metrics,
@@ -194,6 +218,14 @@ async fn handle(
             .ok()
             .is_some_and(|mut v| v.get(&k, 0).is_some())
     });
+    let refused_before = if known {
+        None
+    } else {
+        key.and_then(|k| h.refused.lock().ok().and_then(|mut r| r.get(&k, 0)))
+    };
+    if let Some(refused) = refused_before {
+        return unauthorized(m, refused);
+    }
     if !known && let Err(r) = h.throttle.check(ip) {
         let mut resp = answer(
             m,
@@ -212,20 +244,18 @@ async fn handle(
         Err(refusal) => {
             // Only a check that cost something spends the failure budget: a
             // flood of garbage is refused as cheaply as it is made.
+            let refused = refusal.reason;
             if refusal.checked {
                 h.throttle.failed(ip);
+                if let Some(k) = key
+                    && refused.is_for_good()
+                    && let Ok(mut r) = h.refused.lock()
+                {
+                    r.put(k, refused, REFUSED_FOR, 0);
+                }
             }
-            let refused = refusal.reason;
             tracing::info!(reason = refused.label(), remote = ?ip, "webhook request refused");
-            let mut resp = answer(
-                m,
-                StatusCode::UNAUTHORIZED,
-                refused.label(),
-                &refused.to_string(),
-            );
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return resp;
+            return unauthorized(m, refused);
         }
     };
     if let Some(r) = verified.reading {

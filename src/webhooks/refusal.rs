@@ -23,6 +23,12 @@ pub enum Refused {
 }
 
 impl Refused {
+    /// Whether the same credential would be refused again whenever it came
+    /// (a token not valid *yet* is not: time makes it good).
+    pub fn is_for_good(self) -> bool {
+        !matches!(self, Self::NotYetValid | Self::Missing)
+    }
+
     /// The metric label of the refusal.
     pub fn label(self) -> &'static str {
         match self {
@@ -58,6 +64,27 @@ impl Refusal {
         Self {
             reason,
             checked: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_time_cannot_undo_are_remembered() {
+        assert!(!Refused::NotYetValid.is_for_good(), "time makes it good");
+        assert!(!Refused::Missing.is_for_good(), "nothing to remember it by");
+        for r in [
+            Refused::Malformed,
+            Refused::BadSignature,
+            Refused::Expired,
+            Refused::WrongAudience,
+            Refused::WrongName,
+            Refused::BadSecret,
+        ] {
+            assert!(r.is_for_good(), "{r:?}");
         }
     }
 }

@@ -62,11 +62,15 @@ pub const OTHER_KEY_PEM: &str = include_str!("../fixtures/webhooks/other-key.pem
 /// by another key. Each call makes another (a flood of distinct credentials).
 pub fn forged_token() -> String {
     static FORGER: std::sync::OnceLock<Signer> = std::sync::OnceLock::new();
+    // Each one unique (issued a second earlier than the one before): a forged
+    // token sent again is refused from memory, without a check.
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 600;
     FORGER
         .get_or_init(|| Signer::from_pem(OTHER_KEY_PEM).expect("other key"))
         .token(
             AUDIENCE,
-            SystemTime::now(),
+            SystemTime::now() - Duration::from_secs(n),
             Duration::from_secs(1200),
             false,
         )

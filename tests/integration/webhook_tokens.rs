@@ -168,6 +168,42 @@ async fn expired_foreign_or_another_keys_tokens_are_refused_and_record_nothing()
     assert_eq!(next_event(&mut w).await.upstream_message_id, "accepted");
 }
 
+/// A forged token sent again and again costs one check: it is refused from
+/// memory afterwards (401, the same reason), spends no budget, and a token
+/// never seen before still verifies.
+#[tokio::test]
+async fn a_replayed_forged_token_costs_one_check() {
+    let h = with_webhooks(|s| {
+        s.webhooks.failed_checks = attachment_gateway::config::Rate { rps: 1, burst: 3 };
+    })
+    .await;
+    let forged = forged_token();
+    for i in 0..20 {
+        let r = post(
+            &h.webhook_url,
+            bearer(&forged),
+            &added(1001, "x", &format!("r{i}")),
+        )
+        .await;
+        assert_eq!(r.status(), 401, "try {i}: refused, never throttled");
+    }
+    assert_eq!(
+        metric(&h, "webhook_requests_total{outcome=\"throttled\"}"),
+        0
+    );
+    assert_eq!(
+        metric(
+            &h,
+            "webhook_requests_total{outcome=\"refused_bad_signature\"}"
+        ),
+        20,
+        "each refusal still counted by its reason"
+    );
+    let fresh = shaped(SystemTime::now(), &TokenShape::default());
+    let r = post(&h.webhook_url, bearer(&fresh), &added(1001, "a", "fresh")).await;
+    assert_eq!(r.status(), 200);
+}
+
 #[tokio::test]
 async fn garbage_does_not_spend_the_failure_budget_forged_signatures_do() {
     let h = with_webhooks(|s| {
