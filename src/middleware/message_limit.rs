@@ -272,6 +272,16 @@ where
                 self.failed = true;
                 Poll::Ready(Some(Err(Box::new(crate::api::error::caller_reset(e)))))
             }
+            // hyper ends a request body cleanly when the caller resets its
+            // stream with NO_ERROR or CANCEL: only a stream whose end the
+            // caller sent (END_STREAM) ended; any other end is a reset, and
+            // an upload cut at a message boundary is not a whole one.
+            Poll::Ready(None) if !self.inner.is_end_stream() => {
+                self.failed = true;
+                Poll::Ready(Some(Err(Box::new(crate::api::error::caller_reset(
+                    "the stream was reset",
+                )))))
+            }
             other => other.map(|o| o.map(|r| r.map_err(Into::into))),
         }
     }
@@ -335,6 +345,11 @@ mod tests {
             _: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
             Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+
+        // Its end is the caller's (as END_STREAM is).
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
         }
     }
 

@@ -42,6 +42,13 @@ const PREFIX: usize = 5;
 /// how many frames a caller cuts them into.
 pub const GATHER_BELOW: usize = 16 * 1024;
 
+/// Frames held as slices (not yet taken) at most; later ones are gathered
+/// until a message is taken. A slice keeps the whole read buffer it was cut
+/// from (up to about twice the largest frame) alive, and a caller choosing its
+/// frames could otherwise pin a buffer per 16 KiB of a message: this bounds
+/// what a stream pins to a few buffers, whatever its framing.
+pub const MAX_HELD_SLICES: usize = 8;
+
 /// A request body set aside for its handler to read with [`Messages`]: the
 /// service sees an empty body in its place. Request extensions must be `Clone`
 /// and `Sync`; the body is taken once.
@@ -140,7 +147,7 @@ impl<T: prost::Message + Default> Messages<T> {
     fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, Status>> {
         loop {
             if let Some(piece) = self.pieces.pop_front() {
-                return Poll::Ready(Ok(self.make(piece)));
+                return Poll::Ready(self.make(piece));
             }
             match self.take() {
                 Ok(Some(Taken::Whole(m))) => {
@@ -150,7 +157,7 @@ impl<T: prost::Message + Default> Messages<T> {
                         Err(e) => Err(self.fail(Status::internal(e.to_string()))),
                     });
                 }
-                Ok(Some(Taken::Piece(p))) => return Poll::Ready(Ok(self.make(p))),
+                Ok(Some(Taken::Piece(p))) => return Poll::Ready(self.make(p)),
                 Ok(None) => {}
                 Err(s) => return Poll::Ready(Err(self.fail(s))),
             }
@@ -176,7 +183,7 @@ impl<T: prost::Message + Default> Messages<T> {
             return;
         }
         self.len += data.len();
-        if data.len() < GATHER_BELOW {
+        if data.len() < GATHER_BELOW || self.queued.len() >= MAX_HELD_SLICES {
             self.gathered.extend_from_slice(&data);
             return;
         }
@@ -191,9 +198,13 @@ impl<T: prost::Message + Default> Messages<T> {
         }
     }
 
-    fn make(&self, piece: Bytes) -> Option<T> {
-        // Only called with pieces, which only `split` makes.
-        self.split.as_ref().map(|s| (s.make)(piece))
+    /// A piece as a message: only `split` makes pieces, so its `make` is
+    /// there; if it were not, that is a lost invariant, never a clean end.
+    fn make(&mut self, piece: Bytes) -> Result<Option<T>, Status> {
+        match self.split.as_ref() {
+            Some(s) => Ok(Some((s.make)(piece))),
+            None => Err(self.fail(lost())),
+        }
     }
 
     fn end(&mut self) -> Result<Option<T>, Status> {
@@ -534,6 +545,42 @@ mod tests {
             all.extend_from_slice(&framed(m));
         }
         (Bytes::from(all), starts)
+    }
+
+    /// A message sent in many large frames: no more than `MAX_HELD_SLICES`
+    /// of them are held as slices of their read buffers, the rest are
+    /// gathered, and the message (whole or in pieces) reads as tonic reads it.
+    #[tokio::test]
+    async fn a_message_in_many_frames_pins_few_read_buffers() {
+        let m = chunk(7, 40 * GATHER_BELOW);
+        let all = Bytes::from(framed(&m));
+        let cuts: Vec<usize> = (1..42)
+            .map(|i| i * GATHER_BELOW)
+            .filter(|c| *c < all.len())
+            .collect();
+        let frames = cut(&all, &cuts);
+        assert!(frames.len() > 3 * MAX_HELD_SLICES, "{}", frames.len());
+        // Fed frame by frame: the slices held stay bounded.
+        let mut r = Messages::<Req>::new(body(&[]), MAX);
+        for f in &frames {
+            let data = f
+                .as_ref()
+                .ok()
+                .and_then(|f| f.data_ref())
+                .cloned()
+                .expect("data");
+            r.push(data);
+            assert!(r.queued.len() <= MAX_HELD_SLICES, "{}", r.queued.len());
+        }
+        let want = tonic_reads(&frames).await;
+        same(&ours(&frames, false).await, &want, "whole");
+        let (got, end) = ours(&frames, true).await;
+        assert!(got.len() <= MAX_HELD_SLICES + 1, "pieces: {}", got.len());
+        same(
+            &(joined(got), end),
+            &(joined(want.0.clone()), None),
+            "in pieces",
+        );
     }
 
     #[tokio::test]

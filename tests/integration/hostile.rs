@@ -748,3 +748,53 @@ async fn an_upload_cut_inside_a_message_stores_nothing() {
     }
     nothing_stored(&h.sandbox).await;
 }
+
+/// An upload whose caller resets its stream right after a whole chunk, with
+/// NO_ERROR or CANCEL (which hyper hands on as a body's clean end), is no
+/// whole file: nothing is stored. Only the caller's END_STREAM ends an upload.
+#[tokio::test]
+async fn an_upload_reset_at_a_message_boundary_stores_nothing() {
+    let h = with_sandbox().await;
+    let path = "/corrigopro.attachments.v1.AttachmentService/UploadAttachment";
+    let body = [
+        grpc_framed(&meta_msg(metadata(1001, "reset.bin"))),
+        grpc_framed(&chunk_msg(pattern(20_000, 1))),
+    ]
+    .concat();
+    for reason in [h2::Reason::NO_ERROR, h2::Reason::CANCEL] {
+        let tcp = tokio::net::TcpStream::connect(h.gateway.addr)
+            .await
+            .expect("connect");
+        let (client, conn) = h2::client::Builder::new()
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .expect("h2 handshake");
+        let _conn = AbortOnDrop(tokio::spawn(async move {
+            let _ = conn.await;
+        }));
+        let mut client = client.ready().await.expect("ready");
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{}{path}", h.gateway.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("request");
+        let (_resp, mut send) = client.send_request(req, false).expect("send");
+        send.reserve_capacity(body.len());
+        while send.capacity() < body.len() {
+            match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+                Some(Ok(_)) => {}
+                _ => break,
+            }
+        }
+        send.send_data(bytes::Bytes::copy_from_slice(&body), false)
+            .expect("data");
+        // The gateway has the whole chunk (the upstream body is under way),
+        // then the caller resets instead of ending its stream.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        send.send_reset(reason);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        nothing_stored(&h.sandbox).await;
+    }
+}
