@@ -32,10 +32,7 @@ use tower::{Layer, Service};
 use crate::api::Error;
 use crate::config::LimitSettings;
 use crate::methods::{self, RequestSize};
-use crate::proto::frames::RawBody;
-
-/// Room in a decoded message beyond the chunk itself (field tags, metadata).
-pub const MESSAGE_OVERHEAD: usize = 64 * 1024;
+use crate::proto::frames::{MESSAGE_OVERHEAD, RawBody};
 
 /// Messages from this size up are handed on apart from their prefix.
 const CUT_FROM: usize = 16 * 1024;

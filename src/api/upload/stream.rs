@@ -6,8 +6,7 @@
 use bytes::Bytes;
 use tonic::{Status, Streaming};
 
-use crate::middleware::message_limit::MESSAGE_OVERHEAD;
-use crate::proto::frames::Messages;
+use crate::proto::frames::{MESSAGE_OVERHEAD, Messages};
 use crate::proto::wire::UploadAttachmentRequest;
 use crate::proto::wire::upload_attachment_request::Payload;
 
