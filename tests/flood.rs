@@ -47,6 +47,24 @@ fn request(auth: Option<&str>, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// An "attachment added" notification as CorrigoPro sends it.
+fn notification(attachment_id: &str, message_id: &str) -> String {
+    json!({
+        "AttachmentId": attachment_id, "Name": "test.doc", "MimeType": "application/msword",
+        "Size": 234256, "Header": {"WorkOrderId": 1001, "Action": "AttachmentAdded",
+        "ActionDate": "2017-10-04T08:28:36.9484279Z", "ApiVersion": "1.0",
+        "MessageId": message_id}
+    })
+    .to_string()
+}
+
+/// A token of `signer`'s for the gateway, issued now, valid 20 minutes.
+fn token_of(signer: &Signer, gzip: bool) -> String {
+    signer
+        .token(AUDIENCE, SystemTime::now(), Duration::from_secs(1200), gzip)
+        .expect("token")
+}
+
 /// Sends one request on a new connection; the status, if an answer came.
 async fn once(addr: &str, req: &[u8]) -> Option<u16> {
     let mut s = TcpStream::connect(addr).await.ok()?;
@@ -135,21 +153,8 @@ async fn corrigopros_notifications_get_through_a_flood_from_the_same_address() {
     }
     // CorrigoPro's token in use: it delivered before the flood began.
     let signer = Signer::from_pem(NOTIFIER_KEY_PEM).expect("key");
-    let mut token = signer
-        .token(
-            AUDIENCE,
-            SystemTime::now(),
-            Duration::from_secs(1200),
-            false,
-        )
-        .expect("token");
-    let warm = json!({
-        "AttachmentId": "a-warm", "Name": "test.doc", "MimeType": "application/msword",
-        "Size": 234256, "Header": {"WorkOrderId": 1001, "Action": "AttachmentAdded",
-        "ActionDate": "2017-10-04T08:28:36.9484279Z", "ApiVersion": "1.0",
-        "MessageId": "flood-warm"}
-    })
-    .to_string();
+    let mut token = token_of(&signer, false);
+    let warm = notification("a-warm", "flood-warm");
     assert_eq!(
         once(&addr, &request(Some(&token), &warm)).await,
         Some(200),
@@ -178,14 +183,7 @@ async fn corrigopros_notifications_get_through_a_flood_from_the_same_address() {
     let unique_sent = Arc::new(AtomicU64::new(0));
     {
         let (addr, stop, unique_sent) = (addr.clone(), Arc::clone(&stop), Arc::clone(&unique_sent));
-        let base = other
-            .token(
-                AUDIENCE,
-                SystemTime::now(),
-                Duration::from_secs(1200),
-                false,
-            )
-            .expect("token");
+        let base = token_of(&other, false);
         tokio::spawn(async move {
             const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
             let (data, sig) = base.split_once("<---->").expect("shape");
@@ -239,18 +237,10 @@ async fn corrigopros_notifications_get_through_a_flood_from_the_same_address() {
     let deliveries = RUN_FOR.as_secs();
     for n in 0..deliveries {
         let tick = Instant::now();
-        let body = json!({
-            "AttachmentId": format!("a-{n}"), "Name": "test.doc", "MimeType": "application/msword",
-            "Size": 234256, "Header": {"WorkOrderId": 1001, "Action": "AttachmentAdded",
-            "ActionDate": "2017-10-04T08:28:36.9484279Z", "ApiVersion": "1.0",
-            "MessageId": format!("flood-{n}")}
-        })
-        .to_string();
+        let body = notification(&format!("a-{n}"), &format!("flood-{n}"));
         if n == deliveries / 3 {
             // A new token, delivered as CorrigoPro retries: every second.
-            token = signer
-                .token(AUDIENCE, SystemTime::now(), Duration::from_secs(1200), true)
-                .expect("token");
+            token = token_of(&signer, true);
             for _ in 0..3 {
                 let status = tokio::time::timeout(
                     Duration::from_secs(2),

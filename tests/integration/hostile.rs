@@ -613,22 +613,24 @@ async fn a_tls_handshake_that_never_ends_is_cut() {
     serving.abort();
 }
 
-/// Sends `body` as one gRPC call to `path` over raw HTTP/2, in DATA frames of
-/// the given sizes (the last frame takes what is left), then ends the stream;
-/// answers the status and the response's data.
-async fn raw_call(
+/// Opens one gRPC call to `path` over a raw HTTP/2 connection of its own:
+/// the response to come, the request stream to send on, and the connection's
+/// task (aborted when dropped).
+async fn open_raw_call(
     addr: std::net::SocketAddr,
     path: &str,
-    body: &[u8],
-    frames: &[usize],
-) -> (Option<String>, Vec<u8>) {
+) -> (
+    h2::client::ResponseFuture,
+    h2::SendStream<bytes::Bytes>,
+    AbortOnDrop,
+) {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (client, conn) = h2::client::Builder::new()
         .initial_window_size(8 * 1024 * 1024)
         .handshake::<_, bytes::Bytes>(tcp)
         .await
         .expect("h2 handshake");
-    let _conn = AbortOnDrop(tokio::spawn(async move {
+    let conn = AbortOnDrop(tokio::spawn(async move {
         let _ = conn.await;
     }));
     let mut client = client.ready().await.expect("ready");
@@ -639,7 +641,20 @@ async fn raw_call(
         .header("te", "trailers")
         .body(())
         .expect("request");
-    let (resp, mut send) = client.send_request(req, false).expect("send");
+    let (resp, send) = client.send_request(req, false).expect("send");
+    (resp, send, conn)
+}
+
+/// Sends `body` as one gRPC call to `path` over raw HTTP/2, in DATA frames of
+/// the given sizes (the last frame takes what is left), then ends the stream;
+/// answers the status and the response's data.
+async fn raw_call(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: &[u8],
+    frames: &[usize],
+) -> (Option<String>, Vec<u8>) {
+    let (resp, mut send, _conn) = open_raw_call(addr, path).await;
     let mut at = 0;
     let sizes = frames.iter().copied().chain(std::iter::repeat(usize::MAX));
     for size in sizes {
@@ -762,25 +777,7 @@ async fn an_upload_reset_at_a_message_boundary_stores_nothing() {
     ]
     .concat();
     for reason in [h2::Reason::NO_ERROR, h2::Reason::CANCEL] {
-        let tcp = tokio::net::TcpStream::connect(h.gateway.addr)
-            .await
-            .expect("connect");
-        let (client, conn) = h2::client::Builder::new()
-            .handshake::<_, bytes::Bytes>(tcp)
-            .await
-            .expect("h2 handshake");
-        let _conn = AbortOnDrop(tokio::spawn(async move {
-            let _ = conn.await;
-        }));
-        let mut client = client.ready().await.expect("ready");
-        let req = http::Request::builder()
-            .method("POST")
-            .uri(format!("http://{}{path}", h.gateway.addr))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .expect("request");
-        let (_resp, mut send) = client.send_request(req, false).expect("send");
+        let (_resp, mut send, _conn) = open_raw_call(h.gateway.addr, path).await;
         send.reserve_capacity(body.len());
         while send.capacity() < body.len() {
             match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
