@@ -175,12 +175,29 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+/// Counts one in a gauge while alive (an upload in progress, a write settling).
+pub struct Counted<'a>(&'a Gauge);
+
+impl<'a> Counted<'a> {
+    pub fn new(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub rpc_requests: Family<RpcLabels, Counter>,
     pub rpc_duration: HistogramFamily<MethodLabel>,
     pub upload_bytes: Counter,
     pub uploads_in_flight: Gauge,
+    pub writes_settling: Gauge,
     pub download_bytes: Counter,
     pub upstream_requests: Family<UpstreamLabels, Counter>,
     pub upstream_duration: HistogramFamily<CallLabel>,
@@ -226,6 +243,7 @@ impl Metrics {
             rpc_duration: Family::new_with_constructor(latency_histogram),
             upload_bytes: Counter::default(),
             uploads_in_flight: Gauge::default(),
+            writes_settling: Gauge::default(),
             download_bytes: Counter::default(),
             upstream_requests: Family::default(),
             upstream_duration: Family::new_with_constructor(latency_histogram),
@@ -274,6 +292,11 @@ impl Metrics {
             "uploads_in_flight",
             "Uploads in progress",
             m.uploads_in_flight.clone(),
+        );
+        registry.register(
+            "writes_settling",
+            "Writes whose answer was lost, waiting to ask the upstream what became of them",
+            m.writes_settling.clone(),
         );
         registry.register(
             "download_bytes",

@@ -226,6 +226,77 @@ async fn a_lost_outcome_settles_by_itself_with_its_event_when_nobody_retries() {
     assert_eq!(mock.with(|s| s.uploads_received), 1);
 }
 
+/// As above, but the upstream cannot be listed past the first check either
+/// (and nobody retries): the gateway keeps asking, with backoff, until it can
+/// tell, then records the outcome and appends the event; its
+/// `writes_settling` gauge counts the write meanwhile.
+#[tokio::test]
+async fn a_lost_outcome_settles_by_itself_though_the_first_checks_fail() {
+    use attachment_gateway::proto::watch_attachments_response::Payload;
+    let mock = LossyUpstream::start().await;
+    let mut s = settings_for(&mock.url);
+    s.upstream.request_timeout = Duration::from_secs(1);
+    let metrics = std::sync::Arc::new(attachment_gateway::metrics::Metrics::new());
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let gw = Gateway::start_with(
+        s,
+        attachment_gateway::server::Listeners {
+            grpc,
+            admin: None,
+            webhooks: None,
+        },
+        std::sync::Arc::clone(&metrics),
+    )
+    .await;
+    let mut c = gw.client();
+    let (mut w, _) = crate::common::watch::watch(&mut c, vec![], "").await;
+    let data = pattern(20_000, 8);
+    mock.lose(&[Lose::BadGatewayAfterApply]);
+    // Lists fail for 3.5 s after the upload is applied: the answer's own
+    // check and the settle check (2 s after the commit point) both fail.
+    mock.with(|s| s.fail_lists_after_upload = Duration::from_millis(3500));
+    let sent = std::time::Instant::now();
+    let first = upload(&mut c, "stubborn.jpg", &data, "stubborn-1")
+        .await
+        .expect_err("not known yet");
+    assert_eq!(error_reason(&first), "OUTCOME_UNKNOWN", "{first:?}");
+    assert_eq!(metrics.writes_settling.get(), 1, "the write is settling");
+    let event = loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), w.message())
+            .await
+            .expect("the event in time")
+            .expect("watch")
+            .expect("watch");
+        if let Some(Payload::Event(e)) = m.payload {
+            break e;
+        }
+    };
+    assert!(
+        sent.elapsed() >= Duration::from_millis(3500),
+        "settled only once the list answered: {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(event.upstream_message_id, "stubborn-1");
+    let held = mock.held(WO);
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        event.attachment.expect("attachment").attachment_id,
+        held[0].attachment_id
+    );
+    eventually("the write no longer settling", || {
+        metrics.writes_settling.get() == 0
+    })
+    .await;
+    let again = upload(&mut c, "stubborn.jpg", &data, "stubborn-1")
+        .await
+        .expect("replay");
+    assert!(again.reconciled);
+    assert_eq!(again.attachment_id, held[0].attachment_id);
+    assert_eq!(mock.with(|s| s.uploads_received), 1);
+}
+
 #[tokio::test]
 async fn a_wrong_checksum_stores_nothing_upstream() {
     let mock = LossyUpstream::start().await;

@@ -455,6 +455,8 @@ async fn read_all(mut c: Client, after: &str) -> Vec<Seen> {
 struct Stack {
     sandbox: Sandbox,
     gateways: Vec<Gateway>,
+    /// Each replica's metrics (how many writes are still settling).
+    metrics: Vec<Arc<attachment_gateway::metrics::Metrics>>,
     clients: Arc<Vec<Client>>,
     redis: Option<Arc<RedisServer>>,
     /// Between replica 0 and Redis (shared state only).
@@ -498,6 +500,7 @@ async fn stack(replicas: usize, seed: u64) -> Stack {
         (None, None)
     };
     let mut gateways = Vec::new();
+    let mut metrics = Vec::new();
     let mut hooks = Vec::new();
     for i in 0..replicas {
         let mut si = s.clone();
@@ -515,6 +518,8 @@ async fn stack(replicas: usize, seed: u64) -> Stack {
             webhooks.local_addr().expect("addr"),
             attachment_gateway::webhooks::PATH
         ));
+        let m = Arc::new(attachment_gateway::metrics::Metrics::new());
+        metrics.push(Arc::clone(&m));
         gateways.push(
             Gateway::start_with(
                 si,
@@ -523,7 +528,7 @@ async fn stack(replicas: usize, seed: u64) -> Stack {
                     admin: None,
                     webhooks: Some(webhooks),
                 },
-                Arc::new(attachment_gateway::metrics::Metrics::new()),
+                m,
             )
             .await,
         );
@@ -534,6 +539,7 @@ async fn stack(replicas: usize, seed: u64) -> Stack {
     Stack {
         sandbox,
         gateways,
+        metrics,
         clients,
         redis,
         proxy,
@@ -716,14 +722,25 @@ async fn fault_run(replicas: usize, seed: u64, ops: usize) {
     drop(pause_tx);
     let pauses = pauser.await.expect("pauser");
     nothing_half_done(sandbox).await;
-    // Writes that lost their caller finish in tasks of their own (those whose
-    // answer was lost settle by themselves 2 x request_timeout = 4 s after),
-    // and the customer's notifications are delivered: let them settle.
+    // Writes that lost their caller finish in tasks of their own (within
+    // request_timeout = 2 s, then their event), and the customer's
+    // notifications are delivered: let them settle.
     eventually("every notification delivered", || {
         sandbox.deliveries().iter().all(|d| d.delivered)
     })
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
+    // Those whose answer was lost settle by themselves 2 x request_timeout
+    // after their commit point, asking again while a list fails or Redis is
+    // cut off: every replica's must have ended (a bounded wait).
+    let settling_since = Instant::now();
+    while st.metrics.iter().any(|m| m.writes_settling.get() > 0) {
+        assert!(
+            settling_since.elapsed() < Duration::from_secs(120),
+            "writes still settling after 2 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     uploads.sort_by_key(|u| u.name.clone());
 
     // The log, read whole from the start; the follower must have seen it all.

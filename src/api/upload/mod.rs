@@ -34,7 +34,7 @@ use super::writes::{Start, Writes};
 use crate::config::{LimitSettings, RateLimitSettings};
 use crate::domain::{NewAttachment, UpstreamName};
 use crate::limits::Concurrency;
-use crate::metrics::Metrics;
+use crate::metrics::{Counted, Metrics};
 use crate::proto::wire::upload_attachment_request::Payload;
 use crate::proto::wire::{UploadAttachmentRequest, UploadAttachmentResponse};
 use crate::store::writes::{Fingerprint, WriteKey};
@@ -98,15 +98,6 @@ impl UploadLimits {
             first_message_timeout: limits.upload_first_message_timeout,
             idle_timeout: limits.upload_idle_timeout,
         }
-    }
-}
-
-/// Counts an upload in progress while alive.
-struct InFlight<'a>(&'a Metrics);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.uploads_in_flight.dec();
     }
 }
 
@@ -288,8 +279,7 @@ impl Uploads {
             self.metrics.refused(refusal.limit);
             Error::Limited(refusal)
         })?;
-        self.metrics.uploads_in_flight.inc();
-        let _in_flight = InFlight(&self.metrics);
+        let _in_flight = Counted::new(&self.metrics.uploads_in_flight);
         let key = (!caller_message_id.is_empty()).then(|| WriteKey {
             caller: Arc::clone(&caller),
             call: "upload",

@@ -343,44 +343,45 @@ impl Finish {
         self.audit("", &sent, "outcome_unknown", code_name(&err), false);
         // Settled later by a task of its own (the caller has its answer now).
         let committed_at = now_ms();
-        tokio::spawn(
+        let writes = self.writes.clone();
+        let (this, sent) = (Arc::new(self), Arc::<str>::from(sent));
+        let check = move || {
+            let (this, sent) = (Arc::clone(&this), Arc::clone(&sent));
             async move {
-                let writes = self.writes.clone();
-                let check = async || {
-                    let Some(l) = listed(
-                        self.writes.upstream(),
-                        self.attachment.work_order_id,
-                        self.writes.answer_timeout(),
-                    )
-                    .await
-                    else {
-                        return Settled::Unknown;
-                    };
-                    match reconcile::upload(&l, &self.attempt, &sent) {
-                        Found::Ours(a) => {
-                            let outcome = Outcome::Upload {
-                                attachment_id: a.attachment_id.clone(),
-                                message_id: sent.clone(),
-                                size_bytes: self.attempt.size_bytes,
-                                sha256: self.attempt.sha256.clone(),
-                                reconciled: true,
-                            };
-                            let event = upload_event(
-                                &self.attachment,
-                                &self.named,
-                                &a.attachment_id,
-                                self.attempt.size_bytes,
-                                &sent,
-                            );
-                            Settled::Happened(outcome, Box::new(event))
-                        }
-                        Found::Absent => Settled::DidNot,
-                        Found::Ambiguous(_) => Settled::Unknown,
-                    }
+                let Some(l) = listed(
+                    this.writes.upstream(),
+                    this.attachment.work_order_id,
+                    this.writes.answer_timeout(),
+                )
+                .await
+                else {
+                    return Settled::Unreachable;
                 };
-                writes.settle_later(held, committed_at, check).await;
+                match reconcile::upload(&l, &this.attempt, &sent) {
+                    Found::Ours(a) => {
+                        let outcome = Outcome::Upload {
+                            attachment_id: a.attachment_id.clone(),
+                            message_id: sent.to_string(),
+                            size_bytes: this.attempt.size_bytes,
+                            sha256: this.attempt.sha256.clone(),
+                            reconciled: true,
+                        };
+                        let event = upload_event(
+                            &this.attachment,
+                            &this.named,
+                            &a.attachment_id,
+                            this.attempt.size_bytes,
+                            &sent,
+                        );
+                        Settled::Happened(outcome, Box::new(event))
+                    }
+                    Found::Absent => Settled::DidNot,
+                    Found::Ambiguous(_) => Settled::Unknown,
+                }
             }
-            .in_current_span(),
+        };
+        tokio::spawn(
+            async move { writes.settle_later(held, committed_at, check).await }.in_current_span(),
         );
         Err(err)
     }

@@ -187,28 +187,36 @@ impl Writes {
                 w.audit(&sent, "outcome_unknown", code_name(&err), false, false);
                 // Settled later by this same task, once the caller has its answer.
                 let (this, committed_at) = (self.clone(), now_ms());
-                tokio::spawn(
-                    async move {
-                        let check = async || match this
-                            .upstream
-                            .list(
-                                w.work_order,
-                                crate::domain::ListView::Basic,
-                                Instant::now() + this.answer_timeout,
-                            )
-                            .await
-                        {
-                            Ok(listed) if w.came_true(&listed) => Settled::Happened(
-                                Outcome::MessageId(sent.clone()),
-                                Box::new(w.event(&sent)),
-                            ),
-                            // Running an update or a delete again does no harm.
-                            Ok(_) => Settled::DidNot,
-                            Err(_) => Settled::Unknown,
-                        };
-                        this.settle_later(held, committed_at, check).await;
+                let (w, sent) = (Arc::new(w), Arc::<str>::from(sent));
+                let check = {
+                    let this = this.clone();
+                    move || {
+                        let (this, w, sent) = (this.clone(), Arc::clone(&w), Arc::clone(&sent));
+                        async move {
+                            match this
+                                .upstream
+                                .list(
+                                    w.work_order,
+                                    crate::domain::ListView::Basic,
+                                    Instant::now() + this.answer_timeout,
+                                )
+                                .await
+                            {
+                                Ok(listed) if w.came_true(&listed) => Settled::Happened(
+                                    Outcome::MessageId(sent.to_string()),
+                                    Box::new(w.event(&sent)),
+                                ),
+                                // Running an update or a delete again does no harm.
+                                Ok(_) => Settled::DidNot,
+                                Err(e) if e.is_transient() => Settled::Unreachable,
+                                Err(_) => Settled::Unknown,
+                            }
+                        }
                     }
-                    .in_current_span(),
+                };
+                tokio::spawn(
+                    async move { this.settle_later(held, committed_at, check).await }
+                        .in_current_span(),
                 );
                 Err(err)
             }

@@ -26,7 +26,11 @@
 //!   when the upstream's list shows the write came true, that is the outcome
 //!   (`reconciled`). When it cannot be told yet, the record says the outcome is
 //!   unknown, and the caller is told to retry with the same message id: the
-//!   retry reconciles again, never runs the write blindly.
+//!   retry reconciles again, never runs the write blindly. Whether the caller
+//!   retries or not, the task asks again once [`Writes::settle`] has passed
+//!   since the commit point ([`Writes::settle_later`]), and keeps asking
+//!   through a failing list or an unreachable Redis for up to
+//!   [`SETTLE_TRIES_FOR`]: the outcome and its event settle by themselves.
 //! - **The outcome's record lost** (Redis unreachable at that moment): the
 //!   record stays committed; once [`Writes::settle`] has passed since the
 //!   commit point, a retry reconciles it.
@@ -42,7 +46,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -54,7 +58,7 @@ use super::runtime::Runtime;
 use crate::audit;
 use crate::config::UpstreamSettings;
 use crate::domain::{MessageId, WorkOrderId};
-use crate::metrics::Metrics;
+use crate::metrics::{Counted, Metrics};
 use crate::proto::{Attachment, AttachmentEventType};
 use crate::recorder::{GatewayEvent, Recorder};
 use crate::store::writes::{
@@ -64,6 +68,19 @@ use crate::upstream::{Upstream, UpstreamError};
 
 /// How long the task that finishes a write keeps trying to append its event.
 const EVENT_TRIES_FOR: Duration = Duration::from_secs(15);
+
+/// How long a write whose answer was lost keeps trying to settle when the
+/// upstream cannot be asked or its record cannot be written (well inside the
+/// record's own lifetime, `upstream.idempotency_ttl`, 24 h by default).
+pub const SETTLE_TRIES_FOR: Duration = Duration::from_secs(600);
+
+/// The first pause between settling rounds; it doubles up to [`SETTLE_MAX_WAIT`].
+const SETTLE_FIRST_WAIT: Duration = Duration::from_secs(1);
+const SETTLE_MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// Writes that keep trying to settle at once, at most (each is a small task;
+/// the bound holds memory and the upstream's load through a long outage).
+pub const MAX_SETTLING: usize = 256;
 
 /// How a remembered write starts.
 pub enum Start {
@@ -113,6 +130,8 @@ pub struct Writes {
     upstream: Arc<Upstream>,
     recorder: Recorder,
     metrics: Arc<Metrics>,
+    /// Permits for writes that keep trying to settle ([`MAX_SETTLING`]).
+    settling: Arc<Semaphore>,
 }
 
 /// What a finished write was, for its caller, its event and the audit trail.
@@ -145,6 +164,7 @@ impl Writes {
             upstream: Arc::clone(&rt.upstream),
             recorder: rt.recorder.clone(),
             metrics: Arc::clone(&rt.metrics),
+            settling: Arc::new(Semaphore::new(MAX_SETTLING)),
         }
     }
 
@@ -273,34 +293,105 @@ impl Writes {
     /// settle time after its commit point), asks the upstream again what
     /// became of it, unless a retry settled it meanwhile: what came true is
     /// recorded with its event; what provably did not frees the message id
-    /// (a retry runs it); what still cannot be told stays unknown. So a write's
-    /// outcome and event settle even when its caller never retries.
-    pub async fn settle_later<F>(&self, held: Held, committed_at_ms: u64, check: F)
+    /// (a retry runs it); what cannot be told (an identical attachment it
+    /// cannot be told apart from) stays unknown. So a write's outcome and
+    /// event settle even when its caller never retries.
+    ///
+    /// When the upstream cannot be asked (its list fails) or the record cannot
+    /// be written (Redis unreachable), it asks and writes again, with backoff
+    /// (1 s doubling to 30 s), for up to [`SETTLE_TRIES_FOR`]. An outage of the
+    /// upstream does not become a storm of lists: at most [`MAX_SETTLING`]
+    /// writes keep trying at once (beyond that, a write gets the one check, and
+    /// its retry reconciles it), and an open circuit breaker answers their
+    /// lists without calling the upstream. (Not the read retry budget: it
+    /// refills only with new calls, and a gateway gone quiet must settle too.)
+    pub async fn settle_later<F, Fut>(&self, held: Held, committed_at_ms: u64, check: F)
     where
-        F: AsyncFnOnce() -> Settled,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Settled>,
     {
+        let _settling = Counted::new(&self.metrics.writes_settling);
         let age = Duration::from_millis(now_ms().saturating_sub(committed_at_ms));
         tokio::time::sleep(self.settle.saturating_sub(age)).await;
-        match check().await {
-            Settled::Happened(outcome, event) => {
-                let stored = self
-                    .store
-                    .complete(&held.key, held.token, held.fingerprint, &outcome, self.ttl)
-                    .await;
-                if matches!(stored, Ok(true)) {
+        let may_retry = Arc::clone(&self.settling).try_acquire_owned().ok();
+        let until = Instant::now() + SETTLE_TRIES_FOR;
+        let mut wait = SETTLE_FIRST_WAIT;
+        let mut round = 0u32;
+        loop {
+            round += 1;
+            match check().await {
+                Settled::Happened(outcome, event) => {
+                    return self.record_settled(&held, &outcome, *event, until).await;
+                }
+                Settled::DidNot => return self.free_settled(&held, until).await,
+                Settled::Unknown => return,
+                Settled::Unreachable => {}
+            }
+            if may_retry.is_none() || Instant::now() + wait >= until {
+                tracing::warn!(
+                    rounds = round,
+                    "a write whose answer was lost could not be settled: the upstream could not be asked; a retry with its message_id reconciles it"
+                );
+                return;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(SETTLE_MAX_WAIT);
+        }
+    }
+
+    /// Records a settled write's outcome (trying while Redis is unreachable),
+    /// then its event; nothing when a retry recorded it meanwhile.
+    async fn record_settled(
+        &self,
+        held: &Held,
+        outcome: &Outcome,
+        event: GatewayEvent,
+        until: Instant,
+    ) {
+        let mut wait = SETTLE_FIRST_WAIT;
+        loop {
+            match self
+                .store
+                .complete(&held.key, held.token, held.fingerprint, outcome, self.ttl)
+                .await
+            {
+                Ok(true) => {
                     tracing::info!("a write whose answer was lost is found upstream: recorded");
                     self.metrics.write_outcome("reconciled");
-                    self.record_event(*event).await;
+                    self.record_event(event).await;
+                    return;
+                }
+                // A retry settled it (and appends the event itself).
+                Ok(false) => return,
+                Err(e) if Instant::now() + wait < until => {
+                    tracing::warn!(error = %e, "a settled write's outcome could not be recorded: trying again");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "a settled write's outcome could not be recorded; a retry with its message_id reconciles it");
+                    return;
                 }
             }
-            Settled::DidNot => {
-                tracing::info!(
-                    "a write whose answer was lost did not happen upstream: its message id is free again"
-                );
-                // Only the record this write left (not one a retry made since).
-                let _ = self.store.abandon(&held.key, held.token).await;
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(SETTLE_MAX_WAIT);
+        }
+    }
+
+    /// Frees the message id of a write that provably did not happen (only the
+    /// record this write left, not one a retry made since), trying while Redis
+    /// is unreachable. (Its lease-less committed record would otherwise wait
+    /// for a retry to reconcile it.)
+    async fn free_settled(&self, held: &Held, until: Instant) {
+        tracing::info!(
+            "a write whose answer was lost did not happen upstream: its message id is free again"
+        );
+        let mut wait = SETTLE_FIRST_WAIT;
+        while let Err(e) = self.store.abandon(&held.key, held.token).await {
+            if Instant::now() + wait >= until {
+                tracing::warn!(error = %e, "a write that did not happen could not free its message id; a retry reconciles it");
+                return;
             }
-            Settled::Unknown => {}
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(SETTLE_MAX_WAIT);
         }
     }
 
@@ -396,8 +487,11 @@ pub enum Settled {
     Happened(Outcome, Box<GatewayEvent>),
     /// It provably did not.
     DidNot,
-    /// It still cannot be told.
+    /// It cannot be told (an identical attachment it cannot be told apart
+    /// from): asking again would not tell either.
     Unknown,
+    /// The upstream could not be asked (its list failed): ask again later.
+    Unreachable,
 }
 
 /// Milliseconds since the Unix epoch, by this replica's clock.
