@@ -57,6 +57,19 @@ pub fn candidates_before(listed: &[UpstreamAttachment], a: &UploadAttempt) -> Ve
         .collect()
 }
 
+/// The ids in `listed` that an upload named `name` of media type `mime_type`
+/// could be taken for, whatever their size: kept from a list taken before an
+/// attempt whose size is not known yet (a superset of its candidates, so every
+/// one of them is known to be older).
+pub fn same_name_before(listed: &[UpstreamAttachment], name: &str, mime_type: &str) -> Vec<String> {
+    listed
+        .iter()
+        .filter(|l| l.name == name && same_media_type(&l.mime_type, mime_type))
+        .map(|l| l.attachment_id.clone())
+        .take(MAX_PREEXISTING)
+        .collect()
+}
+
 /// The `MessageId` an attachment object carries, if the upstream lists one.
 fn message_id_of(listed: &UpstreamAttachment) -> Option<String> {
     let s = listed.raw.to_struct().ok()?;

@@ -50,6 +50,9 @@ pub struct MockState {
     pub deletes_received: usize,
     /// The next lists fail (500).
     pub fail_lists: usize,
+    /// What the next lists answer, one entry each, in order: `None` the list,
+    /// `Some(status)` that error status.
+    pub list_script: VecDeque<Option<StatusCode>>,
     /// Once the next upload is applied, lists fail for this long.
     pub fail_lists_after_upload: std::time::Duration,
     fail_lists_until: Option<std::time::Instant>,
@@ -134,6 +137,9 @@ async fn list(State(st): St, Query(q): Query<HashMap<String, String>>) -> Respon
     let failing = s
         .fail_lists_until
         .is_some_and(|t| std::time::Instant::now() < t);
+    if let Some(status) = s.list_script.pop_front().flatten() {
+        return (status, "list refused").into_response();
+    }
     if s.fail_lists > 0 || failing {
         s.fail_lists = s.fail_lists.saturating_sub(1);
         return (StatusCode::INTERNAL_SERVER_ERROR, "list failed").into_response();

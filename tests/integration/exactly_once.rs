@@ -123,23 +123,24 @@ async fn when_the_gateway_cannot_tell_it_names_the_candidates_and_uploads_nothin
     let first = upload(&mut c, "twin.jpg", &data, "twin-1")
         .await
         .expect_err("cannot tell");
-    assert_eq!(first.code(), Code::Unavailable, "{first:?}");
-    assert_eq!(error_reason(&first), "OUTCOME_UNKNOWN");
-    assert_eq!(error_metadata(&first)["retry_safe"], "true");
     let retry = upload(&mut c, "twin.jpg", &data, "twin-1")
         .await
         .expect_err("still cannot tell");
-    assert_eq!(retry.code(), Code::FailedPrecondition, "{retry:?}");
-    assert_eq!(error_reason(&retry), "OUTCOME_UNKNOWN");
-    let meta = error_metadata(&retry);
-    assert_eq!(meta["retry_safe"], "false");
     let held: Vec<String> = mock.held(WO).into_iter().map(|h| h.attachment_id).collect();
-    let named: Vec<&str> = meta["candidate_attachment_ids"].split(',').collect();
-    assert_eq!(named.len(), 2);
-    assert!(
-        named.iter().all(|n| held.iter().any(|h| h == n)),
-        "{named:?} {held:?}"
-    );
+    // The first attempt is told what its retry is told: the gateway cannot
+    // tell, and which attachments to look at.
+    for answer in [&first, &retry] {
+        assert_eq!(answer.code(), Code::FailedPrecondition, "{answer:?}");
+        assert_eq!(error_reason(answer), "OUTCOME_UNKNOWN");
+        let meta = error_metadata(answer);
+        assert_eq!(meta["retry_safe"], "false");
+        let named: Vec<&str> = meta["candidate_attachment_ids"].split(',').collect();
+        assert_eq!(named.len(), 2);
+        assert!(
+            named.iter().all(|n| held.iter().any(|h| h == n)),
+            "{named:?} {held:?}"
+        );
+    }
     assert_eq!(
         mock.with(|s| s.uploads_received),
         1,
@@ -295,6 +296,48 @@ async fn a_lost_outcome_settles_by_itself_though_the_first_checks_fail() {
     assert!(again.reconciled);
     assert_eq!(again.attachment_id, held[0].attachment_id);
     assert_eq!(mock.with(|s| s.uploads_received), 1);
+}
+
+/// A retry that runs an upload again (its earlier attempt provably stored
+/// nothing) knows what the work order held before it from the list that
+/// showed that: when its own list from before fails and its answer is then
+/// lost, the one new attachment is still told to be its own.
+#[tokio::test]
+async fn a_run_again_whose_own_list_fails_still_tells_its_attachment() {
+    let mock = LossyUpstream::start().await;
+    let gw = gateway_for(&mock).await;
+    let mut c = gw.client();
+    let data = pattern(40_000, 12);
+    // The first attempt is refused by a proxy (nothing applied); the second
+    // is applied and its answer dropped.
+    mock.lose(&[Lose::BadGatewayBeforeApply, Lose::DropAfterApply]);
+    // The lists, in order: the first attempt's from before (ok); its check
+    // once the answer was lost (refused); the gateway's own settle check 2 s
+    // later (refused: it asks again 1 s later); the retry's reconcile (ok,
+    // nothing there); the retry's own list from before (refused); its check
+    // after its answer was lost (ok). A 400 is not retried, so one list each.
+    let refused = Some(axum::http::StatusCode::BAD_REQUEST);
+    mock.with(|s| s.list_script = [None, refused, refused, None, refused, None].into());
+    let first = upload(&mut c, "again.jpg", &data, "again-1")
+        .await
+        .expect_err("not known yet");
+    assert_eq!(error_reason(&first), "OUTCOME_UNKNOWN", "{first:?}");
+    assert_eq!(error_metadata(&first)["retry_safe"], "true");
+    // Past the settle time (2 x request_timeout), after the settle check.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let retry = upload(&mut c, "again.jpg", &data, "again-1")
+        .await
+        .expect("the one new attachment is the run again's");
+    assert!(retry.reconciled);
+    let held = mock.held(WO);
+    assert_eq!(held.len(), 1);
+    assert_eq!(retry.attachment_id, held[0].attachment_id);
+    assert_eq!(held[0].bytes.as_ref(), data.as_slice());
+    assert_eq!(
+        mock.with(|s| s.list_script.len()),
+        0,
+        "every list as scripted"
+    );
 }
 
 #[tokio::test]

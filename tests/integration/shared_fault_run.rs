@@ -550,6 +550,14 @@ async fn stack(replicas: usize, seed: u64) -> Stack {
 /// its state in process).
 async fn fault_run(replicas: usize, seed: u64, ops: usize) {
     let started = Instant::now();
+    // The gateways' own logs, to follow one write through a failing run:
+    // RELIABILITY_LOG=attachment_gateway=info (a tracing filter).
+    if let Ok(filter) = std::env::var("RELIABILITY_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
     let st = stack(replicas, seed).await;
     let (sandbox, clients) = (&st.sandbox, Arc::clone(&st.clients));
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -773,6 +781,34 @@ async fn fault_run(replicas: usize, seed: u64, ops: usize) {
         }
     }
 
+    // A caller told the outcome was not known (retry with the same id) that
+    // ran out of tries, whose upload is held with no event: it comes back
+    // once now, as a caller would. The gateway must then say it cannot tell,
+    // naming that attachment (so it rightly published no event); an OK
+    // answer means it could tell, and the missing event stays a fault. (What
+    // the upstream holds is read after this: a come-back that stored the
+    // file again would show as a duplicate.)
+    let mut held_now: HashMap<String, usize> = HashMap::new();
+    for wo in work_orders {
+        for a in sandbox.attachments(wo) {
+            *held_now.entry(a.name.clone()).or_default() += 1;
+        }
+    }
+    let mut came_back_after = 0usize;
+    for u in uploads.iter_mut() {
+        let held_once = held_now.get(&u.name) == Some(&1);
+        let no_event = !own_events.contains_key(u.message_id.as_str());
+        if held_once && no_event && u.told_unknown() && u.told_ambiguous().is_none() {
+            let mut m = metadata(u.work_order_id, &u.name);
+            m.message_id = u.message_id.clone();
+            let msgs = upload_messages(m, &u.data, 64 * 1024);
+            let answer = send(clients[0].clone(), msgs, Duration::from_secs(30)).await;
+            came_back_after += 1;
+            u.attempts.push(Attempt { replica: 0, answer });
+            println!("{} came back after the run: {}", u.name, u.history());
+        }
+    }
+
     // What the upstream holds of this run, by name (one name per upload).
     let mut stored: HashMap<String, Vec<StoredAttachment>> = HashMap::new();
     let mut by_message_id: HashMap<String, usize> = HashMap::new();
@@ -785,6 +821,7 @@ async fn fault_run(replicas: usize, seed: u64, ops: usize) {
         }
     }
     let upstream_holds: usize = stored.values().map(Vec::len).sum();
+
     let (mut mismatches, mut missing, mut extra, mut duplicates, mut inconsistent) =
         (0usize, 0usize, 0usize, 0usize, 0usize);
     let (mut resend_refused, mut told_unknown, mut event_faults) = (0usize, 0usize, 0usize);
@@ -947,6 +984,7 @@ async fn fault_run(replicas: usize, seed: u64, ops: usize) {
         started.elapsed().as_secs_f64()
     );
     println!("  errors seen by attempts: {reasons:?}");
+    println!("  callers that came back after the run: {came_back_after}");
     println!("  failed lists: {list_errors:?}");
 
     assert!(stats.faults_injected > 10, "faults were injected");

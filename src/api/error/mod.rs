@@ -99,14 +99,20 @@ pub enum Error {
         cause: String,
         retry_after: Duration,
     },
-    /// An earlier attempt's answer was lost, and the upstream shows several
+    /// An upload's answer was lost, and the upstream shows several
     /// attachments it may have created (or one that may be older): the
-    /// gateway cannot tell, and uploads nothing.
+    /// gateway cannot tell. Told by the attempt itself (`this_attempt`), or by
+    /// a retry, which uploads nothing.
     #[error(
-        "an earlier attempt with this message_id was sent but its answer was lost, and the gateway cannot tell which attachment (if any) it created: candidates {}; nothing was uploaded now. Check these attachments, then upload with a new message_id if none is yours",
-        .candidates.join(", ")
+        "{} with this message_id was sent but its answer was lost, and the gateway cannot tell which attachment (if any) it created: candidates {}{}. Check these attachments, then upload with a new message_id if none is yours",
+        if *.this_attempt { "the upload" } else { "an earlier attempt" },
+        .candidates.join(", "),
+        if *.this_attempt { "" } else { "; nothing was uploaded now" }
     )]
-    OutcomeAmbiguous { candidates: Vec<String> },
+    OutcomeAmbiguous {
+        candidates: Vec<String>,
+        this_attempt: bool,
+    },
     /// The caller stopped waiting (deadline, shutdown) after the write was
     /// sent whole: it runs to its end, and a retry with the same message id
     /// gets its outcome.
@@ -355,7 +361,7 @@ impl Error {
             Self::StreamIdle { waited, .. } => {
                 put("waited_ms", waited.as_millis().to_string());
             }
-            Self::OutcomeAmbiguous { candidates } => {
+            Self::OutcomeAmbiguous { candidates, .. } => {
                 put("candidate_attachment_ids", candidates.join(","));
             }
             Self::ChecksumMismatch { expected, actual } => {

@@ -71,6 +71,11 @@ fn one_of_each() -> Vec<Error> {
         },
         Error::OutcomeAmbiguous {
             candidates: vec!["a".into(), "b".into()],
+            this_attempt: false,
+        },
+        Error::OutcomeAmbiguous {
+            candidates: vec!["a".into()],
+            this_attempt: true,
         },
         Error::OutcomePending {
             why: "the deadline passed",

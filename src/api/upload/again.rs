@@ -21,8 +21,9 @@ pub(super) enum Reconciled {
     /// The earlier attempt's attachment: the answer.
     Answer(UploadAttachmentResponse),
     /// The earlier attempt provably stored nothing: run the upload, under
-    /// this lease.
-    RunAgain(Box<WriteGuard>),
+    /// this lease, with what the list that showed it held (taken before this
+    /// attempt: all older, should this attempt's own list fail).
+    RunAgain(Box<WriteGuard>, Vec<String>),
 }
 
 impl Uploads {
@@ -163,9 +164,15 @@ impl Uploads {
                 tracing::info!(
                     "an earlier attempt whose answer was lost stored nothing: running the upload again"
                 );
-                Ok(Reconciled::RunAgain(Box::new(
-                    self.writes.take_over(u).await?,
-                )))
+                let before = reconcile::same_name_before(
+                    &listed,
+                    attachment.name.as_str(),
+                    attachment.mime_type.as_str(),
+                );
+                Ok(Reconciled::RunAgain(
+                    Box::new(self.writes.take_over(u).await?),
+                    before,
+                ))
             }
             // It may still be on its way: wait until it no longer can be.
             Found::Absent => Err(Error::WriteInProgress {
@@ -173,7 +180,10 @@ impl Uploads {
                     .wait(self.writes.settle())
                     .clamp(Duration::from_secs(1), Duration::from_secs(30)),
             }),
-            Found::Ambiguous(candidates) => Err(Error::OutcomeAmbiguous { candidates }),
+            Found::Ambiguous(candidates) => Err(Error::OutcomeAmbiguous {
+                candidates,
+                this_attempt: false,
+            }),
         }
     }
 }

@@ -287,7 +287,7 @@ impl Uploads {
             message_id: caller_message_id,
         });
         let named = Named { caller, key };
-        let guard = match self
+        let (guard, listed_before) = match self
             .writes
             .begin(
                 named.key.clone(),
@@ -302,12 +302,13 @@ impl Uploads {
             Start::Unsettled(u) => {
                 match self.reconcile(&mut stream, &attachment, u, &named).await? {
                     Reconciled::Answer(r) => return Ok(r),
-                    Reconciled::RunAgain(g) => Some(*g),
+                    Reconciled::RunAgain(g, before) => (Some(*g), Some(before)),
                 }
             }
-            Start::Go(g) => g,
+            Start::Go(g) => (g, None),
         };
-        self.send(stream, attachment, guard, named, phase).await
+        self.send(stream, attachment, guard, listed_before, named, phase)
+            .await
     }
 
     /// The first message, which must be the metadata and arrive soon (no slot is

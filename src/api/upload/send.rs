@@ -84,6 +84,7 @@ impl Uploads {
         mut stream: UploadStream,
         attachment: NewAttachment,
         mut guard: Option<WriteGuard>,
+        listed_before: Option<Vec<String>>,
         named: Named,
         phase: &Phase,
     ) -> Result<UploadAttachmentResponse, Error> {
@@ -223,7 +224,10 @@ impl Uploads {
                 .ok()
                 .and_then(Result::ok)
                 .flatten()
-                .map(|l| reconcile::candidates_before(&l, &attempt));
+                .map(|l| reconcile::candidates_before(&l, &attempt))
+                // A run again has the list that showed its earlier attempt
+                // absent, also from before this attempt.
+                .or(listed_before);
         }
         let keyed = guard.is_some();
         if let Some(g) = guard.as_mut() {
@@ -316,6 +320,7 @@ impl Finish {
         sent: String,
     ) -> Result<Finished<UploadAttachmentResponse>, Error> {
         tracing::warn!(error = %e, "an upload's answer was lost after it was sent whole: asking the upstream what became of it");
+        let mut ambiguous = None;
         if self.guard.is_some() {
             let listed = listed(
                 self.writes.upstream(),
@@ -323,10 +328,14 @@ impl Finish {
                 self.writes.answer_timeout(),
             )
             .await;
-            if let Some(l) = listed
-                && let Found::Ours(a) = reconcile::upload(&l, &self.attempt, &sent)
-            {
-                return self.done(a.attachment_id, sent, true, "reconciled").await;
+            match listed.map(|l| reconcile::upload(&l, &self.attempt, &sent)) {
+                Some(Found::Ours(a)) => {
+                    return self.done(a.attachment_id, sent, true, "reconciled").await;
+                }
+                // What a retry would be told, told now: the caller who stops
+                // here knows the gateway cannot tell, and which to look at.
+                Some(Found::Ambiguous(candidates)) => ambiguous = Some(candidates),
+                Some(Found::Absent) | None => {}
             }
         }
         self.writes.metrics().write_outcome("outcome_unknown");
@@ -336,9 +345,15 @@ impl Finish {
             return Err(err);
         };
         let held = g.give_up().await;
-        let err = Error::OutcomeUnknown {
-            cause: e.to_string(),
-            retry_after: Duration::from_secs(1),
+        let err = match ambiguous {
+            Some(candidates) => Error::OutcomeAmbiguous {
+                candidates,
+                this_attempt: true,
+            },
+            None => Error::OutcomeUnknown {
+                cause: e.to_string(),
+                retry_after: Duration::from_secs(1),
+            },
         };
         self.audit("", &sent, "outcome_unknown", code_name(&err), false);
         // Settled later by a task of its own (the caller has its answer now).
