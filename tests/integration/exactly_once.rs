@@ -46,6 +46,42 @@ async fn gateway_for(mock: &LossyUpstream) -> Gateway {
     Gateway::start(s).await
 }
 
+/// Waits (up to 10 s) for the event of an upload whose answer was lost and
+/// that nobody retried, checks it names the one attachment held upstream, and
+/// that a late retry gets that outcome with nothing sent again. When the
+/// event came.
+async fn settled_by_itself(
+    mock: &LossyUpstream,
+    c: &mut Client,
+    w: &mut tonic::Streaming<attachment_gateway::proto::WatchAttachmentsResponse>,
+    (name, data, message_id): (&str, &[u8], &str),
+) -> std::time::Instant {
+    use attachment_gateway::proto::watch_attachments_response::Payload;
+    let event = loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), w.message())
+            .await
+            .expect("the event in time")
+            .expect("watch")
+            .expect("watch");
+        if let Some(Payload::Event(e)) = m.payload {
+            break e;
+        }
+    };
+    let at = std::time::Instant::now();
+    assert_eq!(event.upstream_message_id, message_id);
+    let held = mock.held(WO);
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        event.attachment.expect("attachment").attachment_id,
+        held[0].attachment_id
+    );
+    let again = upload(c, name, data, message_id).await.expect("replay");
+    assert!(again.reconciled);
+    assert_eq!(again.attachment_id, held[0].attachment_id);
+    assert_eq!(mock.with(|s| s.uploads_received), 1, "nothing sent again");
+    at
+}
+
 #[tokio::test]
 async fn an_upload_applied_then_its_answer_lost_is_one_attachment_in_both_shapes() {
     let mock = LossyUpstream::start().await;
@@ -186,7 +222,6 @@ async fn a_lost_upload_that_stored_nothing_runs_again_once_it_has_settled() {
 /// by itself, records the outcome and appends the event.
 #[tokio::test]
 async fn a_lost_outcome_settles_by_itself_with_its_event_when_nobody_retries() {
-    use attachment_gateway::proto::watch_attachments_response::Payload;
     let mock = LossyUpstream::start().await;
     let gw = gateway_for(&mock).await;
     let mut c = gw.client();
@@ -201,30 +236,7 @@ async fn a_lost_outcome_settles_by_itself_with_its_event_when_nobody_retries() {
         .expect_err("not known yet");
     assert_eq!(error_reason(&first), "OUTCOME_UNKNOWN", "{first:?}");
     // Nobody retries. Past the settle time (2 s), the event arrives.
-    let event = loop {
-        let m = tokio::time::timeout(Duration::from_secs(6), w.message())
-            .await
-            .expect("the event in time")
-            .expect("watch")
-            .expect("watch");
-        if let Some(Payload::Event(e)) = m.payload {
-            break e;
-        }
-    };
-    assert_eq!(event.upstream_message_id, "quiet-1");
-    let held = mock.held(WO);
-    assert_eq!(held.len(), 1);
-    assert_eq!(
-        event.attachment.expect("attachment").attachment_id,
-        held[0].attachment_id
-    );
-    // A late retry gets the recorded outcome; nothing is sent again.
-    let again = upload(&mut c, "quiet.jpg", &data, "quiet-1")
-        .await
-        .expect("replay");
-    assert!(again.reconciled);
-    assert_eq!(again.attachment_id, held[0].attachment_id);
-    assert_eq!(mock.with(|s| s.uploads_received), 1);
+    settled_by_itself(&mock, &mut c, &mut w, ("quiet.jpg", &data, "quiet-1")).await;
 }
 
 /// As above, but the upstream cannot be listed past the first check either
@@ -233,7 +245,6 @@ async fn a_lost_outcome_settles_by_itself_with_its_event_when_nobody_retries() {
 /// `writes_settling` gauge counts the write meanwhile.
 #[tokio::test]
 async fn a_lost_outcome_settles_by_itself_though_the_first_checks_fail() {
-    use attachment_gateway::proto::watch_attachments_response::Payload;
     let mock = LossyUpstream::start().await;
     let mut s = settings_for(&mock.url);
     s.upstream.request_timeout = Duration::from_secs(1);
@@ -264,38 +275,17 @@ async fn a_lost_outcome_settles_by_itself_though_the_first_checks_fail() {
         .expect_err("not known yet");
     assert_eq!(error_reason(&first), "OUTCOME_UNKNOWN", "{first:?}");
     assert_eq!(metrics.writes_settling.get(), 1, "the write is settling");
-    let event = loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), w.message())
-            .await
-            .expect("the event in time")
-            .expect("watch")
-            .expect("watch");
-        if let Some(Payload::Event(e)) = m.payload {
-            break e;
-        }
-    };
+    let settled_at =
+        settled_by_itself(&mock, &mut c, &mut w, ("stubborn.jpg", &data, "stubborn-1")).await;
     assert!(
-        sent.elapsed() >= Duration::from_millis(3500),
+        settled_at.duration_since(sent) >= Duration::from_millis(3500),
         "settled only once the list answered: {:?}",
-        sent.elapsed()
-    );
-    assert_eq!(event.upstream_message_id, "stubborn-1");
-    let held = mock.held(WO);
-    assert_eq!(held.len(), 1);
-    assert_eq!(
-        event.attachment.expect("attachment").attachment_id,
-        held[0].attachment_id
+        settled_at.duration_since(sent)
     );
     eventually("the write no longer settling", || {
         metrics.writes_settling.get() == 0
     })
     .await;
-    let again = upload(&mut c, "stubborn.jpg", &data, "stubborn-1")
-        .await
-        .expect("replay");
-    assert!(again.reconciled);
-    assert_eq!(again.attachment_id, held[0].attachment_id);
-    assert_eq!(mock.with(|s| s.uploads_received), 1);
 }
 
 /// A retry that runs an upload again (its earlier attempt provably stored
