@@ -111,7 +111,13 @@ impl WriteGuard {
             .complete(&self.key, self.token, self.fingerprint, &outcome, self.ttl)
             .await
         {
-            Ok(stored) => stored,
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::warn!(
+                    "a write's lease was taken by another attempt before it completed: its outcome is not stored"
+                );
+                false
+            }
             Err(e) => {
                 tracing::error!(error = %e, "a completed write's outcome could not be recorded: its record stays committed, and a retry with its message_id reconciles it");
                 false

@@ -90,6 +90,21 @@ impl Mirror {
         }
     }
 
+    /// Forgets the record under `key` when the token `token_hex` holds it
+    /// (running or committed); a record another holds, or an outcome, stays.
+    pub(super) fn forget_held(&mut self, key: &str, token_hex: &str) {
+        let held = self.map.get(key).is_some_and(|(v, _, _)| {
+            ["r|", "c|"].iter().any(|state| {
+                v.strip_prefix(state)
+                    .and_then(|rest| rest.strip_prefix(token_hex))
+                    .is_some_and(|rest| rest.starts_with('|'))
+            })
+        });
+        if held {
+            self.forget(key);
+        }
+    }
+
     /// What has not expired: key, value, time left.
     pub(super) fn live(&self) -> Vec<(String, String, Duration)> {
         let now = Instant::now();
@@ -163,6 +178,23 @@ pub(super) async fn put_back(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_holders_abandon_forgets_its_record() {
+        let mut m = Mirror::default();
+        let ttl = Duration::from_secs(60);
+        m.put("run", "r|aa|fp".into(), ttl);
+        m.put("com", "c|bb|fp|{}".into(), ttl);
+        m.put("done", "d|fp|{}".into(), ttl);
+        m.forget_held("run", "a");
+        m.forget_held("run", "bb");
+        m.forget_held("com", "aa");
+        m.forget_held("done", "aa");
+        assert!(m.get("run").is_some() && m.get("com").is_some() && m.get("done").is_some());
+        m.forget_held("run", "aa");
+        m.forget_held("com", "bb");
+        assert!(m.get("run").is_none() && m.get("com").is_none());
+    }
 
     #[tokio::test]
     async fn the_mirror_is_bounded_and_keeps_its_byte_count() {

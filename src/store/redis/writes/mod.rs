@@ -151,6 +151,36 @@ impl RedisWrites {
         self.restoring.store(false, Ordering::Release);
     }
 
+    /// Runs `script`, which replaces the record `who` holds with `value`
+    /// (KEYS: the record; ARGV: who, the value, its lifetime in ms; 1 when it
+    /// did), and remembers `value` once Redis has it.
+    async fn replace(
+        &self,
+        script: &'static redis::Script,
+        k: String,
+        who: String,
+        value: String,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let (k1, v, ms) = (k.clone(), value.clone(), millis(ttl));
+        let n: i64 = self
+            .redis
+            .run(async move |mut c| {
+                script
+                    .key(&k1)
+                    .arg(&who)
+                    .arg(&v)
+                    .arg(ms)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        if n == 1 {
+            self.mirror().put(&k, value, ttl);
+        }
+        Ok(n == 1)
+    }
+
     /// Drops, once Redis answers, a lease a failed `begin` may have left (only
     /// if it is still that lease), trying for up to a lease's length; at most
     /// `MAX_RELEASES` at once (past that, such leases expire by themselves).
@@ -354,24 +384,8 @@ impl WriteStore for RedisWrites {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let value = committed(token, fingerprint, pending)?;
-        let k = self.key(key);
-        let (k1, h, v, ms) = (k.clone(), holder(token), value.clone(), millis(ttl));
-        let n: i64 = self
-            .redis
-            .run(async move |mut c| {
-                commit_script()
-                    .key(&k1)
-                    .arg(&h)
-                    .arg(&v)
-                    .arg(ms)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
-        if n == 1 {
-            self.mirror().put(&k, value, ttl);
-        }
-        Ok(n == 1)
+        self.replace(commit_script(), self.key(key), holder(token), value, ttl)
+            .await
     }
 
     async fn complete(
@@ -382,31 +396,17 @@ impl WriteStore for RedisWrites {
         outcome: &Outcome,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
+        // Remembered only once Redis has it: an outcome Redis never got is not
+        // mistaken later for one Redis lost.
         let value = done(fingerprint, outcome)?;
-        let k = self.key(key);
-        let (k1, t, v, ms) = (k.clone(), token_hex(token), value.clone(), millis(ttl));
-        let n: i64 = self
-            .redis
-            .run(async move |mut c| {
-                complete_script()
-                    .key(&k1)
-                    .arg(&t)
-                    .arg(&v)
-                    .arg(ms)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
-        if n == 1 {
-            // Remembered only once Redis has it: an outcome Redis never got is
-            // not mistaken later for one Redis lost.
-            self.mirror().put(&k, value, ttl);
-        } else {
-            tracing::warn!(
-                "a write's lease was taken by another replica before it completed: its outcome is not stored"
-            );
-        }
-        Ok(n == 1)
+        self.replace(
+            complete_script(),
+            self.key(key),
+            token_hex(token),
+            value,
+            ttl,
+        )
+        .await
     }
 
     async fn give_up(
@@ -418,24 +418,14 @@ impl WriteStore for RedisWrites {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let value = committed(token, fingerprint, pending)?;
-        let k = self.key(key);
-        let (k1, t, v, ms) = (k.clone(), token_hex(token), value.clone(), millis(ttl));
-        let n: i64 = self
-            .redis
-            .run(async move |mut c| {
-                give_up_script()
-                    .key(&k1)
-                    .arg(&t)
-                    .arg(&v)
-                    .arg(ms)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
-        if n == 1 {
-            self.mirror().put(&k, value, ttl);
-        }
-        Ok(n == 1)
+        self.replace(
+            give_up_script(),
+            self.key(key),
+            token_hex(token),
+            value,
+            ttl,
+        )
+        .await
     }
 
     async fn take_over(
@@ -447,31 +437,25 @@ impl WriteStore for RedisWrites {
     ) -> Result<Option<LeaseToken>, StoreError> {
         let new = LeaseToken::new();
         let value = running(new, fingerprint);
-        let k = self.key(key);
-        let (k1, t, v, ms) = (k.clone(), token_hex(token), value.clone(), millis(lease));
-        let n: i64 = self
-            .redis
-            .run(async move |mut c| {
-                take_over_script()
-                    .key(&k1)
-                    .arg(&t)
-                    .arg(&v)
-                    .arg(ms)
-                    .invoke_async(&mut c)
-                    .await
-            })
+        let taken = self
+            .replace(
+                take_over_script(),
+                self.key(key),
+                token_hex(token),
+                value,
+                lease,
+            )
             .await?;
-        if n == 1 {
-            self.mirror().put(&k, value, lease);
-            return Ok(Some(new));
-        }
-        Ok(None)
+        Ok(taken.then_some(new))
     }
 
     async fn abandon(&self, key: &WriteKey, token: LeaseToken) -> Result<(), StoreError> {
         let k = self.key(key);
-        self.mirror().forget(&k);
         let t = token_hex(token);
+        // Forgotten first (a record dropped must not be put back should Redis
+        // lose its data), but only when this token holds it: a late abandon
+        // by an attempt a retry took over leaves the retry's record alone.
+        self.mirror().forget_held(&k, &t);
         let _: i64 = self
             .redis
             .run(async move |mut c| abandon_script().key(&k).arg(&t).invoke_async(&mut c).await)
