@@ -66,6 +66,10 @@ pub(crate) struct Served {
     pub body_length: Option<u64>,
     /// The whole file's size, when the host says.
     pub total: Option<u64>,
+    /// Bytes the caller asked for (to the end of the file) when the host
+    /// served a shorter range: the stream ends DATA_LOSS after them, and
+    /// the caller resumes (never a short success).
+    pub wanted: Option<u64>,
 }
 
 /// `Content-Range: bytes <first>-<last>/<total or *>`.
@@ -121,12 +125,18 @@ pub(crate) fn served(
         }
         // `last >= offset`: at least one byte from the offset on.
         let have = last - offset + 1;
+        // Asked to the end, served less of a file of known size.
+        let wanted = match (limit, total) {
+            (None, Some(t)) if last + 1 < t => Some(t - offset),
+            _ => None,
+        };
         return Ok(Served {
             skip: offset - first,
             offset,
             limit: Some(limit.map_or(have, |l| l.min(have))),
             body_length: Some(span),
             total,
+            wanted,
         });
     }
     // The whole file: its length is its size.
@@ -142,6 +152,7 @@ pub(crate) fn served(
         limit,
         body_length,
         total: body_length,
+        wanted: None,
     })
 }
 
@@ -153,7 +164,10 @@ impl Served {
             .map(|t| t.saturating_sub(self.offset))
             .or_else(|| self.body_length.map(|b| b.saturating_sub(self.skip)));
         // Unknown when the rest of the file is: a limit alone is an upper bound.
-        rest.map(|r| self.limit.map_or(r, |l| r.min(l)))
+        rest.map(|r| match self.wanted {
+            Some(w) => w,
+            None => self.limit.map_or(r, |l| r.min(l)),
+        })
     }
 }
 
@@ -273,6 +287,7 @@ impl Downloads {
             offset,
             skip: served.skip,
             left: served.limit,
+            wanted: served.wanted,
             body_length: served.body_length,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             cut: Box::pin(self.bounds.cut.clone().cancelled_owned()),
@@ -304,6 +319,8 @@ struct Pump {
     skip: u64,
     /// Bytes still to send, when limited.
     left: Option<u64>,
+    /// Bytes the caller asked for, when the host served fewer (see [`Served`]).
+    wanted: Option<u64>,
     body_length: Option<u64>,
     deadline: Pin<Box<tokio::time::Sleep>>,
     cut: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
@@ -337,7 +354,7 @@ impl Pump {
                 .min(bytes.len());
             bytes.truncate(n);
             *left -= n as u64;
-            if *left == 0 {
+            if *left == 0 && self.wanted.is_none() {
                 self.done = true;
             }
         }
@@ -391,6 +408,14 @@ impl Stream for Pump {
                     return this.fail(e);
                 }
                 None => {
+                    // Shorter than its stated length (a 206 always states
+                    // one): broken off, whatever was skipped or sent.
+                    if let Some(expected) = this.body_length
+                        && expected != this.received
+                    {
+                        let received = this.received;
+                        return this.fail(Error::DownloadTruncated { received, expected });
+                    }
                     // A whole file (of no stated length) that ends at or
                     // before the offset asked for: the offset is past its end.
                     if this.skip > 0 || (this.offset > 0 && this.sent == 0) {
@@ -400,10 +425,9 @@ impl Stream for Pump {
                             Op::Read,
                         ));
                     }
-                    if let Some(expected) = this.body_length
-                        && expected != this.received
-                    {
-                        let received = this.received;
+                    // A range short of the end the caller asked for.
+                    if let Some(expected) = this.wanted {
+                        let received = this.sent;
                         return this.fail(Error::DownloadTruncated { received, expected });
                     }
                     this.done = true;
@@ -441,9 +465,13 @@ mod tests {
                 limit: Some(100),
                 body_length: Some(100),
                 total: Some(1000),
+                // Asked to the end: the 100 bytes, then DOWNLOAD_TRUNCATED.
+                wanted: Some(900),
             }
         );
-        assert_eq!(s.length(), Some(100));
+        assert_eq!(s.length(), Some(900));
+        let s = served(S::PARTIAL_CONTENT, &h, Some(100), 100, 100).expect("served");
+        assert_eq!((s.limit, s.wanted, s.length()), (Some(100), None, Some(100)));
         // A host that starts earlier than asked: the difference is dropped.
         let h = headers(&[("content-range", "bytes 0-999/*")]);
         let s = served(S::PARTIAL_CONTENT, &h, None, 10, 5).expect("served");

@@ -377,6 +377,20 @@ mod tests {
         assert!(parse_download_link(b"ftp://x/y", now).is_err());
     }
 
+    /// The success bodies as CorrigoPro's documentation shows them, verbatim
+    /// (`<guid>` is its own placeholder).
+    #[test]
+    fn the_documented_success_bodies() {
+        let r =
+            parse_upload_receipt(br#"{"AttachmentId": "<guid>", "MessageId": "<guid>"}"#).unwrap();
+        assert_eq!(r.attachment_id, "<guid>");
+        assert_eq!(r.message_id.as_deref(), Some("<guid>"));
+        assert_eq!(
+            parse_message_id(br#"{"MessageId": "<guid>"}"#).as_deref(),
+            Some("<guid>")
+        );
+    }
+
     #[test]
     fn receipts() {
         let r = parse_upload_receipt(br#"{"AttachmentId":"a","MessageId":"m"}"#).unwrap();

@@ -211,6 +211,22 @@ fn parse_token(body: &[u8]) -> Result<(Secret, Duration), UpstreamError> {
 mod tests {
     use super::*;
 
+    /// The token endpoint's answer as CorrigoPro's documentation shows it;
+    /// only its placeholder `…` (not a token: no header may carry it) is
+    /// replaced, by a token of the documented `<data><---->sig` shape.
+    #[test]
+    fn the_documented_token_answer() {
+        const DOC: &str = r#"{"access_token": "…", "token_type": "bearer", "expires_in": 1199}"#;
+        assert!(parse_token(DOC.as_bytes()).is_err(), "`…` is no token");
+        let body = DOC.replace(
+            '…',
+            "H4sIAAAAAAAEAKtWyk0tLk5MT1WyUlAqLU4tUqoFAHb6Ex8VAAAA<---->c2ln",
+        );
+        let (t, l) = parse_token(body.as_bytes()).unwrap();
+        assert!(t.expose().contains("<---->"));
+        assert_eq!(l, Duration::from_secs(1199));
+    }
+
     #[test]
     fn parses_token_answers() {
         let (t, l) =

@@ -236,6 +236,19 @@ pub fn parse_error_body(http_status: u16, body: &[u8], retry_after: Option<Durat
 mod tests {
     use super::*;
 
+    /// The error body as CorrigoPro's documentation shows it; only its
+    /// `[ … ]` (an elided list, not JSON) is replaced by an empty list.
+    #[test]
+    fn the_documented_error_body() {
+        const DOC: &str = r#"{"Code": 2100, "Message": "…(max 1000)…", "ValidationErrors": [ … ], "MessageId": "…"}"#;
+        let body = DOC.replace("[ … ]", "[]");
+        let e = parse_error_body(400, body.as_bytes(), None);
+        assert_eq!(e.code, Some(2100));
+        assert_eq!(e.message.as_deref(), Some("…(max 1000)…"));
+        assert_eq!(e.message_id.as_deref(), Some("…"));
+        assert!(e.validation_errors.is_empty());
+    }
+
     #[test]
     fn decodes_the_documented_shape() {
         let body = br#"{"Code":2100,"Message":"Invalid fields","ValidationErrors":[{"Type":"Name","Message":"Name is required"}],"MessageId":"m-1"}"#;

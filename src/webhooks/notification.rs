@@ -240,6 +240,49 @@ mod tests {
         v.as_object().cloned().unwrap()
     }
 
+    /// "Attachment added" exactly as CorrigoPro's documentation shows it.
+    const DOC_ATTACHMENT_ADDED: &str = r#"{"AttachmentId": "7c9e6679-7425-40de-944b-e07fc1f90ae7", "Name": "test.doc",
+ "MimeType": "application/msword", "Size": 234256, "Subtype": "…",
+ "Header": {"WorkOrderId": 42, "BranchId": 492042,
+            "Sender": {"Name": "Jon Snow", "Phone": "+12025550141", "Type": "CorrigoPro"},
+            "Action": "AttachmentAdded", "ActionDate": "2017-10-04T08:28:36.9484279Z",
+            "ApiVersion": "1.0", "MessageId": "113cfe40-…"}}"#;
+
+    #[test]
+    fn the_documented_attachment_added_notification() {
+        let body: Map<String, Value> = serde_json::from_str(DOC_ATTACHMENT_ADDED).unwrap();
+        let Notification::Attachments { dedupe, events, .. } =
+            classify(&body, None, "h", SystemTime::now()).unwrap()
+        else {
+            panic!("attachments")
+        };
+        assert_eq!(dedupe, "msg:113cfe40-…");
+        let [e] = events.as_slice() else {
+            panic!("one event: {events:?}")
+        };
+        assert_eq!(
+            (e.work_order_id, e.r#type),
+            (42, AttachmentEventType::Added as i32)
+        );
+        let a = e.attachment.as_ref().unwrap();
+        assert_eq!(
+            (
+                a.attachment_id.as_str(),
+                a.name.as_str(),
+                a.mime_type.as_str(),
+                a.size_bytes
+            ),
+            (
+                "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+                "test.doc",
+                "application/msword",
+                234256
+            )
+        );
+        assert_eq!(e.sender.as_ref().unwrap().name, "Jon Snow");
+        assert_eq!(e.occurred_at.as_ref().unwrap().seconds, 1507105716);
+    }
+
     #[test]
     fn an_added_attachment_is_one_event_with_its_fields() {
         let body = obj(serde_json::json!({

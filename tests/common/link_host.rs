@@ -22,6 +22,11 @@ struct State {
     file: Vec<u8>,
     honour_ranges: bool,
     chunked: bool,
+    /// Bodies without a length and not chunked: they end where the
+    /// connection closes (so a cut reads as a clean end).
+    close_delimited: bool,
+    /// A range served is at most this long (a host that caps its ranges).
+    max_range: Option<usize>,
     cuts: VecDeque<Cut>,
     ranges: Vec<Option<String>>,
 }
@@ -42,6 +47,8 @@ impl LinkHost {
             file,
             honour_ranges,
             chunked: false,
+            close_delimited: false,
+            max_range: None,
             cuts: VecDeque::new(),
             ranges: Vec::new(),
         }));
@@ -67,6 +74,16 @@ impl LinkHost {
     /// Bodies sent chunked, without a length.
     pub fn set_chunked(&self, chunked: bool) {
         self.state.lock().expect("lock").chunked = chunked;
+    }
+
+    /// Bodies that end where the connection closes (no length, not chunked).
+    pub fn set_close_delimited(&self) {
+        self.state.lock().expect("lock").close_delimited = true;
+    }
+
+    /// Ranges served at most `n` bytes long, whatever was asked.
+    pub fn cap_ranges(&self, n: usize) {
+        self.state.lock().expect("lock").max_range = Some(n);
     }
 
     /// The `Range` header of every file request so far, in order.
@@ -162,16 +179,20 @@ async fn serve(mut sock: TcpStream, state: Arc<Mutex<State>>, link: String) {
             .and_then(|v| range(v, len));
         match wanted {
             Some((first, _)) if first >= len => Err(len),
-            Some((first, last)) => Ok((
-                s.file[first..=last.max(first)].to_vec(),
-                format!("206 Partial Content\r\ncontent-range: bytes {first}-{last}/{len}"),
-                cut,
-                s.chunked,
-            )),
+            Some((first, last)) => {
+                let last = s.max_range.map_or(last, |n| last.min(first + n.max(1) - 1));
+                Ok((
+                    s.file[first..=last.max(first)].to_vec(),
+                    format!("206 Partial Content\r\ncontent-range: bytes {first}-{last}/{len}"),
+                    cut,
+                    s.chunked,
+                ))
+            }
             None => Ok((s.file.clone(), "200 OK".to_string(), cut, s.chunked)),
         }
+        .map(|a| (a, s.close_delimited))
     };
-    let (body, status, cut, chunked) = match answer {
+    let ((body, status, cut, chunked), close_delimited) = match answer {
         Ok(a) => a,
         Err(len) => {
             let answer = format!(
@@ -181,7 +202,9 @@ async fn serve(mut sock: TcpStream, state: Arc<Mutex<State>>, link: String) {
             return;
         }
     };
-    let framing = if chunked {
+    let framing = if close_delimited {
+        "x-framing: close".to_string()
+    } else if chunked {
         "transfer-encoding: chunked".to_string()
     } else {
         format!("content-length: {}", body.len())

@@ -169,6 +169,57 @@ async fn a_host_that_answers_416_gives_out_of_range_with_its_size() {
     assert_eq!((r, b.len()), (byte_range(9_000, 1_000, 10_000), 1_000));
 }
 
+/// A range that ends before its stated end is broken off, not "past the
+/// end": DATA_LOSS, which a caller resumes, even when the host closes the
+/// connection as if the body were whole.
+#[tokio::test]
+async fn a_range_cut_short_is_data_loss_not_past_the_end() {
+    let data = pattern(10_000, 4);
+    let host = LinkHost::start(data, true).await;
+    host.set_close_delimited();
+    let gw = Gateway::start(settings_for(&host.uri)).await;
+    let mut c = gw.client();
+    for cut in [0, 100] {
+        host.cut_next([Cut::After(cut)]);
+        let e = ranged(&mut c, 7, "x", 500, 0)
+            .await
+            .expect_err("broken off");
+        assert_eq!(e.code(), Code::DataLoss, "cut after {cut}: {e:?}");
+        assert_eq!(error_reason(&e), "DOWNLOAD_TRUNCATED");
+    }
+}
+
+/// A host that serves less than the rest of the file asked for: the bytes it
+/// served, then DATA_LOSS (never a short success); the client library goes on
+/// from there to the whole file.
+#[tokio::test]
+async fn a_host_that_caps_its_ranges_is_resumed_to_the_end() {
+    let data = pattern(1_000_000, 5);
+    let host = LinkHost::start(data.clone(), true).await;
+    host.cap_ranges(300_000);
+    let gw = Gateway::start(settings_for(&host.uri)).await;
+    let mut c = gw.client();
+    let e = ranged(&mut c, 7, "x", 100, 0)
+        .await
+        .expect_err("short of the end");
+    assert_eq!(e.code(), Code::DataLoss, "{e:?}");
+    assert_eq!(error_reason(&e), "DOWNLOAD_TRUNCATED");
+    // Asked with a limit within the cap: served whole.
+    let (r, b) = ranged(&mut c, 7, "x", 100, 1_000).await.expect("within");
+    assert_eq!(
+        (r, b.as_slice()),
+        (byte_range(100, 1_000, 1_000_000), &data[100..1_100])
+    );
+    let client = client_for(&gw, 2).await;
+    let mut out = Vec::new();
+    host.cut_next([Cut::After(100_000)]);
+    client
+        .download_to(7, "x", &mut out, None)
+        .await
+        .expect("resumed to the end");
+    assert!(out == data, "the bytes, whole and in order");
+}
+
 async fn client_for(gw: &Gateway, retries: u32) -> GatewayClient {
     GatewayClient::builder(format!("http://{}", gw.addr))
         .retries(retries)
