@@ -471,7 +471,10 @@ mod tests {
         );
         assert_eq!(s.length(), Some(900));
         let s = served(S::PARTIAL_CONTENT, &h, Some(100), 100, 100).expect("served");
-        assert_eq!((s.limit, s.wanted, s.length()), (Some(100), None, Some(100)));
+        assert_eq!(
+            (s.limit, s.wanted, s.length()),
+            (Some(100), None, Some(100))
+        );
         // A host that starts earlier than asked: the difference is dropped.
         let h = headers(&[("content-range", "bytes 0-999/*")]);
         let s = served(S::PARTIAL_CONTENT, &h, None, 10, 5).expect("served");

@@ -48,26 +48,34 @@ pub fn is_candidate(listed: &UpstreamAttachment, a: &UploadAttempt) -> bool {
 }
 
 /// The candidates' ids in `listed`, to keep from before an attempt.
-pub fn candidates_before(listed: &[UpstreamAttachment], a: &UploadAttempt) -> Vec<String> {
-    listed
-        .iter()
-        .filter(|l| is_candidate(l, a))
+/// `None` past [`MAX_PREEXISTING`]: a list cut short would make an older file
+/// look new, so such an upload is one the gateway cannot tell.
+pub fn candidates_before(listed: &[UpstreamAttachment], a: &UploadAttempt) -> Option<Vec<String>> {
+    bounded(listed.iter().filter(|l| is_candidate(l, a)))
+}
+
+fn bounded<'a>(ids: impl Iterator<Item = &'a UpstreamAttachment>) -> Option<Vec<String>> {
+    let ids: Vec<String> = ids
+        .take(MAX_PREEXISTING + 1)
         .map(|l| l.attachment_id.clone())
-        .take(MAX_PREEXISTING)
-        .collect()
+        .collect();
+    (ids.len() <= MAX_PREEXISTING).then_some(ids)
 }
 
 /// The ids in `listed` that an upload named `name` of media type `mime_type`
 /// could be taken for, whatever their size: kept from a list taken before an
 /// attempt whose size is not known yet (a superset of its candidates, so every
 /// one of them is known to be older).
-pub fn same_name_before(listed: &[UpstreamAttachment], name: &str, mime_type: &str) -> Vec<String> {
-    listed
-        .iter()
-        .filter(|l| l.name == name && same_media_type(&l.mime_type, mime_type))
-        .map(|l| l.attachment_id.clone())
-        .take(MAX_PREEXISTING)
-        .collect()
+pub fn same_name_before(
+    listed: &[UpstreamAttachment],
+    name: &str,
+    mime_type: &str,
+) -> Option<Vec<String>> {
+    bounded(
+        listed
+            .iter()
+            .filter(|l| l.name == name && same_media_type(&l.mime_type, mime_type)),
+    )
 }
 
 /// The `MessageId` an attachment object carries, if the upstream lists one.
@@ -82,9 +90,16 @@ fn message_id_of(listed: &UpstreamAttachment) -> Option<String> {
 pub fn upload(listed: &[UpstreamAttachment], a: &UploadAttempt, message_id: &str) -> Found {
     let candidates: Vec<&UpstreamAttachment> =
         listed.iter().filter(|l| is_candidate(l, a)).collect();
+    // One listed with our message id, unless it was there before the attempt
+    // (message ids are the callers' own, not unique upstream).
+    let older = |l: &UpstreamAttachment| {
+        a.preexisting
+            .as_ref()
+            .is_some_and(|before| before.contains(&l.attachment_id))
+    };
     if let Some(ours) = candidates
         .iter()
-        .find(|l| message_id_of(l).is_some_and(|m| m == message_id))
+        .find(|l| !older(l) && message_id_of(l).is_some_and(|m| m == message_id))
     {
         return Found::Ours((*ours).clone());
     }
@@ -107,7 +122,9 @@ pub fn upload(listed: &[UpstreamAttachment], a: &UploadAttempt, message_id: &str
 
 /// Whether a delete of `attachment_id` came true.
 pub fn deleted(listed: &[UpstreamAttachment], attachment_id: &str) -> bool {
-    !listed.iter().any(|l| l.attachment_id == attachment_id)
+    !listed
+        .iter()
+        .any(|l| l.attachment_id.eq_ignore_ascii_case(attachment_id))
 }
 
 /// What the list says of an update.
@@ -123,7 +140,10 @@ pub enum Updated {
 
 /// Whether an update came true.
 pub fn updated(listed: &[UpstreamAttachment], u: &UpdateAttempt) -> Updated {
-    let Some(l) = listed.iter().find(|l| l.attachment_id == u.attachment_id) else {
+    let Some(l) = listed
+        .iter()
+        .find(|l| l.attachment_id.eq_ignore_ascii_case(&u.attachment_id))
+    else {
         return Updated::Gone;
     };
     let type_matches = match (&u.document_type, &l.document_type) {
@@ -212,12 +232,34 @@ mod tests {
         assert!(
             matches!(upload(&now, &attempt(None), "m-1"), Found::Ours(l) if l.attachment_id == "mine")
         );
+        // Unless it was there before the attempt: another write's, of the
+        // same message id (ids are the callers' own).
+        assert_eq!(
+            upload(&now, &attempt(Some(vec!["a", "mine", "b"])), "m-1"),
+            Found::Absent
+        );
+    }
+
+    #[test]
+    fn a_list_from_before_past_its_bound_tells_nothing() {
+        let now: Vec<_> = (0..=MAX_PREEXISTING)
+            .map(|i| listed(&format!("twin-{i}"), "leak.jpg", 1000, "image/jpeg"))
+            .collect();
+        let a = attempt(None);
+        assert_eq!(candidates_before(&now, &a), None);
+        assert_eq!(same_name_before(&now, "leak.jpg", "image/jpeg"), None);
+        let fits = &now[..MAX_PREEXISTING];
+        assert_eq!(
+            candidates_before(fits, &a).map(|v| v.len()),
+            Some(MAX_PREEXISTING)
+        );
     }
 
     #[test]
     fn deletes_and_updates_are_read_off_the_list() {
         let now = vec![listed("a", "renamed.jpg", 1, "image/jpeg")];
         assert!(deleted(&now, "b"));
+        assert!(!deleted(&now, "A"), "ids compared as GUIDs are: case aside");
         assert!(!deleted(&now, "a"));
         let u = |name: &str| UpdateAttempt {
             attachment_id: "a".into(),

@@ -48,6 +48,8 @@ pub struct MockState {
     /// Upload requests whose body did not.
     pub uploads_broken: usize,
     pub deletes_received: usize,
+    /// Deletes wait this long before they apply (and answer).
+    pub delete_delay: std::time::Duration,
     /// The next lists fail (500).
     pub fail_lists: usize,
     /// What the next lists answer, one entry each, in order: `None` the list,
@@ -229,6 +231,8 @@ async fn delete(State(st): St, m: Multipart) -> Response {
     let Some((fields, _)) = form(m).await else {
         return (StatusCode::BAD_REQUEST, "broken form").into_response();
     };
+    let delay = st.lock().expect("mock").delete_delay;
+    tokio::time::sleep(delay).await;
     let mut s = st.lock().expect("mock");
     s.deletes_received += 1;
     let how = s.lose.pop_front();

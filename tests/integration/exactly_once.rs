@@ -126,6 +126,43 @@ async fn an_upload_applied_then_its_answer_lost_is_one_attachment_in_both_shapes
     );
 }
 
+/// A delete still on its way when its caller stopped waiting: a retry is
+/// told to wait, and is never sent upstream a second time alongside it.
+#[tokio::test]
+async fn a_retry_while_the_first_delete_is_on_its_way_waits_for_it() {
+    let mock = LossyUpstream::start().await;
+    let gw = gateway_for(&mock).await;
+    let mut c = gw.client();
+    let id = mock.put(WO, "slow.txt", "text/plain", b"x");
+    mock.with(|s| s.delete_delay = Duration::from_millis(700));
+    let req = || {
+        let mut r = tonic::Request::new(DeleteAttachmentRequest {
+            work_order_id: WO,
+            attachment_id: id.clone(),
+            message_id: "del-slow".into(),
+        });
+        r.set_timeout(Duration::from_millis(200));
+        r
+    };
+    let first = c
+        .delete_attachment(req())
+        .await
+        .expect_err("caller gave up");
+    assert_eq!(error_reason(&first), "OUTCOME_PENDING", "{first:?}");
+    let retry = c
+        .delete_attachment(req())
+        .await
+        .expect_err("still on its way");
+    assert_eq!(retry.code(), Code::Aborted, "{retry:?}");
+    assert_eq!(error_reason(&retry), "WRITE_IN_PROGRESS");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    c.delete_attachment(req())
+        .await
+        .expect("the first attempt's answer");
+    assert!(mock.held(WO).is_empty());
+    assert_eq!(mock.with(|s| s.deletes_received), 1, "sent once");
+}
+
 #[tokio::test]
 async fn a_retried_delete_whose_first_attempt_came_true_ends_ok() {
     let mock = LossyUpstream::start().await;

@@ -23,7 +23,7 @@ pub(super) enum Reconciled {
     /// The earlier attempt provably stored nothing: run the upload, under
     /// this lease, with what the list that showed it held (taken before this
     /// attempt: all older, should this attempt's own list fail).
-    RunAgain(Box<WriteGuard>, Vec<String>),
+    RunAgain(Box<WriteGuard>, Option<Vec<String>>),
 }
 
 impl Uploads {

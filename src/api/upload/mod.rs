@@ -302,7 +302,7 @@ impl Uploads {
             Start::Unsettled(u) => {
                 match self.reconcile(&mut stream, &attachment, u, &named).await? {
                     Reconciled::Answer(r) => return Ok(r),
-                    Reconciled::RunAgain(g, before) => (Some(*g), Some(before)),
+                    Reconciled::RunAgain(g, before) => (Some(*g), before),
                 }
             }
             Start::Go(g) => (g, None),

@@ -224,7 +224,7 @@ impl Uploads {
                 .ok()
                 .and_then(Result::ok)
                 .flatten()
-                .map(|l| reconcile::candidates_before(&l, &attempt))
+                .and_then(|l| reconcile::candidates_before(&l, &attempt))
                 // A run again has the list that showed its earlier attempt
                 // absent, also from before this attempt.
                 .or(listed_before);

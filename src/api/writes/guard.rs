@@ -99,8 +99,10 @@ impl WriteGuard {
         }
     }
 
-    /// Stores the write's outcome. A store that fails now loses only the
-    /// record's last step: the record stays committed, and a retry reconciles.
+    /// Stores the write's outcome. When the store fails (Redis out of reach),
+    /// a task of its own writes it again (1 s doubling to 30 s, for up to
+    /// [`SETTLE_TRIES_FOR`] and within the record's lifetime); until then the
+    /// record stays committed, and a retry reconciles.
     pub async fn complete(mut self, outcome: Outcome) -> bool {
         self.finished = true;
         if let Some(r) = self.renewer.take() {
@@ -119,7 +121,29 @@ impl WriteGuard {
                 false
             }
             Err(e) => {
-                tracing::error!(error = %e, "a completed write's outcome could not be recorded: its record stays committed, and a retry with its message_id reconciles it");
+                tracing::warn!(error = %e, "a completed write's outcome could not be recorded: writing it again while Redis returns; meanwhile a retry with its message_id reconciles it");
+                let (store, key, token, fp, ttl) = (
+                    Arc::clone(&self.store),
+                    self.key.clone(),
+                    self.token,
+                    self.fingerprint,
+                    self.ttl,
+                );
+                tokio::spawn(
+                    async move {
+                        let until = Instant::now() + SETTLE_TRIES_FOR.min(ttl);
+                        let mut wait = SETTLE_FIRST_WAIT;
+                        while Instant::now() + wait < until {
+                            tokio::time::sleep(wait).await;
+                            match store.complete(&key, token, fp, &outcome, ttl).await {
+                                Ok(_) => return,
+                                Err(_) => wait = (wait * 2).min(SETTLE_MAX_WAIT),
+                            }
+                        }
+                        tracing::error!("a completed write's outcome could not be recorded; a retry with its message_id reconciles it");
+                    }
+                    .in_current_span(),
+                );
                 false
             }
         }

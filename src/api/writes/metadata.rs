@@ -41,6 +41,15 @@ impl Writes {
                 return Err(Error::Internal("the write record answered another call"));
             }
             Start::Go(g) => (g, false),
+            // The earlier attempt still waits for its answer (or its replica
+            // died, and it has not settled yet): not sent a second time.
+            Start::Unsettled(u) if !u.pending.given_up && !u.settled(self.settle) => {
+                return Err(Error::WriteInProgress {
+                    retry_after: u
+                        .wait(self.settle)
+                        .clamp(Duration::from_secs(1), Duration::from_secs(30)),
+                });
+            }
             Start::Unsettled(u) => {
                 let listed = bounds
                     .run(
@@ -208,8 +217,9 @@ impl Writes {
                                 ),
                                 // Running an update or a delete again does no harm.
                                 Ok(_) => Settled::DidNot,
-                                Err(e) if e.is_transient() => Settled::Unreachable,
-                                Err(_) => Settled::Unknown,
+                                // Whatever kept the list away (an open breaker, a
+                                // cool-down included), ask again later.
+                                Err(_) => Settled::Unreachable,
                             }
                         }
                     }

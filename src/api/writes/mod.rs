@@ -70,8 +70,9 @@ use crate::upstream::{Upstream, UpstreamError};
 const EVENT_TRIES_FOR: Duration = Duration::from_secs(15);
 
 /// How long a write whose answer was lost keeps trying to settle when the
-/// upstream cannot be asked or its record cannot be written (well inside the
-/// record's own lifetime, `upstream.idempotency_ttl`, 24 h by default).
+/// upstream cannot be asked or its record cannot be written; never past the
+/// record's own lifetime (`upstream.idempotency_ttl`, 10 minutes by default),
+/// after which a retry runs the write as new.
 pub const SETTLE_TRIES_FOR: Duration = Duration::from_secs(600);
 
 /// The first pause between settling rounds; it doubles up to [`SETTLE_MAX_WAIT`].
@@ -314,7 +315,11 @@ impl Writes {
         let age = Duration::from_millis(now_ms().saturating_sub(committed_at_ms));
         tokio::time::sleep(self.settle.saturating_sub(age)).await;
         let may_retry = Arc::clone(&self.settling).try_acquire_owned().ok();
-        let until = Instant::now() + SETTLE_TRIES_FOR;
+        // Within the record's lifetime (from its commit point, which came at
+        // most an answer timeout before `committed_at_ms`).
+        let age = Duration::from_millis(now_ms().saturating_sub(committed_at_ms));
+        let lives = self.ttl.saturating_sub(age + self.answer_timeout);
+        let until = Instant::now() + SETTLE_TRIES_FOR.min(lives);
         let mut wait = SETTLE_FIRST_WAIT;
         let mut round = 0u32;
         loop {
