@@ -551,7 +551,10 @@ pub fn serve_http(
                 builder
                     .http1()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(timeout);
+                    .header_read_timeout(timeout)
+                    // A request head before auth is held to 64 KiB (hyper's
+                    // default is ~400 KiB), across every connection.
+                    .max_buf_size(64 * 1024);
                 if let Err(e) = builder.serve_connection(TokioIo::new(conn), service).await {
                     if e.to_string().contains("read header") || e.to_string().contains("timed out")
                     {

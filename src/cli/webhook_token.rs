@@ -102,7 +102,7 @@ fn check(args: &CheckArgs) -> ExitCode {
         .read_to_end(&mut input)
     {
         eprintln!("error: cannot read the token from stdin: {e}");
-        return ExitCode::from(2);
+        return ExitCode::from(1);
     }
     let rules = TokenRules {
         audience: args.audience.clone(),

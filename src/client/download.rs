@@ -170,7 +170,7 @@ impl GatewayClient {
                 offset: got.at,
                 limit: 0,
             },
-            self.timeout * 10,
+            self.timeout.saturating_mul(10),
         );
         let mut stream = c.download_attachment(req).await?.into_inner();
         // Where this stream should end, once its range says.

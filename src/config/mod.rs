@@ -329,6 +329,9 @@ impl Settings {
         if let Some(u) = &mut shown.auth.jwt.jwks_url {
             *u = redact_url(u);
         }
+        if let Some(u) = &mut shown.webhooks.forward_url {
+            *u = redact_url(u);
+        }
         toml::to_string_pretty(&shown)
     }
 }

@@ -27,7 +27,9 @@ impl Auth {
                 reason: e.reason().into(),
             })
             .inc();
-        tracing::info!(reason = e.reason(), error = %e, "call refused");
+        // Counted by reason in auth_failures_total; a line each only at debug,
+        // so a flood of refusals before auth is not a flood of logs.
+        tracing::debug!(reason = e.reason(), error = %e, "call refused");
         match e {
             // Not checked at all: a limit, with its RetryInfo and QuotaFailure.
             AuthError::Throttled(r) => {

@@ -66,12 +66,22 @@ fn header(work_order_id: i64, action: &str) -> Value {
     json!({
         "WorkOrderId": work_order_id,
         "BranchId": 492042,
-        "Sender": {"Name": "Sandbox Customer", "Phone": "+12025550141", "Type": "Customer"},
+        "Sender": {"Name": "Sandbox Customer", "Phone": "+12025550141", "Type": "CorrigoPro"},
         "Action": action,
-        "ActionDate": humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
+        "ActionDate": action_date(SystemTime::now()),
         "ApiVersion": "1.0",
         "MessageId": id,
     })
+}
+
+/// `2017-10-04T08:28:36.9484279Z`: seven fractional digits, as CorrigoPro
+/// writes its dates (a .NET `DateTime`'s ticks).
+fn action_date(t: SystemTime) -> String {
+    let nanos = humantime::format_rfc3339_nanos(t).to_string();
+    match nanos.split_once('.') {
+        Some((whole, frac)) => format!("{whole}.{}Z", &frac[..7.min(frac.len())]),
+        None => nanos,
+    }
 }
 
 fn attachment_fields(a: &StoredAttachment) -> Value {
@@ -269,4 +279,16 @@ async fn other_action(AxState(st): St, Path((id, action)): Path<(i64, String)>) 
 
 async fn notifications(AxState(st): St) -> Response {
     axum::Json(st.notifier.deliveries()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn action_dates_are_written_as_corrigopro_writes_them() {
+        let t = UNIX_EPOCH + Duration::new(1_507_105_716, 948_427_900);
+        assert_eq!(action_date(t), "2017-10-04T08:28:36.9484279Z");
+    }
 }

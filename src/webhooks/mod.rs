@@ -254,7 +254,9 @@ async fn handle(
                     r.put(k, refused, REFUSED_FOR, 0);
                 }
             }
-            tracing::info!(reason = refused.label(), remote = ?ip, "webhook request refused");
+            // Counted by reason in webhook_requests_total; a line each only at
+            // debug, so a flood of refusals is not a flood of logs.
+            tracing::debug!(reason = refused.label(), remote = ?ip, "webhook request refused");
             return unauthorized(m, refused);
         }
     };

@@ -218,7 +218,7 @@ pub fn claims(decoded: &[u8]) -> Result<Claims, Refused> {
 mod tests {
     use super::*;
 
-    /// The claims identity exactly as `upstream-corrigopro.md` shows it.
+    /// The claims identity exactly as CorrigoPro's public example shows it.
     const DOC_EXAMPLE: &str = r##"{"AuthenticationType": "Bearer",
    "NameClaimType": "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/name",
    "RoleClaimType": "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/name",
