@@ -83,7 +83,8 @@ impl IntoResponse for Fault {
             } => {
                 let ve: Vec<Value> = violations
                     .iter()
-                    .map(|(field, msg)| json!({"Type": "Validation", "Field": field, "Message": msg}))
+                    // "Each has a type and a message": the type names the field.
+                    .map(|(field, msg)| json!({"Type": field, "Message": msg}))
                     .collect();
                 let body = json!({
                     "Code": code,
