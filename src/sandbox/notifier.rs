@@ -363,9 +363,14 @@ impl Notifier {
         let sent = self
             .client
             .post(url)
-            .header("content-type", "application/json; charset=utf-8")
-            .header("authorization", format!("Bearer {token}"))
-            .header("event-type", action)
+            // The headers CorrigoPro's deliveries are seen with, these two
+            // included: the receiver must answer 100-continue (or the whole
+            // request) and keep the connection.
+            .header("Content-Type", "application/json; charset=utf-8")
+            .header("Authorization", format!("Bearer {token}"))
+            .header("Event-Type", action)
+            .header("Expect", "100-continue")
+            .header("Connection", "Keep-Alive")
             .body(body.to_string())
             .send()
             .await;

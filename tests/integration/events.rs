@@ -829,6 +829,85 @@ async fn failed_checks_from_one_address_are_throttled_before_any_check() {
     assert!(metric(&h, "webhook_requests_total{outcome=\"throttled\"}") >= 7);
 }
 
+/// Reads one HTTP/1.1 response head (up to its blank line) off `tcp`.
+async fn response_head(tcp: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut byte))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert_eq!(
+            n,
+            1,
+            "connection closed after {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// CorrigoPro's deliveries carry `Expect: 100-continue` and `Connection:
+/// Keep-Alive`: a verified sender is told to go on before it sends its body,
+/// a refused one gets its 401 without sending it, and one connection carries
+/// the next delivery.
+#[tokio::test]
+async fn a_delivery_that_expects_100_continue_is_told_to_go_on() {
+    let h = with_webhooks(|_| {}).await;
+    let addr = h
+        .webhook_url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .expect("addr")
+        .to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let head = |auth: &str, len: usize| {
+        format!(
+            "POST /webhooks/corrigopro HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json; charset=utf-8\r\n\
+             Authorization: {auth}\r\nEvent-Type: AttachmentAdded\r\nExpect: 100-continue\r\n\
+             Connection: Keep-Alive\r\nContent-Length: {len}\r\n\r\n"
+        )
+    };
+    let good = format!("Bearer {}", token(AUDIENCE, SystemTime::now()));
+    for (i, id) in ["expect-1", "expect-2"].into_iter().enumerate() {
+        let body = added(1001, &format!("att-{id}"), id).to_string();
+        tcp.write_all(head(&good, body.len()).as_bytes())
+            .await
+            .expect("head");
+        let first = response_head(&mut tcp).await;
+        assert!(first.starts_with("HTTP/1.1 100"), "delivery {i}: {first}");
+        tcp.write_all(body.as_bytes()).await.expect("body");
+        let answer = response_head(&mut tcp).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "delivery {i}: {answer}");
+        // Drain the (small, length-stated) answer body before the next request.
+        let len: usize = answer
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_string())
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut rest = vec![0u8; len];
+        tcp.read_exact(&mut rest).await.expect("answer body");
+    }
+    // Refused: the 401 comes without the body being asked for.
+    let mut tcp = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    tcp.write_all(head("Bearer nope", 10).as_bytes())
+        .await
+        .expect("head");
+    let refused = response_head(&mut tcp).await;
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+}
+
 #[tokio::test]
 async fn the_webhook_port_speaks_http1_only() {
     let h = with_webhooks(|_| {}).await;
