@@ -337,6 +337,13 @@ impl Notifier {
     /// it expires, as an access token is (CorrigoPro's tokens live 20 minutes;
     /// whether it sends one per delivery or reuses it is not public, and the
     /// gateway accepts either).
+    /// An access token for the API, in the shape CorrigoPro's OAuth tokens
+    /// have (`H4sI…<---->…`: a gzip-compressed claims identity, signed), so
+    /// every call through the sandbox carries one like it.
+    pub fn access_token(&self, ttl: Duration) -> Result<String, String> {
+        self.signer.token(AUDIENCE, SystemTime::now(), ttl, true)
+    }
+
     fn current_token(&self) -> Result<String, String> {
         let now = SystemTime::now();
         let mut current = self

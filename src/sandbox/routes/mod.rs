@@ -68,10 +68,20 @@ async fn token(AxState(st): St, form: axum::Form<HashMap<String, String>>) -> Re
         )
             .into_response();
     }
-    let value = format!("sbx.{}", uuid::Uuid::new_v4().simple());
     let ttl = st.cfg.token_ttl;
-    st.tokens()
-        .insert(value.clone(), tokio::time::Instant::now() + ttl);
+    let Ok(value) = st.notifier.access_token(ttl) else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"error": "server_error"})),
+        )
+            .into_response();
+    };
+    let now = tokio::time::Instant::now();
+    let mut tokens = st.tokens();
+    // Expired ones go: the map holds the tokens of one lifetime at most.
+    tokens.retain(|_, until| *until > now);
+    tokens.insert(value.clone(), now + ttl);
+    drop(tokens);
     axum::Json(json!({
         "access_token": value,
         "token_type": "bearer",
