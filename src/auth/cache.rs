@@ -55,6 +55,10 @@ impl<V: Clone> Bounded<V> {
         None
     }
 
+    pub(crate) fn remove(&mut self, k: &Digest32) {
+        self.map.remove(k);
+    }
+
     pub(crate) fn put(&mut self, k: Digest32, value: V, ttl: Duration, generation: u64) {
         if self.map.len() >= CAPACITY && !self.map.contains_key(&k) {
             let now = Instant::now();

@@ -245,6 +245,14 @@ async fn handle(
             // Only a check that cost something spends the failure budget: a
             // flood of garbage is refused as cheaply as it is made.
             let refused = refusal.reason;
+            // A credential that verified before and is refused now (expired,
+            // or a certificate rotated out) no longer passes the throttle.
+            if known
+                && let Some(k) = key
+                && let Ok(mut v) = h.verified.lock()
+            {
+                v.remove(&k);
+            }
             if refusal.checked {
                 h.throttle.failed(ip);
                 if let Some(k) = key
