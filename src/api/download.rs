@@ -78,7 +78,12 @@ fn content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
     let (span, total) = rest.split_once('/')?;
     let (first, last) = span.split_once('-')?;
     let (first, last) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
-    (first <= last).then_some((first, last, total.trim().parse().ok()))
+    // `*` is an unknown total; anything else must be a number.
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    (first <= last).then_some((first, last, total))
 }
 
 /// What the answer to a download asked from `offset`, at most `limit` bytes
@@ -496,7 +501,7 @@ mod tests {
                 "{range} {length:?}"
             );
         }
-        for bad in ["", "bytes */1000", "bytes 9-3/10", "items 0-1/2"] {
+        for bad in ["", "bytes */1000", "bytes 9-3/10", "items 0-1/2", "bytes 0-9/abc"] {
             let h = headers(&[("content-range", bad)]);
             assert!(served(S::PARTIAL_CONTENT, &h, None, 0, 0).is_err(), "{bad}");
         }

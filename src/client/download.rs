@@ -216,6 +216,20 @@ impl GatewayClient {
                         e.reason = Some("RANGE_NOT_SERVED".into());
                         return Err(e);
                     }
+                    // Never past the end its range (or the file's size) said:
+                    // such bytes are not the file's, and are not written.
+                    if let Some(end) = end
+                        && got.at.saturating_add(b.len() as u64) > end
+                    {
+                        let mut e = ClientError::local(
+                            Code::OutOfRange,
+                            format!(
+                                "the stream carried bytes past its end ({end}): nothing more was written"
+                            ),
+                        );
+                        e.reason = Some("RANGE_NOT_SERVED".into());
+                        return Err(e);
+                    }
                     writer.write_all(&b).await.map_err(local_write)?;
                     got.at += b.len() as u64;
                     if let Some(p) = progress.as_mut() {
