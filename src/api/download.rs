@@ -501,7 +501,13 @@ mod tests {
                 "{range} {length:?}"
             );
         }
-        for bad in ["", "bytes */1000", "bytes 9-3/10", "items 0-1/2", "bytes 0-9/abc"] {
+        for bad in [
+            "",
+            "bytes */1000",
+            "bytes 9-3/10",
+            "items 0-1/2",
+            "bytes 0-9/abc",
+        ] {
             let h = headers(&[("content-range", bad)]);
             assert!(served(S::PARTIAL_CONTENT, &h, None, 0, 0).is_err(), "{bad}");
         }

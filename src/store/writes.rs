@@ -301,7 +301,13 @@ impl Inner {
     fn expire(&mut self, ttl: Duration) {
         let now = Instant::now();
         while let Some((t, _)) = self.order.front() {
-            if now.duration_since(*t) < ttl && self.order.len() <= CAPACITY {
+            // CAPACITY records at most; the order holds up to two entries
+            // per record (its commit and its outcome), and entries a later
+            // step made stale go as they reach the front.
+            if now.duration_since(*t) < ttl
+                && self.records.len() <= CAPACITY
+                && self.order.len() <= 2 * CAPACITY
+            {
                 break;
             }
             if let Some((t, k)) = self.order.pop_front()
@@ -532,6 +538,39 @@ mod tests {
             r.begin(&key("c", "a"), fp, LEASE).await.unwrap(),
             Begin::Go(_)
         ));
+    }
+
+    /// Each write leaves two entries in the order (its commit, its outcome):
+    /// the bound is on records, so as many writes as CAPACITY stay remembered
+    /// for their TTL.
+    #[tokio::test]
+    async fn the_bound_counts_records_not_steps() {
+        let r = MemoryWrites::new(Duration::from_secs(600));
+        let ttl = Duration::from_secs(600);
+        let n = CAPACITY * 3 / 4;
+        for i in 0..n {
+            let (k, fp) = (key("c", &i.to_string()), Fingerprint::of(&[b"d"]));
+            let Begin::Go(t) = r.begin(&k, fp, LEASE).await.unwrap() else {
+                panic!("first")
+            };
+            let pending = Pending {
+                committed_at_ms: 0,
+                given_up: false,
+                message_id: i.to_string(),
+                attempt: Attempt::Delete {
+                    attachment_id: "a".into(),
+                },
+            };
+            assert!(r.commit(&k, t, fp, &pending, ttl).await.unwrap());
+            let done = Outcome::MessageId(i.to_string());
+            assert!(r.complete(&k, t, fp, &done, ttl).await.unwrap());
+        }
+        let first = r
+            .begin(&key("c", "0"), Fingerprint::of(&[b"d"]), LEASE)
+            .await;
+        assert!(matches!(first, Ok(Begin::Done { .. })), "{first:?}");
+        let g = r.lock().unwrap();
+        assert!(g.records.len() <= CAPACITY && g.order.len() <= 2 * CAPACITY);
     }
 
     #[tokio::test]

@@ -122,7 +122,10 @@ impl Uploads {
                 attachment.work_order_id,
                 self.writes.answer_timeout(),
             );
-            tokio::spawn(async move { listed(&up, wo, within).await }.in_current_span())
+            // Aborted with the upload should it fail before its commit point.
+            AbortOnDropHandle::new(tokio::spawn(
+                async move { listed(&up, wo, within).await }.in_current_span(),
+            ))
         });
         tracing::debug!(
             work_order_id = attachment.work_order_id.get(),

@@ -304,8 +304,10 @@ impl Writes {
     /// upstream does not become a storm of lists: at most [`MAX_SETTLING`]
     /// writes keep trying at once (beyond that, a write gets the one check, and
     /// its retry reconciles it), and an open circuit breaker answers their
-    /// lists without calling the upstream. (Not the read retry budget: it
-    /// refills only with new calls, and a gateway gone quiet must settle too.)
+    /// lists without calling the upstream. (A round is not held to the read
+    /// retry budget, which refills only with new calls: a gateway gone quiet
+    /// must settle too. Only a list's own second and third tries within a
+    /// round take from it.)
     pub async fn settle_later<F, Fut>(&self, held: Held, committed_at_ms: u64, check: F)
     where
         F: Fn() -> Fut,
