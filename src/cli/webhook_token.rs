@@ -5,7 +5,8 @@
 //! give now. It never prints the signature.
 //!
 //! Exit codes: 0 the token verifies now; 2 it is refused (the reason is
-//! printed); 1 the certificate file cannot be used.
+//! printed); 1 the certificate file cannot be used or stdin cannot be read.
+//! (Wrong arguments exit 2 too, with the usage, as for every subcommand.)
 
 use std::io::Read;
 use std::path::PathBuf;
