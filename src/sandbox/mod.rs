@@ -362,7 +362,7 @@ impl Sandbox {
     }
 
     pub fn token_url(&self) -> String {
-        format!("http://{}/oauth/token", self.addr)
+        format!("http://{}/OAuth/Token", self.addr)
     }
 
     /// `base` with the upstream pointed at this sandbox and its credentials.

@@ -33,6 +33,9 @@ type St = AxState<Arc<State>>;
 
 pub(super) fn router(state: Arc<State>) -> Router {
     Router::new()
+        // CorrigoPro's token URL is `/OAuth/Token`; its server matches paths
+        // case aside, so the lower-case spelling is served too.
+        .route("/OAuth/Token", post(token))
         .route("/oauth/token", post(token))
         .route(
             &format!("{API_PREFIX}/api/attachments"),
