@@ -130,13 +130,7 @@ async fn idler(addr: String, stop: Arc<AtomicBool>, offset: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn corrigopros_notifications_get_through_a_flood_from_the_same_address() {
     let h = with_webhooks_and(SandboxConfig::default(), |_| {}).await;
-    let addr = h
-        .webhook_url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .expect("addr")
-        .to_string();
+    let addr = h.webhook_addr();
     let stop = Arc::new(AtomicBool::new(false));
     let closed = Arc::new(AtomicU64::new(0));
     for i in 0..HOLDERS {

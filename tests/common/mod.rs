@@ -172,6 +172,18 @@ pub struct Hooked {
     pub redis: Option<redis::RedisServer>,
 }
 
+impl Hooked {
+    /// The webhook listener's `host:port`, for raw connections.
+    pub fn webhook_addr(&self) -> String {
+        self.webhook_url
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .expect("addr")
+            .to_string()
+    }
+}
+
 pub async fn with_webhooks(tweak: impl FnOnce(&mut Settings)) -> Hooked {
     with_webhooks_and(SandboxConfig::default(), tweak).await
 }

@@ -856,13 +856,7 @@ async fn response_head(tcp: &mut tokio::net::TcpStream) -> String {
 #[tokio::test]
 async fn a_delivery_that_expects_100_continue_is_told_to_go_on() {
     let h = with_webhooks(|_| {}).await;
-    let addr = h
-        .webhook_url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .expect("addr")
-        .to_string();
+    let addr = h.webhook_addr();
     let mut tcp = tokio::net::TcpStream::connect(&addr)
         .await
         .expect("connect");
@@ -911,13 +905,7 @@ async fn a_delivery_that_expects_100_continue_is_told_to_go_on() {
 #[tokio::test]
 async fn the_webhook_port_speaks_http1_only() {
     let h = with_webhooks(|_| {}).await;
-    let addr = h
-        .webhook_url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .expect("addr")
-        .to_string();
+    let addr = h.webhook_addr();
     // HTTP/2 with prior knowledge (h2c): one connection would carry many
     // streams past the connection cap. It is not served.
     let tcp = tokio::net::TcpStream::connect(&addr)

@@ -122,13 +122,7 @@ impl WriteGuard {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "a completed write's outcome could not be recorded: writing it again while Redis returns; meanwhile a retry with its message_id reconciles it");
-                let (store, key, token, fp, ttl) = (
-                    Arc::clone(&self.store),
-                    self.key.clone(),
-                    self.token,
-                    self.fingerprint,
-                    self.ttl,
-                );
+                let (store, key, token, fp, ttl) = self.owned();
                 tokio::spawn(
                     async move {
                         let until = Instant::now() + SETTLE_TRIES_FOR.min(ttl);
@@ -198,6 +192,27 @@ async fn give_up(
     }
 }
 
+impl WriteGuard {
+    /// What a task of its own needs to finish the record after the guard.
+    fn owned(
+        &self,
+    ) -> (
+        Arc<dyn WriteStore>,
+        WriteKey,
+        LeaseToken,
+        Fingerprint,
+        Duration,
+    ) {
+        (
+            Arc::clone(&self.store),
+            self.key.clone(),
+            self.token,
+            self.fingerprint,
+            self.ttl,
+        )
+    }
+}
+
 impl Drop for WriteGuard {
     fn drop(&mut self) {
         if let Some(r) = self.renewer.take() {
@@ -206,13 +221,7 @@ impl Drop for WriteGuard {
         if self.finished {
             return;
         }
-        let (store, key, token, fp, ttl) = (
-            Arc::clone(&self.store),
-            self.key.clone(),
-            self.token,
-            self.fingerprint,
-            self.ttl,
-        );
+        let (store, key, token, fp, ttl) = self.owned();
         let committed = self.committed.take();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
